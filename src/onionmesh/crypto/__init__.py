@@ -1,0 +1,1 @@
+"""Onion-service cryptography: addresses, keys, blinding and certificates (pure code)."""

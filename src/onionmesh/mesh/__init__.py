@@ -1,0 +1,1 @@
+"""The sans-IO coordination core: messages, membership, election and the publish plan."""

@@ -1,0 +1,1 @@
+"""Deterministic simulation of many mesh cores over a simulated clock and network."""

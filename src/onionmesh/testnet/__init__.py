@@ -1,0 +1,1 @@
+"""A private Tor network on loopback, for tests and the demo."""

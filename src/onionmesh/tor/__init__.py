@@ -1,0 +1,1 @@
+"""Talking to tor: the control-port client, torrc generation and process supervision."""
