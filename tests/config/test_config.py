@@ -1,0 +1,163 @@
+"""The node configuration: defaults, strictness and error messages."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from onionmesh.config import ConfigError, load_config, parse_config, schema_defaults
+
+MASTER = "a" * 56 + ".onion"
+MINIMAL = f"""
+[node]
+id = "node-1"
+
+[master]
+address = "{MASTER}"
+"""
+
+
+def test_minimal_config_takes_the_seed_defaults():
+    config = parse_config(MINIMAL, "/etc/onionmesh/onionmesh.toml")
+    resilience = config["resilience"]
+    assert resilience["dead_threshold"] == 3
+    assert resilience["removal_grace_period"] == 30.0
+    assert resilience["tor_fallback_enabled"] is True
+    assert resilience["hsdir_max_retries"] == 3
+    assert resilience["require_ntp_sync"] is True
+    assert config.hsdir_max_retries == 3
+    assert config.node_id == "node-1"
+    assert config["master"]["address"] == MASTER
+
+
+def test_relative_paths_resolve_against_the_config_directory(tmp_path: Path):
+    path = tmp_path / "onionmesh.toml"
+    path.write_text(MINIMAL + '\nkey_path = "keys/master"\n')
+    config = load_config(path)
+    assert config["master"]["key_path"] == tmp_path / "keys" / "master"
+
+
+@pytest.mark.parametrize(
+    ("extra", "where", "problem"),
+    [
+        ("[resilience]\ndead_threshold = 0\n", "[resilience] dead_threshold", "must be >= 1"),
+        ('[resilience]\ndead_threshold = "3"\n', "[resilience] dead_threshold", "integer"),
+        ("[resilience]\ndead_treshold = 3\n", "[resilience] dead_treshold", "unknown key"),
+        ("[resilence]\n", "", "unknown section [resilence]"),
+        ("[resilience]\nrequire_ntp_sync = 1\n", "require_ntp_sync", "true or false"),
+        ('[coordination]\nlisten = "10.0.0.1"\n', "[coordination] listen", "host:port"),
+        ('[coordination]\npeers = ["10.0.0.2:99999"]\n', "peers", "item 0"),
+        (
+            "[coordination]\nheartbeat_interval = 5\nlease_duration = 5\n",
+            "lease_duration",
+            "longer than heartbeat_interval",
+        ),
+        ("[tor]\nmanaged = false\n", "[tor] managed", "needs control_socket or control_port"),
+        (
+            "[publishing]\nhsdir_max_retries = 2\n[resilience]\nhsdir_max_retries = 4\n",
+            "hsdir_max_retries",
+            "both",
+        ),
+        ('[service]\nports = ["eighty"]\n', "[service] ports", "HiddenServicePort"),
+    ],
+)
+def test_bad_values_name_file_section_key_and_problem(extra, where, problem):
+    with pytest.raises(ConfigError) as excinfo:
+        parse_config(MINIMAL + extra, "/etc/onionmesh/onionmesh.toml")
+    message = str(excinfo.value)
+    assert message.startswith("/etc/onionmesh/onionmesh.toml")
+    assert where in message
+    assert problem in message
+
+
+def test_missing_required_keys_are_named():
+    with pytest.raises(ConfigError, match=r"\[master\] address: is required"):
+        parse_config('[node]\nid = "n1"\n')
+    with pytest.raises(ConfigError, match=r"\[node\] id: is required"):
+        parse_config(f'[master]\naddress = "{MASTER}"\n')
+
+
+def test_bad_master_address_and_node_id():
+    with pytest.raises(ConfigError, match=r"\[master\] address"):
+        parse_config(MINIMAL.replace(MASTER, "example.onion"))
+    with pytest.raises(ConfigError, match=r"\[node\] id"):
+        parse_config(MINIMAL.replace("node-1", "Node 1"))
+
+
+def test_publishing_overrides_the_resilience_retry_count():
+    config = parse_config(MINIMAL + "[publishing]\nhsdir_max_retries = 7\n")
+    assert config.hsdir_max_retries == 7
+
+
+def test_unreadable_files_are_config_errors(tmp_path: Path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "missing.toml")
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_config(binary)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[node\nid=")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(broken)
+
+
+def test_schema_defaults_lists_every_section():
+    defaults = schema_defaults()
+    assert defaults["resilience"]["dead_threshold"] == 3
+    assert set(defaults) >= {"node", "master", "tor", "coordination", "publishing", "resilience"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=400))
+def test_arbitrary_text_gives_only_config_errors(text):
+    with contextlib.suppress(ConfigError):
+        parse_config(text)
+
+
+_scalars = st.one_of(
+    st.integers(-(2**70), 2**70), st.floats(allow_nan=True), st.booleans(), st.text(max_size=20),
+    st.lists(st.integers(), max_size=3), st.lists(st.text(max_size=5), max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(section=st.sampled_from(sorted(schema_defaults())), data=st.data())
+def test_arbitrary_values_for_known_keys_give_only_config_errors(section, data):
+    key = data.draw(st.sampled_from(sorted(schema_defaults()[section])))
+    document: dict[str, dict[str, object]] = {"node": {"id": "n1"}, "master": {"address": MASTER}}
+    document.setdefault(section, {})[key] = data.draw(_scalars)
+    with contextlib.suppress(ConfigError):
+        parse_config(_to_toml(document))
+
+
+def _to_toml(document: dict[str, dict[str, object]]) -> str:
+    lines = []
+    for section, keys in document.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in keys.items())
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(value)
