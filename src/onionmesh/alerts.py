@@ -1,0 +1,135 @@
+"""The alert hook: tell the operator about node death, takeover, upload failure
+streaks and key or clock problems, by running a command and/or POSTing JSON
+to a webhook.
+
+Alerts never block or crash the daemon: the command and the webhook run with
+timeouts, and their failures are logged. The same alert (kind and subject) is
+sent at most once per ``min_interval`` so a flapping peer cannot flood the
+operator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+ALERT_KINDS = (
+    "node_dead", "node_recovered", "takeover", "upload_failure_streak", "key_problem",
+    "clock_problem", "conflict",
+)
+
+
+@dataclass(frozen=True)
+class Alert:
+    kind: str
+    subject: str                  # what it is about: a peer id, an HSDir fingerprint, a key path
+    summary: str                  # one human sentence, same words as the log line
+    details: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self, node_id: str, at: float) -> dict[str, object]:
+        return {
+            "node": node_id, "kind": self.kind, "subject": self.subject,
+            "summary": self.summary, "details": dict(self.details), "time": at,
+        }
+
+
+class AlertSink:
+    """Delivers alerts to the configured command and webhook."""
+
+    def __init__(self, node_id: str, *, command: Sequence[str] = (), webhook: str | None = None,
+                 min_interval: float = 60.0, timeout: float = 10.0) -> None:
+        if webhook is not None and not webhook.startswith(("http://", "https://")):
+            raise ValueError(f"alert webhook must be an http(s) URL, got {webhook!r}")
+        self.node_id = node_id
+        self.command = tuple(command)
+        self.webhook = webhook
+        self.min_interval = min_interval
+        self.timeout = timeout
+        self._last_sent: dict[tuple[str, str], float] = {}
+        self.sent = 0
+        self.suppressed = 0
+        self.failures = 0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.command) or self.webhook is not None
+
+    async def send(self, alert: Alert, now: float) -> bool:
+        """Deliver ``alert`` unless the same one went out less than ``min_interval`` ago."""
+        if not self.enabled:
+            return False
+        key = (alert.kind, alert.subject)
+        last = self._last_sent.get(key)
+        if last is not None and now - last < self.min_interval:
+            self.suppressed += 1
+            return False
+        self._last_sent[key] = now
+        body = json.dumps(alert.to_json(self.node_id, now)).encode()
+        results = await asyncio.gather(
+            self._run_command(alert, body), self._post_webhook(body), return_exceptions=True
+        )
+        ok = all(result is True for result in results)
+        if ok:
+            self.sent += 1
+        return ok
+
+    async def _run_command(self, alert: Alert, body: bytes) -> bool:
+        if not self.command:
+            return True
+        env = dict(os.environ, ONIONMESH_ALERT_KIND=alert.kind,
+                   ONIONMESH_ALERT_SUBJECT=alert.subject, ONIONMESH_ALERT_SUMMARY=alert.summary,
+                   ONIONMESH_NODE_ID=self.node_id)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self.command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE, env=env,
+            )
+        except OSError as exc:
+            self.failures += 1
+            log.warning("alert command %s could not start: %s", self.command[0], exc.strerror)
+            return False
+        try:
+            _, stderr = await asyncio.wait_for(process.communicate(body), self.timeout)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            self.failures += 1
+            log.warning("alert command %s timed out after %g s", self.command[0], self.timeout)
+            return False
+        if process.returncode != 0:
+            self.failures += 1
+            log.warning("alert command %s exited %s: %s", self.command[0], process.returncode,
+                        stderr.decode(errors="replace").strip()[:200])
+            return False
+        return True
+
+    async def _post_webhook(self, body: bytes) -> bool:
+        if self.webhook is None:
+            return True
+        request = urllib.request.Request(
+            self.webhook, data=body, method="POST",
+            headers={"Content-Type": "application/json", "User-Agent": "onionmesh"},
+        )
+
+        def post() -> int:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return int(response.status)
+
+        try:
+            status = await asyncio.to_thread(post)
+        except OSError as exc:
+            self.failures += 1
+            log.warning("alert webhook failed: %s", exc)
+            return False
+        if not 200 <= status < 300:
+            self.failures += 1
+            log.warning("alert webhook answered HTTP %s", status)
+            return False
+        return True
