@@ -1,0 +1,1 @@
+"""Shells that carry mesh datagrams: UDP over WireGuard tunnel addresses, tor as fallback."""
