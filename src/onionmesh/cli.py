@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from onionmesh.testnet.command import add_testnet_parser, run_testnet
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="onionmesh", description="Self-healing load balancer for Tor v3 onion services"
     )
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_testnet_parser(subparsers)
     return parser
 
 
@@ -20,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "testnet":
+        return run_testnet(args)
     return 0
 
 
