@@ -304,11 +304,19 @@ class _Connection:
             log.warning("control connection %s: protocol error: %s", self.name, reason)
         else:
             log.info("control connection %s closed: %s", self.name, reason)
+        first = True
         while self._pending:
             fut = self._pending.popleft()
             if not fut.done():
-                fut.set_exception(ControlClosed(f"connection lost before the reply: {reason}"))
+                # The oldest waiter's reply is the one that was malformed.
+                exc: ControlError = (
+                    reason
+                    if first and isinstance(reason, ControlProtocolError)
+                    else ControlClosed(f"connection lost before the reply: {reason}")
+                )
+                fut.set_exception(exc)
                 fut.exception()  # mark retrieved: a cancelled caller must not warn
+            first = False
         self._writer.close()
         self._on_lost(self, reason)
 
