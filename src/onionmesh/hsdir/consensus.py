@@ -353,8 +353,14 @@ def parse_consensus(text: str) -> Consensus:
             entry.add(keyword, args, where)
             continue
         # Header (and the dir-source sections, whose lines we ignore).
-        if keyword in ("valid-after", "fresh-until", "valid-until",
-                       "shared-rand-current-value", "shared-rand-previous-value", "params"):
+        if keyword in (
+            "valid-after",
+            "fresh-until",
+            "valid-until",
+            "shared-rand-current-value",
+            "shared-rand-previous-value",
+            "params",
+        ):
             if keyword in header:
                 raise ConsensusError(f"{where}: '{keyword}' appears twice")
             header[keyword] = (args, where)
