@@ -95,6 +95,8 @@ def split_microdescriptors(md_all: str) -> list[str]:
     text = md_all if md_all.endswith("\n") else md_all + "\n"
     parts: list[list[str]] = []
     for line in text.splitlines(keepends=True):
+        if line.startswith("@"):
+            continue  # annotations (e.g. @last-listed) are not part of the hashed text
         if line.startswith("onion-key"):
             parts.append([])
         if not parts:
