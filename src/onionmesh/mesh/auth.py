@@ -1,0 +1,200 @@
+"""Envelope authentication: cluster MAC, sender signature, replay and freshness.
+
+Every datagram is ``Sealed(version, signed, signature, mac)``:
+
+* ``signature`` is the sender's ed25519 node-key signature over the signed
+  bytes (PyNaCl/libsodium), so one member cannot speak for another;
+* ``mac`` is keyed BLAKE2b-256 over version, signed bytes and signature with a
+  key derived from the cluster secret, so a datagram from outside the cluster
+  is refused before any decoding of its content or any signature check (cheap
+  to reject floods). The cluster secret itself never travels.
+* the signed part carries ``(boot, seq)``: a per-boot id (the boot's start
+  time in microseconds, so a restarted sender's id is larger) and a sequence
+  number that increases per datagram. ``ReplayGuard`` accepts a larger boot,
+  or an unseen seq within a 64-message window of the highest one (UDP
+  reorders), and refuses everything else as ``replayed``.
+* ``ts_ms`` must be within ``clock_skew_tolerance`` of the receiver's clock,
+  which bounds how long any captured datagram is worth anything.
+
+Checks come strictly before state changes: ``verify`` returns the decoded
+message and a ``ReplayGuard`` token; the core commits the token only after
+every other check has passed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nacl.exceptions import CryptoError
+from nacl.signing import SigningKey, VerifyKey
+
+from onionmesh.mesh.codec import decode_sealed, decode_signed, encode, encode_sealed
+from onionmesh.mesh.errors import MeshConfigError, RejectedDatagram
+from onionmesh.mesh.messages import WIRE_VERSION, Message, Sealed, Signed
+
+_SIG_CONTEXT = b"onionmesh/mesh/v1 signed\x00"
+_MAC_CONTEXT = b"onionmesh/mesh/v1 mac\x00"
+REPLAY_WINDOW = 64
+
+
+class ClusterKey:
+    """The MAC key derived from the cluster secret (the secret is not kept)."""
+
+    def __init__(self, cluster_secret: bytes) -> None:
+        if not isinstance(cluster_secret, bytes) or len(cluster_secret) < 16:
+            raise MeshConfigError("cluster secret must be at least 16 bytes")
+        self._key = hashlib.blake2b(
+            cluster_secret, digest_size=32, person=b"onionmesh-mac-k1"
+        ).digest()
+
+    def __repr__(self) -> str:
+        return "ClusterKey(<redacted>)"
+
+    def tag(self, signed: bytes, signature: bytes) -> bytes:
+        """MAC over the version, the signed bytes and the signature."""
+        h = hashlib.blake2b(key=self._key, digest_size=32)
+        h.update(_MAC_CONTEXT + bytes([WIRE_VERSION]))
+        h.update(len(signed).to_bytes(4, "big") + signed + signature)
+        return h.digest()
+
+    def check(self, signed: bytes, signature: bytes, mac: bytes) -> bool:
+        """Constant-time MAC comparison."""
+        return hmac.compare_digest(self.tag(signed, signature), mac)
+
+
+class Sealer:
+    """Signs and MACs outgoing messages for one node boot."""
+
+    def __init__(self, node_id: str, signing_seed: bytes, key: ClusterKey, boot: int) -> None:
+        self._signing_key = SigningKey(signing_seed)
+        self.public_key = bytes(self._signing_key.verify_key)
+        self.node_id = node_id
+        self.boot = boot
+        self.seq = 0
+        self._key = key
+
+    def __repr__(self) -> str:
+        return f"Sealer(node_id={self.node_id!r}, boot={self.boot}, seq={self.seq})"
+
+    def seal(self, body: Message, now: float, to: str = "") -> bytes:
+        """Encode, sign and MAC ``body``; each call uses a fresh sequence number."""
+        self.seq += 1
+        signed = encode(
+            Signed(
+                sender=self.node_id,
+                public_key=self.public_key,
+                boot=self.boot,
+                seq=self.seq,
+                ts_ms=max(0, int(now * 1000)),
+                to=to,
+                body=body,
+            )
+        )
+        signature = self._signing_key.sign(_SIG_CONTEXT + signed).signature
+        return encode_sealed(
+            Sealed(WIRE_VERSION, signed, signature, self._key.tag(signed, signature))
+        )
+
+
+@dataclass
+class _SenderWindow:
+    boot: int
+    top: int  # highest seq accepted in this boot
+    bitmap: int  # bit i set = seq (top - i) accepted
+
+
+@dataclass(frozen=True)
+class ReplayToken:
+    """What ``ReplayGuard.commit`` records once a datagram is fully accepted."""
+
+    sender: str
+    boot: int
+    seq: int
+
+
+class ReplayGuard:
+    """Per-sender (boot, seq) sliding window."""
+
+    def __init__(self) -> None:
+        self._windows: dict[str, _SenderWindow] = {}
+
+    def check(self, sender: str, boot: int, seq: int) -> ReplayToken:
+        """Raise ``RejectedDatagram('replayed')`` if this (boot, seq) was seen or is too old."""
+        w = self._windows.get(sender)
+        if w is not None:
+            if boot < w.boot:
+                raise RejectedDatagram("replayed", f"{sender}: boot {boot} older than {w.boot}")
+            if boot == w.boot:
+                if seq > w.top:
+                    pass
+                elif w.top - seq >= REPLAY_WINDOW:
+                    raise RejectedDatagram("replayed", f"{sender}: seq {seq} below window")
+                elif (w.bitmap >> (w.top - seq)) & 1:
+                    raise RejectedDatagram("replayed", f"{sender}: seq {seq} seen")
+        if seq == 0:
+            raise RejectedDatagram("malformed", f"{sender}: sequence number 0")
+        return ReplayToken(sender, boot, seq)
+
+    def commit(self, token: ReplayToken) -> bool:
+        """Record an accepted datagram; return True if it started a new boot."""
+        w = self._windows.get(token.sender)
+        if w is None or token.boot > w.boot:
+            self._windows[token.sender] = _SenderWindow(token.boot, token.seq, 1)
+            return True
+        if token.seq > w.top:
+            shift = token.seq - w.top
+            w.bitmap = ((w.bitmap << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
+            w.top = token.seq
+        else:
+            w.bitmap |= 1 << (w.top - token.seq)
+        return False
+
+    def forget(self, sender: str) -> None:
+        """Drop a sender's window (operator removal)."""
+        self._windows.pop(sender, None)
+
+
+class Verifier:
+    """Runs every envelope check in order, cheapest first; changes no state."""
+
+    def __init__(self, key: ClusterKey, clock_skew_tolerance: float) -> None:
+        self._key = key
+        self._skew_ms = int(clock_skew_tolerance * 1000)
+        self._verify_keys: dict[bytes, VerifyKey] = {}
+
+    def verify(
+        self,
+        data: bytes,
+        now: float,
+        own_id: str,
+        pinned_key: Callable[[str], bytes | None],
+        guard: ReplayGuard,
+    ) -> tuple[Signed, ReplayToken]:
+        """Return the authenticated message, or raise ``RejectedDatagram``."""
+        sealed = decode_sealed(data)
+        if not self._key.check(sealed.signed, sealed.signature, sealed.mac):
+            raise RejectedDatagram("unknown_cluster", "cluster MAC does not verify")
+        signed = decode_signed(sealed.signed)
+        if signed.sender == own_id:
+            raise RejectedDatagram("own_id", "datagram claims to come from this node")
+        if signed.to and signed.to != own_id:
+            raise RejectedDatagram("misdirected", f"addressed to {signed.to}")
+        expected = pinned_key(signed.sender)
+        if expected is not None and not hmac.compare_digest(expected, signed.public_key):
+            raise RejectedDatagram("forged", f"{signed.sender}: public key differs from pinned")
+        vk = self._verify_keys.get(signed.public_key)
+        if vk is None:
+            vk = VerifyKey(signed.public_key)
+            if len(self._verify_keys) < 4096:  # bounded cache; misses only cost speed
+                self._verify_keys[signed.public_key] = vk
+        try:
+            vk.verify(_SIG_CONTEXT + sealed.signed, sealed.signature)
+        except (CryptoError, ValueError, TypeError):
+            raise RejectedDatagram("forged", f"{signed.sender}: bad signature") from None
+        if abs(signed.ts_ms - int(now * 1000)) > self._skew_ms:
+            raise RejectedDatagram("stale", f"{signed.sender}: timestamp outside skew window")
+        token = guard.check(signed.sender, signed.boot, signed.seq)
+        return signed, token

@@ -1,0 +1,594 @@
+"""MeshCore: the sans-IO state machine that wires the mesh modules together.
+
+Modelled on aioquic's ``QuicConnection`` and h11: the shell feeds inputs
+(``receive_datagram``, ``handle_timer``, ``set_local_intro_points``, ...) with
+its own ``now`` and drains outputs (``datagrams_to_send``, ``next_event``,
+``get_timer``). The core never reads a clock, a socket or a random source.
+
+Where things live:
+  auth.py        envelope MAC/signature, replay window, timestamp window
+  membership.py  alive -> suspect -> dead -> removed, recovery, flap damping
+  election.py    leases, terms, claims, step-down, conflict resolution
+  plan.py        which intro points are published and when (rate limit)
+  core.py        message handling, gossip, intro-point exchange, timers
+
+Rejected datagrams change nothing except ``rejections`` (a Counter by reason)
+and one ``MessageRejected`` event; ``receive_datagram`` never raises for bad
+input.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from onionmesh.mesh.auth import ClusterKey, ReplayGuard, Sealer, Verifier
+from onionmesh.mesh.config import MeshConfig
+from onionmesh.mesh.election import Election
+from onionmesh.mesh.errors import MeshError, RejectedDatagram
+from onionmesh.mesh.events import (
+    BecamePublisher,
+    ConflictDetected,
+    Event,
+    IntroPointsRequested,
+    MessageRejected,
+    PeerDiscovered,
+    PeerRecovered,
+    PeerRemoved,
+    PublishRequested,
+    SteppedDown,
+)
+from onionmesh.mesh.identity import NodeIdentity, PeerSeed
+from onionmesh.mesh.membership import (
+    ALIVE,
+    DEAD,
+    EMPTY_DIGEST,
+    SUSPECT,
+    UNKNOWN,
+    Membership,
+    PeerRecord,
+    PeerView,
+    intro_digest,
+    members_digest,
+)
+from onionmesh.mesh.messages import (
+    MAX_INTRO_POINT_BYTES,
+    MAX_INTRO_POINTS_PER_SET,
+    MAX_PERIODS,
+    Heartbeat,
+    IntroPoints,
+    IntroRequest,
+    Join,
+    LeaseClaim,
+    LeaseRelease,
+    Message,
+    PeerInfo,
+    PeerList,
+    Signed,
+)
+from onionmesh.mesh.plan import Contribution, PublishPlan, PublishScheduler, select_intro_points
+
+_ADDRESS_RE = re.compile(r"[\x21-\x7e]{1,255}")  # printable, no spaces
+
+
+class IntroPointsError(MeshError):
+    """``set_local_intro_points`` was given sets the wire format cannot carry."""
+
+
+class MeshCore:
+    """One node's view of the cluster (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: MeshConfig,
+        identity: NodeIdentity,
+        cluster_secret: bytes,
+        bootstrap_peers: Sequence[PeerSeed],
+        now: float,
+        *,
+        boot_id: int | None = None,
+    ) -> None:
+        self.config = config
+        self.identity = identity
+        self.node_id = identity.node_id
+        key = ClusterKey(cluster_secret)
+        # The boot id orders this core's messages after those of any earlier
+        # core with the same identity (a restart): microseconds of its start.
+        self.boot_id = boot_id if boot_id is not None else max(1, int(now * 1_000_000))
+        self._sealer = Sealer(identity.node_id, identity.signing_seed, key, self.boot_id)
+        self._verifier = Verifier(key, config.clock_skew_tolerance)
+        self._guard = ReplayGuard()
+        self.membership = Membership(config)
+        self.election = Election(
+            config, identity.node_id, identity.priority, identity.eligible, now
+        )
+        self._scheduler = PublishScheduler(config.min_publish_interval, config.refresh_interval)
+        self.rejections: Counter[str] = Counter()
+        self._events: deque[Event] = deque()
+        self._outbox: list[tuple[bytes, str]] = []
+        self._local_sets: dict[int, tuple[bytes, ...]] = {}
+        self._local_first_seen: dict[bytes, float] = {}
+        self._local_digest = EMPTY_DIGEST
+        self._plan: PublishPlan | None = None
+        self._plan_dirty = False
+        self._generation = 0
+        self._published_count = 0
+        self._warm_until = float("-inf")
+        self._members_digest: bytes | None = None
+        self._pending_addrs: set[str] = set()
+        self._conflicts_seen: set[tuple[str, int]] = set()
+        self._intro_seq: dict[str, tuple[int, int]] = {}
+        self._last_full_state: dict[str, float] = {}
+        self._shut_down = False
+        for seed in bootstrap_peers:
+            if seed.node_id == self.node_id:
+                continue
+            if seed.node_id is None:
+                self._pending_addrs.add(seed.address)
+            else:
+                self.membership.add(seed.node_id, seed.address, seed.public_key)
+        self._next_heartbeat = now + config.heartbeat_interval
+        # Announce ourselves at once: the first message of a boot asks for full state.
+        self._broadcast(self._heartbeat_body(Join), now, include_dead=True)
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def is_publisher(self) -> bool:
+        return self.election.is_publisher and not self._shut_down
+
+    @property
+    def term(self) -> int:
+        leader = self.election.leader
+        if self.election.is_publisher and leader is not None:
+            return leader.term
+        return self.election.term
+
+    @property
+    def publisher_id(self) -> str | None:
+        return None if self._shut_down else self.election.publisher_id
+
+    def publish_plan(self) -> PublishPlan | None:
+        """The current plan (only on the publisher; None elsewhere)."""
+        return self._plan if self.is_publisher else None
+
+    def peers(self) -> Mapping[str, PeerView]:
+        return {node_id: rec.view() for node_id, rec in self.membership.peers.items()}
+
+    # ------------------------------------------------------------------ outputs
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, str]]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        """The local time at which ``handle_timer`` must next be called."""
+        if self._shut_down:
+            return None
+        times = [self._next_heartbeat]
+        t = self.membership.next_deadline()
+        if t is not None:
+            times.append(t)
+        t = self.election.claim_at(self._candidates())
+        if t is not None:
+            times.append(t)
+        if self.election.is_publisher and self._plan is not None and self._plan.count > 0:
+            t = self._scheduler.next_deadline()
+            if t is not None:
+                times.append(max(t, self._warm_until) if not self._warm() else t)
+        return min(times)
+
+    # ------------------------------------------------------------------ inputs
+
+    def receive_datagram(self, data: bytes, addr: str, now: float) -> None:
+        """Authenticate and apply one datagram; never raises for bad input."""
+        if self._shut_down:
+            return
+        try:
+            signed, token = self._verifier.verify(
+                data, now, self.node_id, self._pinned_key, self._guard
+            )
+            if signed.sender in self.membership.removed:
+                raise RejectedDatagram("removed", f"{signed.sender} was removed by the operator")
+            self._validate_body(signed.body)
+        except RejectedDatagram as exc:
+            self.rejections[exc.reason] += 1
+            self._events.append(MessageRejected(exc.reason, addr))
+            return
+        new_boot = self._guard.commit(token)
+        self._handle(signed, addr, now, new_boot)
+        self._after_input(now)
+
+    def handle_timer(self, now: float) -> None:
+        if self._shut_down:
+            return
+        events, changed = self.membership.tick(now)
+        if events or changed:
+            self._events.extend(events)
+            self._members_digest = None
+            self._plan_dirty = True
+        if not self.election.is_publisher:
+            t = self.election.claim_at(self._candidates())
+            if t is not None and now >= t:
+                self._claim(now)
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + self.config.heartbeat_interval
+            self.election.renew_own(now)
+            self._broadcast(self._heartbeat_body(Heartbeat), now, include_dead=True)
+        self._after_input(now)
+
+    def set_local_intro_points(self, sets: Mapping[int, Sequence[bytes]], now: float) -> None:
+        """The intro points this node's tor has now, per time period; shared at once."""
+        clean = self._check_local_sets(sets)
+        digest = intro_digest(clean)
+        if digest == self._local_digest:
+            return
+        self._local_first_seen = {
+            ip: self._local_first_seen.get(ip, now) for v in clean.values() for ip in v
+        }
+        self._local_sets, self._local_digest = clean, digest
+        self._plan_dirty = True
+        if not self._shut_down:
+            # Immediately, not on the next heartbeat (the design's scenario 2).
+            self._broadcast(self._intro_body(), now, include_dead=False)
+            self._after_input(now)
+
+    def report_foreign_descriptor(self, revision: int, intro_count: int, now: float) -> None:
+        """The publisher shell found a descriptor on the HSDirs that is not ours."""
+        if self._shut_down:
+            return
+        ours = self._plan.count if self._plan is not None else 0
+        if not self.election.is_publisher:
+            self._events.append(
+                ConflictDetected("foreign_descriptor", "hsdir", ours, intro_count, "none")
+            )
+            return
+        if intro_count > ours:
+            # The other publisher sees more intro points: prefer it, and give it
+            # two lease periods before we consider claiming again.
+            self._events.append(
+                ConflictDetected("foreign_descriptor", "hsdir", ours, intro_count, "step_down")
+            )
+            self._step_down(
+                now,
+                f"foreign descriptor (revision {revision}) has more intro points",
+                None,
+                hold_off=2 * self.config.lease_duration,
+            )
+        else:
+            self._events.append(
+                ConflictDetected("foreign_descriptor", "hsdir", ours, intro_count, "keep")
+            )
+            term = self.election.bump_term(now)
+            self._broadcast(LeaseClaim(term, self.identity.priority, ours), now)
+            self._plan_dirty = True
+            self._scheduler.request("conflict: superseding a foreign descriptor")
+        self._after_input(now)
+
+    def remove_peer(self, node_id: str, now: float) -> None:
+        """Operator removal: the peer is forgotten and stays removed (gossip cannot re-add it)."""
+        self.membership.remove(node_id)
+        self._guard.forget(node_id)
+        self._events.append(PeerRemoved(node_id))
+        if self.election.publisher_id == node_id:
+            self.election.on_release(node_id, self.election.term, now)
+        self._members_digest = None
+        self._plan_dirty = True
+        self._after_input(now)
+
+    def shutdown(self, now: float) -> None:
+        """Leave the cluster: release the lease if we hold it."""
+        if self._shut_down:
+            return
+        if self.election.is_publisher:
+            self._step_down(now, "shutdown", None)
+        self._shut_down = True
+
+    # ------------------------------------------------------------------ internals
+
+    def _pinned_key(self, node_id: str) -> bytes | None:
+        rec = self.membership.peers.get(node_id)
+        return None if rec is None else rec.public_key
+
+    @staticmethod
+    def _validate_body(body: Message) -> None:
+        """Checks the schema cannot express; raise before any state changes."""
+        if isinstance(body, IntroPoints) and intro_digest(body.sets) != body.digest:
+            raise RejectedDatagram("malformed", "intro-point digest does not match the sets")
+        if isinstance(body, (Heartbeat, PeerList)):
+            addrs = (
+                [body.address] if isinstance(body, Heartbeat) else [p.address for p in body.peers]
+            )
+            for a in addrs:
+                if a and not _ADDRESS_RE.fullmatch(a):
+                    raise RejectedDatagram("malformed", "address has unprintable characters")
+
+    def _check_local_sets(
+        self, sets: Mapping[int, Sequence[bytes]]
+    ) -> dict[int, tuple[bytes, ...]]:
+        clean: dict[int, tuple[bytes, ...]] = {}
+        for period, points in sets.items():
+            if isinstance(period, bool) or not isinstance(period, int) or not 0 <= period < 2**32:
+                raise IntroPointsError(f"time period must be a 32-bit unsigned int: {period!r}")
+            pts = tuple(points)
+            if len(pts) > MAX_INTRO_POINTS_PER_SET:
+                raise IntroPointsError(
+                    f"period {period}: {len(pts)} intro points > {MAX_INTRO_POINTS_PER_SET}"
+                )
+            for ip in pts:
+                if not isinstance(ip, bytes) or not 1 <= len(ip) <= MAX_INTRO_POINT_BYTES:
+                    raise IntroPointsError(
+                        f"period {period}: an intro point must be 1..{MAX_INTRO_POINT_BYTES} bytes"
+                    )
+            if pts:
+                clean[period] = pts
+        if len(clean) > MAX_PERIODS:
+            raise IntroPointsError(f"{len(clean)} time periods > {MAX_PERIODS}")
+        return clean
+
+    def _members(self) -> bytes:
+        if self._members_digest is None:
+            self._members_digest = members_digest([self.node_id, *self.membership.live_ids()])
+        return self._members_digest
+
+    def _candidates(self) -> list[tuple[int, str]]:
+        return [
+            (r.priority, r.node_id)
+            for r in self.membership.peers.values()
+            if r.state == ALIVE and r.eligible
+        ]
+
+    def _heartbeat_body(self, kind: type[Heartbeat]) -> Heartbeat:
+        publishing = self.election.is_publisher
+        plan_count = self._plan.count if publishing and self._plan is not None else 0
+        return kind(
+            role="publisher" if publishing else "standby",
+            term=self.term,
+            leader=self.election.publisher_id or "",
+            priority=self.identity.priority,
+            eligible=self.identity.eligible,
+            address=self.identity.address,
+            intro_digest=self._local_digest,
+            intro_count=sum(len(v) for v in self._local_sets.values()),
+            members_digest=self._members(),
+            plan_count=plan_count,
+        )
+
+    def _intro_body(self) -> IntroPoints:
+        return IntroPoints(self._local_digest, {p: list(v) for p, v in self._local_sets.items()})
+
+    def _peer_list_body(self) -> PeerList:
+        infos = [PeerInfo(self.node_id, self.identity.address, self._sealer.public_key)]
+        for rec in self.membership.peers.values():
+            if rec.state in (ALIVE, SUSPECT) and rec.public_key is not None and rec.address:
+                infos.append(PeerInfo(rec.node_id, rec.address, rec.public_key))
+        return PeerList(infos[:512])
+
+    def _broadcast(self, body: Message, now: float, include_dead: bool = False) -> None:
+        """Seal once, send to every known peer (one signature for N copies)."""
+        targets: set[str] = set(self._pending_addrs)
+        for rec in self.membership.peers.values():
+            if rec.address and (include_dead or rec.state != DEAD):
+                targets.add(rec.address)
+        if not targets:
+            return
+        data = self._sealer.seal(body, now)
+        self._outbox.extend((data, addr) for addr in sorted(targets))
+
+    def _send(self, rec: PeerRecord, body: Message, now: float) -> None:
+        if rec.address:
+            self._outbox.append((self._sealer.seal(body, now, to=rec.node_id), rec.address))
+
+    def _send_full_state(self, rec: PeerRecord, now: float) -> None:
+        """Answer a Join / new boot / recovery: our heartbeat, intro points and members."""
+        last = self._last_full_state.get(rec.node_id, float("-inf"))
+        if now - last < self.config.resend_interval:
+            return
+        self._last_full_state[rec.node_id] = now
+        self._send(rec, self._heartbeat_body(Heartbeat), now)
+        if self._local_sets:
+            self._send(rec, self._intro_body(), now)
+        self._send(rec, self._peer_list_body(), now)
+        rec.last_peerlist_sent = now
+
+    def _handle(self, signed: Signed, addr: str, now: float, new_boot: bool) -> None:
+        sender, body = signed.sender, signed.body
+        rec = self.membership.peers.get(sender)
+        if rec is None:
+            rec = self.membership.add(sender, addr, signed.public_key)
+            if rec is None:  # removed (checked earlier; kept for type narrowing)
+                return
+            self._events.append(PeerDiscovered(sender, addr))
+        if rec.public_key is None:
+            rec.public_key = signed.public_key  # pin on first contact
+        self._pending_addrs.discard(addr)
+        self._pending_addrs.discard(rec.address)
+        before = rec.state
+        events = self.membership.heard(rec, now)
+        self._events.extend(events)
+        recovered = any(isinstance(e, PeerRecovered) for e in events)
+        if rec.state != before:
+            self._members_digest = None
+            self._plan_dirty = True
+        restarted = new_boot and rec.boot not in (0, signed.boot)
+        if new_boot:
+            rec.boot = signed.boot
+        if isinstance(body, Heartbeat):  # Join is a Heartbeat subclass
+            self._on_heartbeat(rec, body, addr, now, restarted)
+            if isinstance(body, Join) or new_boot or recovered:
+                self._send_full_state(rec, now)
+        elif isinstance(body, IntroPoints):
+            key = (signed.boot, signed.seq)
+            if key > self._intro_seq.get(sender, (0, 0)):  # ignore reordered older sets
+                self._intro_seq[sender] = key
+                if rec.set_intro_points(body.sets, now):
+                    self._plan_dirty = True
+        elif isinstance(body, IntroRequest):
+            self._send(rec, self._intro_body(), now)
+        elif isinstance(body, LeaseClaim):
+            self._on_publisher_signal(rec, body.term, body.priority, body.plan_count, now)
+        elif isinstance(body, LeaseRelease):
+            self.election.on_release(sender, body.term, now)
+        elif isinstance(body, PeerList):
+            self._on_peer_list(body, now)
+        if recovered:
+            self._events.append(IntroPointsRequested(sender))
+            self._send(rec, IntroRequest(rec.intro_digest), now)
+            rec.last_intro_request = now
+
+    def _on_heartbeat(
+        self, rec: PeerRecord, hb: Heartbeat, addr: str, now: float, restarted: bool
+    ) -> None:
+        rec.address = hb.address or addr
+        rec.priority, rec.eligible, rec.role = hb.priority, hb.eligible, hb.role
+        rec.term, rec.plan_count = hb.term, hb.plan_count
+        rec.advertised_digest, rec.advertised_count = hb.intro_digest, hb.intro_count
+        stale = (restarted and not rec.intro_synced) or hb.intro_count == 0
+        # A new boot advertising other intro points, or none: what we hold is stale.
+        if stale and rec.clear_intro_points():
+            self._plan_dirty = True
+        if hb.role == "publisher":
+            self._on_publisher_signal(rec, hb.term, hb.priority, hb.plan_count, now)
+        else:
+            self.election.on_standby(rec.node_id, hb.term, now)
+        if not rec.intro_synced and now - rec.last_intro_request >= self.config.resend_interval:
+            rec.last_intro_request = now
+            self._send(rec, IntroRequest(rec.intro_digest), now)
+        if hb.members_digest != self._members() and (
+            now - rec.last_peerlist_sent >= self.config.resend_interval
+        ):
+            rec.last_peerlist_sent = now
+            self._send(rec, self._peer_list_body(), now)
+
+    def _on_peer_list(self, body: PeerList, now: float) -> None:
+        for info in body.peers:
+            if info.node_id == self.node_id or info.node_id in self.membership.removed:
+                continue
+            rec = self.membership.peers.get(info.node_id)
+            if rec is None:
+                if not info.address:
+                    continue
+                rec = self.membership.add(info.node_id, info.address, info.public_key)
+                if rec is None:
+                    continue
+                self._events.append(PeerDiscovered(info.node_id, info.address))
+                self._send(rec, self._heartbeat_body(Join), now)
+            elif rec.public_key is None:
+                rec.public_key = info.public_key
+            if rec.state == UNKNOWN and not rec.address:
+                rec.address = info.address
+
+    def _on_publisher_signal(
+        self, rec: PeerRecord, term: int, priority: int, plan_count: int, now: float
+    ) -> None:
+        was_publisher = self.election.is_publisher
+        if was_publisher:
+            self._refresh_plan(now)
+        own = self._plan.count if self._plan is not None else 0
+        outcome = self.election.on_publisher(rec.node_id, term, priority, plan_count, own, now)
+        if outcome is None:
+            return
+        seen_key = (rec.node_id, term)
+        if outcome == "step_down":
+            self._events.append(
+                ConflictDetected("two_publishers", rec.node_id, own, plan_count, "step_down")
+            )
+            old_term = self.term if self._plan is None else self._plan.term
+            self._scheduler.reset()
+            self._plan = None
+            self._events.append(
+                SteppedDown(old_term, f"{rec.node_id} wins the publisher conflict", rec.node_id)
+            )
+            # Tell everyone at once that we are standby now (no release: the winner
+            # holds a valid lease and standbys must not start an election).
+            self._broadcast(self._heartbeat_body(Heartbeat), now, include_dead=False)
+        elif seen_key not in self._conflicts_seen:
+            self._conflicts_seen.add(seen_key)
+            self._events.append(
+                ConflictDetected("two_publishers", rec.node_id, own, plan_count, "keep")
+            )
+            # Make sure the loser hears us now rather than at our next heartbeat.
+            self._send(rec, self._heartbeat_body(Heartbeat), now)
+
+    def _claim(self, now: float) -> None:
+        leader = self.election.leader
+        if leader is not None:
+            reason = f"lease of {leader.node_id} expired"
+        elif self.election.released_at is not None:
+            reason = "previous publisher released the lease"
+        else:
+            reason = "no publisher heard"
+        # "was N" in the first publish log line refers to the old publisher's plan.
+        self._published_count = leader.plan_count if leader is not None else 0
+        term = self.election.claim(now)
+        self._events.append(BecamePublisher(term, reason))
+        self._plan = None
+        self._plan_dirty = True
+        self._warm_until = now + self.config.heartbeat_interval
+        self._scheduler.request(f"takeover: {reason}")
+        self._refresh_plan(now)
+        count = self._plan.count if self._plan is not None else 0
+        self._broadcast(LeaseClaim(term, self.identity.priority, count), now)
+
+    def _step_down(
+        self, now: float, reason: str, new_publisher: str | None, hold_off: float = 0.0
+    ) -> None:
+        term = self.term
+        self.election.step_down(now, hold_off)
+        self._scheduler.reset()
+        self._plan = None
+        self._events.append(SteppedDown(term, reason, new_publisher))
+        self._broadcast(LeaseRelease(term), now)
+
+    def _warm(self) -> bool:
+        """A new publisher waits (at most one heartbeat) until it holds every live peer's set."""
+        for rec in self.membership.peers.values():
+            if rec.state in (ALIVE, SUSPECT) and not rec.intro_synced:
+                return False
+        return True
+
+    def _refresh_plan(self, now: float) -> None:
+        if not self._plan_dirty and self._plan is not None:
+            return
+        self._plan_dirty = False
+        contributions = [Contribution(self.node_id, self._local_sets, self._local_first_seen)]
+        for rec in self.membership.peers.values():
+            if rec.intro_sets and self.membership.contributes(rec, now):
+                contributions.append(
+                    Contribution(rec.node_id, rec.intro_sets, rec.intro_first_seen)
+                )
+        selected = select_intro_points(contributions, self.config.max_intro_points)
+        term = self.term
+        if (
+            self._plan is not None
+            and self._plan.intro_points == selected
+            and (self._plan.term == term)
+        ):
+            return
+        self._generation += 1
+        self._plan = PublishPlan(term, self._generation, selected, self._published_count)
+        self._scheduler.request("plan changed")
+
+    def _after_input(self, now: float) -> None:
+        """Plan bookkeeping and publishing after any input (publisher only)."""
+        if not self.election.is_publisher or self._shut_down:
+            return
+        self._refresh_plan(now)
+        plan = self._plan
+        if plan is None or plan.count == 0:
+            return
+        if now < self._warm_until and not self._warm():
+            return
+        reason = self._scheduler.due(now)
+        if reason is None:
+            return
+        plan = replace(plan, previous_count=self._published_count)
+        self._plan = plan
+        self._scheduler.published(now)
+        self._published_count = plan.count
+        self._events.append(PublishRequested(plan, reason))

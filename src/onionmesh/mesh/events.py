@@ -1,0 +1,174 @@
+"""Events the core reports to its shell, each with a log line in the design's words.
+
+The shell (or simulator) pops them with ``MeshCore.next_event()`` and logs
+``event.message``. The wording of the peer and publish events is the original
+design's (seeds/000, "Monitoring & Observability").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from onionmesh.mesh.plan import PublishPlan
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+@dataclass(frozen=True)
+class PeerSuspect:
+    node_id: str
+    missed: int
+    remaining: int
+
+    @property
+    def message(self) -> str:
+        return (
+            f"Peer {self.node_id} missed {_plural(self.missed, 'heartbeat')}, "
+            f"{self.remaining} more until dead"
+        )
+
+
+@dataclass(frozen=True)
+class PeerDead:
+    node_id: str
+    intro_count: int
+
+    @property
+    def message(self) -> str:
+        return (
+            f"Peer {self.node_id} declared DEAD, removing "
+            f"{_plural(self.intro_count, 'intro point')}"
+        )
+
+
+@dataclass(frozen=True)
+class PeerRecovered:
+    node_id: str
+
+    @property
+    def message(self) -> str:
+        return f"Peer {self.node_id} came back! Adding to mesh"
+
+
+@dataclass(frozen=True)
+class IntroPointsRequested:
+    node_id: str
+
+    @property
+    def message(self) -> str:
+        return "Re-fetching intro points from recovered peer"
+
+
+@dataclass(frozen=True)
+class PeerDiscovered:
+    node_id: str
+    address: str
+
+    @property
+    def message(self) -> str:
+        return f"Discovered peer {self.node_id} at {self.address}"
+
+
+@dataclass(frozen=True)
+class PeerRemoved:
+    node_id: str
+
+    @property
+    def message(self) -> str:
+        return f"Peer {self.node_id} removed by the operator; it stays removed"
+
+
+@dataclass(frozen=True)
+class PeerDamped:
+    """A flapping peer's intro points are held out of the plan until it stays up."""
+
+    node_id: str
+    hold_until: float
+
+    @property
+    def message(self) -> str:
+        return (
+            f"Peer {self.node_id} is flapping; its intro points wait until it stays up "
+            f"(until t={self.hold_until:.1f})"
+        )
+
+
+@dataclass(frozen=True)
+class BecamePublisher:
+    term: int
+    reason: str
+
+    @property
+    def message(self) -> str:
+        return f"Became publisher for term {self.term} ({self.reason})"
+
+
+@dataclass(frozen=True)
+class SteppedDown:
+    term: int
+    reason: str
+    new_publisher: str | None
+
+    @property
+    def message(self) -> str:
+        who = self.new_publisher or "nobody yet"
+        return f"Stepped down as publisher of term {self.term} ({self.reason}); publisher: {who}"
+
+
+@dataclass(frozen=True)
+class ConflictDetected:
+    """Two publishers at once, or a descriptor on the HSDirs that is not ours."""
+
+    kind: str  # "two_publishers" | "foreign_descriptor"
+    other: str  # the other publisher's id, or "hsdir" for a foreign descriptor
+    our_intro_count: int
+    their_intro_count: int
+    resolution: str  # "keep" | "step_down"
+
+    @property
+    def message(self) -> str:
+        return (
+            f"Publisher conflict ({self.kind}) with {self.other}: we see "
+            f"{self.our_intro_count} intro points, they {self.their_intro_count}; "
+            f"resolution: {self.resolution}"
+        )
+
+
+@dataclass(frozen=True)
+class PublishRequested:
+    plan: PublishPlan
+    reason: str
+
+    @property
+    def message(self) -> str:
+        return f"{self.plan.message} ({self.reason})"
+
+
+@dataclass(frozen=True)
+class MessageRejected:
+    reason: str
+    addr: str
+
+    @property
+    def message(self) -> str:
+        return f"Rejected datagram from {self.addr}: {self.reason}"
+
+
+Event = (
+    PeerSuspect
+    | PeerDead
+    | PeerRecovered
+    | IntroPointsRequested
+    | PeerDiscovered
+    | PeerRemoved
+    | PeerDamped
+    | BecamePublisher
+    | SteppedDown
+    | ConflictDetected
+    | PublishRequested
+    | MessageRejected
+)

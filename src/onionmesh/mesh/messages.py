@@ -1,0 +1,116 @@
+"""The mesh wire schema, version 1: every message a node sends to a peer.
+
+Messages are msgspec Structs encoded as compact msgpack arrays (field order
+is the schema; unknown or missing fields are refused). Every field carries
+its own bounds so a decoded message is already range-checked. Times never
+travel as absolute deadlines: a lease is judged on the receiver's own clock
+from when it heard the renewal, so skewed clocks cannot extend or cut it.
+
+Message kinds (tag):
+  1 Heartbeat     liveness, role/term, priority, intro-point and membership digests
+  2 Join          a node's first message of a boot; the receiver answers with its state
+  3 IntroPoints   the sender's complete intro-point sets (sent immediately on change)
+  4 IntroRequest  "your heartbeat digest differs from what I hold: resend"
+  5 LeaseClaim    the sender just became publisher with this term
+  6 LeaseRelease  the sender stops publishing (shutdown or step-down)
+  7 PeerList      gossip: the members the sender knows (sent on a digest mismatch)
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+WIRE_VERSION = 1
+MAX_INTRO_POINT_BYTES = 4096  # one encoded intro point is ~1 KB in practice
+MAX_INTRO_POINTS_PER_SET = 20  # tor never has more per descriptor
+MAX_PERIODS = 4  # tor has two (current and next); a little slack for rotation
+MAX_GOSSIP_PEERS = 512
+
+NodeId = Annotated[str, Meta(pattern=r"^[a-z0-9._-]{1,64}$")]
+OptNodeId = Annotated[str, Meta(pattern=r"^([a-z0-9._-]{1,64})?$")]
+Address = Annotated[str, Meta(max_length=255)]
+Digest = Annotated[bytes, Meta(min_length=16, max_length=16)]
+PublicKey = Annotated[bytes, Meta(min_length=32, max_length=32)]
+U32 = Annotated[int, Meta(ge=0, lt=2**32)]
+U63 = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+Priority = Annotated[int, Meta(ge=0, lt=2**31)]
+IntroPoint = Annotated[bytes, Meta(min_length=1, max_length=MAX_INTRO_POINT_BYTES)]
+IntroSet = Annotated[list[IntroPoint], Meta(max_length=MAX_INTRO_POINTS_PER_SET)]
+Role = Literal["publisher", "standby"]
+
+
+class _Msg(msgspec.Struct, array_like=True, forbid_unknown_fields=True, frozen=True):
+    """Common base: compact array encoding, strict decoding."""
+
+
+class Heartbeat(_Msg, tag=1):
+    role: Role
+    term: U63  # highest term the sender knows (its own lease term when publisher)
+    leader: OptNodeId  # whom the sender follows as publisher ("" = nobody)
+    priority: Priority
+    eligible: bool
+    address: Address
+    intro_digest: Digest
+    intro_count: U32
+    members_digest: Digest
+    plan_count: U32  # intro points in the sender's publish plan (publishers only)
+
+
+class Join(Heartbeat, tag=2):
+    """Same fields as a Heartbeat; asks the receiver to send its full state."""
+
+
+class IntroPoints(_Msg, tag=3):
+    digest: Digest
+    sets: Annotated[dict[U32, IntroSet], Meta(max_length=MAX_PERIODS)]
+
+
+class IntroRequest(_Msg, tag=4):
+    have: Digest  # the digest the requester currently holds for the sender
+
+
+class LeaseClaim(_Msg, tag=5):
+    term: U63
+    priority: Priority
+    plan_count: U32
+
+
+class LeaseRelease(_Msg, tag=6):
+    term: U63
+
+
+class PeerInfo(_Msg):
+    node_id: NodeId
+    address: Address
+    public_key: PublicKey
+
+
+class PeerList(_Msg, tag=7):
+    peers: Annotated[list[PeerInfo], Meta(max_length=MAX_GOSSIP_PEERS)]
+
+
+Message = Heartbeat | Join | IntroPoints | IntroRequest | LeaseClaim | LeaseRelease | PeerList
+
+
+class Signed(_Msg):
+    """The signed part of an envelope: who, which boot/sequence, when, to whom, what."""
+
+    sender: NodeId
+    public_key: PublicKey
+    boot: U63  # per-boot id; a restarted sender uses a larger one
+    seq: U63  # per-boot sequence number, strictly increasing from 1
+    ts_ms: U63  # sender's clock, milliseconds (checked against clock_skew_tolerance)
+    to: OptNodeId  # recipient node id, "" for a broadcast
+    body: Message
+
+
+class Sealed(_Msg):
+    """The outer envelope: version, signed bytes, ed25519 signature, cluster MAC."""
+
+    version: int
+    signed: bytes
+    signature: Annotated[bytes, Meta(min_length=64, max_length=64)]
+    mac: Annotated[bytes, Meta(min_length=32, max_length=32)]

@@ -1,0 +1,136 @@
+"""A tiny deterministic network for multi-core scenario tests (not the simulator).
+
+Every node's clock is the global clock plus an optional fixed skew. Datagrams
+take ``delay`` seconds; links can be cut in one direction (``block``) to make
+partitions. Nodes can be killed and restarted (a restart is a new MeshCore
+with the same identity). Events of every core are collected per node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+from collections.abc import Iterable
+
+from onionmesh.mesh.config import MeshConfig
+from onionmesh.mesh.core import MeshCore
+from onionmesh.mesh.events import Event
+from onionmesh.mesh.identity import NodeIdentity, PeerSeed
+
+SECRET = b"cluster-secret-for-tests-0123456789"
+
+
+def seed_for(node_id: str) -> bytes:
+    return hashlib.sha256(b"node-key:" + node_id.encode()).digest()
+
+
+def identity(node_id: str, priority: int = 100, eligible: bool = True) -> NodeIdentity:
+    return NodeIdentity(node_id, seed_for(node_id), priority, eligible, f"{node_id}:7000")
+
+
+class Net:
+    def __init__(self, config: MeshConfig, delay: float = 0.05) -> None:
+        self.config = config
+        self.delay = delay
+        self.now = 0.0
+        self.cores: dict[str, MeshCore] = {}
+        self.identities: dict[str, NodeIdentity] = {}
+        self.skew: dict[str, float] = {}
+        self.events: dict[str, list[Event]] = {}
+        self.blocked: set[tuple[str, str]] = set()
+        self._queue: list[tuple[float, int, str, bytes, str]] = []
+        self._seq = itertools.count()
+        self.sent: list[tuple[float, str, str, bytes]] = []  # (time, src, dst, data)
+
+    # -- topology -----------------------------------------------------------
+
+    def add(
+        self, ident: NodeIdentity, bootstrap: Iterable[str] | None = None, skew: float = 0.0
+    ) -> MeshCore:
+        self.identities[ident.node_id] = ident
+        self.skew[ident.node_id] = skew
+        names = list(self.identities) if bootstrap is None else list(bootstrap)
+        seeds = [
+            PeerSeed(n, self.identities[n].address, self.identities[n].public_key)
+            for n in names
+            if n != ident.node_id and n in self.identities
+        ]
+        core = MeshCore(self.config, ident, SECRET, seeds, self.local(ident.node_id))
+        self.cores[ident.node_id] = core
+        self.events.setdefault(ident.node_id, [])
+        self._flush(ident.node_id)
+        return core
+
+    def local(self, node_id: str) -> float:
+        return self.now + self.skew.get(node_id, 0.0)
+
+    def kill(self, node_id: str) -> None:
+        del self.cores[node_id]
+
+    def restart(self, node_id: str, bootstrap: Iterable[str] | None = None) -> MeshCore:
+        return self.add(self.identities[node_id], bootstrap, self.skew[node_id])
+
+    def partition(self, *groups: Iterable[str]) -> None:
+        sets = [set(g) for g in groups]
+        for a, b in itertools.permutations(range(len(sets)), 2):
+            for x in sets[a]:
+                for y in sets[b]:
+                    self.blocked.add((x, y))
+
+    def heal(self) -> None:
+        self.blocked.clear()
+
+    # -- running ------------------------------------------------------------
+
+    def _addr_owner(self, addr: str) -> str:
+        return addr.split(":")[0]
+
+    def _flush(self, node_id: str) -> None:
+        core = self.cores.get(node_id)
+        if core is None:
+            return
+        for data, addr in core.datagrams_to_send(self.local(node_id)):
+            dst = self._addr_owner(addr)
+            self.sent.append((self.now, node_id, dst, data))
+            if (node_id, dst) in self.blocked:
+                continue
+            heapq.heappush(
+                self._queue, (self.now + self.delay, next(self._seq), dst, data, f"{node_id}:7000")
+            )
+        while (ev := core.next_event()) is not None:
+            self.events[node_id].append(ev)
+
+    def inject(self, dst: str, data: bytes, src_addr: str = "evil:1") -> None:
+        heapq.heappush(self._queue, (self.now, next(self._seq), dst, data, src_addr))
+
+    def run_until(self, t_end: float) -> None:
+        while True:
+            next_t = self._queue[0][0] if self._queue else float("inf")
+            timer_node = None
+            for nid, core in self.cores.items():
+                t = core.get_timer()
+                if t is None:
+                    continue
+                t_global = t - self.skew[nid]
+                if t_global < next_t:
+                    next_t, timer_node = t_global, nid
+            if next_t > t_end:
+                self.now = t_end
+                return
+            self.now = max(self.now, next_t)
+            if timer_node is not None:
+                self.cores[timer_node].handle_timer(self.local(timer_node))
+                self._flush(timer_node)
+            else:
+                _, _, dst, data, src = heapq.heappop(self._queue)
+                core = self.cores.get(dst)
+                if core is not None:
+                    core.receive_datagram(data, src, self.local(dst))
+                    self._flush(dst)
+
+    def publishers(self) -> list[str]:
+        return sorted(n for n, c in self.cores.items() if c.is_publisher)
+
+    def of(self, node_id: str, kind: type) -> list:
+        return [e for e in self.events[node_id] if isinstance(e, kind)]
