@@ -12,8 +12,12 @@ Decisions (documented because callers rely on them):
   surrounding whitespace, a trailing dot, a doubled ``.onion.onion`` suffix and
   subdomains such as ``www.<addr>.onion``. A balancer is configured with a
   service's bare address; silently stripping labels would hide config mistakes.
-* The public key must be a valid ed25519 point in the prime-order subgroup, as tor's
-  ``hs_address_is_valid`` requires, so a decoded key is always usable for blinding.
+* Decoding checks the *format* (length, alphabet, version, checksum). With
+  ``check_key=True`` it also requires the key to be a canonical ed25519 point in the
+  prime-order subgroup, as tor's client-side ``hs_address_is_valid`` does (an address
+  whose key has a torsion component is an alias of another address). The default is
+  format-only because tests and simulations use arbitrary 32-byte keys; a key that is
+  not a valid point is still rejected later, with a ``BlindingError``, by ``blinding``.
 """
 
 from __future__ import annotations
@@ -50,11 +54,11 @@ def encode_onion_address(public_key: bytes) -> str:
     return base64.b32encode(raw).decode("ascii").lower() + ONION_SUFFIX
 
 
-def decode_onion_address(address: str) -> bytes:
+def decode_onion_address(address: str, *, check_key: bool = False) -> bytes:
     """Return the 32-byte ed25519 public key named by a v3 onion address.
 
     Raises ``AddressError`` naming the problem: type, suffix/subdomain, length,
-    alphabet, version, checksum or an invalid public key.
+    alphabet, version, checksum, or (with ``check_key``) an invalid public key.
     """
     if not isinstance(address, str):
         raise AddressError(f"onion address must be a string, not {type(address).__name__}")
@@ -81,15 +85,21 @@ def decode_onion_address(address: str) -> bytes:
         raise AddressError(f"onion address has version {version}, expected {ADDRESS_VERSION}")
     if checksum != _checksum(public_key, version):
         raise AddressError("onion address checksum does not match (mistyped address?)")
-    if not nacl.bindings.crypto_core_ed25519_is_valid_point(public_key):
+    if check_key and not is_valid_public_key(public_key):
         raise AddressError("onion address does not contain a valid ed25519 public key")
     return public_key
 
 
-def is_valid_onion_address(address: object) -> bool:
+def is_valid_public_key(public_key: bytes) -> bool:
+    """True if ``public_key`` is a canonical ed25519 point of prime order (no torsion)."""
+    return (isinstance(public_key, bytes | bytearray) and len(public_key) == 32
+            and bool(nacl.bindings.crypto_core_ed25519_is_valid_point(bytes(public_key))))
+
+
+def is_valid_onion_address(address: object, *, check_key: bool = False) -> bool:
     """True if ``decode_onion_address`` would accept ``address``."""
     try:
-        decode_onion_address(address)  # type: ignore[arg-type]
+        decode_onion_address(address, check_key=check_key)  # type: ignore[arg-type]
     except AddressError:
         return False
     return True

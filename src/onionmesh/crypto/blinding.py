@@ -66,9 +66,15 @@ def blinding_factor(public_key: bytes, period_number: int, period_length: int) -
     return ed25519.clamp_scalar(digest)
 
 
-def _blind_point(factor: bytes, public_key: bytes) -> bytes:
+def blind_public_key_with_factor(public_key: bytes, factor: bytes) -> bytes:
+    """``clamp(factor) * A``: tor's ``ed25519_public_blind`` for a raw 32-byte parameter."""
+    if not isinstance(public_key, bytes | bytearray) or len(public_key) != 32:
+        raise BlindingError("public key must be 32 bytes")
+    if len(factor) != 32:
+        raise BlindingError("blinding factor must be 32 bytes")
     try:
-        return sodium.crypto_scalarmult_ed25519_noclamp(factor, bytes(public_key))
+        return sodium.crypto_scalarmult_ed25519_noclamp(ed25519.clamp_scalar(factor),
+                                                        bytes(public_key))
     except nacl.exceptions.RuntimeError as exc:
         # libsodium refuses non-canonical, small-order and off-subgroup points.
         raise BlindingError("public key is not a valid ed25519 point") from exc
@@ -76,7 +82,8 @@ def _blind_point(factor: bytes, public_key: bytes) -> bytes:
 
 def blind_public_key(public_key: bytes, period_number: int, period_length: int) -> bytes:
     """The 32-byte blinded public key ``A' = h * A``."""
-    return _blind_point(blinding_factor(public_key, period_number, period_length), public_key)
+    factor = blinding_factor(public_key, period_number, period_length)
+    return blind_public_key_with_factor(public_key, factor)
 
 
 class BlindedKey:
@@ -121,11 +128,16 @@ class BlindedKey:
 
 
 def blind_expanded_secret(expanded: bytes, factor: bytes) -> bytes:
-    """``a' || prefix'`` from an expanded secret ``a || prefix`` and a blinding factor."""
+    """``a' || prefix'`` from an expanded secret ``a || prefix`` and a blinding factor.
+
+    The factor is clamped first (a no-op for ``blinding_factor``'s output), as tor's
+    ``ed25519_secret_key_blind`` does with its raw parameter.
+    """
     if len(expanded) != 64 or len(factor) != 32:
         raise BlindingError("need a 64-byte expanded secret and a 32-byte blinding factor")
+    clamped = ed25519.clamp_scalar(factor)
     scalar = sodium.crypto_core_ed25519_scalar_mul(ed25519.reduce_scalar(expanded[:32]),
-                                                   ed25519.reduce_scalar(factor))
+                                                   ed25519.reduce_scalar(clamped))
     prefix = hashlib.sha512(PREFIX_STRING + expanded[32:]).digest()[:32]
     return scalar + prefix
 
@@ -134,7 +146,7 @@ def blind_identity(identity: Ed25519Identity, period_number: int,
                    period_length: int) -> BlindedKey:
     """Blind ``identity`` for a time period (``period_length`` in minutes)."""
     factor = blinding_factor(identity.public_key, period_number, period_length)
-    public_key = _blind_point(factor, identity.public_key)
+    public_key = blind_public_key_with_factor(identity.public_key, factor)
     secret = blind_expanded_secret(identity.expanded, factor)
     # Cheap self-check: a' * B must equal h * A, or the signatures would be invalid.
     if ed25519.public_key_from_scalar(secret[:32]) != public_key:
