@@ -161,7 +161,7 @@ def _match_period(
     )
 
 
-def _parse_middle(text: str) -> tuple[bytes, list[AuthClient], bytes]:
+def _parse_middle(text: str) -> tuple[bytes, list[AuthClient], int, bytes]:
     what = "superencrypted layer"
     items = tokenize(text, what)
     if not items or items[0].keyword != "desc-auth-type":
@@ -173,18 +173,21 @@ def _parse_middle(text: str) -> tuple[bytes, list[AuthClient], bytes]:
     if not key_item.args:
         raise MalformedDescriptor(f"{what}: 'desc-auth-ephemeral-key' needs a key")
     ephemeral = b64_decode(key_item.args[0], "desc-auth-ephemeral-key", length=32)
+    odd_entries = 0
     clients = []
     for item in items:
         if item.keyword == "auth-client":
             if len(item.args) < 3:
                 raise MalformedDescriptor(f"{what}: 'auth-client' needs three arguments")
-            clients.append(AuthClient(
-                b64_decode(item.args[0], "auth-client id", length=8),
-                b64_decode(item.args[1], "auth-client iv", length=16),
-                b64_decode(item.args[2], "auth-client cookie", length=32),
-            ))
+            entry = AuthClient(*(b64_decode(arg, "auth-client field") for arg in item.args[:3]))
+            # stem (and so Onionbalance) writes fake entries with 16-byte cookies; such an
+            # entry can never be ours, so it is kept out of the cookie search, not fatal.
+            if (len(entry.client_id), len(entry.iv), len(entry.encrypted_cookie)) == (8, 16, 32):
+                clients.append(entry)
+            else:
+                odd_entries += 1
     blob = need_object(exactly_one(items, "encrypted", what), "MESSAGE", what)
-    return ephemeral, clients, blob
+    return ephemeral, clients, odd_entries, blob
 
 
 def _split_intro_blocks(text: str) -> tuple[str, list[str]]:
@@ -279,7 +282,8 @@ def parse_descriptor(
     subcred = subcredential(identity, blinded)
     middle_bytes = decrypt_layer(outer.superencrypted, blinded, subcred, outer.revision_counter,
                                  SUPERENCRYPTED_CONSTANT, what="superencrypted layer")
-    ephemeral, clients, inner_blob = _parse_middle(_ascii(middle_bytes, "superencrypted layer"))
+    middle_text = _ascii(middle_bytes, "superencrypted layer")
+    ephemeral, clients, odd_entries, inner_blob = _parse_middle(middle_text)
 
     cookie = None
     if client_secret_key is not None:
@@ -307,7 +311,7 @@ def parse_descriptor(
         signing_key=signing_key,
         signing_key_cert=cert,
         client_auth=cookie is not None,
-        auth_client_count=len(clients),
+        auth_client_count=len(clients) + odd_entries,
         superencrypted_length=len(outer.superencrypted) - 48,
         **inner,
     )
