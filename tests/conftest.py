@@ -33,9 +33,7 @@ def require_tor() -> None:
 def tornet(tmp_path_factory: pytest.TempPathFactory):
     """The session's private Tor network (authorities ready; add clients/services as needed)."""
     require_tor()
-    n_authorities = int(
-        os.environ.get("ONIONMESH_TORNET_AUTHORITIES", DEFAULT_TORNET_AUTHORITIES)
-    )
+    n_authorities = int(os.environ.get("ONIONMESH_TORNET_AUTHORITIES", DEFAULT_TORNET_AUTHORITIES))
     network = TorNetwork(tmp_path_factory.mktemp("tornet"), n_authorities)
     network.start()
     try:
