@@ -42,7 +42,7 @@ def decode_sealed(data: bytes) -> Sealed:
         raise RejectedDatagram("oversized", f"{len(data)} bytes > {MAX_DATAGRAM}")
     try:
         sealed = _sealed_decoder.decode(data)
-    except msgspec.MsgspecError as exc:
+    except (msgspec.MsgspecError, ValueError) as exc:  # ValueError: bad UTF-8 in a str
         raise RejectedDatagram("malformed", f"envelope: {exc}") from None
     if sealed.version != WIRE_VERSION:
         raise RejectedDatagram("unsupported_version", f"wire version {sealed.version}")
@@ -53,7 +53,7 @@ def decode_signed(data: bytes) -> Signed:
     """Decode the signed part (only after its MAC has been checked)."""
     try:
         return _signed_decoder.decode(data)
-    except msgspec.MsgspecError as exc:
+    except (msgspec.MsgspecError, ValueError) as exc:  # ValueError: bad UTF-8 in a str
         raise RejectedDatagram("malformed", f"signed part: {exc}") from None
 
 

@@ -1,0 +1,176 @@
+"""Envelope checks: forged, wrong cluster, replayed, stale, misdirected; restarts accepted."""
+
+from __future__ import annotations
+
+import pytest
+
+from onionmesh.mesh import codec
+from onionmesh.mesh.auth import ClusterKey, ReplayGuard, Sealer
+from onionmesh.mesh.config import MeshConfig
+from onionmesh.mesh.core import MeshCore
+from onionmesh.mesh.errors import MeshConfigError, RejectedDatagram
+from onionmesh.mesh.identity import PeerSeed
+from onionmesh.mesh.messages import Heartbeat, LeaseClaim, Sealed
+
+from .netloop import SECRET, identity, seed_for
+
+T0 = 1_000.0
+
+
+def _hb(role: str = "standby", term: int = 0) -> Heartbeat:
+    return Heartbeat(role, term, "", 100, True, "a:7000", b"\x00" * 16, 0, b"\x00" * 16, 0)
+
+
+def _pair() -> MeshCore:
+    """Core "b" that knows "a" (with a's pinned public key) and has drained its output."""
+    a = identity("a")
+    b = MeshCore(MeshConfig(), identity("b"), SECRET, [PeerSeed("a", a.address, a.public_key)], T0)
+    b.datagrams_to_send(T0)
+    while b.next_event():
+        pass
+    return b
+
+
+def _sealer(
+    node_id: str = "a", secret: bytes = SECRET, boot: int = 5, seed: bytes | None = None
+) -> Sealer:
+    return Sealer(node_id, seed or seed_for(node_id), ClusterKey(secret), boot)
+
+
+def _snapshot(core: MeshCore) -> tuple:
+    return (
+        dict(core.peers()),
+        core.term,
+        core.publisher_id,
+        core.is_publisher,
+        core.publish_plan(),
+        core.get_timer(),
+    )
+
+
+def _rejected(core: MeshCore, data: bytes, reason: str, now: float = T0) -> None:
+    before = _snapshot(core)
+    count = core.rejections[reason]
+    core.receive_datagram(data, "evil:1", now)
+    assert core.rejections[reason] == count + 1
+    ev = core.next_event()
+    assert ev is not None and ev.reason == reason
+    assert _snapshot(core) == before, "a rejected datagram changed state"
+    assert core.datagrams_to_send(now) == []
+
+
+def test_genuine_heartbeat_is_accepted_and_marks_peer_alive():
+    b = _pair()
+    b.receive_datagram(_sealer().seal(_hb(), T0), "a:7000", T0)
+    assert b.peers()["a"].state == "alive"
+    assert not b.rejections
+
+
+def test_wrong_cluster_secret_is_unknown_cluster():
+    b = _pair()
+    _rejected(
+        b, _sealer(secret=b"another-cluster-secret-xxxxxxxx").seal(_hb(), T0), "unknown_cluster"
+    )
+
+
+def test_other_key_under_a_pinned_id_is_forged():
+    b = _pair()
+    impostor = _sealer(seed=b"\x07" * 32)  # holds the cluster secret, not a's node key
+    _rejected(b, impostor.seal(_hb("publisher", 99), T0), "forged")
+
+
+def test_bad_signature_with_valid_cluster_mac_is_forged():
+    b = _pair()
+    good = codec.decode_sealed(_sealer().seal(_hb(), T0))
+    bad_sig = bytes([good.signature[0] ^ 1]) + good.signature[1:]
+    key = ClusterKey(SECRET)
+    forged = codec.encode(Sealed(1, good.signed, bad_sig, key.tag(good.signed, bad_sig)))
+    _rejected(b, forged, "forged")
+
+
+def test_tampered_body_fails_the_cluster_mac():
+    b = _pair()
+    data = bytearray(_sealer().seal(_hb(), T0))
+    data[20] ^= 0x01
+    before = _snapshot(b)
+    b.receive_datagram(bytes(data), "evil:1", T0)
+    assert sum(b.rejections.values()) == 1
+    assert set(b.rejections) <= {"unknown_cluster", "malformed"}
+    assert _snapshot(b) == before
+
+
+def test_duplicate_is_replayed():
+    b = _pair()
+    data = _sealer().seal(_hb(), T0)
+    b.receive_datagram(data, "a:7000", T0)
+    b.datagrams_to_send(T0)
+    while b.next_event():
+        pass
+    _rejected(b, data, "replayed", T0 + 1)
+
+
+def test_stale_and_future_timestamps_are_refused():
+    b = _pair()
+    tol = MeshConfig().clock_skew_tolerance
+    s = _sealer()
+    _rejected(b, s.seal(_hb(), T0 - tol - 1), "stale")
+    _rejected(b, s.seal(_hb(), T0 + tol + 1), "stale")
+    b.receive_datagram(s.seal(_hb(), T0 + tol - 1), "a:7000", T0)  # inside the window
+    assert b.peers()["a"].state == "alive"
+
+
+def test_restarted_sender_with_larger_boot_is_accepted_and_old_boot_is_replayed():
+    b = _pair()
+    old, new = _sealer(boot=5), _sealer(boot=6)
+    old_msgs = [old.seal(_hb(), T0) for _ in range(3)]
+    b.receive_datagram(old_msgs[0], "a:7000", T0)
+    b.receive_datagram(new.seal(_hb(), T0 + 1), "a:7000", T0 + 1)  # seq restarts at 1
+    assert not b.rejections
+    b.datagrams_to_send(T0 + 1)
+    while b.next_event():
+        pass
+    _rejected(b, old_msgs[1], "replayed", T0 + 2)
+
+
+def test_reordered_datagrams_within_the_window_are_accepted_once():
+    g = ReplayGuard()
+    for seq in (5, 3, 4, 1):
+        g.commit(g.check("a", 1, seq))
+    for seq in (3, 5):
+        with pytest.raises(RejectedDatagram):
+            g.check("a", 1, seq)
+    g.commit(g.check("a", 1, 200))
+    with pytest.raises(RejectedDatagram):  # fell out of the 64-message window
+        g.check("a", 1, 2)
+
+
+def test_unicast_to_another_node_is_misdirected():
+    b = _pair()
+    _rejected(b, _sealer().seal(_hb(), T0, to="c"), "misdirected")
+
+
+def test_own_id_is_refused():
+    b = _pair()
+    _rejected(b, _sealer("b").seal(_hb(), T0), "own_id")
+
+
+def test_replayed_lease_claim_does_not_change_the_publisher():
+    b = _pair()
+    s = _sealer()
+    claim = s.seal(LeaseClaim(7, 100, 3), T0)
+    b.receive_datagram(claim, "a:7000", T0)
+    assert b.publisher_id == "a" and b.term == 7
+    b.datagrams_to_send(T0)
+    while b.next_event():
+        pass
+    _rejected(b, claim, "replayed", T0 + 3)
+
+
+def test_cluster_secret_never_appears_in_reprs():
+    key = ClusterKey(SECRET)
+    assert SECRET.hex() not in repr(key) and "redacted" in repr(key)
+    ident = identity("a")
+    assert ident.signing_seed.hex() not in repr(ident)
+    assert repr(ident.signing_seed) not in repr(ident)
+    with pytest.raises(MeshConfigError):
+        ClusterKey(b"short")
