@@ -38,6 +38,7 @@ class Net:
         self.identities: dict[str, NodeIdentity] = {}
         self.skew: dict[str, float] = {}
         self.events: dict[str, list[Event]] = {}
+        self.timeline: list[tuple[float, str, Event]] = []  # (global time, node, event)
         self.blocked: set[tuple[str, str]] = set()
         self._queue: list[tuple[float, int, str, bytes, str]] = []
         self._seq = itertools.count()
@@ -100,6 +101,7 @@ class Net:
             )
         while (ev := core.next_event()) is not None:
             self.events[node_id].append(ev)
+            self.timeline.append((self.now, node_id, ev))
 
     def inject(self, dst: str, data: bytes, src_addr: str = "evil:1") -> None:
         heapq.heappush(self._queue, (self.now, next(self._seq), dst, data, src_addr))
@@ -128,6 +130,9 @@ class Net:
                 if core is not None:
                     core.receive_datagram(data, src, self.local(dst))
                     self._flush(dst)
+
+    def times(self, node_id: str, kind: type) -> list[float]:
+        return [t for t, n, e in self.timeline if n == node_id and isinstance(e, kind)]
 
     def publishers(self) -> list[str]:
         return sorted(n for n, c in self.cores.items() if c.is_publisher)

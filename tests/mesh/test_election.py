@@ -1,0 +1,208 @@
+"""Election scenarios on a tiny deterministic network: leases, step-down, conflicts, restarts."""
+
+from __future__ import annotations
+
+from onionmesh.mesh.config import MeshConfig
+from onionmesh.mesh.election import Election, conflict_key, rank_key
+from onionmesh.mesh.events import BecamePublisher, ConflictDetected, SteppedDown
+
+from .netloop import Net, identity
+
+CFG = MeshConfig()  # heartbeat 5 s, lease 15 s, grace 2 s
+LISTEN = CFG.lease_duration + CFG.lease_grace
+
+
+def _cluster(names="abc", priorities=None, intro=3, **kw) -> Net:
+    net = Net(CFG, **kw)
+    priorities = priorities or {}
+    for n in names:
+        net.add(identity(n, priorities.get(n, 100)))
+    for n in names:
+        net.cores[n].set_local_intro_points(
+            {1: [f"{n}-{i}".encode() for i in range(intro)]}, net.local(n)
+        )
+        net._flush(n)
+    return net
+
+
+def _watch_single_publisher(net: Net, until: float, step: float = 0.5) -> int:
+    """Run to ``until`` checking there is never more than one publisher; return max seen."""
+    most = 0
+    while net.now < until:
+        net.run_until(net.now + step)
+        most = max(most, len(net.publishers()))
+    return most
+
+
+def test_rank_and_conflict_keys_are_total_and_deterministic():
+    assert sorted([(100, "b"), (200, "c"), (100, "a")], key=lambda c: rank_key(*c)) == [
+        (200, "c"),
+        (100, "a"),
+        (100, "b"),
+    ]
+    assert conflict_key(9, 1, 100, "z") > conflict_key(6, 5, 200, "a")  # intro points first
+    assert conflict_key(6, 2, 100, "z") > conflict_key(6, 1, 200, "a")  # then term
+    assert conflict_key(6, 2, 100, "a") > conflict_key(6, 2, 100, "b")  # then smaller id
+
+
+def test_cold_start_elects_the_highest_priority_after_listening():
+    net = _cluster("abc", {"b": 150})
+    assert _watch_single_publisher(net, 60) == 1
+    assert net.publishers() == ["b"]
+    (t,) = net.times("b", BecamePublisher)
+    assert t >= LISTEN  # nobody claims before one lease period of listening
+    assert all(c.publisher_id == "b" for c in net.cores.values())
+
+
+def test_equal_priorities_pick_the_smallest_node_id():
+    net = _cluster("cab")
+    net.run_until(60)
+    assert net.publishers() == ["a"]
+
+
+def test_lease_expiry_takeover_not_before_lease_plus_grace_on_the_standbys_clock():
+    net = _cluster("abc", {"a": 200, "b": 150}, delay=0.01)
+    net.run_until(40)
+    assert net.publishers() == ["a"]
+    kill_at = net.now
+    net.kill("a")
+    net.run_until(kill_at + 60)
+    assert net.publishers() == ["b"]
+    (t,) = net.times("b", BecamePublisher)
+    # the last renewal b heard was at most one heartbeat before the kill
+    assert kill_at - CFG.heartbeat_interval + LISTEN <= t <= kill_at + LISTEN + 0.5
+    assert net.cores["c"].publisher_id == "b"
+    assert net.cores["b"].term == 2
+
+
+def test_non_eligible_nodes_never_publish():
+    net = Net(CFG)
+    net.add(identity("a", eligible=False))
+    net.add(identity("b", 50))
+    net.run_until(40)
+    assert net.publishers() == ["b"]
+    net.kill("b")
+    net.run_until(200)
+    assert net.publishers() == []
+
+
+def test_partition_heal_leaves_one_publisher_the_side_with_more_intro_points():
+    # d has the best priority, so after the split the minority elects d with a
+    # higher term; on heal, a keeps publishing because it sees more intro points.
+    net = _cluster("abcde", {"a": 150, "d": 120})
+    net.run_until(40)
+    assert net.publishers() == ["a"]
+    net.partition("abc", "de")
+    net.run_until(120)
+    assert net.publishers() == ["a", "d"]  # each side serves itself during the split
+    assert net.cores["d"].term > net.cores["a"].term
+    heal_at = net.now
+    net.heal()
+    net.run_until(heal_at + CFG.heartbeat_interval + 1)
+    assert net.publishers() == ["a"]
+    (down,) = [e for e in net.events["d"] if isinstance(e, SteppedDown)]
+    assert down.new_publisher == "a"
+    conflicts = [e for e in net.events["d"] if isinstance(e, ConflictDetected)]
+    assert conflicts and conflicts[0].our_intro_count < conflicts[0].their_intro_count
+    # converged: no flapping for several lease periods, everyone follows a
+    assert _watch_single_publisher(net, net.now + 5 * CFG.lease_duration) == 1
+    assert net.publishers() == ["a"]
+    assert all(c.publisher_id == "a" for c in net.cores.values())
+    assert len(net.times("a", BecamePublisher)) == 1 and len(net.times("d", BecamePublisher)) == 1
+
+
+def test_heal_with_equal_intro_counts_is_decided_by_term():
+    net = _cluster("abcd", {"a": 150, "c": 120})
+    net.run_until(40)
+    net.partition("ab", "cd")
+    net.run_until(120)
+    assert net.publishers() == ["a", "c"]
+    net.heal()
+    assert _watch_single_publisher(net, net.now + 3 * CFG.lease_duration, 1.0) <= 2
+    assert net.publishers() == ["c"]  # equal counts (6 and 6): higher term wins
+
+
+def test_restarted_node_does_not_steal_the_lease():
+    net = _cluster("abc", {"a": 100, "b": 150})
+    net.run_until(40)
+    assert net.publishers() == ["b"]
+    net.kill("c")
+    net.run_until(45)
+    # c comes back with a better priority than the healthy publisher b
+    net.identities["c"] = identity("c", 300)
+    net.restart("c")
+    assert _watch_single_publisher(net, 200) == 1
+    assert net.publishers() == ["b"]
+    assert net.times("c", BecamePublisher) == []
+
+
+def test_restarted_publisher_waits_and_cluster_keeps_one_publisher():
+    net = _cluster("abc", {"a": 150})
+    net.run_until(40)
+    net.kill("a")
+    net.run_until(41)
+    a2 = net.restart("a")
+    assert not a2.is_publisher
+    assert _watch_single_publisher(net, 150) == 1
+    assert len(net.publishers()) == 1
+
+
+def test_shutdown_releases_the_lease_for_a_fast_takeover():
+    net = _cluster("abc", {"a": 200, "b": 150})
+    net.run_until(40)
+    t0 = net.now
+    net.cores["a"].shutdown(net.local("a"))
+    net._flush("a")
+    assert [type(e) for e in net.events["a"][-1:]] == [SteppedDown]
+    net.run_until(t0 + 30)
+    (t,) = net.times("b", BecamePublisher)
+    assert t < t0 + CFG.heartbeat_interval + CFG.lease_grace + 0.5  # not a full lease
+    assert net.publishers() == ["b"]
+
+
+def test_skewed_clocks_within_tolerance_elect_and_take_over():
+    net = Net(CFG)
+    for n, skew in (("a", 0.0), ("b", 14.0), ("c", -14.0)):
+        net.add(identity(n, 150 if n == "a" else 100), skew=skew)
+    net.run_until(40)
+    assert net.publishers() == ["a"]
+    assert not any(c.rejections for c in net.cores.values())
+    net.kill("a")
+    net.run_until(100)
+    assert net.publishers() == ["b"]
+
+
+def test_foreign_descriptor_with_more_intro_points_makes_us_step_down():
+    net = _cluster("abc", {"a": 150})
+    net.run_until(40)
+    a = net.cores["a"]
+    a.report_foreign_descriptor(revision=99, intro_count=15, now=net.local("a"))
+    net._flush("a")
+    assert not a.is_publisher
+    assert isinstance(net.events["a"][-2], ConflictDetected)
+    assert net.events["a"][-2].resolution == "step_down"
+    t0 = net.now
+    net.run_until(t0 + 40)
+    # someone else publishes; a held off rather than re-claiming at once
+    assert len(net.publishers()) == 1 and net.publishers() != ["a"]
+
+
+def test_foreign_descriptor_with_fewer_intro_points_starts_a_new_term():
+    net = _cluster("abc", {"a": 150})
+    net.run_until(40)
+    a = net.cores["a"]
+    term = a.term
+    a.report_foreign_descriptor(revision=99, intro_count=2, now=net.local("a"))
+    net.run_until(net.now + 1)
+    assert a.is_publisher and a.term == term + 1
+    assert net.cores["b"].term == term + 1
+
+
+def test_standby_election_unit_claim_times():
+    e = Election(CFG, "b", 100, True, now=0.0)
+    assert e.claim_at([]) == LISTEN  # restart: listen first
+    e.on_publisher("a", 3, 100, 6, 0, now=5.0)
+    assert e.publisher_id == "a" and e.term == 3
+    assert e.claim_at([(100, "a")]) == 5.0 + LISTEN  # b ranks after a, but a is the leader
+    assert e.claim_at([(100, "a"), (150, "z")]) == 5.0 + LISTEN + CFG.lease_duration
+    assert e.claim(30.0) == 4 and e.is_publisher
