@@ -1,0 +1,267 @@
+"""The invariants a mesh of cores must keep, checked while the simulation runs.
+
+Always (even during chaos):
+- ``republish_rate``: a core never emits two PublishRequested events less than
+  ``min_publish_interval`` apart;
+- ``plan_over_cap`` / ``plan_foreign_ip``: a plan never holds more than
+  ``max_intro_points`` per period, and every intro point in it really belongs
+  to the node it is attributed to;
+- ``dead_not_removed``: a node nobody has heard from for
+  ``dead_threshold * heartbeat_interval + removal_grace_period + tick`` is not
+  in any publisher's plan (killed, and fully partitioned-away, nodes alike);
+- ``removed_peer_in_plan``: an operator-removed node leaves every plan within
+  a tick and never comes back;
+- ``injected_*``: a forged or replayed datagram is rejected with a reason,
+  emits nothing else, sends nothing, and leaves the state digest unchanged;
+- ``skew_accepted``: a datagram between a node in clock tolerance and one
+  beyond it is never accepted; ``false_skew_rejection``: one between two
+  in-tolerance nodes is never rejected for its timestamp.
+
+Once the network has been stable for ``Bounds.settle`` seconds:
+- ``single_publisher`` / ``publisher_agreement``: exactly one publisher among
+  the live in-tolerance nodes (none if none is eligible), and all agree on it;
+- ``leadership_churn``: nobody becomes publisher or steps down;
+- ``intro_points_missing`` / ``stale_intro_point``: every live node's current
+  intro points are in the plan within ``Bounds.appearance`` of appearing
+  (all of them when the cap allows, else at least a fair share), and retired
+  ones are gone; a peer the publisher declared flapping (PeerDamped) is
+  given until the end of its hold instead;
+- ``lease_stolen``: after that, until a fault other than a restart or kill of
+  another node happens, the settled publisher keeps its role.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from onionmesh.sim.coreapi import event_name
+from onionmesh.sim.errors import InvariantViolation
+from onionmesh.sim.scenario import Action, Heal, Inject, Kill, Remove, Rotate, Start
+from onionmesh.sim.trace import describe
+
+if TYPE_CHECKING:
+    from onionmesh.sim.simulation import SimNode, Simulation
+
+EPS = 1e-6
+SKEW_WORDS = ("stale", "skew", "clock", "timestamp", "future")
+
+
+class InvariantChecker:
+    """Watches one simulation and raises InvariantViolation on the first broken rule."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+        self.stable_since = 0.0
+        self.last_heard: dict[int, float] = {}
+        self.last_publish: dict[tuple[int, int], float] = {}
+        self.ip_owner: dict[bytes, str] = {}
+        self.removed_at: dict[str, float] = {}
+        self.guard: int | None = None
+        # (publisher index, incarnation, peer id) -> simulated time its flap hold ends
+        self.damped_until: dict[tuple[int, int, str], float] = {}
+        self.settled_checks = 0
+        self.appearance_checks = 0
+        self.removal_checks = 0
+        self.injections_checked = 0
+
+    def fail(self, invariant: str, detail: str) -> None:
+        """Raise the violation at the current simulated time."""
+        raise InvariantViolation(invariant, self.sim.t, detail)
+
+    @property
+    def settled_at(self) -> float:
+        """When the current stable window starts to be checked."""
+        return self.stable_since + self.sim.bounds.settle
+
+    @property
+    def settled(self) -> bool:
+        """The network has been clean and fault-free for the settle time."""
+        return self.sim.network.is_clean and self.sim.t >= self.settled_at - EPS
+
+    # -- hooks ------------------------------------------------------------------
+    def on_fault(self, action: Action) -> None:
+        """Called before a fault is applied: restarts the stability clock."""
+        if isinstance(action, Rotate | Inject):
+            return
+        self.stable_since = self.sim.t
+        if isinstance(action, Remove):
+            self.removed_at[self.sim.nodes[action.node].spec.node_id] = self.sim.t
+        keeps_guard = isinstance(action, Heal) or (
+            isinstance(action, Start | Kill | Remove) and action.node != self.guard
+        )
+        if not keeps_guard:
+            self.guard = None
+
+    def on_event(self, node: SimNode, event: Any) -> None:
+        """Every event a core emits."""
+        name = event_name(event)
+        t = self.sim.t
+        if name == "PublishRequested":
+            self.sim.stats.publishes += 1
+            key = (node.index, node.incarnation)
+            last = self.last_publish.get(key)
+            limit = self.sim.timing.min_publish_interval
+            if last is not None and t - last < limit - EPS:
+                self.fail("republish_rate",
+                          f"{node.spec.node_id} published {t - last:.3f}s after its previous "
+                          f"publish (min_publish_interval={limit})")
+            self.last_publish[key] = t
+            self._check_plan(node, getattr(event, "plan", None))
+        elif name == "PeerDamped":
+            # Flap damping is allowed to hold a bouncing peer's intro points back.
+            hold = float(event.hold_until) - node.skew
+            self.damped_until[(node.index, node.incarnation, str(event.node_id))] = hold
+        elif name in ("BecamePublisher", "SteppedDown") and node.in_main:
+            if self.settled:
+                self.fail("leadership_churn",
+                          f"{node.spec.node_id}: {describe(event)} in a stable network")
+            if self.guard is not None and (
+                (name == "BecamePublisher" and node.index != self.guard)
+                or (name == "SteppedDown" and node.index == self.guard)
+            ):
+                self.fail("lease_stolen",
+                          f"{node.spec.node_id}: {describe(event)} while "
+                          f"{self.sim.nodes[self.guard].spec.node_id} held a healthy lease")
+
+    def on_delivery(self, dst: SimNode, src: SimNode, src_beyond: bool, accepted: bool,
+                    rejected: Sequence[Any]) -> None:
+        """A genuine datagram reached ``dst``'s core."""
+        if accepted:
+            self.last_heard[src.index] = self.sim.t
+        if src_beyond == dst.beyond:
+            if not accepted and not src_beyond:
+                reasons = [str(getattr(ev, "reason", "")).lower() for ev in rejected]
+                if any(w in r for r in reasons for w in SKEW_WORDS):
+                    self.fail("false_skew_rejection",
+                              f"{dst.spec.node_id} rejected {src.spec.node_id} ({reasons}) "
+                              f"with clocks {dst.skew - src.skew:+.1f}s apart")
+        elif accepted:
+            self.fail("skew_accepted",
+                      f"{dst.spec.node_id} (skew {dst.skew:+.1f}s) accepted a datagram from "
+                      f"{src.spec.node_id} beyond the clock tolerance")
+
+    def on_intro_points(self, node: SimNode) -> None:
+        """A node's tor reported (new) intro points."""
+        for ips in node.intro_sets.values():
+            for ip in ips:
+                self.ip_owner[ip] = node.spec.node_id
+
+    def on_injected(self, node: SimNode, kind: str, events: Sequence[Any],
+                    out: Sequence[Any], before: str, after: str) -> None:
+        """An attacker's datagram was handed to ``node``'s core."""
+        self.injections_checked += 1
+        who = node.spec.node_id
+        rejected = [ev for ev in events if event_name(ev) == "MessageRejected"]
+        others = [ev for ev in events if event_name(ev) != "MessageRejected"]
+        if others or not rejected:
+            self.fail("injected_accepted",
+                      f"{kind} datagram to {who} was not rejected; events: "
+                      f"{[event_name(ev) for ev in events]}")
+        if any(not str(getattr(ev, "reason", "")) for ev in rejected):
+            self.fail("injected_accepted", f"{kind} datagram to {who} rejected without a reason")
+        if out:
+            self.fail("injected_caused_output", f"{kind} datagram made {who} send {len(out)}")
+        if before != after:
+            self.fail("injected_changed_state", f"{kind} datagram changed {who}'s state")
+
+    # -- periodic -------------------------------------------------------------------
+    def check(self) -> None:
+        """The continuous checks, run every quarter heartbeat."""
+        for node in self.sim.nodes:
+            if node.core is not None and node.core.is_publisher:
+                self._check_plan(node, node.core.publish_plan())
+        if self.settled:
+            self._check_settled()
+
+    def _check_plan(self, node: SimNode, plan: Any) -> None:
+        if plan is None:
+            return
+        sim = self.sim
+        t = sim.t
+        cap = sim.timing.max_intro_points
+        for period, entries in plan.intro_points.items():
+            if len(entries) > cap:
+                self.fail("plan_over_cap", f"{node.spec.node_id} plans {len(entries)} intro "
+                          f"points for period {period} (cap {cap})")
+            for node_id, ip in entries:
+                owner = self.ip_owner.get(bytes(ip))
+                if owner != node_id:
+                    self.fail("plan_foreign_ip", f"{node.spec.node_id}'s plan attributes an intro "
+                              f"point of {owner} to {node_id}")
+                removed = self.removed_at.get(node_id)
+                if removed is not None and t > removed + sim.bounds.tick + EPS:
+                    self.fail("removed_peer_in_plan", f"{node.spec.node_id}'s plan still holds "
+                              f"{node_id}, removed by the operator at t={removed:.3f}")
+                if node_id == node.spec.node_id:
+                    continue
+                other = sim.by_id[node_id]
+                heard = max(self.last_heard.get(other.index, 0.0), node.started_at)
+                self.removal_checks += 1
+                if t - heard > sim.bounds.removal + EPS:
+                    self.fail("dead_not_removed",
+                              f"{node.spec.node_id}'s plan holds {node_id}, last heard by anyone "
+                              f"at t={heard:.3f} ({t - heard:.3f}s > {sim.bounds.removal:.3f}s)")
+
+    def _check_settled(self) -> None:
+        sim = self.sim
+        self.settled_checks += 1
+        main = [n for n in sim.nodes if n.in_main]
+        pubs = [n for n in main if n.core is not None and n.core.is_publisher]
+        eligible = [n for n in main if n.spec.eligible]
+        if not eligible:
+            if pubs:
+                self.fail("single_publisher", f"{pubs[0].spec.node_id} publishes but is not "
+                          "eligible")
+            return
+        if len(pubs) != 1:
+            self.fail("single_publisher",
+                      f"{len(pubs)} publishers among {len(main)} live nodes: "
+                      f"{[n.spec.node_id for n in pubs]}")
+        pub = pubs[0]
+        for n in main:
+            assert n.core is not None
+            if n.core.publisher_id != pub.spec.node_id:
+                self.fail("publisher_agreement",
+                          f"{n.spec.node_id} thinks the publisher is {n.core.publisher_id!r}, "
+                          f"it is {pub.spec.node_id}")
+        self.guard = pub.index
+        assert pub.core is not None
+        self._check_appearance(pub, pub.core.publish_plan(), main)
+
+    def _check_appearance(self, pub: SimNode, plan: Any, main: list[SimNode]) -> None:
+        sim = self.sim
+        t = sim.t
+        expected = [n for n in main if n.intro_given == n.incarnation]
+        if plan is None:
+            if any(any(n.intro_sets.values()) for n in expected):
+                self.fail("intro_points_missing", f"publisher {pub.spec.node_id} has no plan")
+            return
+        cap = sim.timing.max_intro_points
+        expected_ids = {n.spec.node_id for n in expected}
+        periods = {p for n in expected for p, ips in n.intro_sets.items() if ips}
+        for period in sorted(periods):
+            entries = plan.intro_points.get(period, ())
+            in_plan = {nid for nid, _ in entries}
+            foreign = sum(1 for nid, _ in entries if nid not in expected_ids)
+            total = foreign + sum(len(n.intro_sets.get(period, ())) for n in expected)
+            owners = in_plan | {n.spec.node_id for n in expected if n.intro_sets.get(period)}
+            quota = cap // max(1, len(owners))
+            for x in expected:
+                damped = self.damped_until.get((pub.index, pub.incarnation, x.spec.node_id), 0.0)
+                ref = max(x.sets_changed_at, self.settled_at, damped)
+                if t < ref + sim.bounds.appearance - EPS:
+                    continue
+                self.appearance_checks += 1
+                current = set(x.intro_sets.get(period, ()))
+                mine = {bytes(ip) for nid, ip in entries if nid == x.spec.node_id}
+                if mine - current:
+                    self.fail("stale_intro_point",
+                              f"{pub.spec.node_id}'s plan keeps {len(mine - current)} retired "
+                              f"intro point(s) of {x.spec.node_id} for period {period}")
+                need = len(current) if total <= cap else min(len(current), quota)
+                if len(mine & current) < need:
+                    self.fail("intro_points_missing",
+                              f"{pub.spec.node_id}'s plan has {len(mine & current)} of "
+                              f"{x.spec.node_id}'s {len(current)} intro points for period "
+                              f"{period} (need {need}; {total} offered, cap {cap})")
