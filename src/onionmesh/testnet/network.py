@@ -283,7 +283,10 @@ class TorNetwork:
         )
 
     def _check_name(self, name: str) -> None:
-        torrc_gen.check_nickname(name)
+        try:
+            torrc_gen.check_nickname(name)
+        except torrc_gen.TorrcError as exc:
+            raise TestnetError(f"bad node name: {exc}") from exc
         if any(node.name == name for node in self.nodes):
             raise TestnetError(f"a node named {name!r} already exists in this network")
         if not self._started:
