@@ -105,10 +105,18 @@ def test_wrong_length(text: str) -> None:
         decode_onion_address(text)
 
 
-@pytest.mark.parametrize("bad", ["?", "0", "1", "8", "9", "=", " ", "é", "\x00", "-"])
+@pytest.mark.parametrize("bad", ["?", "0", "1", "8", "9", "=", " ", "é", "\x00", "-", "\u212a"])
 def test_alphabet(bad: str) -> None:
     address = ADDRESS_OF_0x42[:20] + bad + ADDRESS_OF_0x42[21:]
     with pytest.raises(AddressError, match="outside base32"):
+        decode_onion_address(address)
+
+
+def test_non_ascii_lookalikes_are_rejected() -> None:
+    # U+212A KELVIN SIGN lowercases to ASCII "k"; it must not pass as base32.
+    address = "\u212a" + ADDRESS_OF_0x42[1:]
+    assert address.lower()[0] == "k"
+    with pytest.raises(AddressError, match="non-ASCII"):
         decode_onion_address(address)
 
 

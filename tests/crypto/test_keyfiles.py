@@ -236,3 +236,17 @@ def test_identity_constructor_validation() -> None:
     assert a == Ed25519Identity.from_expanded(a.expanded)
     assert a != Ed25519Identity.from_seed(b"\x02" * 32)
     assert len({a, Ed25519Identity.from_expanded(a.expanded)}) == 1
+
+
+def test_atomic_write_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_links(src: str, dst: str) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "secret"
+    atomic_write(path, b"first")
+    assert path.read_bytes() == b"first" and _mode(path) == 0o600
+    with pytest.raises(SecureFileError, match="refusing to overwrite"):
+        atomic_write(path, b"second")
+    assert path.read_bytes() == b"first"
+    assert _no_temp_files(tmp_path)

@@ -62,6 +62,10 @@ def decode_onion_address(address: str, *, check_key: bool = False) -> bytes:
     """
     if not isinstance(address, str):
         raise AddressError(f"onion address must be a string, not {type(address).__name__}")
+    if not address.isascii():
+        # Checked before lower(): some non-ASCII letters (e.g. the Kelvin sign) lowercase
+        # to ASCII and would otherwise sneak through as base32.
+        raise AddressError("onion address contains non-ASCII characters (outside base32)")
     label = address.lower()
     if label.endswith(ONION_SUFFIX):
         label = label[: -len(ONION_SUFFIX)]

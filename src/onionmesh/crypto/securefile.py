@@ -54,7 +54,14 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600
                 os.link(tmp_name, target)
             except FileExistsError as exc:
                 raise SecureFileError(f"refusing to overwrite existing file {target}") from exc
-            os.unlink(tmp_name)
+            except PermissionError:
+                # Some filesystems forbid hard links: fall back to a checked rename.
+                if target.exists():
+                    raise SecureFileError(
+                        f"refusing to overwrite existing file {target}") from None
+                os.rename(tmp_name, target)
+            else:
+                os.unlink(tmp_name)
         _fsync_directory(directory)
     except OSError as exc:
         with contextlib.suppress(OSError):
