@@ -5,7 +5,9 @@ leave a truncated key that tor and we both reject) and never be readable by
 other users, even briefly. So the data goes to a temporary file created with
 mode 0600 in the *same* directory (rename is only atomic within a filesystem),
 is fsynced, then renamed over the target, and the directory is fsynced so the
-rename itself survives a power loss.
+rename itself survives a power loss. When overwriting is not allowed the temp file
+is hard-linked to the target instead of renamed: link() is just as atomic and fails
+if the target exists, so a key that appears concurrently is never clobbered.
 """
 
 from __future__ import annotations
