@@ -30,8 +30,9 @@ import os
 import random
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from onionmesh.tor.control_auth import (
     NONCE_LEN,
@@ -63,6 +64,7 @@ from onionmesh.tor.control_protocol import (
     event_from_reply,
     is_event,
     maybe_unquote,
+    parse_conf_changed,
     parse_hs_desc_event,
     parse_key_value_lines,
     parse_reply_line,
@@ -85,6 +87,7 @@ __all__ = [
     "Reply",
     "ReplyLine",
     "TorController",
+    "parse_conf_changed",
     "parse_hs_desc_event",
     "parse_reply_line",
 ]
@@ -638,20 +641,22 @@ class TorController:
         remaining = max(deadline - loop.time(), 0.001)
         return await self._send(conn, command, data, remaining, check=check)
 
-    async def get_info(self, *keys: str) -> dict[str, str]:
+    async def get_info(self, *keys: str, timeout: float | None = None) -> dict[str, str]:
         """GETINFO; multi-line values come back joined with "\\n"."""
         if not keys:
             raise ControlArgumentError("get_info needs at least one key")
         for key in keys:
             check_token(key, "GETINFO key")
-        reply = await self.request("GETINFO " + " ".join(keys))
+        reply = await self.request("GETINFO " + " ".join(keys), timeout=timeout)
         values = dict(parse_key_value_lines(reply))
         missing = [k for k in keys if k not in values]
         if missing:
             raise ControlProtocolError(f"GETINFO reply lacks key(s): {', '.join(missing)[:200]}")
         return {k: v for k, v in values.items() if v is not None}
 
-    async def get_conf(self, *keys: str) -> dict[str, list[str]]:
+    async def get_conf(
+        self, *keys: str, timeout: float | None = None
+    ) -> dict[str, list[str]]:
         """GETCONF; each option maps to its values ([] when unset / default-empty).
 
         Keys come back in tor's canonical spelling (e.g. "ContactInfo").
@@ -661,7 +666,7 @@ class TorController:
         for key in keys:
             if not _CONF_KEY_RE.fullmatch(key):
                 raise ControlArgumentError(f"bad option name {key[:60]!r}")
-        reply = await self.request("GETCONF " + " ".join(keys))
+        reply = await self.request("GETCONF " + " ".join(keys), timeout=timeout)
         out: dict[str, list[str]] = {}
         for key, value in parse_key_value_lines(reply, allow_bare=True):
             values = out.setdefault(key, [])
@@ -669,7 +674,9 @@ class TorController:
                 values.append(maybe_unquote(value))
         return out
 
-    async def set_conf(self, values: Mapping[str, str | Sequence[str]]) -> None:
+    async def set_conf(
+        self, values: Mapping[str, str | Sequence[str]], *, timeout: float | None = None
+    ) -> None:
         """SETCONF; a sequence sets a multi-valued option, an empty one resets it."""
         if not values:
             raise ControlArgumentError("set_conf needs at least one option")
@@ -681,31 +688,39 @@ class TorController:
             if not items:
                 parts.append(key)
             parts.extend(f"{key}={quote(item)}" for item in items)
-        await self.request("SETCONF " + " ".join(parts))
+        await self.request("SETCONF " + " ".join(parts), timeout=timeout)
 
-    async def set_events(self, *events: str) -> None:
+    async def set_events(self, *events: str, timeout: float | None = None) -> None:
         """SETEVENTS; the set is remembered and restored after a reconnect."""
         for event in events:
             if not _EVENT_NAME_RE.fullmatch(event):
                 raise ControlArgumentError(f"bad event name {event[:40]!r}")
-        await self.request("SETEVENTS " + " ".join(events) if events else "SETEVENTS")
+        command = "SETEVENTS " + " ".join(events) if events else "SETEVENTS"
+        await self.request(command, timeout=timeout)
         self._events = tuple(events)
 
-    async def signal(self, name: str) -> None:
+    async def signal(self, name: str, *, timeout: float | None = None) -> None:
         """SIGNAL <name> (RELOAD, NEWNYM, HEARTBEAT, ...)."""
         if not _EVENT_NAME_RE.fullmatch(name):
             raise ControlArgumentError(f"bad signal name {name[:40]!r}")
-        await self.request(f"SIGNAL {name}")
+        await self.request(f"SIGNAL {name}", timeout=timeout)
 
-    async def hs_fetch(self, address: str, servers: Sequence[str] = ()) -> None:
+    async def hs_fetch(
+        self, address: str, servers: Sequence[str] = (), *, timeout: float | None = None
+    ) -> None:
         """HSFETCH <address> [SERVER=...]; results arrive as HS_DESC events."""
         addr = check_token(address.removesuffix(".onion"), "onion address")
         parts = [f"HSFETCH {addr}"]
         parts.extend(f"SERVER={check_token(s, 'HSDir server')}" for s in servers)
-        await self.request(" ".join(parts))
+        await self.request(" ".join(parts), timeout=timeout)
 
     async def hs_post(
-        self, descriptor: str, *, server: str | Sequence[str], hs_address: str
+        self,
+        descriptor: str,
+        *,
+        server: str | Sequence[str],
+        hs_address: str,
+        timeout: float | None = None,
     ) -> None:
         """+HSPOST SERVER=... HSADDRESS=... with the descriptor as data block.
 
@@ -721,7 +736,7 @@ class TorController:
         parts = ["+HSPOST"]
         parts.extend(f"SERVER={check_token(s, 'HSDir server')}" for s in servers)
         parts.append(f"HSADDRESS={addr}")
-        await self.request(" ".join(parts), data=descriptor)
+        await self.request(" ".join(parts), data=descriptor, timeout=timeout)
 
     async def add_onion(
         self,
@@ -730,6 +745,7 @@ class TorController:
         flags: Sequence[str] = (),
         *,
         client_auth_v3: Sequence[str] = (),
+        timeout: float | None = None,
     ) -> AddOnionResult:
         """ADD_ONION key Flags=... Port=...; returns ServiceID (and PrivateKey for NEW:)."""
         check_token(key, "ADD_ONION key")
@@ -740,7 +756,7 @@ class TorController:
             parts.append("Flags=" + ",".join(check_token(f, "ADD_ONION flag") for f in flags))
         parts.extend(f"Port={check_token(p, 'ADD_ONION port')}" for p in ports)
         parts.extend(f"ClientAuthV3={check_token(c, 'client auth key')}" for c in client_auth_v3)
-        reply = await self.request(" ".join(parts))
+        reply = await self.request(" ".join(parts), timeout=timeout)
         service_id: str | None = None
         private_key: str | None = None
         client_auth: list[str] = []
@@ -755,9 +771,10 @@ class TorController:
             raise ControlProtocolError("ADD_ONION reply has no ServiceID")
         return AddOnionResult(service_id, private_key, tuple(client_auth))
 
-    async def del_onion(self, service_id: str) -> None:
+    async def del_onion(self, service_id: str, *, timeout: float | None = None) -> None:
         """DEL_ONION <service id>."""
-        await self.request(f"DEL_ONION {check_token(service_id, 'service id')}")
+        sid = check_token(service_id, "service id")
+        await self.request(f"DEL_ONION {sid}", timeout=timeout)
 
     # ------------------------------------------------------------------- events
 
@@ -779,18 +796,26 @@ class TorController:
         self._subs.add(sub)
         return sub
 
-    async def wait_for_event(
+    def wait_for_event(
         self,
         predicate: Callable[[ControlEvent], bool],
         timeout: float,
         *types: str,
-    ) -> ControlEvent:
-        """Return the first event (of ``types``, all if none) that satisfies predicate.
+    ) -> Coroutine[Any, Any, ControlEvent]:
+        """Return an awaitable of the first event (of ``types``, all if none) matching predicate.
 
-        Only events that arrive after the call are considered; subscribe
-        before issuing a command whose event could arrive very quickly.
+        The subscription starts when this is *called*, not when the result is
+        awaited, so ``w = ctl.wait_for_event(...); await ctl.hs_post(...);
+        await w`` cannot miss an event that arrives before the await. Raises
+        ControlTimeout after ``timeout`` seconds.
         """
         sub = self.subscribe(*types)
+        return self._wait_on(sub, predicate, timeout)
+
+    @staticmethod
+    async def _wait_on(
+        sub: EventSubscription, predicate: Callable[[ControlEvent], bool], timeout: float
+    ) -> ControlEvent:
         try:
             async with asyncio.timeout(timeout):
                 async for event in sub:

@@ -501,3 +501,20 @@ def parse_hs_desc_event(event: ControlEvent | str) -> HsDescEvent:
         hsdir_index=hsdir_index,
         hsdir_nickname=nickname,
     )
+
+
+def parse_conf_changed(event: ControlEvent) -> list[tuple[str, str | None]]:
+    """(option, value) pairs of a CONF_CHANGED event; value None = reset to default.
+
+    tor quotes a value when torrc syntax needs it (``#``, leading quote,
+    control characters), so quoted values are decoded.
+    """
+    if event.type != "CONF_CHANGED":
+        raise ControlProtocolError(f"not a CONF_CHANGED event: {event.type[:40]!r}")
+    pairs: list[tuple[str, str | None]] = []
+    for line in (event.data or "").split("\n") if event.data else []:
+        key, eq, value = line.partition("=")
+        if not key:
+            raise ControlProtocolError(f"CONF_CHANGED line without option: {line[:60]!r}")
+        pairs.append((key, maybe_unquote(value) if eq else None))
+    return pairs
