@@ -303,7 +303,10 @@ async def test_concurrent_replies_and_events_are_routed(tor_cookie: TorProcess) 
 
 async def test_signal_events_and_wait_for_event(tor_null: TorProcess) -> None:
     async with await TorController.connect(socket_path=tor_null.socket_path) as ctl:
-        await ctl.set_events("SIGNAL")
+        await asyncio.gather(ctl.add_events("SIGNAL"), ctl.add_events("CONF_CHANGED", "SIGNAL"))
+        assert sorted(ctl.events) == ["CONF_CHANGED", "SIGNAL"]
+        await ctl.remove_events("CONF_CHANGED")
+        assert ctl.events == ("SIGNAL",)
         sub = ctl.subscribe("SIGNAL")
         await ctl.signal("DEBUG")
         await ctl.signal("DUMP")
@@ -448,6 +451,9 @@ async def test_timeout_drops_connection_then_reconnects(tor_restartable: TorProc
             with pytest.raises(ControlTimeout):
                 await ctl.get_info("version", timeout=0.3)
             assert not ctl.is_connected
+            # A stalled tor accepts TCP connections but never answers PROTOCOLINFO.
+            with pytest.raises(ControlTimeout):
+                await TorController.connect(port=tor.port, timeout=0.3)
         finally:
             os.kill(tor.pid, signal.SIGCONT)
         await ctl.wait_connected(timeout=20)

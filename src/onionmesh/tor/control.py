@@ -288,6 +288,9 @@ class _Connection:
         except asyncio.CancelledError:
             self._fail(self.close_reason or ControlClosed("control connection closed"))
             raise
+        except Exception as exc:  # a bug must not leave waiters hanging forever
+            log.exception("control reader for %s failed", self.name)
+            reason = ControlClosed(f"control reader failed: {exc.__class__.__name__}")
         self._fail(reason)
 
     def _deliver_event(self, reply: Reply) -> None:
@@ -383,6 +386,7 @@ class TorController:
         self._closed = False
         self._lost_error: ControlError | None = None
         self._events: tuple[str, ...] = ()
+        self._events_lock = asyncio.Lock()
         self._subs: set[EventSubscription] = set()
         self._reconnect_task: asyncio.Task[None] | None = None
         self.protocol_info: ProtocolInfo | None = None
@@ -539,6 +543,10 @@ class TorController:
             except ControlError as exc:
                 attempt = min(attempt + 1, 30)
                 log.info("reconnect to %s failed (attempt %d): %s", self.target, attempt, exc)
+                continue
+            except Exception:  # keep healing even if something unexpected broke
+                attempt = min(attempt + 1, 30)
+                log.exception("reconnect to %s failed unexpectedly", self.target)
                 continue
             if self._closed:
                 await conn.aclose()
@@ -698,6 +706,29 @@ class TorController:
         command = "SETEVENTS " + " ".join(events) if events else "SETEVENTS"
         await self.request(command, timeout=timeout)
         self._events = tuple(events)
+
+    @property
+    def events(self) -> tuple[str, ...]:
+        """The SETEVENTS set last accepted by tor (restored after reconnects)."""
+        return self._events
+
+    async def add_events(self, *events: str, timeout: float | None = None) -> None:
+        """Add event types to the SETEVENTS set, keeping the ones already enabled.
+
+        Serialised with a lock so concurrent users of one controller (publisher,
+        intro-point watcher) cannot drop each other's events.
+        """
+        async with self._events_lock:
+            wanted = self._events + tuple(e for e in dict.fromkeys(events) if e not in self._events)
+            if wanted != self._events:
+                await self.set_events(*wanted, timeout=timeout)
+
+    async def remove_events(self, *events: str, timeout: float | None = None) -> None:
+        """Remove event types from the SETEVENTS set."""
+        async with self._events_lock:
+            wanted = tuple(e for e in self._events if e not in events)
+            if wanted != self._events:
+                await self.set_events(*wanted, timeout=timeout)
 
     async def signal(self, name: str, *, timeout: float | None = None) -> None:
         """SIGNAL <name> (RELOAD, NEWNYM, HEARTBEAT, ...)."""
