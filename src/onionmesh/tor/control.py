@@ -1,7 +1,9 @@
 """Asyncio client for tor's control port (TCP or unix socket).
 
 One reader task per connection turns incoming lines into replies and events
-(parsing lives in :mod:`onionmesh.tor.control_protocol`). Replies are matched
+(parsing in :mod:`onionmesh.tor.control_protocol`, the connection and event
+queues in :mod:`onionmesh.tor.control_connection`, authentication helpers in
+:mod:`onionmesh.tor.control_auth`). Replies are matched
 to commands strictly in FIFO order, which is how tor answers; 650 events are
 routed to subscribers in between. Design choices, briefly:
 
@@ -29,8 +31,7 @@ import logging
 import os
 import random
 import re
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,7 @@ from onionmesh.tor.control_auth import (
     safecookie_hashes,
     verify_server_hash,
 )
+from onionmesh.tor.control_connection import ControlConnection, EventSubscription
 from onionmesh.tor.control_protocol import (
     MAX_LINE_CHARS,
     AuthenticationError,
@@ -57,12 +59,9 @@ from onionmesh.tor.control_protocol import (
     ControlTimeout,
     HsDescEvent,
     Reply,
-    ReplyAssembler,
     ReplyLine,
     check_token,
     escape_data,
-    event_from_reply,
-    is_event,
     maybe_unquote,
     parse_conf_changed,
     parse_hs_desc_event,
@@ -97,7 +96,6 @@ log = logging.getLogger(__name__)
 _EVENT_NAME_RE = re.compile(r"[A-Z][A-Z0-9_]*")
 _CONF_KEY_RE = re.compile(r"[A-Za-z0-9_/]+")
 _V3_ADDR_RE = re.compile(r"[a-z2-7]{56}")
-_END = object()  # queue sentinel: the subscription is over
 
 
 @dataclass(frozen=True)
@@ -128,216 +126,6 @@ def mask_command(command: str) -> str:
     if upper in ("SETCONF", "RESETCONF", "LOADCONF") and "password" in rest.lower():
         return f"{verb} <redacted>"
     return command
-
-
-class EventSubscription(AsyncIterator[ControlEvent]):
-    """An async iterator over events of some types (all types if none given).
-
-    Registered when created (not at first iteration), so no event emitted
-    after ``subscribe()`` returns is missed. Iteration ends when the
-    controller is closed; it raises ControlClosed if the connection is lost
-    and the controller does not reconnect. Use ``close()`` (or ``async with``)
-    to unsubscribe.
-    """
-
-    def __init__(self, owner: TorController, types: Sequence[str], maxsize: int) -> None:
-        if maxsize < 1:
-            raise ControlArgumentError("subscription maxsize must be at least 1")
-        self._owner = owner
-        self.types = frozenset(types)
-        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize)
-        self.dropped = 0
-        self._finished = False
-
-    def wants(self, event_type: str) -> bool:
-        """True if this subscription takes events of that type."""
-        return not self.types or event_type in self.types
-
-    def _push(self, item: object) -> None:
-        # Called from the reader task: must never block, so drop the oldest.
-        if self._queue.full():
-            with contextlib.suppress(asyncio.QueueEmpty):
-                self._queue.get_nowait()
-            self.dropped += 1
-            if self.dropped & (self.dropped - 1) == 0:
-                log.warning(
-                    "event subscriber %s is slow: dropped %d oldest event(s) so far",
-                    ",".join(sorted(self.types)) or "*",
-                    self.dropped,
-                )
-        self._queue.put_nowait(item)
-
-    def _finish(self, error: ControlError | None) -> None:
-        if not self._finished:
-            self._finished = True
-            self._push(error if error is not None else _END)
-
-    def __aiter__(self) -> EventSubscription:
-        return self
-
-    async def __anext__(self) -> ControlEvent:
-        item = await self._queue.get()
-        if isinstance(item, ControlEvent):
-            return item
-        # Re-queue the terminator so repeated iteration keeps ending.
-        self._queue.put_nowait(item)
-        if isinstance(item, ControlError):
-            raise item
-        raise StopAsyncIteration
-
-    def get_nowait(self) -> ControlEvent | None:
-        """Return a queued event without waiting, or None."""
-        try:
-            item = self._queue.get_nowait()
-        except asyncio.QueueEmpty:
-            return None
-        if isinstance(item, ControlEvent):
-            return item
-        self._queue.put_nowait(item)
-        return None
-
-    def close(self) -> None:
-        """Unsubscribe; iteration ends once the queue is drained."""
-        self._owner._subs.discard(self)
-        self._finish(None)
-
-    async def __aenter__(self) -> EventSubscription:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
-
-
-class _Connection:
-    """One authenticated-or-not transport with its reader task and FIFO of waiters."""
-
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        on_event: Callable[[ControlEvent], None],
-        on_lost: Callable[[_Connection, ControlError], None],
-        name: str,
-    ) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._on_event = on_event
-        self._on_lost = on_lost
-        self.name = name
-        self._pending: deque[asyncio.Future[Reply]] = deque()
-        self._write_lock = asyncio.Lock()
-        self.closed = False
-        self.close_reason: ControlError | None = None
-        self._task = asyncio.create_task(self._read_loop(), name=f"tor-control-reader {name}")
-
-    async def send(self, payload: bytes, label: str, timeout: float) -> Reply:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Reply] = loop.create_future()
-        written = False
-        try:
-            async with asyncio.timeout(timeout):
-                async with self._write_lock:
-                    if self.closed:
-                        raise ControlClosed(f"{label}: control connection is closed "
-                                            f"({self.close_reason})")
-                    # Appending and writing under one lock keeps FIFO == wire order.
-                    self._pending.append(fut)
-                    written = True
-                    log.debug("-> %s", label)
-                    self._writer.write(payload)
-                    await self._writer.drain()
-                return await fut
-        except TimeoutError:
-            if written:
-                self.abort(ControlClosed(f"connection dropped: {label} got no reply "
-                                         f"within {timeout:g} s"))
-            raise ControlTimeout(f"{label}: no reply within {timeout:g} s") from None
-        except (ConnectionError, OSError) as exc:
-            self.abort(ControlClosed(f"write failed: {exc.__class__.__name__}"))
-            raise ControlClosed(f"{label}: control connection lost while sending") from None
-
-    async def _read_loop(self) -> None:
-        asm = ReplyAssembler()
-        reason: ControlError
-        try:
-            while True:
-                raw = await self._reader.readuntil(b"\n")
-                line = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
-                reply = asm.feed(line.decode("utf-8", "replace"))
-                if reply is None:
-                    continue
-                if is_event(reply):
-                    self._deliver_event(reply)
-                    continue
-                if not self._pending:
-                    raise ControlProtocolError(
-                        f"reply {reply.status} {reply.text[:40]!r} arrived with no command waiting"
-                    )
-                fut = self._pending.popleft()
-                if not fut.done():
-                    fut.set_result(reply)
-                log.debug("<- %d (%d line(s))", reply.status, len(reply.lines))
-        except asyncio.IncompleteReadError:
-            reason = ControlClosed("tor closed the control connection")
-        except asyncio.LimitOverrunError:
-            reason = ControlProtocolError(f"reply line longer than {MAX_LINE_CHARS} bytes")
-        except ControlProtocolError as exc:
-            reason = exc
-        except (ConnectionError, OSError) as exc:
-            reason = ControlClosed(f"control connection error: {exc.__class__.__name__}")
-        except asyncio.CancelledError:
-            self._fail(self.close_reason or ControlClosed("control connection closed"))
-            raise
-        except Exception as exc:  # a bug must not leave waiters hanging forever
-            log.exception("control reader for %s failed", self.name)
-            reason = ControlClosed(f"control reader failed: {exc.__class__.__name__}")
-        self._fail(reason)
-
-    def _deliver_event(self, reply: Reply) -> None:
-        try:
-            event = event_from_reply(reply)
-        except ControlProtocolError as exc:
-            log.warning("ignoring malformed event: %s", exc)
-            return
-        self._on_event(event)
-
-    def _fail(self, reason: ControlError) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.close_reason = reason
-        if isinstance(reason, ControlProtocolError):
-            log.warning("control connection %s: protocol error: %s", self.name, reason)
-        else:
-            log.info("control connection %s closed: %s", self.name, reason)
-        first = True
-        while self._pending:
-            fut = self._pending.popleft()
-            if not fut.done():
-                # The oldest waiter's reply is the one that was malformed.
-                exc: ControlError = (
-                    reason
-                    if first and isinstance(reason, ControlProtocolError)
-                    else ControlClosed(f"connection lost before the reply: {reason}")
-                )
-                fut.set_exception(exc)
-                fut.exception()  # mark retrieved: a cancelled caller must not warn
-            first = False
-        self._writer.close()
-        self._on_lost(self, reason)
-
-    def abort(self, reason: ControlError) -> None:
-        """Close at once, failing every waiter with ControlClosed."""
-        self._fail(reason)
-        if not self._task.done() and self._task is not asyncio.current_task():
-            self._task.cancel()
-
-    async def aclose(self) -> None:
-        self.abort(ControlClosed("closed by the client"))
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._task
-        with contextlib.suppress(Exception):
-            await self._writer.wait_closed()
 
 
 class TorController:
@@ -381,7 +169,7 @@ class TorController:
         self._auth_method = auth_method
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
-        self._conn: _Connection | None = None
+        self._conn: ControlConnection | None = None
         self._connected = asyncio.Event()
         self._closed = False
         self._lost_error: ControlError | None = None
@@ -447,12 +235,12 @@ class TorController:
                 f"cannot connect to tor control port {self.target}: {exc.strerror or exc}"
             ) from None
 
-    async def _open_authenticated(self, timeout: float) -> _Connection:
-        conn: _Connection | None = None
+    async def _open_authenticated(self, timeout: float) -> ControlConnection:
+        conn: ControlConnection | None = None
         try:
             async with asyncio.timeout(timeout):
                 reader, writer = await self._open_transport()
-                conn = _Connection(reader, writer, self._dispatch, self._lost, self.target)
+                conn = ControlConnection(reader, writer, self._dispatch, self._lost, self.target)
                 await self._authenticate(conn, timeout)
                 if self._events:
                     await self._send(conn, "SETEVENTS " + " ".join(self._events), None, timeout)
@@ -468,7 +256,7 @@ class TorController:
                 await conn.aclose()
             raise
 
-    async def _authenticate(self, conn: _Connection, timeout: float) -> None:
+    async def _authenticate(self, conn: ControlConnection, timeout: float) -> None:
         reply = await self._send(conn, "PROTOCOLINFO 1", None, timeout)
         info = parse_protocolinfo(reply)
         self.protocol_info = info
@@ -510,12 +298,12 @@ class TorController:
         self.auth_method_used = method
         log.debug("authenticated to %s with %s", self.target, method)
 
-    def _install(self, conn: _Connection) -> None:
+    def _install(self, conn: ControlConnection) -> None:
         self._conn = conn
         self._lost_error = None
         self._connected.set()
 
-    def _lost(self, conn: _Connection, reason: ControlError) -> None:
+    def _lost(self, conn: ControlConnection, reason: ControlError) -> None:
         if conn is not self._conn:
             return
         self._conn = None
@@ -589,7 +377,7 @@ class TorController:
 
     # ----------------------------------------------------------------- commands
 
-    async def _current_connection(self, timeout: float, label: str) -> _Connection:
+    async def _current_connection(self, timeout: float, label: str) -> ControlConnection:
         if self._closed:
             raise ControlClosed(f"{label}: controller is closed")
         conn = self._conn
@@ -612,7 +400,12 @@ class TorController:
 
     @staticmethod
     async def _send(
-        conn: _Connection, command: str, data: str | None, timeout: float, *, check: bool = True
+        conn: ControlConnection,
+        command: str,
+        data: str | None,
+        timeout: float,
+        *,
+        check: bool = True,
     ) -> Reply:
         if not isinstance(command, str) or not command.strip():
             raise ControlArgumentError("command must be a non-empty string")
@@ -823,7 +616,7 @@ class TorController:
         """
         if self._closed:
             raise ControlClosed("subscribe: controller is closed")
-        sub = EventSubscription(self, types, maxsize)
+        sub = EventSubscription(types, maxsize, self._subs.discard)
         self._subs.add(sub)
         return sub
 
