@@ -1,9 +1,11 @@
 """The adversary: forged and replayed datagrams built from what it overheard.
 
-It only ever replays datagrams that were already delivered to the same
-incarnation of the same receiver (replaying a datagram the network lost, or
-one sent before the receiver restarted, would be a legitimate late delivery,
-not an attack). Forgeries are mutations of overheard datagrams, random bytes,
+It only ever replays datagrams that the same incarnation of the same
+receiver already accepted (replaying a datagram the network lost, or one sent
+before the receiver restarted, would be a legitimate late delivery, and one
+rejected for its timestamp may legitimately become valid later if its
+sender's clock was ahead: neither is a replay the receiver can recognise).
+Forgeries are mutations of overheard datagrams, random bytes,
 oversized blobs, and well-formed messages from rogue cores that do not hold
 the cluster secret (one of them also claims a real node's id).
 """
@@ -29,7 +31,7 @@ KINDS = (
 
 @dataclass(frozen=True)
 class Overheard:
-    """A datagram delivered to ``dst`` (at incarnation ``incarnation``) from ``src_addr``."""
+    """A datagram ``dst`` (at incarnation ``incarnation``) accepted from ``src_addr``."""
 
     dst: int
     incarnation: int
@@ -47,7 +49,7 @@ class Adversary:
         self._heard: deque[Overheard] = deque(maxlen=memory)
 
     def overhear(self, item: Overheard) -> None:
-        """Remember a delivered datagram (the adversary taps every link)."""
+        """Remember an accepted datagram (the adversary taps every link)."""
         self._heard.append(item)
 
     def pick_replay(self, incarnations: dict[int, int]) -> Overheard | None:

@@ -131,7 +131,7 @@ class MeshCoreFactory:
             address=spec.address,
         )
         seeds = [
-            mesh_core.PeerSeed(node_id=b.node_id, address=b.address, public_key=b.public_key)
+            mesh_identity.PeerSeed(node_id=b.node_id, address=b.address, public_key=b.public_key)
             for b in bootstrap
         ]
         return mesh_core.MeshCore(self.config, identity, cluster_secret, seeds, now)

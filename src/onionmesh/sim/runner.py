@@ -41,9 +41,9 @@ PROFILES: dict[str, dict[str, Any]] = {
 def parse_range(text: str) -> tuple[int, int]:
     """Parse ``"3-15"`` or ``"7"`` into an inclusive (lo, hi) node-count range."""
     try:
-        lo_s, _, hi_s = text.partition("-")
+        lo_s, dash, hi_s = text.partition("-")
         lo = int(lo_s)
-        hi = int(hi_s) if hi_s else lo
+        hi = int(hi_s) if dash else lo
     except ValueError as exc:
         raise ScenarioError(f"node range must look like 3-15 or 7, got {text!r}") from exc
     if not 2 <= lo <= hi:

@@ -110,6 +110,8 @@ class Simulation:
         self.by_address = {n.spec.address: n for n in self.nodes}
         self.by_id = {n.spec.node_id: n for n in self.nodes}
         self.period_base = 19000 + self.rng.randrange(1000)
+        # Node clocks read Unix time (a core may rely on timestamps being positive).
+        self.epoch = float(1_700_000_000 + self.rng.randrange(100_000_000))
         self.removed_ids: list[str] = []
         self.checker = InvariantChecker(self)
         self.schedule, self.end = build_schedule(self.rng, params, self.timing, self.bounds)
@@ -157,7 +159,11 @@ class Simulation:
 
     def local_now(self, node: SimNode) -> float:
         """What the node's own (skewed) clock reads now."""
-        return self.t + node.skew
+        return self.epoch + self.t + node.skew
+
+    def to_sim(self, node: SimNode, local: float) -> float:
+        """Convert a time on ``node``'s clock to simulated time."""
+        return local - node.skew - self.epoch
 
     # -- core I/O ---------------------------------------------------------------
     def _drain_events(self, node: SimNode) -> list[Any]:
@@ -185,7 +191,7 @@ class Simulation:
             node.timer_at = timer
             node.timer_token += 1
             if timer is not None:
-                at = max(self.t, timer - node.skew)
+                at = max(self.t, self.to_sim(node, timer))
                 self.queue.schedule(at, "timer", (node.index, node.incarnation, node.timer_token))
         return events
 
@@ -242,7 +248,8 @@ class Simulation:
         # Liveness bookkeeping first: the events may be checked against it.
         self.checker.on_delivery(dst, self.nodes[src_index], src_beyond, accepted, rejected)
         self._pump(dst, events)
-        self.adversary.overhear(Overheard(dst.index, dst.incarnation, payload, src_addr))
+        if accepted:
+            self.adversary.overhear(Overheard(dst.index, dst.incarnation, payload, src_addr))
 
     def _give_intro_points(self, index: int, incarnation: int) -> None:
         node = self.nodes[index]
@@ -412,16 +419,16 @@ class Simulation:
             self._rogues = [
                 self.factory.make_core(
                     s, wrong_secret, [n.spec for n in self.nodes if n.spec.node_id != s.node_id],
-                    self.t,
+                    self.epoch + self.t,
                 )
                 for s in specs
             ]
         rogue = self.rng.choice(self._rogues)
-        rogue.handle_timer(self.t)
+        rogue.handle_timer(self.epoch + self.t)
         while rogue.next_event() is not None:
             pass
         candidates = [
-            (p, self.by_address[a]) for p, a in rogue.datagrams_to_send(self.t)
+            (p, self.by_address[a]) for p, a in rogue.datagrams_to_send(self.epoch + self.t)
             if a in self.by_address and self.by_address[a].core is not None
         ]
         return self.rng.choice(candidates) if candidates else None
