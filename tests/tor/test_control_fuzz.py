@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onionmesh.errors import OnionmeshError
 from onionmesh.tor.control_auth import parse_authchallenge, parse_protocolinfo
+from onionmesh.tor.control_connection import ControlConnection
 from onionmesh.tor.control_protocol import (
     ControlEvent,
     Reply,
@@ -117,3 +121,52 @@ def test_escape_data_roundtrip(text: str) -> None:
     (reply,) = parse_reply_lines(lines)
     expected = text[:-1] if text.endswith("\n") else text
     assert reply.lines[0].data == expected
+
+
+wire_line = reply_like_line.map(lambda t: (t + "\r\n").encode("utf-8", "surrogatepass"))
+
+
+class _NullWriter:
+    """Stands in for a StreamWriter: the fuzzed reader never needs to send."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    async def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    async def wait_closed(self) -> None:
+        pass
+
+
+async def _run_reader(chunks: list[bytes]) -> tuple[list[object], list[BaseException]]:
+    reader = asyncio.StreamReader(limit=1 << 12)
+    events: list[object] = []
+    lost: list[BaseException] = []
+    writer: Any = _NullWriter()
+    conn = ControlConnection(reader, writer, events.append, lambda c, e: lost.append(e), "fuzz")
+    waiters = [asyncio.create_task(conn.send(b"X\r\n", "X", 30)) for _ in range(3)]
+    for chunk in chunks:
+        reader.feed_data(chunk)
+    reader.feed_eof()
+    outcomes: list[BaseException] = []
+    for waiter in waiters:
+        try:
+            await waiter
+        except BaseException as exc:  # collected and checked by the caller
+            outcomes.append(exc)
+    await conn.aclose()
+    assert len(lost) == 1
+    return events, outcomes
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=64), wire_line), max_size=10))
+def test_connection_reader_fuzz(chunks: list[bytes]) -> None:
+    """Arbitrary bytes from the peer: every waiter ends with a typed error or a reply."""
+    events, outcomes = asyncio.run(_run_reader(chunks))
+    assert all(isinstance(e, ControlEvent) for e in events)
+    assert all(isinstance(exc, OnionmeshError) for exc in outcomes)

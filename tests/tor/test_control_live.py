@@ -490,6 +490,8 @@ async def test_command_in_flight_fails_with_closed_when_tor_dies(
                     pass
         with pytest.raises(ControlClosed):
             await ctl.get_info("version")
+        with pytest.raises(ControlClosed):  # a late subscriber learns it at once
+            await anext(ctl.subscribe())
         assert not ctl.is_connected
     finally:
         await ctl.close()

@@ -617,7 +617,10 @@ class TorController:
         if self._closed:
             raise ControlClosed("subscribe: controller is closed")
         sub = EventSubscription(types, maxsize, self._subs.discard)
-        self._subs.add(sub)
+        if self._lost_error is not None:
+            sub._finish(self._lost_error)  # connection gone for good: end at once
+        else:
+            self._subs.add(sub)
         return sub
 
     def wait_for_event(
