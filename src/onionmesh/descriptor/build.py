@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from onionmesh.crypto.blinding import blind_identity
-from onionmesh.crypto.certs import CERT_TYPE_HS_DESC_SIGNING, create_certificate
+from onionmesh.crypto.blinding import BlindedKey, blind_identity
+from onionmesh.crypto.certs import CERT_TYPE_HS_DESC_SIGNING, Signer, create_certificate
 from onionmesh.crypto.keys import Ed25519Identity
 from onionmesh.descriptor.errors import DescriptorError, DescriptorTooLarge
 from onionmesh.descriptor.intro import IntroPoint, recertify
@@ -38,6 +38,7 @@ from onionmesh.descriptor.layers import (
     encrypt_layer,
     subcredential,
 )
+from onionmesh.descriptor.signer import FreshSigningKey
 
 SIGNATURE_PREFIX = b"Tor onion service descriptor sig v3"
 MAX_INTRO_POINTS = 20  # tor's HS_CONFIG_V3_MAX_INTRO_POINTS; clients reject more
@@ -90,13 +91,14 @@ def build_descriptor(
     intro_points: Sequence[IntroPoint],
     *,
     now: float,
-    signing_key: Ed25519Identity | None = None,
+    signing_key: Signer | None = None,
     lifetime_minutes: int = 180,
     client_auth_keys: Sequence[bytes] = (),
     flow_control: str | None = None,
     pow_params: str | None = None,
     single_onion: bool = False,
     intro_auth_required: str | None = None,
+    blinded: BlindedKey | None = None,
 ) -> str:
     """Build, sign and encrypt a descriptor for ``master`` in time period ``period_number``.
 
@@ -104,7 +106,9 @@ def build_descriptor(
     key. ``client_auth_keys`` are the x25519 public keys of authorized clients; with
     none, the inner layer is encrypted without a descriptor cookie. Raises
     ``DescriptorTooLarge`` for more than 20 intro points or a result of 50,000 bytes
-    or more, and ``DescriptorError`` for out-of-range arguments.
+    or more, and ``DescriptorError`` for out-of-range arguments. ``blinded`` may pass
+    the already-computed blinded key for this period (the caller usually needed it for
+    the revision counter); it must match ``master`` and ``period_number``.
     """
     if len(intro_points) > MAX_INTRO_POINTS:
         raise DescriptorTooLarge(
@@ -121,8 +125,11 @@ def build_descriptor(
         if not isinstance(key, bytes) or len(key) != 32:
             raise DescriptorError("client auth keys must be 32-byte x25519 public keys")
 
-    blinded = blind_identity(master, period_number, period_length)
-    signer = signing_key if signing_key is not None else Ed25519Identity.generate()
+    if blinded is None:
+        blinded = blind_identity(master, period_number, period_length)
+    elif (blinded.period_number, blinded.period_length) != (period_number, period_length):
+        raise DescriptorError("the given blinded key is for another time period")
+    signer: Signer = signing_key if signing_key is not None else FreshSigningKey()
     # Certificates expire 54 h after the current hour, as tor's service code does.
     expires_at = float(int(now) - int(now) % 3600 + CERT_LIFETIME)
     signing_cert = create_certificate(

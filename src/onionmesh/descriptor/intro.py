@@ -24,6 +24,7 @@ converts the other way).
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -132,11 +133,17 @@ def ipv4_link_specifier(address: str, port: int) -> LinkSpecifier:
     return LinkSpecifier(LS_IPV4, bytes(octets) + struct.pack(">H", port))
 
 
+@functools.lru_cache(maxsize=4096)
 def x25519_to_ed25519(u_bytes: bytes) -> bytes:
-    """The ed25519 form of an x25519 public key with sign bit 0 (rend-spec-v3, enc-key-cert)."""
+    """The ed25519 form of an x25519 public key with sign bit 0 (rend-spec-v3, enc-key-cert).
+
+    Cached: the same intro point enc keys are re-certified on every master build.
+    """
     u = int.from_bytes(u_bytes, "little") & ((1 << 255) - 1)
-    y = (u - 1) * pow(u + 1, _P - 2, _P) % _P
-    return y.to_bytes(32, "little")
+    denominator = (u + 1) % _P
+    # u = -1 has no image; like tor's ref10 code (inverse of 0 is 0) it maps to y = 0.
+    inverse = pow(denominator, -1, _P) if denominator else 0
+    return ((u - 1) * inverse % _P).to_bytes(32, "little")
 
 
 def _cert(item: Item, what: str) -> Ed25519Certificate:

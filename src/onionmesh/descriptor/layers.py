@@ -23,6 +23,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import random
 import re
 import struct
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ IV_LEN = 16
 COOKIE_LEN = 32
 CLIENT_ID_LEN = 8
 AUTH_CLIENT_MULTIPLE = 16
+_SYSTEM_RANDOM = random.SystemRandom()
 
 
 def credential(identity_key: bytes) -> bytes:
@@ -190,9 +192,16 @@ def _client_keys(subcred: bytes, shared_secret: bytes) -> tuple[bytes, bytes]:
     return keys[:CLIENT_ID_LEN], keys[CLIENT_ID_LEN:]
 
 
-def fake_auth_client() -> AuthClient:
-    """A random entry, indistinguishable from a real one without a client key."""
-    return AuthClient(os.urandom(CLIENT_ID_LEN), os.urandom(IV_LEN), os.urandom(COOKIE_LEN))
+def fake_auth_clients(count: int) -> list[AuthClient]:
+    """Random entries, indistinguishable from real ones without a client key."""
+    size = CLIENT_ID_LEN + IV_LEN + COOKIE_LEN
+    pool = os.urandom(size * count)  # one system call for all of them
+    entries = []
+    for offset in range(0, size * count, size):
+        iv_at, cookie_at = offset + CLIENT_ID_LEN, offset + CLIENT_ID_LEN + IV_LEN
+        entries.append(AuthClient(pool[offset:iv_at], pool[iv_at:cookie_at],
+                                  pool[cookie_at : offset + size]))
+    return entries
 
 
 def auth_clients_for(
@@ -209,17 +218,11 @@ def auth_clients_for(
         client_id, cookie_key = _client_keys(subcred, shared)
         iv = os.urandom(IV_LEN)
         entries.append(AuthClient(client_id, iv, _aes_ctr(cookie_key, iv, cookie)))
-    wanted = max(AUTH_CLIENT_MULTIPLE, -(-len(entries) // AUTH_CLIENT_MULTIPLE) * 16)
-    entries.extend(fake_auth_client() for _ in range(wanted - len(entries)))
-    _shuffle(entries)
+    wanted = max(AUTH_CLIENT_MULTIPLE,
+                 -(-len(entries) // AUTH_CLIENT_MULTIPLE) * AUTH_CLIENT_MULTIPLE)
+    entries.extend(fake_auth_clients(wanted - len(entries)))
+    _SYSTEM_RANDOM.shuffle(entries)  # OS randomness: the order must not reveal real entries
     return entries
-
-
-def _shuffle(items: list[AuthClient]) -> None:
-    # Fisher-Yates with os.urandom so the order leaks nothing (random.shuffle is not a CSPRNG).
-    for i in range(len(items) - 1, 0, -1):
-        j = int.from_bytes(os.urandom(4), "big") % (i + 1)
-        items[i], items[j] = items[j], items[i]
 
 
 def find_descriptor_cookie(
