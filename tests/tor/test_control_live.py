@@ -271,7 +271,8 @@ async def test_concurrent_replies_and_events_are_routed(tor_cookie: TorProcess) 
             "config-file": lambda v: v == str(tor_cookie.torrc),
             "net/listeners/control": lambda v: f'"127.0.0.1:{tor_cookie.port}"' in v,
             "config-text": lambda v: "DisableNetwork 1" in v.splitlines(),
-            "version": lambda v: v == "0.4.9.11" or v.startswith("0."),
+            "version": lambda v: ctl.protocol_info is not None
+            and v == ctl.protocol_info.tor_version,
         }
 
         async def set_value(value: str) -> str:
