@@ -191,3 +191,16 @@ def test_bad_secret_keys_are_typed_errors_without_key_bytes(tmp_path):
     assert "ff" not in str(info.value).lower().replace("off", "")
     with pytest.raises(TorrcError):
         torrc.write_hs_secret_key(tmp_path / "hs", b"short")
+
+
+def test_hs_key_file_matches_the_crypto_module_identity(tmp_path):
+    from onionmesh.crypto.keys import Ed25519Identity, encode_secret_key_file
+    from onionmesh.testnet.network import _secret_key_bytes
+
+    identity = Ed25519Identity.generate()
+    expanded = _secret_key_bytes(identity)
+    assert len(expanded) == 64
+    address = torrc.write_hs_secret_key(tmp_path / "hs", expanded)
+    assert f"{address}.onion" == identity.onion_address.lower()
+    written = (tmp_path / "hs" / "hs_ed25519_secret_key").read_bytes()
+    assert written == encode_secret_key_file(identity)

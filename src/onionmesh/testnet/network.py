@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from onionmesh.crypto.keys import Ed25519Identity, encode_secret_key_file
 from onionmesh.testnet.backend import start_backend_process
 from onionmesh.testnet.consensus import check_completeness
 from onionmesh.testnet.errors import TestnetError, TestnetTimeout
@@ -60,6 +61,13 @@ PHASE1_TIMEOUT = 180.0  # reference §8: use >= 120 s (a rare 50 s stall was obs
 CLIENT_TIMEOUT = 120.0
 SERVICE_TIMEOUT = 120.0
 POLL_INTERVAL = 1.0
+
+
+def _secret_key_bytes(key: bytes | Ed25519Identity) -> bytes:
+    """The 64-byte expanded secret of an identity (via tor's key file form), or ``key`` itself."""
+    if isinstance(key, Ed25519Identity):
+        return encode_secret_key_file(key)[32:]
+    return key
 
 
 def authorities_for_hsdirs(n_hsdirs: int) -> int:
@@ -436,7 +444,7 @@ class TorNetwork:
     def add_onion_service(
         self,
         name: str,
-        key: bytes | None = None,
+        key: bytes | Ed25519Identity | None = None,
         target_port: int | None = None,
         ob_master: str | None = None,
         *,
@@ -445,7 +453,8 @@ class TorNetwork:
     ) -> ServiceInstance:
         """Start a tor serving one v3 onion service and wait until its descriptors are uploaded.
 
-        ``key``: 32-byte seed or 64-byte expanded ed25519 secret (None: tor makes one).
+        ``key``: an :class:`Ed25519Identity`, a 32-byte seed or a 64-byte expanded ed25519
+        secret (None: tor makes one).
         ``target_port``: where ``virtual_port`` forwards; None starts the built-in backend that
         answers with ``name``. ``ob_master``: make it an Onionbalance instance of that master
         (``HiddenServiceOnionbalanceInstance 1`` + ``ob_config`` written before tor starts).
@@ -457,7 +466,9 @@ class TorNetwork:
         base.data_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(base.data_dir, 0o700)
         torrc_gen.make_hs_dir(hs_dir)
-        expected_address = torrc_gen.write_hs_secret_key(hs_dir, key) if key is not None else None
+        expected_address = None
+        if key is not None:
+            expected_address = torrc_gen.write_hs_secret_key(hs_dir, _secret_key_bytes(key))
         master = None
         if ob_master is not None:
             master = torrc_gen.normalize_onion_address(ob_master)
