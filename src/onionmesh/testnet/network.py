@@ -497,8 +497,7 @@ class TorNetwork:
             ob_master=master,
             backend=backend,
             backend_start_time=process_start_time(backend.pid) if backend else None,
-            onion_address=expected_address or "",
-        )
+        )  # onion_address is filled from tor's hostname file, then checked against the key
         self.services[name] = service
         process.start()
         self.write_state()
