@@ -100,3 +100,18 @@ def test_intro_point_missing_pieces() -> None:
         parse_intro_point(without_enc)
     with pytest.raises(BadIntroPoint, match="must start"):
         parse_intro_point(text.replace("introduction-point", "introduction-pointe", 1))
+
+
+@pytest.mark.parametrize("field", ["onion_key", "auth_key", "enc_key"])
+def test_intro_point_key_lengths_checked(field: str) -> None:
+    good = random_intro_point()
+    with pytest.raises(BadIntroPoint, match=field):
+        IntroPoint(**{**good.__dict__, field: b"\x01" * 31})
+
+
+@pytest.mark.parametrize(("address", "port"), [("300.1.1.1", 80), ("::1", 80), ("1.2.3.4", 0)])
+def test_ipv4_link_specifier_checks(address: str, port: int) -> None:
+    from onionmesh.descriptor.intro import ipv4_link_specifier
+
+    with pytest.raises(BadIntroPoint):
+        ipv4_link_specifier(address, port)

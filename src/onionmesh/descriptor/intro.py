@@ -25,6 +25,7 @@ converts the other way).
 from __future__ import annotations
 
 import functools
+import ipaddress
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -75,6 +76,16 @@ class IntroPoint:
     enc_key_cert: Ed25519Certificate | None = None
     legacy_key: str | None = None  # "-----BEGIN RSA PUBLIC KEY-----..." block, as written
     legacy_key_cert: str | None = None  # "-----BEGIN CROSSCERT-----..." block, as written
+
+    def __post_init__(self) -> None:
+        for name in ("onion_key", "auth_key", "enc_key"):
+            value = getattr(self, name)
+            if not isinstance(value, bytes) or len(value) != 32:
+                raise BadIntroPoint(f"intro point {name} must be 32 bytes")
+        if not self.link_specifiers or not all(
+            isinstance(spec, LinkSpecifier) for spec in self.link_specifiers
+        ):
+            raise BadIntroPoint("intro point needs a tuple of LinkSpecifier")
 
     def encode(self) -> str:
         """The text block, ending in a newline, exactly as tor writes it."""
@@ -129,8 +140,13 @@ def decode_link_specifiers(data: bytes) -> tuple[LinkSpecifier, ...]:
 
 def ipv4_link_specifier(address: str, port: int) -> LinkSpecifier:
     """Convenience: an IPv4 address:port link specifier."""
-    octets = [int(part) for part in address.split(".")]
-    return LinkSpecifier(LS_IPV4, bytes(octets) + struct.pack(">H", port))
+    try:
+        packed = ipaddress.IPv4Address(address).packed
+    except ValueError as exc:
+        raise BadIntroPoint(f"{address!r} is not an IPv4 address") from exc
+    if not 0 < port < 65536:
+        raise BadIntroPoint(f"port {port} is out of range")
+    return LinkSpecifier(LS_IPV4, packed + struct.pack(">H", port))
 
 
 @functools.lru_cache(maxsize=4096)
