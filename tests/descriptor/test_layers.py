@@ -96,3 +96,16 @@ def test_mac_detects_any_flipped_byte() -> None:
 def test_short_blob_is_malformed() -> None:
     with pytest.raises(MalformedDescriptor, match="too short"):
         decrypt_layer(b"\x00" * 48, b"k" * 32, b"s" * 32, 1, ENCRYPTED_CONSTANT, what="x")
+
+
+@pytest.mark.parametrize("size", [0, 1, 47, 48, 49, 30048])
+def test_multiline_base64_is_tor_format(size: int) -> None:
+    from onionmesh.descriptor.layers import b64_multiline
+
+    data = os.urandom(size)
+    text = b64_multiline(data)
+    lines = text.split("\n")
+    assert lines[-1] == ""  # every line, the last included, ends with a newline
+    assert all(len(line) == 64 for line in lines[:-2])
+    assert 0 < len(lines[-2]) <= 64 if size else lines == [""]
+    assert base64.b64decode("".join(lines)) == data

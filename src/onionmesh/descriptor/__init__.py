@@ -5,6 +5,7 @@ Public API:
 * ``build_descriptor`` (build.py): sign and encrypt a (master) descriptor, C-tor sized.
 * ``parse_descriptor`` (parse.py): decrypt and fully verify one, returning ``Descriptor``.
 * ``IntroPoint`` / ``LinkSpecifier`` / ``parse_intro_point`` / ``recertify`` (intro.py).
+* ``FreshSigningKey`` (signer.py): a throw-away descriptor-signing key (libsodium).
 * errors (errors.py): ``DescriptorError`` and its subclasses.
 """
 
@@ -30,6 +31,7 @@ from onionmesh.descriptor.intro import (
     x25519_to_ed25519,
 )
 from onionmesh.descriptor.parse import Descriptor, parse_descriptor
+from onionmesh.descriptor.signer import FreshSigningKey
 
 __all__ = [
     "MAX_DESCRIPTOR_SIZE",
@@ -42,6 +44,7 @@ __all__ = [
     "DescriptorError",
     "DescriptorTooLarge",
     "ExpiredCertificate",
+    "FreshSigningKey",
     "IntroPoint",
     "LinkSpecifier",
     "MacMismatch",

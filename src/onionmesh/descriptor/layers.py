@@ -165,8 +165,11 @@ def b64_padded(data: bytes) -> str:
 
 def b64_multiline(data: bytes) -> str:
     """Base64 in 64-character lines, each ending with a newline (``BASE64_ENCODE_MULTILINE``)."""
-    encoded = base64.b64encode(data).decode("ascii")
-    return "".join(encoded[i : i + 64] + "\n" for i in range(0, len(encoded), 64))
+    # 48 input bytes are exactly one 64-character line; b2a_base64 appends the newline.
+    view = memoryview(data)
+    return b"".join(
+        binascii.b2a_base64(view[i : i + 48]) for i in range(0, len(data), 48)
+    ).decode("ascii")
 
 
 # --- client authorization ([CLIENT-AUTH] in rend-spec-v3) -----------------------------
