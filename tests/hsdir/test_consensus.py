@@ -155,6 +155,11 @@ def test_microdescriptors_without_onion_key_object_and_with_annotations():
     assert parse_microdescriptors(text) == {md_digest(a): b"\x01" * 32, md_digest(b): b"\x02" * 32}
 
 
+def test_ed25519_none_means_no_identity():
+    body = make_microdescriptor(5, None) + "id ed25519 none\n"
+    assert parse_microdescriptors(body) == {}
+
+
 def test_empty_md_all_is_empty():
     assert parse_microdescriptors("") == {}
     assert parse_microdescriptors("\n") == {}

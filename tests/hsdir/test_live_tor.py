@@ -110,6 +110,23 @@ def _periods_for(identity: Ed25519Identity, snapshots: list[Consensus], now: flo
     return found
 
 
+def test_real_consensus_and_md_all(tornet):
+    consensus = parse_consensus(tornet.consensus_text())
+    md_all = tornet.microdescriptors_text()
+    assert md_all.endswith("\n")
+    mds = parse_microdescriptors(md_all)
+    # The control port loses md/all's final newline; parsing must not lose a relay.
+    assert parse_microdescriptors(md_all.rstrip("\n")) == mds
+    attached = attach_ed25519_ids(consensus, mds)
+    assert len(attached.relays) == tornet.n_authorities
+    assert all(r.ed25519_id is not None for r in attached.relays)
+    assert {r.fingerprint for r in eligible_hsdirs(attached.relays)} == set(
+        tornet.hsdir_fingerprints()
+    )
+    assert attached.voting_interval == tornet.voting_interval
+    assert consensus.valid_after <= time.time() <= consensus.valid_until
+
+
 def test_real_tor_uploads_where_we_compute_with_our_revision_counter(tornet):
     client = tornet.add_client("hsdirprobe")
     identity = Ed25519Identity.generate()

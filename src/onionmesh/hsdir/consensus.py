@@ -459,6 +459,7 @@ def parse_microdescriptors(text: str) -> dict[bytes, bytes]:
                 f"microdescriptor at line {first_line}: contains non-ASCII characters"
             ) from exc
         ed25519_id: bytes | None = None
+        seen_ed_line = False
         in_object = False
         for offset, line in enumerate(body.split("\n")[:-1]):
             lineno = first_line + offset
@@ -474,9 +475,12 @@ def parse_microdescriptors(text: str) -> dict[bytes, bytes]:
                 where = _describe(lineno, line)
                 if len(parts) != 3:
                     raise ConsensusError(f"{where}: 'id ed25519' needs exactly one key")
-                if ed25519_id is not None:
+                if seen_ed_line:
                     raise ConsensusError(f"{where}: second 'id ed25519' line")
-                ed25519_id = _b64decode(parts[2], 32, "ed25519 identity", where)
+                seen_ed_line = True
+                # "none" (old votes' spelling of "no key") means no identity, not an error.
+                if parts[2] != "none":
+                    ed25519_id = _b64decode(parts[2], 32, "ed25519 identity", where)
         if in_object:
             raise ConsensusError(f"microdescriptor at line {first_line}: object is never closed")
         if ed25519_id is not None:
