@@ -47,7 +47,7 @@ from onionmesh.descriptor.parse import _parse_middle, _parse_outer
 from tests.descriptor.conftest import NOW, PERIOD, PERIOD_LENGTH, random_intro_point
 
 MESSAGE = "-----BEGIN MESSAGE-----\n"
-EXPIRES = float(int(NOW) - int(NOW) % 3600 + 54 * 3600)
+EXPIRES = float(-(-(int(NOW) + 54 * 3600) // 3600) * 3600)  # when our signing cert expires
 
 
 def _same(value):

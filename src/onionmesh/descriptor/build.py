@@ -130,8 +130,9 @@ def build_descriptor(
     elif (blinded.period_number, blinded.period_length) != (period_number, period_length):
         raise DescriptorError("the given blinded key is for another time period")
     signer: Signer = signing_key if signing_key is not None else FreshSigningKey()
-    # Certificates expire 54 h after the current hour, as tor's service code does.
-    expires_at = float(int(now) - int(now) % 3600 + CERT_LIFETIME)
+    # Certificates are valid for 54 h from now; the cert format rounds the expiry up to
+    # the next whole hour, exactly as tor_cert_create_ed25519 does.
+    expires_at = float(now + CERT_LIFETIME)
     signing_cert = create_certificate(
         CERT_TYPE_HS_DESC_SIGNING, signer.public_key, blinded, expires_at
     )
