@@ -61,7 +61,7 @@ def _rejected(core: MeshCore, data: bytes, reason: str, now: float = T0) -> None
 
 def test_genuine_heartbeat_is_accepted_and_marks_peer_alive():
     b = _pair()
-    b.receive_datagram(_sealer().seal(_hb(), T0), "a:7000", T0)
+    b.receive_datagram(_sealer().seal(_hb(), T0, echo=b.challenge), "a:7000", T0)
     assert b.peers()["a"].state == "alive"
     assert not b.rejections
 
@@ -69,19 +69,21 @@ def test_genuine_heartbeat_is_accepted_and_marks_peer_alive():
 def test_wrong_cluster_secret_is_unknown_cluster():
     b = _pair()
     _rejected(
-        b, _sealer(secret=b"another-cluster-secret-xxxxxxxx").seal(_hb(), T0), "unknown_cluster"
+        b,
+        _sealer(secret=b"another-cluster-secret-xxxxxxxx").seal(_hb(), T0, echo=b.challenge),
+        "unknown_cluster",
     )
 
 
 def test_other_key_under_a_pinned_id_is_forged():
     b = _pair()
     impostor = _sealer(seed=b"\x07" * 32)  # holds the cluster secret, not a's node key
-    _rejected(b, impostor.seal(_hb("publisher", 99), T0), "forged")
+    _rejected(b, impostor.seal(_hb("publisher", 99), T0, echo=b.challenge), "forged")
 
 
 def test_bad_signature_with_valid_cluster_mac_is_forged():
     b = _pair()
-    good = codec.decode_sealed(_sealer().seal(_hb(), T0))
+    good = codec.decode_sealed(_sealer().seal(_hb(), T0, echo=b.challenge))
     bad_sig = bytes([good.signature[0] ^ 1]) + good.signature[1:]
     key = ClusterKey(SECRET)
     forged = codec.encode(Sealed(1, good.signed, bad_sig, key.tag(good.signed, bad_sig)))
@@ -90,7 +92,7 @@ def test_bad_signature_with_valid_cluster_mac_is_forged():
 
 def test_tampered_body_fails_the_cluster_mac():
     b = _pair()
-    data = bytearray(_sealer().seal(_hb(), T0))
+    data = bytearray(_sealer().seal(_hb(), T0, echo=b.challenge))
     data[20] ^= 0x01
     before = _snapshot(b)
     b.receive_datagram(bytes(data), "evil:1", T0)
@@ -101,7 +103,7 @@ def test_tampered_body_fails_the_cluster_mac():
 
 def test_duplicate_is_replayed():
     b = _pair()
-    data = _sealer().seal(_hb(), T0)
+    data = _sealer().seal(_hb(), T0, echo=b.challenge)
     b.receive_datagram(data, "a:7000", T0)
     b.datagrams_to_send(T0)
     while b.next_event():
@@ -113,18 +115,22 @@ def test_stale_and_future_timestamps_are_refused():
     b = _pair()
     tol = MeshConfig().clock_skew_tolerance
     s = _sealer()
-    _rejected(b, s.seal(_hb(), T0 - tol - 1), "stale")
-    _rejected(b, s.seal(_hb(), T0 + tol + 1), "stale")
-    b.receive_datagram(s.seal(_hb(), T0 + tol - 1), "a:7000", T0)  # inside the window
+    _rejected(b, s.seal(_hb(), T0 - tol - 1, echo=b.challenge), "stale")
+    _rejected(b, s.seal(_hb(), T0 + tol + 1, echo=b.challenge), "stale")
+    b.receive_datagram(
+        s.seal(_hb(), T0 + tol - 1, echo=b.challenge), "a:7000", T0
+    )  # inside the window
     assert b.peers()["a"].state == "alive"
 
 
 def test_restarted_sender_with_larger_boot_is_accepted_and_old_boot_is_replayed():
     b = _pair()
     old, new = _sealer(boot=5), _sealer(boot=6)
-    old_msgs = [old.seal(_hb(), T0) for _ in range(3)]
+    old_msgs = [old.seal(_hb(), T0, echo=b.challenge) for _ in range(3)]
     b.receive_datagram(old_msgs[0], "a:7000", T0)
-    b.receive_datagram(new.seal(_hb(), T0 + 1), "a:7000", T0 + 1)  # seq restarts at 1
+    b.receive_datagram(
+        new.seal(_hb(), T0 + 1, echo=b.challenge), "a:7000", T0 + 1
+    )  # seq restarts at 1
     assert not b.rejections
     b.datagrams_to_send(T0 + 1)
     while b.next_event():
@@ -146,18 +152,18 @@ def test_reordered_datagrams_within_the_window_are_accepted_once():
 
 def test_unicast_to_another_node_is_misdirected():
     b = _pair()
-    _rejected(b, _sealer().seal(_hb(), T0, to="c"), "misdirected")
+    _rejected(b, _sealer().seal(_hb(), T0, to="c", echo=b.challenge), "misdirected")
 
 
 def test_own_id_is_refused():
     b = _pair()
-    _rejected(b, _sealer("b").seal(_hb(), T0), "own_id")
+    _rejected(b, _sealer("b").seal(_hb(), T0, echo=b.challenge), "own_id")
 
 
 def test_replayed_lease_claim_does_not_change_the_publisher():
     b = _pair()
     s = _sealer()
-    claim = s.seal(LeaseClaim(7, 100, 3), T0)
+    claim = s.seal(LeaseClaim(7, 100, 3), T0, echo=b.challenge)
     b.receive_datagram(claim, "a:7000", T0)
     assert b.publisher_id == "a" and b.term == 7
     b.datagrams_to_send(T0)
@@ -174,3 +180,38 @@ def test_cluster_secret_never_appears_in_reprs():
     assert repr(ident.signing_seed) not in repr(ident)
     with pytest.raises(MeshConfigError):
         ClusterKey(b"short")
+
+
+def test_message_without_our_challenge_is_unverified_and_applies_nothing():
+    b = _pair()
+    s = _sealer()
+    _rejected(b, s.seal(_hb("publisher", 5), T0), "unverified")  # no echo: first contact
+    _rejected(b, s.seal(_hb("publisher", 5), T0, echo=b"\x01" * 16), "unverified")
+    assert b.publisher_id is None and b.peers()["a"].state == "unknown"
+    # ...but b's next heartbeat to a echoes a's challenge, completing the handshake
+    b.handle_timer(T0 + MeshConfig().heartbeat_interval)
+    out = b.datagrams_to_send(T0 + 5)
+    signed = [codec.decode_signed(codec.decode_sealed(d).signed) for d, addr in out]
+    assert [x.echo for x in signed if x.to == "a"] == [s.challenge]
+
+
+def test_replay_to_a_restarted_receiver_is_refused():
+    """A datagram the old core accepted is worthless to the new core (same identity)."""
+    a = identity("a")
+    seeds = [PeerSeed("a", a.address, a.public_key)]
+    b1 = MeshCore(MeshConfig(), identity("b"), SECRET, seeds, T0)
+    captured = _sealer().seal(_hb("publisher", 9), T0 + 1, echo=b1.challenge)
+    b1.receive_datagram(captured, "a:7000", T0 + 1)
+    assert b1.publisher_id == "a"
+    b2 = MeshCore(MeshConfig(), identity("b"), SECRET, seeds, T0 + 2)  # restart
+    b2.datagrams_to_send(T0 + 2)
+    assert b2.challenge != b1.challenge
+    _rejected(b2, captured, "unverified", T0 + 3)  # inside the timestamp window
+    assert b2.publisher_id is None
+
+
+def test_challenges_differ_per_boot_and_node():
+    from onionmesh.mesh.auth import boot_challenge
+
+    assert boot_challenge(seed_for("a"), 1) != boot_challenge(seed_for("a"), 2)
+    assert boot_challenge(seed_for("a"), 1) != boot_challenge(seed_for("b"), 1)

@@ -15,6 +15,7 @@ from onionmesh.mesh.messages import Heartbeat, IntroPoints, Sealed, Signed
 
 from .netloop import SECRET, identity
 
+C16 = b"c" * 16
 REASONS = {"oversized", "malformed", "unsupported_version", "unknown_cluster"}
 
 
@@ -23,7 +24,7 @@ def _heartbeat() -> Heartbeat:
 
 
 def test_signed_roundtrip_keeps_every_field():
-    s = Signed("node-a", b"k" * 32, 7, 9, 1234, "", _heartbeat())
+    s = Signed("node-a", b"k" * 32, 7, 9, 1234, C16, "", b"", _heartbeat())
     assert codec.decode_signed(codec.encode(s)) == s
 
 
@@ -78,12 +79,16 @@ def test_unknown_wire_version_is_refused():
 @pytest.mark.parametrize(
     "bad",
     [
-        Signed("Node-A", b"k" * 32, 1, 1, 1, "", _heartbeat()),  # upper case id
-        Signed("a" * 65, b"k" * 32, 1, 1, 1, "", _heartbeat()),  # id too long
-        Signed("a", b"k" * 31, 1, 1, 1, "", _heartbeat()),  # short key
-        Signed("a", b"k" * 32, 1, 1, 1, "", IntroPoints(b"d" * 16, {1: [b""]})),  # empty ip
-        Signed("a", b"k" * 32, 1, 1, 1, "", IntroPoints(b"d" * 16, {1: [b"x"] * 21})),  # > 20
-        Signed("a", b"k" * 32, -1, 1, 1, "", _heartbeat()),  # negative boot
+        Signed("Node-A", b"k" * 32, 1, 1, 1, C16, "", b"", _heartbeat()),  # upper case id
+        Signed("a" * 65, b"k" * 32, 1, 1, 1, C16, "", b"", _heartbeat()),  # id too long
+        Signed("a", b"k" * 31, 1, 1, 1, C16, "", b"", _heartbeat()),  # short key
+        Signed(
+            "a", b"k" * 32, 1, 1, 1, C16, "", b"", IntroPoints(b"d" * 16, {1: [b""]})
+        ),  # empty ip
+        Signed(
+            "a", b"k" * 32, 1, 1, 1, C16, "", b"", IntroPoints(b"d" * 16, {1: [b"x"] * 21})
+        ),  # > 20
+        Signed("a", b"k" * 32, -1, 1, 1, C16, "", b"", _heartbeat()),  # negative boot
     ],
 )
 def test_schema_bounds_are_enforced_on_decode(bad):

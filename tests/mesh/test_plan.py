@@ -154,12 +154,12 @@ def test_restarted_peer_stale_points_are_dropped_until_it_resends():
     net.kill("c")
     net.run_until(62)
     net.restart("c")  # new boot, its shell has not set intro points yet
-    net.run_until(63)
+    net.run_until(62 + CFG.heartbeat_interval + 1)  # the handshake takes <= one heartbeat
     plan = net.cores["a"].publish_plan()
     assert all(n != "c" for n, _ in plan.intro_points[1])
     net.cores["c"].set_local_intro_points({1: [b"c-fresh"]}, net.local("c"))
     net._flush("c")
-    net.run_until(64)
+    net.run_until(net.now + 1)
     assert ("c", b"c-fresh") in net.cores["a"].publish_plan().intro_points[1]
 
 

@@ -15,6 +15,16 @@ Every datagram is ``Sealed(version, signed, signature, mac)``:
   reorders), and refuses everything else as ``replayed``.
 * ``ts_ms`` must be within ``clock_skew_tolerance`` of the receiver's clock,
   which bounds how long any captured datagram is worth anything.
+* ``echo`` must equal the receiver's per-boot *challenge* (a 16-byte value
+  derived from the receiver's key and boot id, carried in every message it
+  sends). This closes the gap the two checks above leave: a receiver that
+  restarts has lost its replay windows, and without the echo anything
+  captured in the last ``clock_skew_tolerance`` seconds would be accepted
+  again. A message with another echo is refused as ``unverified`` (nothing
+  is applied and nothing is sent in reply); the core only notes the sender's
+  challenge in a bounded handshake cache, so that its *next heartbeat*
+  proves freshness to that sender. Two nodes that meet therefore complete
+  the handshake within one heartbeat interval.
 
 Checks come strictly before state changes: ``verify`` returns the decoded
 message and a ``ReplayGuard`` token; the core commits the token only after
@@ -65,6 +75,24 @@ class ClusterKey:
         return hmac.compare_digest(self.tag(signed, signature), mac)
 
 
+def boot_challenge(signing_seed: bytes, boot: int) -> bytes:
+    """This boot's challenge: unique per (node key, boot id); public, not a secret."""
+    return hashlib.blake2b(
+        boot.to_bytes(8, "big"), key=signing_seed, digest_size=16, person=b"onionmesh-chal"
+    ).digest()
+
+
+class Unverified(RejectedDatagram):
+    """Authentic and fresh, but not provably sent after this boot began.
+
+    Carries the decoded message so the core can note the sender's challenge.
+    """
+
+    def __init__(self, signed: Signed) -> None:
+        super().__init__("unverified", f"{signed.sender}: echo does not match this boot")
+        self.signed = signed
+
+
 class Sealer:
     """Signs and MACs outgoing messages for one node boot."""
 
@@ -73,14 +101,15 @@ class Sealer:
         self.public_key = bytes(self._signing_key.verify_key)
         self.node_id = node_id
         self.boot = boot
+        self.challenge = boot_challenge(signing_seed, boot)
         self.seq = 0
         self._key = key
 
     def __repr__(self) -> str:
         return f"Sealer(node_id={self.node_id!r}, boot={self.boot}, seq={self.seq})"
 
-    def seal(self, body: Message, now: float, to: str = "") -> bytes:
-        """Encode, sign and MAC ``body``; each call uses a fresh sequence number."""
+    def seal(self, body: Message, now: float, to: str = "", echo: bytes = b"") -> bytes:
+        """Encode, sign and MAC ``body`` for recipient ``to`` whose challenge is ``echo``."""
         self.seq += 1
         signed = encode(
             Signed(
@@ -89,7 +118,9 @@ class Sealer:
                 boot=self.boot,
                 seq=self.seq,
                 ts_ms=max(0, int(now * 1000)),
+                challenge=self.challenge,
                 to=to,
+                echo=echo,
                 body=body,
             )
         )
@@ -170,6 +201,7 @@ class Verifier:
         data: bytes,
         now: float,
         own_id: str,
+        own_challenge: bytes,
         pinned_key: Callable[[str], bytes | None],
         guard: ReplayGuard,
     ) -> tuple[Signed, ReplayToken]:
@@ -196,5 +228,7 @@ class Verifier:
             raise RejectedDatagram("forged", f"{signed.sender}: bad signature") from None
         if abs(signed.ts_ms - int(now * 1000)) > self._skew_ms:
             raise RejectedDatagram("stale", f"{signed.sender}: timestamp outside skew window")
+        if not hmac.compare_digest(signed.echo, own_challenge):
+            raise Unverified(signed)
         token = guard.check(signed.sender, signed.boot, signed.seq)
         return signed, token

@@ -14,7 +14,11 @@ Where things live:
 
 Rejected datagrams change nothing except ``rejections`` (a Counter by reason)
 and one ``MessageRejected`` event; ``receive_datagram`` never raises for bad
-input.
+input. The one exception is documented in auth.py: an authentic, fresh but
+``unverified`` message (first contact, or the sender does not know our new
+boot yet) records the sender's challenge in a bounded handshake cache, which
+only decides what our next heartbeat echoes; no view, timer or output
+changes.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from onionmesh.mesh.auth import ClusterKey, ReplayGuard, Sealer, Verifier
+from onionmesh.mesh.auth import ClusterKey, ReplayGuard, Sealer, Unverified, Verifier
 from onionmesh.mesh.config import MeshConfig
 from onionmesh.mesh.election import Election
 from onionmesh.mesh.errors import MeshError, RejectedDatagram
@@ -71,6 +75,7 @@ from onionmesh.mesh.messages import (
 from onionmesh.mesh.plan import Contribution, PublishPlan, PublishScheduler, select_intro_points
 
 _ADDRESS_RE = re.compile(r"[\x21-\x7e]{1,255}")  # printable, no spaces
+_MAX_HANDSHAKES = 4096  # bound on the handshake cache (only cluster members can fill it)
 
 
 class IntroPointsError(MeshError):
@@ -98,6 +103,9 @@ class MeshCore:
         # core with the same identity (a restart): microseconds of its start.
         self.boot_id = boot_id if boot_id is not None else max(1, int(now * 1_000_000))
         self._sealer = Sealer(identity.node_id, identity.signing_seed, key, self.boot_id)
+        self.challenge = self._sealer.challenge
+        # node id -> (boot, challenge, address): what we echo to that node (see auth.py)
+        self._handshake: dict[str, tuple[int, bytes, str]] = {}
         self._verifier = Verifier(key, config.clock_skew_tolerance)
         self._guard = ReplayGuard()
         self.membership = Membership(config)
@@ -191,11 +199,16 @@ class MeshCore:
             return
         try:
             signed, token = self._verifier.verify(
-                data, now, self.node_id, self._pinned_key, self._guard
+                data, now, self.node_id, self.challenge, self._pinned_key, self._guard
             )
             if signed.sender in self.membership.removed:
                 raise RejectedDatagram("removed", f"{signed.sender} was removed by the operator")
             self._validate_body(signed.body)
+        except Unverified as exc:
+            self._note_unverified(exc.signed)
+            self.rejections[exc.reason] += 1
+            self._events.append(MessageRejected(exc.reason, addr))
+            return
         except RejectedDatagram as exc:
             self.rejections[exc.reason] += 1
             self._events.append(MessageRejected(exc.reason, addr))
@@ -235,7 +248,7 @@ class MeshCore:
         self._plan_dirty = True
         if not self._shut_down:
             # Immediately, not on the next heartbeat (the design's scenario 2).
-            self._broadcast(self._intro_body(), now, include_dead=False)
+            self._broadcast(self._intro_body(), now, verified_only=True)
             self._after_input(now)
 
     def report_foreign_descriptor(self, revision: int, intro_count: int, now: float) -> None:
@@ -274,6 +287,7 @@ class MeshCore:
         """Operator removal: the peer is forgotten and stays removed (gossip cannot re-add it)."""
         self.membership.remove(node_id)
         self._guard.forget(node_id)
+        self._handshake.pop(node_id, None)
         self._events.append(PeerRemoved(node_id))
         if self.election.publisher_id == node_id:
             self.election.on_release(node_id, self.election.term, now)
@@ -290,6 +304,32 @@ class MeshCore:
         self._shut_down = True
 
     # ------------------------------------------------------------------ internals
+
+    def _learn_challenge(self, node_id: str, boot: int, challenge: bytes, address: str) -> None:
+        """Remember what to echo to ``node_id``; never roll back to an older boot."""
+        if node_id == self.node_id or node_id in self.membership.removed or boot <= 0:
+            return
+        old = self._handshake.get(node_id)
+        if old is None and len(self._handshake) >= _MAX_HANDSHAKES:
+            return
+        if old is None or boot >= old[0]:
+            self._handshake[node_id] = (boot, challenge, address or (old[2] if old else ""))
+
+    def _note_unverified(self, signed: Signed) -> None:
+        """An authentic message we cannot prove fresh: note its challenge for our next heartbeat."""
+        if signed.sender in self.membership.removed:
+            return
+        rec = self.membership.peers.get(signed.sender)
+        body = signed.body
+        # Only the signed body's address is trusted: the source address may be spoofed.
+        address = rec.address if rec is not None and rec.address else ""
+        if not address and isinstance(body, Heartbeat):
+            address = body.address
+        self._learn_challenge(signed.sender, signed.boot, signed.challenge, address)
+
+    def _echo_for(self, node_id: str) -> bytes:
+        entry = self._handshake.get(node_id)
+        return entry[1] if entry is not None else b""
 
     def _pinned_key(self, node_id: str) -> bytes | None:
         rec = self.membership.peers.get(node_id)
@@ -363,26 +403,47 @@ class MeshCore:
         return IntroPoints(self._local_digest, {p: list(v) for p, v in self._local_sets.items()})
 
     def _peer_list_body(self) -> PeerList:
-        infos = [PeerInfo(self.node_id, self.identity.address, self._sealer.public_key)]
+        me = PeerInfo(
+            self.node_id,
+            self.identity.address,
+            self._sealer.public_key,
+            self.boot_id,
+            self.challenge,
+        )
+        infos = [me]
         for rec in self.membership.peers.values():
             if rec.state in (ALIVE, SUSPECT) and rec.public_key is not None and rec.address:
-                infos.append(PeerInfo(rec.node_id, rec.address, rec.public_key))
+                boot, challenge, _ = self._handshake.get(rec.node_id, (0, bytes(16), ""))
+                infos.append(PeerInfo(rec.node_id, rec.address, rec.public_key, boot, challenge))
         return PeerList(infos[:512])
 
-    def _broadcast(self, body: Message, now: float, include_dead: bool = False) -> None:
-        """Seal once, send to every known peer (one signature for N copies)."""
-        targets: set[str] = set(self._pending_addrs)
+    def _broadcast(
+        self, body: Message, now: float, include_dead: bool = False, verified_only: bool = False
+    ) -> None:
+        """Send ``body`` to every known peer, sealed per recipient (each echoes its challenge).
+
+        Also to nodes we only know from the handshake cache (first contact), and
+        to bootstrap addresses whose node id we do not know yet.
+        """
         for rec in self.membership.peers.values():
-            if rec.address and (include_dead or rec.state != DEAD):
-                targets.add(rec.address)
-        if not targets:
+            if include_dead or rec.state != DEAD:
+                echo = self._echo_for(rec.node_id)
+                if echo or not verified_only:
+                    self._send_to(rec.node_id, rec.address, body, now, echo)
+        if verified_only:
             return
-        data = self._sealer.seal(body, now)
-        self._outbox.extend((data, addr) for addr in sorted(targets))
+        for node_id, (_, challenge, address) in self._handshake.items():
+            if node_id not in self.membership.peers:
+                self._send_to(node_id, address, body, now, challenge)
+        for addr in sorted(self._pending_addrs):
+            self._send_to("", addr, body, now, b"")
+
+    def _send_to(self, node_id: str, address: str, body: Message, now: float, echo: bytes) -> None:
+        if address:
+            self._outbox.append((self._sealer.seal(body, now, node_id, echo), address))
 
     def _send(self, rec: PeerRecord, body: Message, now: float) -> None:
-        if rec.address:
-            self._outbox.append((self._sealer.seal(body, now, to=rec.node_id), rec.address))
+        self._send_to(rec.node_id, rec.address, body, now, self._echo_for(rec.node_id))
 
     def _send_full_state(self, rec: PeerRecord, now: float) -> None:
         """Answer a Join / new boot / recovery: our heartbeat, intro points and members."""
@@ -406,6 +467,7 @@ class MeshCore:
             self._events.append(PeerDiscovered(sender, addr))
         if rec.public_key is None:
             rec.public_key = signed.public_key  # pin on first contact
+        self._learn_challenge(sender, signed.boot, signed.challenge, rec.address)
         self._pending_addrs.discard(addr)
         self._pending_addrs.discard(rec.address)
         before = rec.state
@@ -476,12 +538,16 @@ class MeshCore:
                 rec = self.membership.add(info.node_id, info.address, info.public_key)
                 if rec is None:
                     continue
+                self._learn_challenge(info.node_id, info.boot, info.challenge, rec.address)
                 self._events.append(PeerDiscovered(info.node_id, info.address))
                 self._send(rec, self._heartbeat_body(Join), now)
-            elif rec.public_key is None:
+                continue
+            if rec.public_key is None:
                 rec.public_key = info.public_key
             if rec.state == UNKNOWN and not rec.address:
                 rec.address = info.address
+            if rec.public_key == info.public_key:
+                self._learn_challenge(info.node_id, info.boot, info.challenge, rec.address)
 
     def _on_publisher_signal(
         self, rec: PeerRecord, term: int, priority: int, plan_count: int, now: float

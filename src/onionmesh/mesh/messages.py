@@ -33,6 +33,7 @@ NodeId = Annotated[str, Meta(pattern=r"^[a-z0-9._-]{1,64}$")]
 OptNodeId = Annotated[str, Meta(pattern=r"^([a-z0-9._-]{1,64})?$")]
 Address = Annotated[str, Meta(max_length=255)]
 Digest = Annotated[bytes, Meta(min_length=16, max_length=16)]
+Echo = Annotated[bytes, Meta(max_length=16)]  # empty, or the receiver's 16-byte challenge
 PublicKey = Annotated[bytes, Meta(min_length=32, max_length=32)]
 U32 = Annotated[int, Meta(ge=0, lt=2**32)]
 U63 = Annotated[int, Meta(ge=0, le=2**63 - 1)]
@@ -86,6 +87,8 @@ class PeerInfo(_Msg):
     node_id: NodeId
     address: Address
     public_key: PublicKey
+    boot: U63  # 0 when the gossiping node has not heard this peer's current boot
+    challenge: Digest  # that boot's challenge, so a newcomer's first message is verifiable
 
 
 class PeerList(_Msg, tag=7):
@@ -103,7 +106,9 @@ class Signed(_Msg):
     boot: U63  # per-boot id; a restarted sender uses a larger one
     seq: U63  # per-boot sequence number, strictly increasing from 1
     ts_ms: U63  # sender's clock, milliseconds (checked against clock_skew_tolerance)
-    to: OptNodeId  # recipient node id, "" for a broadcast
+    challenge: Digest  # the sender's per-boot challenge (receivers echo it back)
+    to: OptNodeId  # recipient node id, "" when not yet known (first contact by address)
+    echo: Echo  # the recipient's current challenge: proves this was sent after it booted
     body: Message
 
 
