@@ -31,6 +31,8 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import lru_cache
+from types import MappingProxyType
 
 from onionmesh.hsdir.errors import ConsensusError
 
@@ -126,9 +128,24 @@ def _describe(lineno: int, line: str) -> str:
     return f"line {lineno} ({shown!r})"
 
 
+class _Where:
+    """A line's description, rendered only if an error message needs it (parsing stays fast)."""
+
+    __slots__ = ("line", "lineno")
+
+    def __init__(self, lineno: int, line: str) -> None:
+        self.lineno = lineno
+        self.line = line
+
+    def __str__(self) -> str:
+        return _describe(self.lineno, self.line)
+
+
 def _fields(line: str) -> list[str]:
     """Split a document line into keyword and arguments (spaces and tabs only, as dir-spec)."""
-    return [part for part in re.split(r"[ \t]+", line) if part]
+    if "\t" in line:
+        line = line.replace("\t", " ")
+    return [part for part in line.split(" ") if part]
 
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:
@@ -137,7 +154,7 @@ def _lines(text: str) -> Iterator[tuple[int, str]]:
         yield index, raw[:-1] if raw.endswith("\r") else raw
 
 
-def _b64decode(value: str, length: int, what: str, where: str) -> bytes:
+def _b64decode(value: str, length: int, what: str, where: object) -> bytes:
     """Decode unpadded or padded base64 that must yield exactly ``length`` bytes."""
     if not _BASE64_RE.fullmatch(value):
         raise ConsensusError(f"{where}: {what} is not base64")
@@ -151,7 +168,7 @@ def _b64decode(value: str, length: int, what: str, where: str) -> bytes:
     return raw
 
 
-def _parse_time(date: str, clock: str, where: str) -> int:
+def _parse_time(date: str, clock: str, where: object) -> int:
     """``YYYY-MM-DD HH:MM:SS`` (UTC) to unix seconds."""
     d = _DATE_RE.fullmatch(date)
     c = _CLOCK_RE.fullmatch(clock)
@@ -164,30 +181,42 @@ def _parse_time(date: str, clock: str, where: str) -> int:
     return calendar.timegm(moment.timetuple())
 
 
-def _parse_protocols(args: list[str], where: str) -> dict[str, frozenset[int]]:
-    """A ``pr`` line: ``Name=1-3,5 Other=2`` -> {"Name": {1,2,3,5}, "Other": {2}}."""
+@lru_cache(maxsize=1024)
+def _protocols_from(text: str) -> Mapping[str, frozenset[int]]:
+    """A ``pr`` line's arguments: ``Name=1-3,5 Other=2`` -> {"Name": {1,2,3,5}, "Other": {2}}.
+
+    Cached: thousands of relays share a handful of distinct ``pr`` lines.
+    Errors carry no location; the caller adds it.
+    """
     protocols: dict[str, frozenset[int]] = {}
-    for entry in args:
+    for entry in _fields(text):
         name, sep, ranges = entry.partition("=")
         if not sep or not _PROTO_NAME_RE.fullmatch(name):
-            raise ConsensusError(f"{where}: bad protocol entry {entry[:40]!r}")
+            raise ConsensusError(f"bad protocol entry {entry[:40]!r}")
         if name in protocols:
-            raise ConsensusError(f"{where}: protocol {name} listed twice")
+            raise ConsensusError(f"protocol {name} listed twice")
         versions: set[int] = set()
         for part in ranges.split(",") if ranges else []:
             m = _RANGE_RE.fullmatch(part)
             if m is None:
-                raise ConsensusError(f"{where}: bad version range {part[:20]!r} for {name}")
+                raise ConsensusError(f"bad version range {part[:20]!r} for {name}")
             low = int(m.group(1))
             high = int(m.group(2)) if m.group(2) is not None else low
             if high < low or high > _MAX_PROTOCOL_VERSION:
-                raise ConsensusError(f"{where}: bad version range {part!r} for {name}")
+                raise ConsensusError(f"bad version range {part!r} for {name}")
             versions.update(range(low, high + 1))
         protocols[name] = frozenset(versions)
-    return protocols
+    return MappingProxyType(protocols)
 
 
-def _parse_params(args: list[str], where: str) -> dict[str, int]:
+def _parse_protocols(args: list[str], where: object) -> Mapping[str, frozenset[int]]:
+    try:
+        return _protocols_from(" ".join(args))
+    except ConsensusError as exc:
+        raise ConsensusError(f"{where}: {exc}") from None
+
+
+def _parse_params(args: list[str], where: object) -> dict[str, int]:
     params: dict[str, int] = {}
     for entry in args:
         m = _PARAM_RE.fullmatch(entry)
@@ -200,7 +229,7 @@ def _parse_params(args: list[str], where: str) -> dict[str, int]:
     return params
 
 
-def _parse_srv(args: list[str], where: str) -> bytes:
+def _parse_srv(args: list[str], where: object) -> bytes:
     """``shared-rand-*-value NumReveals Value`` -> the 32-byte value."""
     if len(args) < 2:
         raise ConsensusError(f"{where}: needs the number of reveals and the value")
@@ -216,7 +245,7 @@ class _EntryBuilder:
     """Collects the lines of one router status entry (``r`` up to the next ``r``)."""
 
     def __init__(self, lineno: int, line: str, args: list[str]) -> None:
-        self.where = _describe(lineno, line)
+        self.where = _Where(lineno, line)
         # Microdesc flavour: r nickname identity YYYY-MM-DD HH:MM:SS IP ORPort DirPort
         if len(args) != 7:
             raise ConsensusError(
@@ -239,7 +268,7 @@ class _EntryBuilder:
         self._port(dir_port, "DirPort", allow_zero=True)
         self.md_digest: bytes | None = None
         self.flags: frozenset[str] | None = None
-        self.protocols: dict[str, frozenset[int]] | None = None
+        self.protocols: Mapping[str, frozenset[int]] | None = None
 
     def _port(self, value: str, what: str, *, allow_zero: bool) -> int:
         if not _UINT_RE.fullmatch(value) or len(value) > 5:
@@ -249,7 +278,7 @@ class _EntryBuilder:
             raise ConsensusError(f"{self.where}: {what} {port} is out of range")
         return port
 
-    def add(self, keyword: str, args: list[str], where: str) -> None:
+    def add(self, keyword: str, args: list[str], where: object) -> None:
         if keyword == "m":
             if self.md_digest is not None:
                 raise ConsensusError(f"{where}: second 'm' line for {self.nickname}")
@@ -296,7 +325,7 @@ def parse_consensus(text: str) -> Consensus:
     """
     if not isinstance(text, str):
         raise ConsensusError("consensus must be text")
-    header: dict[str, tuple[list[str], str]] = {}
+    header: dict[str, tuple[list[str], object]] = {}
     params: dict[str, int] = {}
     relays: list[Relay] = []
     seen_identities: set[bytes] = set()
@@ -329,7 +358,7 @@ def parse_consensus(text: str) -> Consensus:
         if not parts:
             continue
         keyword, args = parts[0], parts[1:]
-        where = _describe(lineno, line)
+        where = _Where(lineno, line)
         if first:
             first = False
             if keyword != "network-status-version" or not args or args[0] != "3":
