@@ -123,9 +123,9 @@ def test_stale_and_future_timestamps_are_refused():
     assert b.peers()["a"].state == "alive"
 
 
-def test_restarted_sender_with_larger_boot_is_accepted_and_old_boot_is_replayed():
+def test_restarted_sender_is_accepted_and_its_old_boot_is_replayed():
     b = _pair()
-    old, new = _sealer(boot=5), _sealer(boot=6)
+    old, new = _sealer(boot=5), _sealer(boot=3)  # its clock was stepped back: smaller id
     old_msgs = [old.seal(_hb(), T0, echo=b.challenge) for _ in range(3)]
     b.receive_datagram(old_msgs[0], "a:7000", T0)
     b.receive_datagram(
@@ -215,3 +215,14 @@ def test_challenges_differ_per_boot_and_node():
 
     assert boot_challenge(seed_for("a"), 1) != boot_challenge(seed_for("a"), 2)
     assert boot_challenge(seed_for("a"), 1) != boot_challenge(seed_for("b"), 1)
+
+
+def test_replay_guard_retires_every_earlier_boot():
+    g = ReplayGuard()
+    for boot in (10, 4, 7):
+        assert g.commit(g.check("a", boot, 1)) is True
+    for boot in (10, 4):
+        with pytest.raises(RejectedDatagram) as exc:
+            g.check("a", boot, 99)
+        assert exc.value.reason == "replayed"
+    assert g.commit(g.check("a", 7, 2)) is False

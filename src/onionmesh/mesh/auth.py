@@ -8,11 +8,14 @@ Every datagram is ``Sealed(version, signed, signature, mac)``:
   key derived from the cluster secret, so a datagram from outside the cluster
   is refused before any decoding of its content or any signature check (cheap
   to reject floods). The cluster secret itself never travels.
-* the signed part carries ``(boot, seq)``: a per-boot id (the boot's start
-  time in microseconds, so a restarted sender's id is larger) and a sequence
-  number that increases per datagram. ``ReplayGuard`` accepts a larger boot,
-  or an unseen seq within a 64-message window of the highest one (UDP
-  reorders), and refuses everything else as ``replayed``.
+* the signed part carries ``(boot, seq)``: a per-boot id (by default the
+  boot's start time in microseconds: unique, but NOT assumed to increase,
+  since a restarted node's clock may have been stepped back) and a sequence
+  number that increases per datagram. ``ReplayGuard`` keeps, per sender, the
+  window of its current boot and the ids of its last ``RETIRED_BOOTS`` boots.
+  A boot never seen before becomes the current one; a retired boot is
+  refused as ``replayed``; in the current boot an unseen seq within a
+  64-message window of the highest one is accepted (UDP reorders).
 * ``ts_ms`` must be within ``clock_skew_tolerance`` of the receiver's clock,
   which bounds how long any captured datagram is worth anything.
 * ``echo`` must equal the receiver's per-boot *challenge* (a 16-byte value
@@ -48,6 +51,7 @@ from onionmesh.mesh.messages import WIRE_VERSION, Message, Sealed, Signed
 _SIG_CONTEXT = b"onionmesh/mesh/v1 signed\x00"
 _MAC_CONTEXT = b"onionmesh/mesh/v1 mac\x00"
 REPLAY_WINDOW = 64
+RETIRED_BOOTS = 16  # a sender restarting more often than this within a skew window is absurd
 
 
 class ClusterKey:
@@ -135,6 +139,7 @@ class _SenderWindow:
     boot: int
     top: int  # highest seq accepted in this boot
     bitmap: int  # bit i set = seq (top - i) accepted
+    retired: tuple[int, ...] = ()  # the sender's earlier boots, newest last
 
 
 @dataclass(frozen=True)
@@ -156,8 +161,8 @@ class ReplayGuard:
         """Raise ``RejectedDatagram('replayed')`` if this (boot, seq) was seen or is too old."""
         w = self._windows.get(sender)
         if w is not None:
-            if boot < w.boot:
-                raise RejectedDatagram("replayed", f"{sender}: boot {boot} older than {w.boot}")
+            if boot in w.retired:
+                raise RejectedDatagram("replayed", f"{sender}: boot {boot} is an earlier boot")
             if boot == w.boot:
                 if seq > w.top:
                     pass
@@ -172,8 +177,9 @@ class ReplayGuard:
     def commit(self, token: ReplayToken) -> bool:
         """Record an accepted datagram; return True if it started a new boot."""
         w = self._windows.get(token.sender)
-        if w is None or token.boot > w.boot:
-            self._windows[token.sender] = _SenderWindow(token.boot, token.seq, 1)
+        if w is None or token.boot != w.boot:
+            retired = () if w is None else (*w.retired, w.boot)[-RETIRED_BOOTS:]
+            self._windows[token.sender] = _SenderWindow(token.boot, token.seq, 1, retired)
             return True
         if token.seq > w.top:
             shift = token.seq - w.top
@@ -182,6 +188,15 @@ class ReplayGuard:
         else:
             w.bitmap |= 1 << (w.top - token.seq)
         return False
+
+    def is_retired(self, sender: str, boot: int) -> bool:
+        """Whether ``boot`` is one of the sender's earlier boots."""
+        w = self._windows.get(sender)
+        return w is not None and boot in w.retired
+
+    def current_boot(self, sender: str) -> int | None:
+        w = self._windows.get(sender)
+        return None if w is None else w.boot
 
     def forget(self, sender: str) -> None:
         """Drop a sender's window (operator removal)."""

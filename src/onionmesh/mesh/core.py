@@ -105,7 +105,7 @@ class MeshCore:
         self._sealer = Sealer(identity.node_id, identity.signing_seed, key, self.boot_id)
         self.challenge = self._sealer.challenge
         # node id -> (boot, challenge, address): what we echo to that node (see auth.py)
-        self._handshake: dict[str, tuple[int, bytes, str]] = {}
+        self._handshake: dict[str, tuple[int, bytes, str, tuple[int, ...]]] = {}
         self._verifier = Verifier(key, config.clock_skew_tolerance)
         self._guard = ReplayGuard()
         self.membership = Membership(config)
@@ -305,15 +305,29 @@ class MeshCore:
 
     # ------------------------------------------------------------------ internals
 
-    def _learn_challenge(self, node_id: str, boot: int, challenge: bytes, address: str) -> None:
-        """Remember what to echo to ``node_id``; never roll back to an older boot."""
+    def _learn_challenge(
+        self, node_id: str, boot: int, challenge: bytes, address: str, verified: bool = False
+    ) -> None:
+        """Remember what to echo to ``node_id``.
+
+        A verified message is authoritative (the replay guard has made its boot
+        the current one). Hearsay (an unverified message, gossip) may only move
+        us to a boot of that node we have never seen, so a replayed message of
+        an earlier boot cannot roll the echo back.
+        """
         if node_id == self.node_id or node_id in self.membership.removed or boot <= 0:
             return
         old = self._handshake.get(node_id)
         if old is None and len(self._handshake) >= _MAX_HANDSHAKES:
             return
-        if old is None or boot >= old[0]:
-            self._handshake[node_id] = (boot, challenge, address or (old[2] if old else ""))
+        if old is not None and boot == old[0]:
+            if address and address != old[2]:
+                self._handshake[node_id] = (boot, old[1], address, old[3])
+            return
+        seen = () if old is None else (*old[3], old[0])[-16:]
+        if not verified and (boot in seen or self._guard.is_retired(node_id, boot)):
+            return
+        self._handshake[node_id] = (boot, challenge, address or (old[2] if old else ""), seen)
 
     def _note_unverified(self, signed: Signed) -> None:
         """An authentic message we cannot prove fresh: note its challenge for our next heartbeat."""
@@ -413,7 +427,7 @@ class MeshCore:
         infos = [me]
         for rec in self.membership.peers.values():
             if rec.state in (ALIVE, SUSPECT) and rec.public_key is not None and rec.address:
-                boot, challenge, _ = self._handshake.get(rec.node_id, (0, bytes(16), ""))
+                boot, challenge, _, _ = self._handshake.get(rec.node_id, (0, bytes(16), "", ()))
                 infos.append(PeerInfo(rec.node_id, rec.address, rec.public_key, boot, challenge))
         return PeerList(infos[:512])
 
@@ -432,7 +446,7 @@ class MeshCore:
                     self._send_to(rec.node_id, rec.address, body, now, echo)
         if verified_only:
             return
-        for node_id, (_, challenge, address) in self._handshake.items():
+        for node_id, (_, challenge, address, _) in self._handshake.items():
             if node_id not in self.membership.peers:
                 self._send_to(node_id, address, body, now, challenge)
         for addr in sorted(self._pending_addrs):
@@ -467,7 +481,7 @@ class MeshCore:
             self._events.append(PeerDiscovered(sender, addr))
         if rec.public_key is None:
             rec.public_key = signed.public_key  # pin on first contact
-        self._learn_challenge(sender, signed.boot, signed.challenge, rec.address)
+        self._learn_challenge(sender, signed.boot, signed.challenge, rec.address, verified=True)
         self._pending_addrs.discard(addr)
         self._pending_addrs.discard(rec.address)
         before = rec.state
