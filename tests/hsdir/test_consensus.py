@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import calendar
 import contextlib
+import hashlib
 
 import pytest
 from hypothesis import given, settings
@@ -142,8 +143,6 @@ def test_lost_final_newline_changes_the_naive_digest(relays):
     # Documents the trap: hashing the last md without its newline gives a digest
     # that is not in the consensus.
     last = relays[-1].md_body
-    import hashlib
-
     assert hashlib.sha256(last[:-1].encode()).digest() != md_digest(last)
 
 
