@@ -108,7 +108,7 @@ class Consensus:
     fresh_until: int
     valid_until: int
     voting_interval: int
-    params: dict[str, int]
+    params: dict[str, int] = field(hash=False)
     srv_current: bytes | None
     srv_previous: bytes | None
     relays: tuple[Relay, ...]
