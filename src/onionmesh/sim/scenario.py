@@ -27,7 +27,8 @@ class SimParams:
     faults_per_cycle: tuple[int, int] = (1, 4)
     rotation_probability: float = 0.05  # per node per heartbeat interval
     injections_per_heartbeat: float = 0.5
-    beyond_skew_probability: float = 0.08  # per (re)start
+    beyond_skew_probability: float = 0.08  # per clock draw
+    clock_step_probability: float = 0.2  # a restart comes back with a new clock offset
     ips_per_period: tuple[int, int] = (1, 4)
     ip_size: int = 160
     periods: int = 2
@@ -197,9 +198,16 @@ def build_schedule(
     dead: set[int] = set()
     removed: set[int] = set()
 
+    # A node's clock belongs to its machine: a restart usually keeps it, and
+    # sometimes comes back after the clock was stepped (NTP, a bad RTC...).
+    clocks: dict[int, tuple[float, bool]] = {}
+
     def start(at: float, node: int) -> None:
-        beyond = rng.random() < params.beyond_skew_probability
-        skew = beyond_skew(rng, timing) if beyond else normal_skew(rng, timing)
+        if node not in clocks or rng.random() < params.clock_step_probability:
+            beyond = rng.random() < params.beyond_skew_probability
+            skew = beyond_skew(rng, timing) if beyond else normal_skew(rng, timing)
+            clocks[node] = (skew, beyond)
+        skew, beyond = clocks[node]
         out.append((at, Start(node, skew, beyond, fresh_ips=rng.random() < 0.5)))
         alive.add(node)
         dead.discard(node)

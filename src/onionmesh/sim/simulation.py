@@ -131,6 +131,14 @@ class Simulation:
     # -- running --------------------------------------------------------------
     def run(self) -> Simulation:
         """Run the whole schedule; raises InvariantViolation on the first broken rule."""
+        self.begin()
+        self.run_until(self.end)
+        self.t = self.end
+        self.checker.check()
+        return self
+
+    def begin(self) -> None:
+        """Queue the schedule and the periodic invariant checks (once per run)."""
         for at, action in self.schedule:
             self.queue.schedule(at, "action", action)
         step = self.timing.heartbeat_interval / 4
@@ -138,10 +146,11 @@ class Simulation:
         while at < self.end:
             self.queue.schedule(at, "check")
             at += step
-        while len(self.queue):
+
+    def run_until(self, until: float) -> None:
+        """Process every queued step up to simulated time ``until`` (inclusive)."""
+        while len(self.queue) and self.queue.peek_time() <= until:  # type: ignore[operator]
             item = self.queue.pop()
-            if item.at > self.end:
-                break
             self.t = item.at
             if item.kind == "timer":
                 self._fire_timer(*item.data)
@@ -153,9 +162,7 @@ class Simulation:
                 self._act(item.data)
             else:
                 self.checker.check()
-        self.t = self.end
-        self.checker.check()
-        return self
+        self.t = max(self.t, until)
 
     def local_now(self, node: SimNode) -> float:
         """What the node's own (skewed) clock reads now."""

@@ -1,0 +1,150 @@
+"""The real mesh core (onionmesh.mesh.MeshCore) under the deterministic simulator.
+
+``test_ci_soak`` is the CI run of many seeds (3-15 nodes, faults, attacks,
+clock skew); a failure prints every failing seed with its one-line replay
+command. The other tests drive targeted scenarios and assert the expected
+outcome directly, with the invariant checker running underneath.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+from onionmesh.sim.__main__ import main as sim_main
+from onionmesh.sim.runner import make_factory, run_seed, soak, soak_jobs
+from onionmesh.sim.scenario import Heal, Kill, Partition, SimParams, Start
+from onionmesh.sim.simulation import Simulation
+
+# ~0.3 s of CPU per seed on average (signature checks dominate): 1500 seeds
+# take about 3.5 minutes on two cores. Raise with ONIONMESH_SIM_SEEDS.
+CI_SEEDS = int(os.environ.get("ONIONMESH_SIM_SEEDS", "1500"))
+
+
+def test_ci_soak() -> None:
+    jobs = soak_jobs(range(CI_SEEDS), 3, 15, "fast", cycles=1)
+    results = list(soak(jobs, workers=2))
+    failures = [r for r in results if not r.ok]
+    assert not failures, f"{len(failures)} failing seeds:\n" + "\n".join(
+        r.summary() for r in failures[:25]
+    )
+    assert len(results) == CI_SEEDS
+    # The runs really exercised what they claim to.
+    assert sum(r.checks["settled"] for r in results) > CI_SEEDS * 10
+    assert sum(r.checks["appearance"] for r in results) > CI_SEEDS
+    assert sum(r.checks["removal"] for r in results) > CI_SEEDS
+    injected = sum(r.checks["injected"] for r in results)
+    assert injected > CI_SEEDS * 5
+    rejected: dict[str, int] = {}
+    for r in results:
+        for reason, n in r.stats.rejected.items():
+            rejected[reason] = rejected.get(reason, 0) + n
+    assert rejected.get("stale", 0) > 0  # beyond-tolerance clocks were refused
+
+
+def test_cli_run_replays_a_seed(capsys) -> None:
+    assert sim_main(["run", "--seed", "3", "--nodes", "4"]) == 0
+    first = capsys.readouterr().out
+    assert sim_main(["run", "--seed", "3", "--nodes", "4"]) == 0
+    second = capsys.readouterr().out
+    assert first.startswith("seed 3 (4 nodes): ok, trace ")
+    assert first == second  # same seed, same trace digest and counters
+
+
+def test_cli_rejects_a_bad_node_range(capsys) -> None:
+    assert sim_main(["soak", "--seeds", "1", "--nodes", "9-3"]) == 2
+    assert "node range" in capsys.readouterr().err
+
+
+def _quiet_sim(nodes: int, seed: int) -> Simulation:
+    """A cluster with no scheduled faults, attacks or rotations; tests add their own."""
+    params = SimParams(nodes=nodes, cycles=0, faults_per_cycle=(0, 0), rotation_probability=0.0,
+                       injections_per_heartbeat=0.0, beyond_skew_probability=0.0)
+    sim = Simulation(make_factory("fast"), params, seed)
+    for node in sim.nodes:
+        node.spec = replace(node.spec, eligible=True)
+    sim.end = 200.0
+    sim.begin()
+    return sim
+
+
+def _publishers(sim: Simulation) -> list[str]:
+    return [n.spec.node_id for n in sim.nodes if n.core is not None and n.core.is_publisher]
+
+
+def test_publisher_crash_hands_over_to_one_standby() -> None:
+    sim = _quiet_sim(5, seed=21)
+    sim.run_until(sim.bounds.stable_window)
+    [old] = _publishers(sim)
+    victim = sim.by_id[old].index
+    sim.queue.schedule(sim.t + 0.01, "action", Kill(victim, graceful=False))
+    sim.run_until(sim.t + 0.01 + sim.bounds.settle + sim.timing.heartbeat_interval)
+    new = _publishers(sim)
+    assert len(new) == 1 and new[0] != old
+    alive = [n for n in sim.nodes if n.core is not None]
+    assert all(n.core.publisher_id == new[0] for n in alive)
+    # The dead publisher's intro points leave the new plan within the removal bound.
+    sim.run_until(sim.t + sim.bounds.removal)
+    plan = sim.by_id[new[0]].core.publish_plan()
+    assert plan is not None
+    assert all(nid != old for entries in plan.intro_points.values() for nid, _ in entries)
+
+
+def test_partition_heal_leaves_exactly_one_publisher() -> None:
+    sim = _quiet_sim(6, seed=5)
+    sim.run_until(sim.bounds.stable_window)
+    groups = ((0, 1, 2), (3, 4, 5))
+    sim.queue.schedule(sim.t + 0.01, "action", Partition(groups))
+    sim.run_until(sim.t + 0.01 + sim.bounds.settle + sim.timing.heartbeat_interval)
+    # Each side runs on its own: both have a publisher during the partition.
+    during = _publishers(sim)
+    sides = {next(i for i, g in enumerate(groups) if sim.by_id[p].index in g) for p in during}
+    assert sides == {0, 1}
+    sim.queue.schedule(sim.t + 0.01, "action", Heal())
+    sim.run_until(sim.t + 0.01 + sim.bounds.settle + sim.timing.heartbeat_interval)
+    after = _publishers(sim)
+    assert len(after) == 1
+    assert all(n.core.publisher_id == after[0] for n in sim.nodes if n.core is not None)
+
+
+def test_restarted_node_does_not_steal_the_lease() -> None:
+    sim = _quiet_sim(4, seed=8)
+    sim.run_until(sim.bounds.stable_window)
+    [pub] = _publishers(sim)
+    # Restart every other node, one after the other; the publisher must stay.
+    for node in sim.nodes:
+        if node.spec.node_id == pub:
+            continue
+        sim.queue.schedule(sim.t + 0.01, "action", Kill(node.index, graceful=False))
+        sim.queue.schedule(sim.t + 0.5, "action", Start(node.index, 0.0))
+        sim.run_until(sim.t + 0.5 + sim.bounds.settle)
+        assert _publishers(sim) == [pub]
+
+
+def test_clock_beyond_tolerance_isolates_only_that_node() -> None:
+    """Expected behaviour: everything it sends or receives is rejected as stale,
+    the others declare it dead and drop its intro points; it does not disturb them."""
+    sim = _quiet_sim(4, seed=13)
+    tolerance = sim.timing.clock_skew_tolerance
+    sim.run_until(sim.bounds.stable_window)
+    [pub] = _publishers(sim)
+    skewed = next(n for n in sim.nodes if n.spec.node_id != pub)
+    sim.queue.schedule(sim.t + 0.01, "action", Kill(skewed.index, graceful=True))
+    sim.queue.schedule(sim.t + 0.5, "action", Start(skewed.index, 2.5 * tolerance, True))
+    sim.run_until(sim.t + 0.5 + sim.bounds.removal + sim.bounds.settle)
+    assert sim.stats.rejected.get("stale", 0) > 10
+    assert pub in _publishers(sim)
+    for node in sim.nodes:
+        if node is skewed or node.core is None:
+            continue
+        view = node.core.peers().get(skewed.spec.node_id)
+        assert view is None or view.state != "alive"
+    plan = sim.by_id[pub].core.publish_plan()
+    assert plan is not None
+    assert all(nid != skewed.spec.node_id for e in plan.intro_points.values() for nid, _ in e)
+
+
+def test_real_core_same_seed_same_trace() -> None:
+    a = run_seed(77, 5)
+    b = run_seed(77, 5)
+    assert a.trace_digest == b.trace_digest and a.stats == b.stats
