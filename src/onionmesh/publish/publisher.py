@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -98,14 +97,7 @@ def revision_for(blinded: BlindedKey, srv_start: int, now: float, last: int | No
 # tor's auth-client entries carry a 16-byte encrypted cookie (HS_DESC_ENCRYPED_COOKIE_LEN,
 # hs_descriptor.h) and tor clients reject a descriptor whose entries do not decode to
 # exactly that ("Descriptor client authorization section can't be decoded", BAD_DESC).
-_TOR_FAKE_COOKIE_LEN = 16
-
-
-def _tor_sized_fake_client() -> _desc_layers.AuthClient:
-    return _desc_layers.AuthClient(
-        os.urandom(_desc_layers.CLIENT_ID_LEN), os.urandom(_desc_layers.IV_LEN),
-        os.urandom(_TOR_FAKE_COOKIE_LEN),
-    )
+_TOR_COOKIE_LEN = 16
 
 
 def build_master_descriptor(master: Ed25519Identity, period: int, period_length: int,
@@ -113,18 +105,20 @@ def build_master_descriptor(master: Ed25519Identity, period: int, period_length:
                             lifetime_minutes: int) -> str:
     """``build_descriptor`` for a master without client auth, with tor-sized fake clients.
 
-    WORKAROUND: onionmesh.descriptor (as of 8402959) writes 32-byte fake cookies, which
-    tor clients refuse; until it is fixed there, its fake-client factory is swapped for
-    the duration of this synchronous call (a no-op once its size is tor's).
+    WORKAROUND: onionmesh.descriptor.layers (as of 49406b3) sizes the fake auth-client
+    cookies with COOKIE_LEN = 32, which tor clients refuse. Until that is fixed there,
+    the constant is set to tor's 16 for the duration of this synchronous call (no client
+    auth here, so only the fake entries read it); a no-op once it equals tor's value.
     """
-    original = _desc_layers.fake_auth_client
-    if _desc_layers.COOKIE_LEN != _TOR_FAKE_COOKIE_LEN:
-        _desc_layers.fake_auth_client = _tor_sized_fake_client
+    original = getattr(_desc_layers, "COOKIE_LEN", _TOR_COOKIE_LEN)
+    if original != _TOR_COOKIE_LEN:
+        _desc_layers.COOKIE_LEN = _TOR_COOKIE_LEN
     try:
         return build_descriptor(master, period, period_length, revision, points, now=now,
                                 lifetime_minutes=lifetime_minutes)
     finally:
-        _desc_layers.fake_auth_client = original
+        if original != _TOR_COOKIE_LEN:
+            _desc_layers.COOKIE_LEN = original
 
 
 @dataclass(frozen=True)
@@ -279,7 +273,12 @@ class Publisher:
                 # tor restarting, a stale consensus, a bad intro point: log and carry on.
                 log.warning("publisher step failed: %s: %s", type(exc).__name__, exc)
                 self._next_consensus = min(self._next_consensus, self.clock() + 2.0)
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(1.0)  # back off before the next attempt
+                continue
+            except Exception:
+                # A bug must not silently stop publishing: log it loudly and keep going.
+                log.exception("publisher step crashed")
+                await asyncio.sleep(1.0)  # back off before the next attempt
                 continue
             await self._sleep_until_due()
 

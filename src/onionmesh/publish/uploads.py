@@ -318,6 +318,11 @@ class UploadTracker:
         slot = self._slots.get(period)
         return slot.revision if slot else None
 
+    def descriptor(self, period: int) -> str | None:
+        """The text of the current revision for ``period`` (None if none is installed)."""
+        slot = self._slots.get(period)
+        return slot.descriptor if slot else None
+
     def hsdirs(self, period: int) -> frozenset[str]:
         slot = self._slots.get(period)
         return frozenset(slot.entries) if slot else frozenset()

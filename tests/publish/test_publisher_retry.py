@@ -1,0 +1,111 @@
+"""A refusing HSDir is retried with backoff and given up on; the others are posted once.
+
+Real tor: the extra target is a fingerprint no relay has, so tor refuses the HSPOST
+("552 Server not found"); every real HSDir must accept its descriptors exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from onionmesh.crypto.keys import Ed25519Identity
+from onionmesh.publish.publisher import PeriodTarget, Publisher
+from onionmesh.publish.uploads import RetryPolicy, UploadStatus
+from onionmesh.tor.control import TorController
+from onionmesh.tor.control_protocol import parse_hs_desc_event
+from onionmesh.tor.intro_points import NodeIntroWatcher
+
+pytestmark = [pytest.mark.tor, pytest.mark.tornet]
+
+GHOST = "0123456789ABCDEF0123456789ABCDEF01234567"  # no relay has this identity
+
+
+class GhostPublisher(Publisher):
+    """Adds one unreachable HSDir to every period's targets."""
+
+    def _plan_targets(self, now: float) -> None:
+        super()._plan_targets(now)
+        self.targets = {
+            n: PeriodTarget(t.period, t.blinded, (*t.hsdirs, GHOST))
+            for n, t in self.targets.items()
+        }
+
+
+async def wait_for(predicate, timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.1)  # poll period between real checks
+
+
+async def test_refusing_hsdir_is_retried_and_others_are_not_reposted(tornet, tornet_client):
+    node = await tornet.aadd_onion_service("h8retrynode")
+    own = await TorController.connect(port=node.control_port)
+    ctl = await TorController.connect(port=tornet_client.control_port)
+    publisher = None
+    try:
+        watcher = NodeIntroWatcher(node.onion_address, period_length=lambda: 8, own=own)
+        await wait_for_intro(watcher)
+        posts: list[tuple[str, int]] = []
+        retry = RetryPolicy(max_retries=2, base_delay=0.5, max_delay=2.0, jitter=0.2)
+        publisher = GhostPublisher(
+            ctl, Ed25519Identity.generate(),
+            lambda p: watcher.sets.best_for(p).intro_points, retry=retry,
+            rng=random.Random(5),
+        )
+        original_post = publisher._post
+
+        async def counting_post(post):
+            posts.append((post.hsdir, post.period))
+            await original_post(post)
+
+        publisher._post = counting_post
+        await publisher.start()
+        await wait_for(lambda: publisher.targets and publisher.tracker.settled()
+                       and publisher.builds == 2, 60)
+        for period, target in publisher.targets.items():
+            real = set(target.hsdirs) - {GHOST}
+            assert len(real) == 8
+            assert publisher.tracker.with_status(period, UploadStatus.UPLOADED) == real
+            assert publisher.tracker.with_status(period, UploadStatus.FAILED) == {GHOST}
+            for hsdir in real:  # accepted at the first attempt: posted exactly once
+                assert posts.count((hsdir, period)) == 1
+            assert posts.count((GHOST, period)) == 1 + retry.max_retries
+        ghost_states = [s for s in publisher.tracker.states() if s.hsdir == GHOST]
+        assert all(s.attempts == 3 and s.last_reason == "POST_REFUSED" for s in ghost_states)
+        assert publisher.tracker.health[GHOST].failures == 6
+        assert not publisher.published()  # the ghost keeps it from counting as complete
+
+        # An identical re-post is refused by the HSDir that holds it (UPLOAD_REJECTED):
+        # the fact behind the tracker's "already held" rule.
+        period, target = next(iter(publisher.targets.items()))
+        hsdir = target.hsdirs[0]
+        await publisher.stop()
+        sub = ctl.subscribe("HS_DESC")
+        await ctl.hs_post(publisher.tracker.descriptor(period), server=hsdir,
+                          hs_address=publisher.address)
+        async with asyncio.timeout(30):
+            async for event in sub:
+                parsed = parse_hs_desc_event(event)
+                if parsed.address == publisher.address and parsed.hsdir == hsdir and (
+                    parsed.action in ("UPLOADED", "FAILED")
+                ):
+                    break
+        sub.close()
+        assert (parsed.action, parsed.reason) == ("FAILED", "UPLOAD_REJECTED")
+    finally:
+        if publisher is not None:
+            await publisher.stop()
+        await own.close()
+        await ctl.close()
+
+
+async def wait_for_intro(watcher: NodeIntroWatcher) -> None:
+    for _ in range(40):
+        await watcher.poll_once()
+        if watcher.sets.best_for(0) is not None:
+            return
+        await asyncio.sleep(0.5)  # poll period between real checks
+    raise AssertionError("node never exposed intro points")
