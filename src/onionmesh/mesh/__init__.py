@@ -1,1 +1,43 @@
-"""The sans-IO coordination core: messages, membership, election and the publish plan."""
+"""The sans-IO coordination core: messages, membership, election and the publish plan.
+
+No sockets, clocks, threads or randomness: a shell (or the simulator) feeds a
+``MeshCore`` datagrams, timer ticks and local intro points with its own
+``now``, and drains datagrams to send, events to log and the next timer.
+
+Where to look:
+
+=================  ==========================================================
+config.py          MeshConfig: intervals, thresholds, limits (validated)
+identity.py        NodeIdentity (who this node is), PeerSeed (bootstrap peers)
+messages.py        the versioned wire schema (msgspec Structs, msgpack arrays)
+codec.py           strict decoding and the 60,000-byte datagram limit
+auth.py            cluster MAC, ed25519 signatures, replay windows, timestamp
+                   window, the per-boot challenge/echo handshake
+membership.py      where peers become suspect and are declared DEAD; removal
+                   grace, recovery, flap damping
+election.py        leases, terms, who may claim when, conflict resolution
+plan.py            which intro points are published, and the publish rate limit
+events.py          what the core reports, in the original design's words
+core.py            MeshCore: wires the above together, gossip, intro exchange
+=================  ==========================================================
+"""
+
+from onionmesh.mesh.config import MeshConfig
+from onionmesh.mesh.core import IntroPointsError, MeshCore
+from onionmesh.mesh.errors import MeshConfigError, MeshError, RejectedDatagram
+from onionmesh.mesh.identity import NodeIdentity, PeerSeed
+from onionmesh.mesh.membership import PeerView
+from onionmesh.mesh.plan import PublishPlan
+
+__all__ = [
+    "IntroPointsError",
+    "MeshConfig",
+    "MeshConfigError",
+    "MeshCore",
+    "MeshError",
+    "NodeIdentity",
+    "PeerSeed",
+    "PeerView",
+    "PublishPlan",
+    "RejectedDatagram",
+]
