@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from onionmesh.node.commands import add_node_parsers, run_node_command
 from onionmesh.testnet.command import add_testnet_parser, run_testnet
 
 
@@ -13,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="onionmesh", description="Self-healing load balancer for Tor v3 onion services"
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_node_parsers(subparsers)
     add_testnet_parser(subparsers)
     return parser
 
@@ -25,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "testnet":
         return run_testnet(args)
-    return 0
+    return run_node_command(args)
 
 
 if __name__ == "__main__":

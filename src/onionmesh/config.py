@@ -130,6 +130,29 @@ def _port_mapping(value: Any) -> str:
     return text
 
 
+def _peer(value: Any) -> str:
+    """``host:port`` or ``node_id@host:port`` (the id lets ``peer_keys`` pin its key)."""
+    text = _string(value)
+    node, sep, address = text.rpartition("@")
+    if sep:
+        _node_id(node)
+    _host_port(address)
+    return text
+
+
+def _peer_keys(value: Any) -> dict[str, bytes]:
+    """``{ node_id = "<64 hex chars>" }``: node public keys pinned for configured peers."""
+    if not isinstance(value, dict):
+        raise ValueError(f"must be a table of node id = public key hex, got {_type_name(value)}")
+    keys: dict[str, bytes] = {}
+    for node, key in value.items():
+        _node_id(node)
+        if not isinstance(key, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", key):
+            raise ValueError(f"key of {node!r} must be 64 hex characters (an ed25519 public key)")
+        keys[node] = bytes.fromhex(key)
+    return keys
+
+
 def _list_of(item: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
     def check(value: Any) -> tuple[Any, ...]:
         if not isinstance(value, list):
@@ -169,6 +192,9 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "id": _Key(_node_id, required=True),
         "priority": _Key(_integer(0, 1_000_000), 100),
         "state_dir": _Key(_PATH, "/var/lib/onionmesh"),
+        # The node's Ed25519 key (PKCS#8 PEM): signs its mesh messages and is its onion
+        # service key. Default: <state_dir>/node_key.pem.
+        "key_path": _Key(_PATH),
     },
     "master": {
         "address": _Key(_onion_address, required=True),
@@ -178,6 +204,9 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
     "service": {
         "ports": _Key(_list_of(_port_mapping), ("80 127.0.0.1:8080",)),
         "key_dir": _Key(_PATH),
+        # How often the node's own descriptor is re-read from its tor (besides tor's
+        # upload events, which trigger a read at once).
+        "intro_poll_interval": _Key(_seconds(0.5, 600), 5.0),
     },
     "tor": {
         "managed": _Key(_boolean, True),
@@ -188,11 +217,13 @@ _SCHEMA: dict[str, dict[str, _Key]] = {
         "cookie_path": _Key(_PATH),
         "socks_port": _Key(_integer(0, 65535), 0),
         "extra_torrc": _Key(_list_of(_string), ()),
+        "bootstrap_timeout": _Key(_seconds(5, 3600), 300.0),
     },
     "coordination": {
         "listen": _Key(_host_port, "0.0.0.0:7443"),
         "advertise": _Key(_host_port),
-        "peers": _Key(_list_of(_host_port), ()),
+        "peers": _Key(_list_of(_peer), ()),
+        "peer_keys": _Key(_peer_keys, {}),
         "cluster_secret_path": _Key(_PATH),
         "heartbeat_interval": _Key(_seconds(0.1, 600), 5.0),
         "lease_duration": _Key(_seconds(0.5, 3600), 15.0),

@@ -1,0 +1,192 @@
+"""The operator's sub-commands: init, add-node, join, run, status, config check, keys check.
+
+Each handler returns the process exit code. Errors are one clear line on
+stderr (file, key or check named); secrets (join tokens, keys, the cluster
+secret) are printed only where the operator asked for them: the token by
+``init``/``add-node``, with a warning that it is secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from onionmesh.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from onionmesh.node.errors import EXIT_CONFIG, EXIT_OK, NodeError
+from onionmesh.status_socket import StatusUnavailable, query_status
+
+EXIT_STATUS_UNAVAILABLE = 1
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG_PATH,
+                        help=f"config file (default {DEFAULT_CONFIG_PATH})")
+
+
+def _node_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dir", type=Path, required=True,
+                        help="directory for the node's config and keys (created 0700)")
+    parser.add_argument("--listen", default="127.0.0.1:7443",
+                        help="coordination address host:port (UDP; a WireGuard address in "
+                             "production)")
+    parser.add_argument("--advertise", default=None,
+                        help="address peers use to reach this node (default: --listen)")
+    parser.add_argument("--priority", type=int, default=100,
+                        help="election priority, higher wins (default 100)")
+    parser.add_argument("--tor-option", action="append", default=[], metavar="LINE",
+                        help="extra torrc line for the managed tor (repeatable)")
+    parser.add_argument("--service-port", action="append", default=[], metavar="MAPPING",
+                        help="HiddenServicePort mapping, e.g. '80 127.0.0.1:8080' (repeatable)")
+
+
+def add_node_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register the operator commands on the main parser's subparsers."""
+    init = subparsers.add_parser("init", help="create a new cluster (master key, first node)")
+    _node_args(init)
+    init.add_argument("--node-id", default="n1", help="this node's id (default n1)")
+
+    add = subparsers.add_parser("add-node", help="print a join token for one more node")
+    _config_arg(add)
+
+    join = subparsers.add_parser("join", help="set up a node from a join token")
+    join.add_argument("token", help="the join token, or '-' to read it from stdin")
+    _node_args(join)
+    join.add_argument("--node-id", required=True, help="the new node's id")
+    join.add_argument("--master-key", type=Path, default=None,
+                      help="your own copy of the master key file (this node may then publish)")
+
+    run = subparsers.add_parser("run", help="run the node daemon (logs to stderr)")
+    _config_arg(run)
+
+    status = subparsers.add_parser("status", help="cluster view from the running node")
+    _config_arg(status)
+    status.add_argument("--json", action="store_true", help="print the raw JSON document")
+
+    config = subparsers.add_parser("config", help="configuration tools")
+    config_actions = config.add_subparsers(dest="config_command", metavar="ACTION",
+                                           required=True)
+    _config_arg(config_actions.add_parser("check", help="validate a config without starting"))
+
+    keys = subparsers.add_parser("keys", help="key tools")
+    keys_actions = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    _config_arg(keys_actions.add_parser("check", help="run the startup key integrity check"))
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"onionmesh: error: {message}", file=sys.stderr)
+    return code
+
+
+def _print_token(token: str) -> None:
+    from onionmesh.node.cluster_setup import MASTER_KEY_NOTE, TOKEN_WARNING
+
+    print(f"WARNING: {TOKEN_WARNING}", file=sys.stderr)
+    print(MASTER_KEY_NOTE, file=sys.stderr)
+    print(token)
+
+
+def run_node_command(args: argparse.Namespace) -> int:
+    """Dispatch one of the commands registered by ``add_node_parsers``."""
+    try:
+        if args.command == "init":
+            return _init(args)
+        if args.command == "add-node":
+            from onionmesh.node.cluster_setup import make_token
+
+            _print_token(make_token(load_config(args.config)))
+            return EXIT_OK
+        if args.command == "join":
+            return _join(args)
+        if args.command == "run":
+            return _run(args)
+        if args.command == "status":
+            return _status(args)
+        if args.command == "config":
+            return _config_check(args)
+        if args.command == "keys":
+            return _keys_check(args)
+    except ConfigError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    except NodeError as exc:
+        return _fail(str(exc), exc.exit_code)
+    return _fail(f"unknown command {args.command}", 2)
+
+
+def _init(args: argparse.Namespace) -> int:
+    from onionmesh.node.cluster_setup import init_cluster
+
+    result = init_cluster(
+        args.dir, node_id=args.node_id, listen=args.listen, advertise=args.advertise,
+        priority=args.priority, tor_options=args.tor_option, service_ports=args.service_port,
+    )
+    print(f"new cluster: master address {result.master_address}", file=sys.stderr)
+    print(f"config: {result.files.config}", file=sys.stderr)
+    print(f"master key: {result.files.master_key} (back it up)", file=sys.stderr)
+    print(f"start the node with: onionmesh run -c {result.files.config}", file=sys.stderr)
+    _print_token(result.token)
+    return EXIT_OK
+
+
+def _join(args: argparse.Namespace) -> int:
+    from onionmesh.node.cluster_setup import join_cluster
+
+    token = sys.stdin.readline() if args.token == "-" else args.token
+    result = join_cluster(
+        token, args.dir, node_id=args.node_id, listen=args.listen, advertise=args.advertise,
+        priority=args.priority, master_key=args.master_key, tor_options=args.tor_option,
+        service_ports=args.service_port,
+    )
+    print(f"joined cluster of {result.master_address}", file=sys.stderr)
+    print(f"config: {result.files.config}", file=sys.stderr)
+    if args.master_key is None:
+        print("no master key given: this node will not publish (see the config comment)",
+              file=sys.stderr)
+    print(f"start the node with: onionmesh run -c {result.files.config}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from onionmesh.node.daemon import run_node
+    from onionmesh.node.logsetup import setup_logging
+
+    setup_logging("info")
+    return asyncio.run(run_node(args.config))
+
+
+def _status(args: argparse.Namespace) -> int:
+    from onionmesh.node.keyfiles import status_socket_path
+    from onionmesh.node.snapshot import format_status
+
+    config = load_config(args.config)
+    try:
+        doc = query_status(status_socket_path(config))
+    except StatusUnavailable as exc:
+        return _fail(str(exc), EXIT_STATUS_UNAVAILABLE)
+    print(json.dumps(doc, indent=2, sort_keys=True) if args.json else format_status(doc))
+    return EXIT_OK
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from onionmesh.node.daemon import check_runnable
+
+    config = load_config(args.config)
+    check_runnable(config)
+    print(f"{config.path}: OK (node {config.node_id}, master {config['master']['address']})")
+    return EXIT_OK
+
+
+def _keys_check(args: argparse.Namespace) -> int:
+    from onionmesh.node.startup import check_keys
+
+    config = load_config(args.config)
+    keys = check_keys(config)
+    for warning in keys.warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    master = "no master key (never publishes)" if keys.master is None else (
+        f"master key {keys.master_path} is {keys.master.onion_address}"
+    )
+    print(f"keys OK: {master}; node key {keys.node.onion_address}; cluster secret present")
+    return EXIT_OK

@@ -1,0 +1,547 @@
+"""NodeDaemon: one onionmesh node, wired together (``onionmesh run``).
+
+Start order (the design's scenario 4; stateless from config and keys):
+
+1. key integrity check, before anything touches the disk or the network
+   (backup master key with a WARN log and an alert if the primary fails);
+2. clock check against the kernel's NTP status (refuse or warn);
+3. the node's tor (managed or existing), bootstrapped;
+4. clock check against tor's consensus (refuse or warn);
+5. the mesh core on its UDP socket: its Join goes out at once (peer discovery);
+6. the node's intro points from its tor into the core; when the core makes
+   this node publisher, the Publisher uploads the core's plan.
+
+Exit codes (``onionmesh.node.errors``): 0 after SIGTERM/SIGINT, 3 bad config,
+4 bad key, 5 clock refused, 6 tor unusable, 7 coordination socket, 1 any
+loop that died. On SIGTERM/SIGINT the core releases its lease and the release
+datagram is sent before the socket closes, so a standby takes over at once.
+SIGHUP re-reads the config: log level, alerts and added peers apply live;
+anything else is logged as needing a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from onionmesh.alerts import Alert, AlertSink
+from onionmesh.clock import Clock, ClockVerdict
+from onionmesh.config import Config, ConfigError, load_config
+from onionmesh.errors import OnionmeshError
+from onionmesh.mesh.config import MeshConfig
+from onionmesh.mesh.core import MeshCore
+from onionmesh.mesh.events import (
+    BecamePublisher,
+    ConflictDetected,
+    Event,
+    MessageRejected,
+    PeerDead,
+    PeerRecovered,
+    PeerSuspect,
+    PublishRequested,
+    SteppedDown,
+)
+from onionmesh.mesh.identity import NodeIdentity, PeerSeed
+from onionmesh.metrics import NodeMetrics
+from onionmesh.node.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, NodeConfigError, NodeError
+from onionmesh.node.intro_feed import IntroFeed
+from onionmesh.node.keyfiles import status_socket_path
+from onionmesh.node.logsetup import set_level
+from onionmesh.node.mesh_driver import MeshDriver
+from onionmesh.node.publishing import PublisherControl
+from onionmesh.node.snapshot import build_snapshot
+from onionmesh.node.startup import ClockGuard, KeyMaterial, check_keys
+from onionmesh.node.tor_instance import NodeTor
+from onionmesh.node.uploads_view import UploadsView
+from onionmesh.publish.uploads import RetryPolicy
+from onionmesh.status_socket import StatusServer
+from onionmesh.tor.control_protocol import ControlError, parse_hs_desc_event
+from onionmesh.transport.udp import TransportError
+
+log = logging.getLogger("onionmesh.node")
+
+CLOCK_OFFSET_ENV = "ONIONMESH_CLOCK_OFFSET"
+CONSENSUS_POLL = 30.0  # seconds between consensus reads (clock re-check, periods)
+# Settings that a SIGHUP applies live; every other change needs a restart.
+_LIVE = {("logging", "level"), ("alerts", "command"), ("alerts", "webhook"),
+         ("coordination", "peers"), ("coordination", "peer_keys")}
+
+
+def clock_from_env(environ: Mapping[str, str] = os.environ) -> Clock:
+    """TESTING HOOK: ``ONIONMESH_CLOCK_OFFSET=<seconds>`` shifts this process's clock."""
+    text = environ.get(CLOCK_OFFSET_ENV)
+    if not text:
+        return Clock()
+    try:
+        offset = float(text)
+    except ValueError:
+        offset = math.nan
+    if not math.isfinite(offset):
+        raise NodeConfigError(f"{CLOCK_OFFSET_ENV} must be a number of seconds, got {text!r}")
+    return Clock(offset)
+
+
+def mesh_config(config: Config) -> MeshConfig:
+    coordination, resilience = config["coordination"], config["resilience"]
+    publishing = config["publishing"]
+    tiny = 1e-3  # MeshConfig wants every duration > 0; the config allows 0 for "none"
+    return MeshConfig(
+        heartbeat_interval=coordination["heartbeat_interval"],
+        dead_threshold=resilience["dead_threshold"],
+        removal_grace_period=max(tiny, resilience["removal_grace_period"]),
+        lease_duration=coordination["lease_duration"],
+        lease_grace=max(tiny, coordination["lease_grace"]),
+        min_publish_interval=max(tiny, publishing["min_publish_interval"]),
+        refresh_interval=publishing["refresh_interval"],
+        clock_skew_tolerance=coordination["clock_skew_tolerance"],
+    )
+
+
+def advertise_address(config: Config) -> str:
+    """Where peers reach this node: ``advertise``, else ``listen`` unless it is a wildcard."""
+    coordination = config["coordination"]
+    if coordination["advertise"]:
+        return str(coordination["advertise"])
+    listen = str(coordination["listen"])
+    host = listen.rpartition(":")[0].strip("[]")
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).is_unspecified:
+            raise NodeConfigError(
+                f"{config.path}: [coordination] advertise: required when listen is {listen} "
+                "(peers need this node's reachable address)"
+            )
+    return listen
+
+
+def peer_seeds(config: Config) -> list[PeerSeed]:
+    """``[coordination] peers`` (``[id@]host:port``) with keys pinned from ``peer_keys``."""
+    keys: Mapping[str, bytes] = config["coordination"]["peer_keys"]
+    seeds = []
+    for entry in config["coordination"]["peers"]:
+        node_id, sep, address = str(entry).rpartition("@")
+        if sep:
+            seeds.append(PeerSeed(node_id, address, keys.get(node_id)))
+        else:
+            seeds.append(PeerSeed(None, address))
+    return seeds
+
+
+def check_runnable(config: Config) -> None:
+    """Config rules that only matter for running a node (``config check`` runs them too)."""
+    advertise_address(config)
+    peer_seeds(config)
+    mesh_config(config)
+    if config["alerts"]["webhook"] is not None:
+        try:
+            AlertSink(config.node_id, webhook=config["alerts"]["webhook"])
+        except ValueError as exc:
+            raise NodeConfigError(f"{config.path}: [alerts] webhook: {exc}") from None
+
+
+class NodeDaemon:
+    """One node: see the module docstring for the order of things."""
+
+    def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or Clock()
+        self.state = "starting"
+        self.started_at = self.clock.now()
+        self.keys: KeyMaterial | None = None
+        self.master_key_source = "none"
+        self.advertise = ""
+        self.tor: NodeTor | None = None
+        self.driver: MeshDriver | None = None
+        self.feed: IntroFeed | None = None
+        self.publisher_control: PublisherControl | None = None
+        self.local_sets: dict[int, tuple[bytes, ...]] = {}
+        self.metrics = NodeMetrics()
+        self.alerts = self._alert_sink(config)
+        self.uploads = UploadsView(config["master"]["address"], self._on_upload_streak)
+        self.guard = ClockGuard(
+            self.clock, mode=config["resilience"]["clock_check"],
+            require_ntp_sync=config["resilience"]["require_ntp_sync"],
+            tolerance=config["coordination"]["clock_skew_tolerance"],
+        )
+        self.status_server: StatusServer | None = None
+        self._metrics_server: Any = None
+        self._stopping = asyncio.Event()
+        self._stop_reason = ""
+        self._failure: BaseException | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._alert_tasks: set[asyncio.Task[Any]] = set()
+        self._clock_bad = False
+        self._was_publisher_term: int | None = None
+
+    # ------------------------------------------------------------------ entry point
+
+    async def run(self) -> int:
+        """Start, serve until SIGTERM/SIGINT or a fatal error, shut down; the exit code."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop, signal.Signals(signum).name)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        code = EXIT_OK
+        try:
+            await self.start()
+            stop = asyncio.create_task(self._stopping.wait())
+            await stop
+        except NodeError as exc:
+            log.error("fatal: %s", exc)
+            code = exc.exit_code
+        except ConfigError as exc:
+            log.error("fatal: %s", exc)
+            code = EXIT_CONFIG
+        finally:
+            await self.shutdown()
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+        if code == EXIT_OK and self._failure is not None:
+            code = EXIT_FAILURE
+        log.info("onionmesh node %s exits with code %d", self.config.node_id, code)
+        return code
+
+    def request_stop(self, reason: str) -> None:
+        if not self._stop_reason:
+            self._stop_reason = reason
+            log.info("%s received: shutting down", reason)
+        self._stopping.set()
+
+    # ------------------------------------------------------------------ start
+
+    async def start(self) -> None:
+        config = self.config
+        # 1. Keys before anything else: only reads, never writes.
+        self.keys = keys = check_keys(config)
+        for warning in keys.warnings:
+            log.warning("%s", warning)
+            self._alert(Alert("key_problem", str(config["master"]["key_path"]), warning))
+        self.master_key_source = (
+            "none" if keys.master is None else ("backup" if keys.used_backup else "primary")
+        )
+        if keys.master is None:
+            log.warning("no [master] key_path: this node shares intro points but never publishes")
+        self.advertise = advertise_address(config)
+        seeds = peer_seeds(config)
+        mesh_cfg = mesh_config(config)
+        if self.clock.offset:
+            log.warning("TESTING HOOK: clock offset %+g s from %s", self.clock.offset,
+                        CLOCK_OFFSET_ENV)
+        # 2. Clock against the kernel's NTP status (quick refusal before tor starts).
+        self._startup_clock_check("before tor")
+        # Status socket early: `onionmesh status` answers while tor bootstraps.
+        self.status_server = StatusServer(status_socket_path(config), self.snapshot)
+        await self.status_server.start()
+        self._serve_metrics()
+        # 3. tor.
+        self.tor = NodeTor(config, keys.node)
+        controller = await self.tor.start()
+        log.info("tor ready; node service %s.onion", self.tor.node_address)
+        # 4. Clock against the consensus.
+        try:
+            consensus = await self.tor.consensus()
+        except (ControlError, OnionmeshError) as exc:
+            from onionmesh.node.errors import TorUnusable
+
+            raise TorUnusable(f"tor has no usable consensus: {exc}") from None
+        self.guard.note_consensus(consensus)
+        self._startup_clock_check("against tor's consensus")
+        # 5. Mesh.
+        identity = NodeIdentity(
+            config.node_id, keys.node.seed or b"", config["node"]["priority"],
+            eligible=keys.master is not None, address=self.advertise,
+        )
+        core = MeshCore(mesh_cfg, identity, keys.cluster_secret, seeds, self.clock.now())
+        self.driver = MeshDriver(core, self.clock, self._on_event)
+        try:
+            await self.driver.start(str(config["coordination"]["listen"]))
+        except TransportError as exc:
+            from onionmesh.node.errors import TransportFailed
+
+            raise TransportFailed(str(exc)) from None
+        log.info("mesh: node %s at %s (priority %d, %s), %d configured peers",
+                 config.node_id, self.advertise, identity.priority,
+                 "may publish" if identity.eligible else "never publishes", len(seeds))
+        # 6. Intro points in, publisher out.
+        if keys.master is not None:
+            self.publisher_control = PublisherControl(
+                controller, keys.master, self.clock, self.guard,
+                RetryPolicy(max_retries=config.hsdir_max_retries),
+            )
+        self.feed = IntroFeed(controller, self.tor.node_address, self._on_local_sets,
+                              poll_interval=config["service"]["intro_poll_interval"])
+        self.feed.note_consensus(consensus)
+        await self.feed.start()
+        self._watch(self.driver.task, "mesh timer loop")
+        self._watch(asyncio.create_task(self._consensus_loop(), name="consensus"), "consensus")
+        self._watch(asyncio.create_task(self._uploads_loop(), name="uploads"), "upload events")
+        self.state = "running"
+        log.info("node %s running (master %s)", config.node_id, config["master"]["address"])
+
+    def _startup_clock_check(self, when: str) -> None:
+        result = self.guard.startup_check()  # ClockRefused in refuse mode
+        if self.guard.is_problem(result):
+            summary = f"clock problem {when}: {result.message}"
+            log.warning("%s (continuing: [resilience] clock_check = \"warn\")", summary)
+            self._alert(Alert("clock_problem", self.config.node_id, summary))
+            self._clock_bad = result.verdict is ClockVerdict.BAD
+        else:
+            log.info("clock check %s: %s", when, result.message)
+
+    def _serve_metrics(self) -> None:
+        listen = self.config["metrics"]["listen"]
+        if not listen:
+            return
+        host, _, port = str(listen).rpartition(":")
+        try:
+            self._metrics_server = self.metrics.serve(host.strip("[]"), int(port))
+        except OSError as exc:
+            raise NodeConfigError(
+                f"{self.config.path}: [metrics] listen {listen}: {exc.strerror}"
+            ) from None
+        log.info("metrics on http://%s/metrics", listen)
+
+    # ------------------------------------------------------------------ runtime loops
+
+    def _watch(self, task: asyncio.Task[Any] | None, what: str) -> None:
+        """A loop that must never end: if it does, the daemon exits non-zero."""
+        if task is None:
+            return
+        self._tasks.append(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            if t.cancelled() or self._stopping.is_set():
+                return
+            exc = t.exception()
+            self._failure = exc or RuntimeError(f"{what} ended")
+            log.error("fatal: the %s stopped: %r", what, self._failure)
+            self._stopping.set()
+
+        task.add_done_callback(done)
+
+    async def _consensus_loop(self) -> None:
+        assert self.tor is not None
+        while True:
+            await asyncio.sleep(CONSENSUS_POLL)  # polling period
+            try:
+                consensus = await self.tor.consensus()
+            except (ControlError, OnionmeshError, OSError) as exc:
+                log.warning("reading tor's consensus failed: %s", exc)
+                continue
+            self.guard.note_consensus(consensus)
+            if self.feed is not None:
+                self.feed.note_consensus(consensus)
+            self._recheck_clock()
+
+    def _recheck_clock(self) -> None:
+        result = self.guard.assess()
+        bad = result.verdict is ClockVerdict.BAD
+        if bad and not self._clock_bad:
+            summary = f"clock went bad: {result.message}; descriptors are not signed until fixed"
+            log.error("%s", summary)
+            self._alert(Alert("clock_problem", self.config.node_id, summary))
+        elif self._clock_bad and not bad:
+            log.info("clock is good again: %s", result.message)
+        self._clock_bad = bad
+
+    async def _uploads_loop(self) -> None:
+        assert self.tor is not None and self.tor.controller is not None
+        controller = self.tor.controller
+        while True:
+            async for event in controller.subscribe("HS_DESC"):
+                try:
+                    parsed = parse_hs_desc_event(event)
+                except ControlError:
+                    continue
+                entry = self.uploads.observe(parsed, self.clock.now())
+                if entry is not None:
+                    self.metrics.record_upload(entry.hsdir, entry.result == "uploaded")
+            await asyncio.sleep(1.0)  # the subscription ended (tor reconnecting): resubscribe
+
+    def _on_upload_streak(self, hsdir: str, streak: int, reason: str | None) -> None:
+        summary = f"HSDir {hsdir} failed {streak} uploads in a row (last: {reason or 'unknown'})"
+        log.warning("%s", summary)
+        self._alert(Alert("upload_failure_streak", hsdir, summary))
+
+    # ------------------------------------------------------------------ mesh events
+
+    def _on_local_sets(self, sets: Mapping[int, Sequence[bytes]]) -> None:
+        self.local_sets = {p: tuple(v) for p, v in sets.items()}
+        counts = ", ".join(f"period {p}: {len(v)}" for p, v in sorted(sets.items()))
+        log.info("this node's intro points changed (%s); sharing them now", counts or "none")
+        if self.driver is not None:
+            self.driver.set_local_intro_points(sets)
+
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, MessageRejected):
+            log.debug("%s", event.message)
+            self.metrics.record_rejection(event.reason)
+            return
+        level = logging.WARNING if isinstance(event, (PeerDead, ConflictDetected)) else logging.INFO
+        log.log(level, "%s", event.message)
+        if isinstance(event, PeerDead):
+            self._alert(Alert("node_dead", event.node_id, event.message))
+        elif isinstance(event, PeerRecovered):
+            self._alert(Alert("node_recovered", event.node_id, event.message))
+        elif isinstance(event, BecamePublisher):
+            self._was_publisher_term = event.term
+            self._alert(Alert("takeover", self.config.node_id, event.message))
+        elif isinstance(event, ConflictDetected):
+            self._alert(Alert("conflict", event.other, event.message))
+        elif isinstance(event, SteppedDown):
+            self._was_publisher_term = None
+            if self.publisher_control is not None:
+                self._spawn(self.publisher_control.stop())
+        elif isinstance(event, PublishRequested):
+            counts = {p: len(v) for p, v in event.plan.intro_points.items()}
+            reason = event.reason.split(":")[0]
+            self.metrics.record_publish(reason, counts, self.clock.now())
+            if self.publisher_control is not None:
+                self.publisher_control.request(event.plan)
+        if not isinstance(event, PeerSuspect):
+            self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        if self.driver is None:
+            return
+        core = self.driver.core
+        counts: dict[str, int] = {}
+        for view in core.peers().values():
+            counts[view.state] = counts.get(view.state, 0) + 1
+        self.metrics.set_peer_counts(counts)
+        self.metrics.is_publisher.set(1 if core.is_publisher else 0)
+        self.metrics.lease_term.set(core.term)
+
+    # ------------------------------------------------------------------ alerts, status
+
+    def _alert_sink(self, config: Config) -> AlertSink:
+        return AlertSink(config.node_id, command=config["alerts"]["command"],
+                         webhook=config["alerts"]["webhook"])
+
+    def _alert(self, alert: Alert) -> None:
+        if not self.alerts.enabled:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._spawn(self.alerts.send(alert, time.time()))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._alert_tasks.add(task)
+        task.add_done_callback(self._alert_tasks.discard)
+
+    def snapshot(self) -> dict[str, Any]:
+        if self.driver is not None:
+            self._update_gauges()
+        return build_snapshot(self)
+
+    def clock_status(self) -> dict[str, Any]:
+        last = self.guard.last
+        return {
+            "verdict": last.verdict.value if last else "unknown",
+            "message": last.message if last else "not checked yet",
+            "offset_hint": last.offset_hint if last else None,
+            "test_offset": self.clock.offset,
+        }
+
+    # ------------------------------------------------------------------ reload
+
+    def _on_sighup(self) -> None:
+        self._spawn(self.reload())
+
+    async def reload(self) -> None:
+        """SIGHUP: apply what can change live, name what needs a restart."""
+        try:
+            new = load_config(self.config.path)
+            check_runnable(new)
+        except (ConfigError, NodeError) as exc:
+            log.error("SIGHUP: config reload failed, keeping the running config: %s", exc)
+            return
+        old = self.config
+        restart_needed = []
+        for section, keys in new.sections.items():
+            for key, value in keys.items():
+                if old[section][key] != value and (section, key) not in _LIVE:
+                    restart_needed.append(f"[{section}] {key}")
+        if new["logging"]["level"] != old["logging"]["level"]:
+            set_level(new["logging"]["level"])
+            log.info("SIGHUP: log level is now %s", new["logging"]["level"])
+        if (new["alerts"]["command"], new["alerts"]["webhook"]) != (
+            old["alerts"]["command"], old["alerts"]["webhook"]
+        ):
+            self.alerts = self._alert_sink(new)
+            log.info("SIGHUP: alert hook reloaded")
+        added = [s for s in peer_seeds(new) if s.address not in
+                 {p.address for p in peer_seeds(old)}]
+        for seed in added:
+            if self.driver is not None:
+                self.driver.add_peer_address(seed.address)
+            log.info("SIGHUP: added peer %s", seed.address)
+        removed = {p.address for p in peer_seeds(old)} - {p.address for p in peer_seeds(new)}
+        if removed:
+            restart_needed.append("[coordination] peers (removals)")
+        if restart_needed:
+            log.warning("SIGHUP: these changes need a restart to apply: %s",
+                        ", ".join(restart_needed))
+        self.config = new
+        log.info("SIGHUP: configuration reloaded from %s", new.path)
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def shutdown(self) -> None:
+        self.state = "stopping"
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self.feed is not None:
+            await self.feed.stop()
+        if self.driver is not None:
+            core = self.driver.core
+            term = core.term if core.is_publisher else None
+            await self.driver.shutdown()
+            if term is not None:
+                log.info("Released the publisher lease (term %d) on shutdown; a standby can "
+                         "take over at once", term)
+            else:
+                log.info("Left the mesh (this node held no lease)")
+        if self.publisher_control is not None:
+            await self.publisher_control.stop()
+        if self.status_server is not None:
+            await self.status_server.close()
+        if self.tor is not None:
+            await self.tor.stop()
+        if self._metrics_server is not None:
+            with contextlib.suppress(Exception):
+                self._metrics_server.shutdown()
+        if self._alert_tasks:
+            await asyncio.wait(list(self._alert_tasks), timeout=5.0)
+        self.state = "stopped"
+
+
+async def run_node(config_path: Path, environ: Mapping[str, str] = os.environ) -> int:
+    """``onionmesh run``: load, run, return the exit code."""
+    try:
+        config = load_config(config_path)
+        check_runnable(config)
+        clock = clock_from_env(environ)
+    except ConfigError as exc:
+        log.error("fatal: %s", exc)
+        return EXIT_CONFIG
+    except NodeError as exc:
+        log.error("fatal: %s", exc)
+        return exc.exit_code
+    set_level(config["logging"]["level"])
+    return await NodeDaemon(config, clock=clock).run()

@@ -1,0 +1,151 @@
+"""This node's own intro points, from its tor into the mesh core.
+
+Two readers of the node's descriptors (``NodeIntroWatcher``):
+
+* *own*: ``GETINFO hs/service/desc/id/<node>`` on the node's tor, read every
+  ``[service] intro_poll_interval`` seconds and at once whenever tor reports
+  an upload of the node's descriptor (``HS_DESC UPLOAD``/``UPLOADED``): that
+  is when tor has rotated its intro points, so the cluster hears about a
+  rotation within one control-port round trip (the design's scenario 2);
+* *fetched*: ``HSFETCH`` of the node address, slower, which over time also
+  returns the node's *other* descriptor (tor shows only its current one).
+
+Per time period of the master's two descriptors the node shares its set for
+exactly that period, or else its newest non-empty set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+
+from onionmesh.errors import OnionmeshError
+from onionmesh.hsdir.consensus import Consensus
+from onionmesh.hsdir.timeperiod import descriptor_periods, period_length_minutes
+from onionmesh.node.publishing import encode_intro_point
+from onionmesh.tor.control import TorController
+from onionmesh.tor.control_protocol import ControlError, parse_hs_desc_event
+from onionmesh.tor.intro_points import IntroSet, NodeIntroWatcher, enable_events
+
+log = logging.getLogger(__name__)
+
+FETCH_INTERVAL = 30.0  # seconds between HSFETCHes of the node's own address
+
+IntroSets = Mapping[int, Sequence[bytes]]
+
+
+class IntroFeed:
+    """Keeps the core's local intro points equal to what the node's tor advertises."""
+
+    def __init__(
+        self,
+        controller: TorController,
+        node_address: str,
+        on_sets: Callable[[IntroSets], None],
+        *,
+        poll_interval: float = 5.0,
+    ) -> None:
+        self.controller = controller
+        self.node_address = node_address.removesuffix(".onion")
+        self.on_sets = on_sets
+        self.poll_interval = poll_interval
+        self.period_length = 1440
+        self.periods: tuple[int, ...] = ()
+        self.own = NodeIntroWatcher(
+            self.node_address, period_length=lambda: self.period_length, own=controller
+        )
+        self.fetched = NodeIntroWatcher(
+            self.node_address, period_length=lambda: self.period_length, fetcher=controller,
+            fetch_timeout=20.0,
+        )
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.last_shared: dict[int, tuple[bytes, ...]] = {}
+
+    def note_consensus(self, consensus: Consensus) -> None:
+        """New consensus: period length and the master's two descriptor periods."""
+        try:
+            self.period_length = period_length_minutes(consensus)
+            # Periods follow from the consensus alone; its own time keeps a skewed local
+            # clock from moving them.
+            periods = descriptor_periods(consensus, float(consensus.valid_after) + 1)
+        except OnionmeshError as exc:
+            log.warning("cannot place descriptor periods from tor's consensus: %s", exc)
+            return
+        numbers = tuple(p.period_number for p in periods)
+        if numbers != self.periods:
+            self.periods = numbers
+            self._wake.set()
+
+    async def start(self) -> None:
+        await enable_events(self.controller, "HS_DESC")
+        self._tasks = [
+            asyncio.create_task(self._own_loop(), name="intro-own"),
+            asyncio.create_task(self._fetch_loop(), name="intro-fetch"),
+            asyncio.create_task(self._event_loop(), name="intro-events"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+
+    def current_sets(self) -> dict[int, tuple[bytes, ...]]:
+        """Per master period: the node's matching set, else its newest non-empty one."""
+        periods = self.periods or tuple(
+            sorted(set(self.own.sets.periods()) | set(self.fetched.sets.periods()))
+        )
+        result: dict[int, tuple[bytes, ...]] = {}
+        for period in periods:
+            chosen: IntroSet | None = None
+            for candidate in (self.own.sets.for_period(period),
+                              self.fetched.sets.for_period(period),
+                              self.own.sets.best_for(period),
+                              self.fetched.sets.best_for(period)):
+                if candidate is not None and candidate.intro_points:
+                    chosen = candidate
+                    break
+            if chosen is not None:
+                result[period] = tuple(encode_intro_point(ip) for ip in chosen.intro_points[:20])
+        return result
+
+    def _share(self) -> None:
+        sets = self.current_sets()
+        if sets != self.last_shared:
+            self.last_shared = sets
+            self.on_sets(sets)
+
+    async def _own_loop(self) -> None:
+        while True:
+            try:
+                await self.own.poll_once()
+            except (OnionmeshError, ControlError, OSError) as exc:
+                log.warning("reading this node's descriptor from tor failed: %s", exc)
+            self._share()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval):
+                    await self._wake.wait()
+
+    async def _fetch_loop(self) -> None:
+        while True:
+            try:
+                if await self.fetched.poll_once():
+                    self._share()
+            except (OnionmeshError, ControlError, OSError) as exc:
+                log.debug("HSFETCH of this node's address failed: %s", exc)
+            await asyncio.sleep(FETCH_INTERVAL)  # polling period, not a readiness wait
+
+    async def _event_loop(self) -> None:
+        async for event in self.controller.subscribe("HS_DESC"):
+            try:
+                parsed = parse_hs_desc_event(event)
+            except ControlError:
+                continue
+            if parsed.address == self.node_address and parsed.action in ("UPLOAD", "UPLOADED"):
+                self._wake.set()

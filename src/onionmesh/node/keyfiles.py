@@ -1,0 +1,121 @@
+"""Where a node's key material lives, and strict loaders for each piece.
+
+Three secrets per node, all files of mode 0600 that are never overwritten:
+
+* the master key, tor's ``hs_ed25519_secret_key`` format (``[master] key_path``);
+  only nodes that hold it may publish;
+* the node key, a PKCS#8 PEM Ed25519 key (``[node] key_path``, default
+  ``<state_dir>/node_key.pem``): it signs the node's mesh messages and is also
+  the key of the node's own onion service (the PEM keeps the seed that the
+  mesh signer needs; tor gets the same key in its own format);
+* the cluster secret, 32 random bytes as hex (``[coordination]
+  cluster_secret_path``, default ``<state_dir>/cluster_secret``).
+
+Loaders refuse files that other users can read, like ssh does: a secret that
+leaked once cannot be un-leaked, so the operator is told to fix the mode.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from onionmesh.config import Config
+from onionmesh.crypto.keys import Ed25519Identity, KeyFileError, load_pem
+from onionmesh.crypto.securefile import SecureFileError, atomic_write
+from onionmesh.node.errors import KeyCheckError
+
+CLUSTER_SECRET_BYTES = 32
+_MAX_SECRET_FILE = 4096
+
+
+def state_dir(config: Config) -> Path:
+    return Path(config["node"]["state_dir"])
+
+
+def node_key_path(config: Config) -> Path:
+    return Path(config["node"]["key_path"] or state_dir(config) / "node_key.pem")
+
+
+def cluster_secret_path(config: Config) -> Path:
+    path = config["coordination"]["cluster_secret_path"]
+    return Path(path or state_dir(config) / "cluster_secret")
+
+
+def service_dir(config: Config) -> Path:
+    """The node's HiddenServiceDir (managed tor) or where an existing tor keeps it."""
+    return Path(config["service"]["key_dir"] or state_dir(config) / "service")
+
+
+def status_socket_path(config: Config) -> Path:
+    return state_dir(config) / "status.sock"
+
+
+def check_private_mode(path: Path, check: str) -> None:
+    """Refuse a secret file that is missing, not a regular file, or readable by others."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise KeyCheckError(check, f"{path} does not exist") from None
+    except OSError as exc:
+        raise KeyCheckError(check, f"{path} cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise KeyCheckError(check, f"{path} is not a regular file")
+    if info.st_mode & 0o077:
+        raise KeyCheckError(
+            check, f"{path} has mode {stat.S_IMODE(info.st_mode):04o}; other users may read it "
+            f"(run: chmod 600 {path})",
+        )
+
+
+def load_node_key(config: Config) -> Ed25519Identity:
+    path = node_key_path(config)
+    check_private_mode(path, "node-key-file")
+    try:
+        identity = load_pem(path)
+    except KeyFileError as exc:
+        raise KeyCheckError("node-key-file", f"{path}: {exc}") from None
+    return identity
+
+
+def encode_cluster_secret(secret: bytes) -> bytes:
+    return secret.hex().encode("ascii") + b"\n"
+
+
+def decode_cluster_secret(data: bytes, where: str) -> bytes:
+    try:
+        text = data.decode("ascii").strip()
+        secret = bytes.fromhex(text)
+    except (UnicodeDecodeError, ValueError):
+        raise KeyCheckError("cluster-secret", f"{where} is not hex text") from None
+    if len(secret) < 16:
+        raise KeyCheckError(
+            "cluster-secret", f"{where} holds {len(secret)} bytes; at least 16 are needed"
+        )
+    return secret
+
+
+def load_cluster_secret(config: Config) -> bytes:
+    path = cluster_secret_path(config)
+    check_private_mode(path, "cluster-secret")
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(_MAX_SECRET_FILE + 1)
+    except OSError as exc:
+        raise KeyCheckError("cluster-secret", f"{path} cannot be read: {exc.strerror}") from None
+    if len(data) > _MAX_SECRET_FILE:
+        raise KeyCheckError("cluster-secret", f"{path} is too large to be a cluster secret")
+    return decode_cluster_secret(data, str(path))
+
+
+def write_cluster_secret(path: Path, secret: bytes) -> None:
+    """Write the secret (0600); an existing file is never replaced."""
+    try:
+        atomic_write(path, encode_cluster_secret(secret), mode=0o600, overwrite=False)
+    except SecureFileError as exc:
+        raise KeyCheckError("cluster-secret", str(exc)) from None
+
+
+def new_cluster_secret() -> bytes:
+    return os.urandom(CLUSTER_SECRET_BYTES)

@@ -1,0 +1,109 @@
+"""The asyncio shell around the sans-IO MeshCore: timers, UDP in and out, events out.
+
+Every input (a datagram, a timer, new local intro points) is fed with the
+node clock's ``now``; after each one the driver sends what the core queued
+and hands every event to ``on_event``. One task sleeps until ``get_timer()``
+or until an input wakes it. ``shutdown`` makes the core release its lease and
+sends that datagram before the socket closes, so a standby claims at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+
+from onionmesh.clock import Clock
+from onionmesh.mesh.core import MeshCore
+from onionmesh.mesh.events import Event
+from onionmesh.transport.udp import UdpTransport
+
+log = logging.getLogger(__name__)
+
+_MAX_SLEEP = 5.0  # re-check at least this often (wall-clock steps, a core without timers)
+
+
+class MeshDriver:
+    """Drives one MeshCore over one UdpTransport."""
+
+    def __init__(self, core: MeshCore, clock: Clock, on_event: Callable[[Event], None]) -> None:
+        self.core = core
+        self.clock = clock
+        self.on_event = on_event
+        self.transport: UdpTransport | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.datagrams_in = 0
+
+    async def start(self, listen: str) -> None:
+        self.transport = await UdpTransport.open(listen, self._on_datagram)
+        self.flush()  # the core's Join, queued at construction: peer discovery at once
+        self._task = asyncio.create_task(self._timer_loop(), name="mesh-timers")
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
+    def _on_datagram(self, data: bytes, addr: str) -> None:
+        self.datagrams_in += 1
+        self.core.receive_datagram(data, addr, self.clock.now())
+        self.flush()
+        self._wake.set()
+
+    def set_local_intro_points(self, sets: Mapping[int, Sequence[bytes]]) -> None:
+        self.core.set_local_intro_points(sets, self.clock.now())
+        self.flush()
+        self._wake.set()
+
+    def add_peer_address(self, address: str) -> None:
+        """A peer added by a config reload: greeted like a bootstrap peer.
+
+        MeshCore has no public call for this yet; bootstrap addresses whose node
+        id is unknown are kept in ``_pending_addrs`` and get every broadcast.
+        """
+        pending = getattr(self.core, "_pending_addrs", None)
+        if isinstance(pending, set):
+            pending.add(address)
+            self._wake.set()
+
+    def flush(self) -> None:
+        """Send queued datagrams, then dispatch queued events."""
+        now = self.clock.now()
+        if self.transport is not None:
+            for data, address in self.core.datagrams_to_send(now):
+                self.transport.send(data, address)
+        while (event := self.core.next_event()) is not None:
+            try:
+                self.on_event(event)
+            except Exception:  # an observer bug must not stop the mesh
+                log.exception("handling mesh event %s failed", type(event).__name__)
+
+    async def _timer_loop(self) -> None:
+        while True:
+            now = self.clock.now()
+            timer = self.core.get_timer()
+            if timer is not None and now >= timer:
+                self.core.handle_timer(now)
+                self.flush()
+                continue
+            delay = _MAX_SLEEP if timer is None else min(_MAX_SLEEP, timer - now)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, delay)):
+                    await self._wake.wait()
+
+    async def shutdown(self) -> None:
+        """Leave the cluster: release the lease, send it, close the socket."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.core.shutdown(self.clock.now())
+        self.flush()
+        if self.transport is not None:
+            # Give the kernel a moment to push the release datagrams out before closing.
+            await asyncio.sleep(0)
+            self.transport.close()
+            self.transport = None

@@ -1,0 +1,154 @@
+"""Running the Publisher while (and only while) the mesh core says this node publishes.
+
+The core decides *what* and *when* (``PublishRequested`` carries a
+``PublishPlan``, rate-limited by ``min_publish_interval``); the Publisher does
+the uploads to every responsible HSDir for both time periods. The intro-point
+source handed to the Publisher reads the plan of the last request, not the
+core's live plan, so the core's rate limit holds.
+
+Before every signing pass the Publisher asks the ClockGuard: with a clock
+outside the consensus window no descriptor is signed (the pass fails with a
+logged ClockRefused and is retried).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+
+from onionmesh.clock import Clock
+from onionmesh.crypto.keys import Ed25519Identity
+from onionmesh.descriptor.intro import IntroPoint, parse_intro_point
+from onionmesh.errors import OnionmeshError
+from onionmesh.mesh.plan import PublishPlan
+from onionmesh.node.startup import ClockGuard
+from onionmesh.publish.publisher import Publisher
+from onionmesh.publish.uploads import RetryPolicy
+from onionmesh.tor.control import TorController
+from onionmesh.tor.control_protocol import ControlError
+
+log = logging.getLogger(__name__)
+
+_START_RETRY = 2.0  # seconds between attempts to start the publisher (tor restarting...)
+
+
+def encode_intro_point(point: IntroPoint) -> bytes:
+    """The bytes a node shares for one intro point: tor's text block."""
+    return point.encode().encode("ascii")
+
+
+def decode_intro_point(data: bytes) -> IntroPoint:
+    """Inverse of ``encode_intro_point``; typed errors for anything else."""
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise IntroPointDecodeError("shared intro point is not ASCII text") from None
+    return parse_intro_point(text)
+
+
+class IntroPointDecodeError(OnionmeshError):
+    """An intro point shared by a peer could not be decoded."""
+
+
+class GuardedPublisher(Publisher):
+    """A Publisher whose every pass first asks the clock guard (no signing with a BAD clock)."""
+
+    def __init__(self, *args: object, clock_check: Callable[[], None], **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._clock_check = clock_check
+
+    async def step(self) -> None:
+        self._clock_check()  # ClockRefused is an OnionmeshError: logged, retried by _run
+        await super().step()
+
+
+class PublisherControl:
+    """Starts, feeds and stops the Publisher as the mesh core's role changes."""
+
+    def __init__(
+        self,
+        controller: TorController,
+        master: Ed25519Identity,
+        clock: Clock,
+        guard: ClockGuard,
+        retry: RetryPolicy,
+    ) -> None:
+        self.controller = controller
+        self.master = master
+        self.clock = clock
+        self.guard = guard
+        self.retry = retry
+        self.plan: PublishPlan | None = None
+        self.publisher: GuardedPublisher | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._decoded: dict[int, list[IntroPoint]] = {}
+        self.requests = 0
+
+    @property
+    def active(self) -> bool:
+        return self._task is not None
+
+    def request(self, plan: PublishPlan) -> None:
+        """A PublishRequested from the core: publish this plan (starting if needed)."""
+        self.plan = plan
+        self._decoded = {}
+        self.requests += 1
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="publisher-control")
+        elif self.publisher is not None:
+            self.publisher.intro_points_changed()
+
+    async def stop(self) -> None:
+        """Stop publishing (stepped down or shutting down)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.publisher is not None:
+            await self.publisher.stop()
+            self.publisher = None
+        self.plan = None
+        self._decoded = {}
+
+    async def _run(self) -> None:
+        while True:
+            publisher = GuardedPublisher(
+                self.controller, self.master, self.intro_source, retry=self.retry,
+                clock=self.clock.now, clock_check=self.guard.check_for_signing,
+            )
+            try:
+                await publisher.start()
+            except (ControlError, OnionmeshError, OSError) as exc:
+                log.warning("publisher could not start: %s: %s", type(exc).__name__, exc)
+                with contextlib.suppress(Exception):
+                    await publisher.stop()
+                await asyncio.sleep(_START_RETRY)  # retry period while tor is unavailable
+                continue
+            self.publisher = publisher
+            log.info("publisher started for %s", self.master.onion_address)
+            await asyncio.Event().wait()  # runs until stop() cancels this task
+
+    def intro_source(self, period: int) -> Sequence[IntroPoint]:
+        """The intro points of the requested plan for ``period`` (nearest period if absent)."""
+        plan = self.plan
+        if plan is None or not plan.intro_points:
+            return []
+        cached = self._decoded.get(period)
+        if cached is not None:
+            return cached
+        sets = {p: v for p, v in plan.intro_points.items() if v}
+        if not sets:
+            return []
+        chosen = period if period in sets else min(sets, key=lambda p: (abs(p - period), -p))
+        points: list[IntroPoint] = []
+        for node_id, data in sets[chosen]:
+            try:
+                points.append(decode_intro_point(data))
+            except OnionmeshError as exc:
+                log.warning("skipping an intro point of %s that does not decode: %s",
+                            node_id, exc)
+        self._decoded[period] = points
+        return points

@@ -1,0 +1,147 @@
+"""The status document ``onionmesh status`` reads from a running node (JSON).
+
+Sections: ``node`` (who am I), ``cluster`` (publisher, term, lease),
+``peers`` (state, address, last heard, intro points, role), ``intro_points``
+(count per node: what each contributes), ``plan`` (on the publisher: what
+the master descriptors carry), ``uploads`` (last result per HSDir),
+``descriptor_age`` (seconds since an HSDir last accepted our master
+descriptor), ``clock``. No key material, no cluster secret.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from onionmesh.node.daemon import NodeDaemon
+
+SCHEMA_VERSION = 1
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def build_snapshot(daemon: NodeDaemon) -> dict[str, Any]:
+    now = daemon.clock.now()
+    config = daemon.config
+    core = daemon.driver.core if daemon.driver is not None else None
+    doc: dict[str, Any] = {
+        "version": SCHEMA_VERSION,
+        "time": now,
+        "node": {
+            "id": config.node_id,
+            "pid": os.getpid(),
+            "state": daemon.state,
+            "uptime": _round(now - daemon.started_at),
+            "priority": config["node"]["priority"],
+            "eligible": daemon.keys is not None and daemon.keys.master is not None,
+            "master_key": daemon.master_key_source,
+            "coordination_address": daemon.advertise,
+            "onion_address": (daemon.tor.node_address + ".onion") if daemon.tor and
+            daemon.tor.node_address else None,
+            "tor_pid": daemon.tor.process.pid if daemon.tor and daemon.tor.process else None,
+        },
+        "master_address": config["master"]["address"],
+        "clock": daemon.clock_status(),
+    }
+    if core is None:
+        return doc
+    leader = core.election.leader
+    doc["cluster"] = {
+        "role": "publisher" if core.is_publisher else "standby",
+        "publisher": core.publisher_id,
+        "term": core.term,
+        "lease": None if leader is None else {
+            "holder": leader.node_id,
+            "term": leader.term,
+            "renewed_ago": _round(now - leader.renewed_at),
+            "expires_in": _round(
+                leader.renewed_at + core.config.lease_duration - now
+            ) if leader.node_id != core.node_id else _round(core.config.lease_duration),
+        },
+    }
+    peers = {}
+    counts: dict[str, int] = {config.node_id: sum(len(v) for v in daemon.local_sets.values())}
+    for node_id, view in sorted(core.peers().items()):
+        peers[node_id] = {
+            "state": view.state,
+            "address": view.address,
+            "last_seen_ago": None if view.last_seen is None else _round(now - view.last_seen),
+            "intro_points": view.intro_count,
+            "role": view.role,
+            "priority": view.priority,
+            "eligible": view.eligible,
+            "term": view.term,
+        }
+        counts[node_id] = view.intro_count
+    doc["peers"] = peers
+    doc["intro_points"] = counts
+    plan = core.publish_plan()
+    requested = daemon.publisher_control.plan if daemon.publisher_control else None
+    if plan is not None:
+        doc["plan"] = {
+            "term": plan.term,
+            "generation": plan.generation,
+            "count": plan.count,
+            "per_period": {str(p): len(v) for p, v in sorted(plan.intro_points.items())},
+            "per_node": _per_node(plan.intro_points),
+            "last_requested_generation": requested.generation if requested else None,
+        }
+    doc["uploads"] = daemon.uploads.to_json(now)
+    doc["descriptor_age"] = _round(daemon.uploads.descriptor_age(now))
+    publisher = daemon.publisher_control.publisher if daemon.publisher_control else None
+    doc["publisher"] = None if publisher is None else {
+        "builds": publisher.builds,
+        "periods": publisher.describe(),
+        "published": publisher.published(),
+    }
+    doc["rejected_messages"] = dict(core.rejections)
+    return doc
+
+
+def _per_node(intro_points: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for points in intro_points.values():
+        for node_id, _ in points:
+            counts[node_id] = counts.get(node_id, 0) + 1
+    return counts
+
+
+def format_status(doc: dict[str, Any]) -> str:
+    """Human-readable ``onionmesh status``."""
+    lines = []
+    node = doc.get("node", {})
+    lines.append(f"node {node.get('id')} ({node.get('state')}), master {doc.get('master_address')}")
+    cluster = doc.get("cluster")
+    if cluster:
+        lease = cluster.get("lease") or {}
+        lines.append(
+            f"role: {cluster['role']}; publisher: {cluster.get('publisher') or 'none'} "
+            f"(term {cluster.get('term')}); lease holder {lease.get('holder', '-')}, "
+            f"renewed {lease.get('renewed_ago', '-')} s ago"
+        )
+    peers = doc.get("peers", {})
+    lines.append(f"peers ({len(peers)}):")
+    for node_id, peer in peers.items():
+        lines.append(
+            f"  {node_id:<16} {peer['state']:<8} {peer['role']:<9} {peer['address']:<22} "
+            f"intro points {peer['intro_points']:>2}  last heard {peer['last_seen_ago']} s ago"
+        )
+    intro = doc.get("intro_points", {})
+    lines.append("intro points per node: " + ", ".join(f"{k}={v}" for k, v in intro.items()))
+    plan = doc.get("plan")
+    if plan:
+        lines.append(f"publishing {plan['count']} intro points (per period {plan['per_period']})")
+    uploads = doc.get("uploads", {})
+    if uploads:
+        lines.append("last upload per HSDir:")
+        for fpr, up in uploads.items():
+            extra = f" ({up['reason']})" if up.get("reason") else ""
+            lines.append(f"  {fpr} {up['result']}{extra} {up['age']} s ago")
+    age = doc.get("descriptor_age")
+    lines.append(f"descriptor age: {'never published' if age is None else f'{age} s'}")
+    clock = doc.get("clock", {})
+    lines.append(f"clock: {clock.get('verdict')} ({clock.get('message')})")
+    return "\n".join(lines)

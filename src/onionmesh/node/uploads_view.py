@@ -1,0 +1,70 @@
+"""Per-HSDir results of the master descriptor uploads, for status, metrics and alerts.
+
+The Publisher tracks uploads for its own retry logic; this view listens to the
+same ``HS_DESC`` events independently so ``onionmesh status`` shows the last
+result per HSDir even across publisher restarts, and so a streak of failures
+at one HSDir raises one alert (not one per failure).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from onionmesh.tor.control_protocol import HsDescEvent
+
+STREAK_ALERT = 3  # consecutive failures at one HSDir before an alert
+
+
+@dataclass
+class HsdirResult:
+    hsdir: str
+    result: str  # "uploaded" | "failed"
+    at: float
+    reason: str | None
+    descriptor_id: str | None
+    failures_in_a_row: int = 0
+
+    def to_json(self, now: float) -> dict[str, object]:
+        return {
+            "result": self.result, "at": self.at, "age": round(max(0.0, now - self.at), 1),
+            "reason": self.reason, "blinded_key": self.descriptor_id,
+            "failures_in_a_row": self.failures_in_a_row,
+        }
+
+
+class UploadsView:
+    """Folds HS_DESC UPLOADED/FAILED events of the master address into per-HSDir state."""
+
+    def __init__(self, master_address: str,
+                 on_streak: Callable[[str, int, str | None], None] | None = None) -> None:
+        self.master_address = master_address.removesuffix(".onion")
+        self.on_streak = on_streak
+        self.hsdirs: dict[str, HsdirResult] = {}
+        self.last_accepted_at: float | None = None
+
+    def observe(self, event: HsDescEvent, now: float) -> HsdirResult | None:
+        if event.address != self.master_address or event.hsdir is None:
+            return None
+        if event.action not in ("UPLOADED", "FAILED"):
+            return None
+        previous = self.hsdirs.get(event.hsdir)
+        if event.action == "UPLOADED":
+            entry = HsdirResult(event.hsdir, "uploaded", now, None, event.descriptor_id)
+            self.last_accepted_at = now
+        else:
+            streak = (previous.failures_in_a_row if previous else 0) + 1
+            entry = HsdirResult(event.hsdir, "failed", now, event.reason, event.descriptor_id,
+                                streak)
+            if streak == STREAK_ALERT and self.on_streak is not None:
+                self.on_streak(event.hsdir, streak, event.reason)
+        self.hsdirs[event.hsdir] = entry
+        return entry
+
+    def descriptor_age(self, now: float) -> float | None:
+        if self.last_accepted_at is None:
+            return None
+        return max(0.0, now - self.last_accepted_at)
+
+    def to_json(self, now: float) -> dict[str, dict[str, object]]:
+        return {fpr: entry.to_json(now) for fpr, entry in sorted(self.hsdirs.items())}
