@@ -130,6 +130,7 @@ class MeshCore:
         self._intro_seq: dict[str, tuple[int, int]] = {}
         self._last_full_state: dict[str, float] = {}
         self._shut_down = False
+        self._last_now = now  # the latest ``now`` any input carried
         for seed in bootstrap_peers:
             if seed.node_id == self.node_id:
                 continue
@@ -182,13 +183,19 @@ class MeshCore:
         t = self.membership.next_deadline()
         if t is not None:
             times.append(t)
-        t = self.election.claim_at(self._candidates())
+        t = self.election.free_at()
         if t is not None:
-            times.append(t)
+            # Scanning the candidates is O(N): only needed once the lease is free.
+            if t <= self._last_now:
+                t = self.election.claim_at(self._candidates())
+            if t is not None:
+                times.append(t)
         if self.election.is_publisher and self._plan is not None and self._plan.count > 0:
             t = self._scheduler.next_deadline()
             if t is not None:
-                times.append(max(t, self._warm_until) if not self._warm() else t)
+                if self._last_now < self._warm_until and not self._warm():
+                    t = max(t, self._warm_until)
+                times.append(t)
         return min(times)
 
     # ------------------------------------------------------------------ inputs
@@ -225,7 +232,8 @@ class MeshCore:
             self._events.extend(events)
             self._members_digest = None
             self._plan_dirty = True
-        if not self.election.is_publisher:
+        free = self.election.free_at()
+        if free is not None and now >= free:
             t = self.election.claim_at(self._candidates())
             if t is not None and now >= t:
                 self._claim(now)
@@ -656,6 +664,7 @@ class MeshCore:
 
     def _after_input(self, now: float) -> None:
         """Plan bookkeeping and publishing after any input (publisher only)."""
+        self._last_now = max(self._last_now, now)
         if not self.election.is_publisher or self._shut_down:
             return
         self._refresh_plan(now)

@@ -157,12 +157,8 @@ class Election:
 
     # -- decisions ----------------------------------------------------------
 
-    def claim_at(self, candidates: list[tuple[int, str]]) -> float | None:
-        """The local time at which this node may claim, given live eligible candidates.
-
-        ``candidates`` are (priority, node_id) of live eligible peers (not us).
-        Returns None when this node can never claim (not eligible, or publisher).
-        """
+    def free_at(self) -> float | None:
+        """The earliest local time a claim could happen (O(1); ignores other candidates)."""
         if not self.eligible or self.is_publisher:
             return None
         cfg = self.config
@@ -173,7 +169,18 @@ class Election:
             # Wait one heartbeat (plus grace) after a release: if another publisher
             # is active (the releaser lost a conflict to it) we hear it first.
             free_at = max(free_at, self.released_at + cfg.heartbeat_interval + cfg.lease_grace)
-        free_at = max(free_at, self.hold_off_until)
+        return max(free_at, self.hold_off_until)
+
+    def claim_at(self, candidates: list[tuple[int, str]]) -> float | None:
+        """The local time at which this node may claim, given live eligible candidates.
+
+        ``candidates`` are (priority, node_id) of live eligible peers (not us).
+        Returns None when this node can never claim (not eligible, or publisher).
+        """
+        free_at = self.free_at()
+        if free_at is None:
+            return None
+        cfg = self.config
         leader_id = self.publisher_id
         mine = rank_key(self.priority, self.node_id)
         better = [c for c in candidates if c[1] != leader_id and rank_key(*c) < mine]

@@ -18,6 +18,8 @@ due; DEAD comes at ``dead_threshold + slack`` intervals of silence.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -95,6 +97,7 @@ class PeerRecord:
     recoveries: list[float] = field(default_factory=list)
     damped_until: float = float("-inf")
     damp_active: bool = False
+    deadline: float | None = None  # next timeline deadline (see Membership._touch)
     last_intro_request: float = float("-inf")
     last_peerlist_sent: float = float("-inf")
 
@@ -141,6 +144,9 @@ class Membership:
         self.config = config
         self.peers: dict[str, PeerRecord] = {}
         self.removed: set[str] = set()
+        # (deadline, order, node id); superseded entries are skipped lazily
+        self._heap: list[tuple[float, int, str]] = []
+        self._order = itertools.count()
 
     # -- timeline -----------------------------------------------------------
 
@@ -165,70 +171,96 @@ class Membership:
                 rec.damped_until = now + cfg.flap_hold
                 rec.damp_active = True
                 events.append(PeerDamped(rec.node_id, rec.damped_until))
+        self._touch(rec)
         return events
 
     def tick(self, now: float) -> tuple[list[Event], bool]:
-        """Advance every peer's timeline; return events and whether the plan input changed."""
+        """Advance every peer whose deadline has come; return events and whether plan input changed.
+
+        Only due peers are visited (a heap of deadlines), so a tick costs
+        O(log N) per due peer rather than O(N).
+        """
         events: list[Event] = []
         changed = False
-        threshold = self.config.dead_threshold
-        for rec in self.peers.values():
-            if rec.damp_active and now >= rec.damped_until:
-                rec.damp_active = False
-                changed = True
-            if rec.state == DEAD:
-                if rec.intro_sets and self._removal_due(rec, now):
-                    # The grace is over: the intro points leave the plan. Drop them so
-                    # a recovery cannot bring stale ones back before the peer resends.
-                    changed |= rec.clear_intro_points()
-                continue
-            if rec.state == UNKNOWN or rec.last_heard is None:
-                continue
-            dead_at = rec.last_heard + (threshold + self.config.heartbeat_slack) * (
-                self.config.heartbeat_interval
-            )
-            if now >= dead_at:
-                rec.state = DEAD
-                rec.dead_since = dead_at
-                events.append(PeerDead(rec.node_id, rec.intro_count))
-                changed = True  # candidates changed even if intro points stay for the grace
-                if self._removal_due(rec, now):
-                    changed |= rec.clear_intro_points()
-                continue
-            missed = 0
-            while missed + 1 < threshold and now >= self._missed_at(rec, missed + 1):
-                missed += 1
-            if missed > rec.missed_reported:
-                rec.state = SUSPECT
-                rec.missed_reported = missed
-                events.append(PeerSuspect(rec.node_id, missed, threshold - missed))
+        while self._heap and self._heap[0][0] <= now:
+            due, _, node_id = heapq.heappop(self._heap)
+            rec = self.peers.get(node_id)
+            if rec is None or rec.deadline != due:
+                continue  # superseded entry
+            changed |= self._advance(rec, now, events)
+            self._touch(rec)
         return events, changed
+
+    def _advance(self, rec: PeerRecord, now: float, events: list[Event]) -> bool:
+        changed = False
+        threshold = self.config.dead_threshold
+        if rec.damp_active and now >= rec.damped_until:
+            rec.damp_active = False
+            changed = True
+        if rec.state == DEAD:
+            if rec.intro_sets and self._removal_due(rec, now):
+                # The grace is over: the intro points leave the plan. Drop them so
+                # a recovery cannot bring stale ones back before the peer resends.
+                changed |= rec.clear_intro_points()
+            return changed
+        if rec.state == UNKNOWN or rec.last_heard is None:
+            return changed
+        dead_at = rec.last_heard + (threshold + self.config.heartbeat_slack) * (
+            self.config.heartbeat_interval
+        )
+        if now >= dead_at:
+            rec.state = DEAD
+            rec.dead_since = dead_at
+            events.append(PeerDead(rec.node_id, rec.intro_count))
+            if self._removal_due(rec, now):
+                rec.clear_intro_points()
+            return True  # candidates changed even if intro points stay for the grace
+        missed = 0
+        while missed + 1 < threshold and now >= self._missed_at(rec, missed + 1):
+            missed += 1
+        if missed > rec.missed_reported:
+            rec.state = SUSPECT
+            rec.missed_reported = missed
+            events.append(PeerSuspect(rec.node_id, missed, threshold - missed))
+        return changed
 
     def _removal_due(self, rec: PeerRecord, now: float) -> bool:
         grace = self.config.removal_grace_period
         return rec.dead_since is not None and now >= rec.dead_since + grace
 
+    def _deadline(self, rec: PeerRecord) -> float | None:
+        """The next local time at which this peer's timeline has something to do."""
+        cfg = self.config
+        t: float | None = None
+        if rec.state in (ALIVE, SUSPECT) and rec.last_heard is not None:
+            k = rec.missed_reported + 1
+            if k < cfg.dead_threshold:
+                t = self._missed_at(rec, k)
+            else:
+                t = rec.last_heard + (cfg.dead_threshold + cfg.heartbeat_slack) * (
+                    cfg.heartbeat_interval
+                )
+        elif rec.state == DEAD and rec.dead_since is not None and rec.intro_sets:
+            t = rec.dead_since + cfg.removal_grace_period
+        if rec.damp_active:
+            t = rec.damped_until if t is None else min(t, rec.damped_until)
+        return t
+
+    def _touch(self, rec: PeerRecord) -> None:
+        """Recompute the peer's deadline and (re)schedule it."""
+        rec.deadline = self._deadline(rec)
+        if rec.deadline is not None:
+            heapq.heappush(self._heap, (rec.deadline, next(self._order), rec.node_id))
+
     def next_deadline(self) -> float | None:
         """The earliest local time at which ``tick`` has something to do."""
-        best: float | None = None
-        cfg = self.config
-        for rec in self.peers.values():
-            t: float | None = None
-            if rec.state in (ALIVE, SUSPECT) and rec.last_heard is not None:
-                k = rec.missed_reported + 1
-                if k < cfg.dead_threshold:
-                    t = self._missed_at(rec, k)
-                else:
-                    t = rec.last_heard + (cfg.dead_threshold + cfg.heartbeat_slack) * (
-                        cfg.heartbeat_interval
-                    )
-            elif rec.state == DEAD and rec.dead_since is not None and rec.intro_sets:
-                t = rec.dead_since + cfg.removal_grace_period
-            if rec.damp_active:
-                t = rec.damped_until if t is None else min(t, rec.damped_until)
-            if t is not None and (best is None or t < best):
-                best = t
-        return best
+        while self._heap:
+            due, _, node_id = self._heap[0]
+            rec = self.peers.get(node_id)
+            if rec is not None and rec.deadline == due:
+                return due
+            heapq.heappop(self._heap)
+        return None
 
     # -- queries ------------------------------------------------------------
 
