@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,35 @@ def test_real_tor_descriptor_intro_points_reencode_identically() -> None:
     inner = decrypt_layer(_parse_middle(middle)[3], desc.blinded_key, subcred, 15,
                           ENCRYPTED_CONSTANT, what="inner").decode()
     assert inner == "create2-formats 2\n" + "".join(ip.encode() for ip in desc.intro_points)
+
+
+def _middle_layer_entries(text: str, address: str, now: float) -> list[tuple[int, int, int]]:
+    """Shapes (client id, iv, encrypted cookie lengths) of a descriptor's auth-client lines."""
+    from onionmesh.crypto.address import decode_onion_address
+    from onionmesh.descriptor.layers import SUPERENCRYPTED_CONSTANT, decrypt_layer, subcredential
+    from onionmesh.descriptor.parse import _parse_outer
+
+    desc = parse_descriptor(text, address, now=now)
+    outer = _parse_outer(text)
+    subcred = subcredential(decode_onion_address(address), desc.blinded_key)
+    middle = decrypt_layer(outer.superencrypted, desc.blinded_key, subcred,
+                           outer.revision_counter, SUPERENCRYPTED_CONSTANT, what="middle")
+    shapes = []
+    for line in middle.decode().splitlines():
+        if line.startswith("auth-client "):
+            fields = line.split()[1:]
+            shapes.append(tuple(len(base64.b64decode(f + "=" * (-len(f) % 4))) for f in fields))
+    return shapes
+
+
+def test_our_fake_auth_clients_have_tor_shape() -> None:
+    """Tor clients refuse auth-client entries whose cookie is not 16 bytes (BAD_DESC)."""
+    from onionmesh.crypto.keys import Ed25519Identity
+    from onionmesh.descriptor import build_descriptor
+
+    tor_shapes = set(_middle_layer_entries(FIXTURE, ADDRESS, WHEN))
+    assert tor_shapes == {(8, 16, 16)}
+    master = Ed25519Identity.generate()
+    now = 1_700_000_000.0
+    ours = build_descriptor(master, 19675, 1440, 1, [], now=now)
+    assert set(_middle_layer_entries(ours, master.onion_address, now)) == tor_shapes

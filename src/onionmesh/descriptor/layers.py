@@ -44,7 +44,10 @@ SALT_LEN = 16
 MAC_LEN = 32
 KEY_LEN = 32
 IV_LEN = 16
-COOKIE_LEN = 32
+# hs_descriptor.h: the descriptor cookie (and so each encrypted cookie) is 16 bytes;
+# the key that encrypts it for one client is 32. Tor clients refuse other sizes.
+COOKIE_LEN = 16
+COOKIE_KEY_LEN = 32
 CLIENT_ID_LEN = 8
 AUTH_CLIENT_MULTIPLE = 16
 _SYSTEM_RANDOM = random.SystemRandom()
@@ -191,7 +194,7 @@ class AuthClient:
 
 
 def _client_keys(subcred: bytes, shared_secret: bytes) -> tuple[bytes, bytes]:
-    keys = hashlib.shake_256(subcred + shared_secret).digest(CLIENT_ID_LEN + COOKIE_LEN)
+    keys = hashlib.shake_256(subcred + shared_secret).digest(CLIENT_ID_LEN + COOKIE_KEY_LEN)
     return keys[:CLIENT_ID_LEN], keys[CLIENT_ID_LEN:]
 
 

@@ -49,7 +49,10 @@ from onionmesh.descriptor.intro import (
     verify_intro_point,
 )
 from onionmesh.descriptor.layers import (
+    CLIENT_ID_LEN,
+    COOKIE_LEN,
     ENCRYPTED_CONSTANT,
+    IV_LEN,
     SUPERENCRYPTED_CONSTANT,
     AuthClient,
     b64_decode,
@@ -180,9 +183,10 @@ def _parse_middle(text: str) -> tuple[bytes, list[AuthClient], int, bytes]:
             if len(item.args) < 3:
                 raise MalformedDescriptor(f"{what}: 'auth-client' needs three arguments")
             entry = AuthClient(*(b64_decode(arg, "auth-client field") for arg in item.args[:3]))
-            # stem (and so Onionbalance) writes fake entries with 16-byte cookies; such an
-            # entry can never be ours, so it is kept out of the cookie search, not fatal.
-            if (len(entry.client_id), len(entry.iv), len(entry.encrypted_cookie)) == (8, 16, 32):
+            # Entries of another shape (older encoders wrote 32-byte fake cookies) can never
+            # hold our cookie, so they are kept out of the cookie search, not fatal.
+            shape = (len(entry.client_id), len(entry.iv), len(entry.encrypted_cookie))
+            if shape == (CLIENT_ID_LEN, IV_LEN, COOKIE_LEN):
                 clients.append(entry)
             else:
                 odd_entries += 1
