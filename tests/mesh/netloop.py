@@ -30,9 +30,10 @@ def identity(node_id: str, priority: int = 100, eligible: bool = True) -> NodeId
 
 
 class Net:
-    def __init__(self, config: MeshConfig, delay: float = 0.05) -> None:
+    def __init__(self, config: MeshConfig, delay: float = 0.05, duplicate: bool = False) -> None:
         self.config = config
         self.delay = delay
+        self.duplicate = duplicate  # deliver every datagram twice, the copy later
         self.now = 0.0
         self.cores: dict[str, MeshCore] = {}
         self.identities: dict[str, NodeIdentity] = {}
@@ -99,6 +100,11 @@ class Net:
             heapq.heappush(
                 self._queue, (self.now + self.delay, next(self._seq), dst, data, f"{node_id}:7000")
             )
+            if self.duplicate:  # a second copy, later (duplication and reordering)
+                heapq.heappush(
+                    self._queue,
+                    (self.now + 3 * self.delay, next(self._seq), dst, data, f"{node_id}:7000"),
+                )
         while (ev := core.next_event()) is not None:
             self.events[node_id].append(ev)
             self.timeline.append((self.now, node_id, ev))
@@ -107,6 +113,8 @@ class Net:
         heapq.heappush(self._queue, (self.now, next(self._seq), dst, data, src_addr))
 
     def run_until(self, t_end: float) -> None:
+        last_fire: tuple[str, float] | None = None
+        repeats = 0
         while True:
             next_t = self._queue[0][0] if self._queue else float("inf")
             timer_node = None
@@ -122,6 +130,11 @@ class Net:
                 return
             self.now = max(self.now, next_t)
             if timer_node is not None:
+                # A core whose timer does not move after handle_timer would spin forever.
+                fire = (timer_node, next_t)
+                repeats = repeats + 1 if fire == last_fire else 0
+                last_fire = fire
+                assert repeats < 10, f"{timer_node}'s timer is stuck at {next_t}"
                 self.cores[timer_node].handle_timer(self.local(timer_node))
                 self._flush(timer_node)
             else:
