@@ -98,6 +98,7 @@ def test_intro_rotation_reaches_the_plan_immediately_not_on_the_next_heartbeat()
     assert ("b", b"b-new") in plan.intro_points[1] and ("b", b"b-0") not in plan.intro_points[1]
     last_t, last = _published(net, "a")[-1]
     assert last_t <= t0 + 0.1 and ("b", b"b-new") in last.plan.intro_points[1]
+    assert last.reason == "intro-point rotation"
 
 
 def test_rate_limit_coalesces_churn_and_publishes_the_latest_plan():
@@ -132,7 +133,9 @@ def test_dead_nodes_points_leave_the_plan_within_the_bound():
     t_removed, ev = pubs[-1]
     assert t_removed <= kill_at + bound + CFG.heartbeat_interval
     assert ev.plan.count == 6 and ev.plan.previous_count == 9
-    assert ev.message.startswith("Publishing updated descriptor with 6 intro points (was 9)")
+    assert ev.message == (
+        "Publishing updated descriptor with 6 intro points (was 9) (membership change -c)"
+    )
 
 
 def test_recovered_peer_is_refetched_and_returns_to_the_plan():

@@ -78,6 +78,23 @@ _ADDRESS_RE = re.compile(r"[\x21-\x7e]{1,255}")  # printable, no spaces
 _MAX_HANDSHAKES = 4096  # bound on the handshake cache (only cluster members can fill it)
 
 
+def _change_reason(old: PublishPlan | None, new: PublishPlan) -> str:
+    """Why the plan changed, for the PublishRequested log line."""
+    if old is None:
+        return "new plan"
+    if old.term != new.term:
+        return f"new term {new.term}"
+
+    def nodes(plan: PublishPlan) -> set[str]:
+        return {node for entries in plan.intro_points.values() for node, _ in entries}
+
+    gone, came = sorted(nodes(old) - nodes(new)), sorted(nodes(new) - nodes(old))
+    if gone or came:
+        parts = [f"-{n}" for n in gone] + [f"+{n}" for n in came]
+        return "membership change " + " ".join(parts)
+    return "intro-point rotation"
+
+
 class IntroPointsError(MeshError):
     """``set_local_intro_points`` was given sets the wire format cannot carry."""
 
@@ -659,8 +676,9 @@ class MeshCore:
         ):
             return
         self._generation += 1
+        old = self._plan
         self._plan = PublishPlan(term, self._generation, selected, self._published_count)
-        self._scheduler.request("plan changed")
+        self._scheduler.request(_change_reason(old, self._plan))
 
     def _after_input(self, now: float) -> None:
         """Plan bookkeeping and publishing after any input (publisher only)."""
