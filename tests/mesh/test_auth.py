@@ -226,3 +226,24 @@ def test_replay_guard_retires_every_earlier_boot():
             g.check("a", boot, 99)
         assert exc.value.reason == "replayed"
     assert g.commit(g.check("a", 7, 2)) is False
+
+
+def test_intro_points_of_a_restart_with_a_smaller_boot_id_are_applied():
+    from onionmesh.mesh.membership import intro_digest
+    from onionmesh.mesh.messages import IntroPoints
+
+    b = _pair()
+    old, new = _sealer(boot=50), _sealer(boot=7)
+    for _ in range(5):
+        old.seal(_hb(), T0, echo=b.challenge)  # advance the old boot's sequence numbers
+    sets_old, sets_new = {1: [b"old-ip"]}, {1: [b"new-ip"]}
+    b.receive_datagram(
+        old.seal(IntroPoints(intro_digest(sets_old), sets_old), T0, echo=b.challenge), "a:1", T0
+    )
+    assert b.membership.peers["a"].intro_sets == {1: (b"old-ip",)}
+    b.receive_datagram(
+        new.seal(IntroPoints(intro_digest(sets_new), sets_new), T0 + 1, echo=b.challenge),
+        "a:1",
+        T0 + 1,
+    )
+    assert b.membership.peers["a"].intro_sets == {1: (b"new-ip",)}

@@ -524,9 +524,11 @@ class MeshCore:
             if isinstance(body, Join) or new_boot or recovered:
                 self._send_full_state(rec, now)
         elif isinstance(body, IntroPoints):
-            key = (signed.boot, signed.seq)
-            if key > self._intro_seq.get(sender, (0, 0)):  # ignore reordered older sets
-                self._intro_seq[sender] = key
+            # Ignore a reordered older set of the same boot. Boot ids are not ordered;
+            # the replay guard has already refused every earlier boot of this sender.
+            last_boot, last_seq = self._intro_seq.get(sender, (0, 0))
+            if signed.boot != last_boot or signed.seq > last_seq:
+                self._intro_seq[sender] = (signed.boot, signed.seq)
                 if rec.set_intro_points(body.sets, now):
                     self._plan_dirty = True
         elif isinstance(body, IntroRequest):
