@@ -99,6 +99,8 @@ def decode_token(text: str) -> JoinToken:
         body = json.loads(raw)
     except (binascii.Error, ValueError):
         raise TokenError("join token is damaged (not base64 JSON); copy it again") from None
+    if not isinstance(body, dict):
+        raise TokenError("join token is damaged (its payload is not a JSON object)")
     try:
         if body.get("v") != 1:
             raise TokenError(f"join token version {body.get('v')!r} is not supported")
@@ -111,6 +113,11 @@ def decode_token(text: str) -> JoinToken:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, MeshConfigError):
         raise TokenError("join token is incomplete or has fields of the wrong type") from None
+    for section, keys in token.timing.items():
+        if not isinstance(keys, dict) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in keys.values()
+        ):
+            raise TokenError(f"join token timing for [{section}] is not a table of numbers")
     if len(token.cluster_secret) < 16 or len(token.inviter_public_key) != 32:
         raise TokenError("join token carries a short cluster secret or a bad public key")
     # The rest is checked by validating the config the token produces.
@@ -228,6 +235,12 @@ def node_sections(
     return sections
 
 
+def _merge(sections: dict[str, dict[str, Any]],
+           settings: Mapping[str, Mapping[str, Any]] | None) -> None:
+    for section, keys in (settings or {}).items():
+        sections.setdefault(section, {}).update(keys)
+
+
 def _validated(text: str, path: Path) -> Config:
     try:
         return parse_config(text, path)
@@ -247,8 +260,13 @@ class InitResult:
 
 def init_cluster(root: Path, *, node_id: str = "n1", listen: str = "127.0.0.1:7443",
                  advertise: str | None = None, priority: int = 100,
-                 tor_options: Sequence[str] = (), service_ports: Sequence[str] = ()) -> InitResult:
-    """A new cluster in ``root``: master key, cluster secret, node key, first node config."""
+                 tor_options: Sequence[str] = (), service_ports: Sequence[str] = (),
+                 settings: Mapping[str, Mapping[str, Any]] | None = None) -> InitResult:
+    """A new cluster in ``root``: master key, cluster secret, node key, first node config.
+
+    ``settings`` (``{section: {key: value}}``) override or add config keys, e.g. a fast
+    heartbeat profile for tests.
+    """
     files = NodeFiles(root)
     _refuse_existing([files.config, files.node_key, files.cluster_secret, files.master_key])
     master = Ed25519Identity.generate()
@@ -258,6 +276,7 @@ def init_cluster(root: Path, *, node_id: str = "n1", listen: str = "127.0.0.1:74
         advertise=advertise, priority=priority, master_key=Path("master") / SECRET_KEY_FILE,
         tor_options=tor_options, service_ports=service_ports,
     )
+    _merge(sections, settings)
     text = render_config(sections)
     config = _validated(text, files.config)
     _prepare_dir(root)
@@ -296,8 +315,12 @@ def make_token(config: Config) -> str:
 def join_cluster(token_text: str, root: Path, *, node_id: str, listen: str,
                  advertise: str | None = None, priority: int = 100,
                  master_key: Path | None = None, tor_options: Sequence[str] = (),
-                 service_ports: Sequence[str] = ()) -> InitResult:
-    """A joining node's config, node key and cluster secret in ``root``, from a token."""
+                 service_ports: Sequence[str] = (),
+                 settings: Mapping[str, Mapping[str, Any]] | None = None) -> InitResult:
+    """A joining node's config, node key and cluster secret in ``root``, from a token.
+
+    ``settings`` as for ``init_cluster`` (applied after the token's timing).
+    """
     token = decode_token(token_text)
     try:
         check_node_id(node_id)
@@ -320,6 +343,7 @@ def join_cluster(token_text: str, root: Path, *, node_id: str, listen: str,
         peer_keys={token.inviter_id: token.inviter_public_key.hex()}, timing=token.timing,
         tor_options=tor_options, service_ports=service_ports,
     )
+    _merge(sections, settings)
     comments = None if master is not None else {
         "master": "No key_path: this node never publishes until you copy the master key\n"
                   "here (mode 0600) and set key_path = \"master/hs_ed25519_secret_key\"."
