@@ -229,7 +229,7 @@ def test_replay_guard_retires_every_earlier_boot():
 
 
 def test_intro_points_of_a_restart_with_a_smaller_boot_id_are_applied():
-    from onionmesh.mesh.membership import intro_digest
+    from onionmesh.mesh.intro import intro_digest
     from onionmesh.mesh.messages import IntroPoints
 
     b = _pair()

@@ -6,7 +6,7 @@ import pytest
 
 from onionmesh.errors import OnionmeshError
 from onionmesh.mesh.config import MeshConfig
-from onionmesh.mesh.core import IntroPointsError, MeshCore
+from onionmesh.mesh.core import MeshCore
 from onionmesh.mesh.errors import MeshConfigError
 from onionmesh.mesh.events import (
     IntroPointsRequested,
@@ -17,6 +17,7 @@ from onionmesh.mesh.events import (
     SteppedDown,
 )
 from onionmesh.mesh.identity import NodeIdentity, PeerSeed
+from onionmesh.mesh.intro import IntroPointsError
 
 from .netloop import SECRET, identity
 

@@ -13,6 +13,8 @@ messages.py        the versioned wire schema (msgspec Structs, msgpack arrays)
 codec.py           strict decoding and the 60,000-byte datagram limit
 auth.py            cluster MAC, ed25519 signatures, replay windows, timestamp
                    window, the per-boot challenge/echo handshake
+intro.py           intro-point sets: validation and digest
+handshake.py       the challenge each peer must echo (first contact, restarts)
 membership.py      where peers become suspect and are declared DEAD; removal
                    grace, recovery, flap damping
 election.py        leases, terms, who may claim when, conflict resolution
@@ -23,9 +25,10 @@ core.py            MeshCore: wires the above together, gossip, intro exchange
 """
 
 from onionmesh.mesh.config import MeshConfig
-from onionmesh.mesh.core import IntroPointsError, MeshCore
+from onionmesh.mesh.core import MeshCore
 from onionmesh.mesh.errors import MeshConfigError, MeshError, RejectedDatagram
 from onionmesh.mesh.identity import NodeIdentity, PeerSeed
+from onionmesh.mesh.intro import IntroPointsError
 from onionmesh.mesh.membership import PeerView
 from onionmesh.mesh.plan import PublishPlan
 

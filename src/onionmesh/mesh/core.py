@@ -31,7 +31,7 @@ from dataclasses import replace
 from onionmesh.mesh.auth import ClusterKey, ReplayGuard, Sealer, Unverified, Verifier
 from onionmesh.mesh.config import MeshConfig
 from onionmesh.mesh.election import Election
-from onionmesh.mesh.errors import MeshError, RejectedDatagram
+from onionmesh.mesh.errors import RejectedDatagram
 from onionmesh.mesh.events import (
     BecamePublisher,
     ConflictDetected,
@@ -44,23 +44,20 @@ from onionmesh.mesh.events import (
     PublishRequested,
     SteppedDown,
 )
+from onionmesh.mesh.handshake import HandshakeCache
 from onionmesh.mesh.identity import NodeIdentity, PeerSeed
+from onionmesh.mesh.intro import EMPTY_DIGEST, check_intro_sets, intro_digest
 from onionmesh.mesh.membership import (
     ALIVE,
     DEAD,
-    EMPTY_DIGEST,
     SUSPECT,
     UNKNOWN,
     Membership,
     PeerRecord,
     PeerView,
-    intro_digest,
     members_digest,
 )
 from onionmesh.mesh.messages import (
-    MAX_INTRO_POINT_BYTES,
-    MAX_INTRO_POINTS_PER_SET,
-    MAX_PERIODS,
     Heartbeat,
     IntroPoints,
     IntroRequest,
@@ -75,7 +72,6 @@ from onionmesh.mesh.messages import (
 from onionmesh.mesh.plan import Contribution, PublishPlan, PublishScheduler, select_intro_points
 
 _ADDRESS_RE = re.compile(r"[\x21-\x7e]{1,255}")  # printable, no spaces
-_MAX_HANDSHAKES = 4096  # bound on the handshake cache (only cluster members can fill it)
 
 
 def _change_reason(old: PublishPlan | None, new: PublishPlan) -> str:
@@ -93,10 +89,6 @@ def _change_reason(old: PublishPlan | None, new: PublishPlan) -> str:
         parts = [f"-{n}" for n in gone] + [f"+{n}" for n in came]
         return "membership change " + " ".join(parts)
     return "intro-point rotation"
-
-
-class IntroPointsError(MeshError):
-    """``set_local_intro_points`` was given sets the wire format cannot carry."""
 
 
 class MeshCore:
@@ -122,7 +114,7 @@ class MeshCore:
         self._sealer = Sealer(identity.node_id, identity.signing_seed, key, self.boot_id)
         self.challenge = self._sealer.challenge
         # node id -> (boot, challenge, address): what we echo to that node (see auth.py)
-        self._handshake: dict[str, tuple[int, bytes, str, tuple[int, ...]]] = {}
+        self._handshake = HandshakeCache(identity.node_id)
         self._verifier = Verifier(key, config.clock_skew_tolerance)
         self._guard = ReplayGuard()
         self.membership = Membership(config)
@@ -262,7 +254,7 @@ class MeshCore:
 
     def set_local_intro_points(self, sets: Mapping[int, Sequence[bytes]], now: float) -> None:
         """The intro points this node's tor has now, per time period; shared at once."""
-        clean = self._check_local_sets(sets)
+        clean = check_intro_sets(sets)
         digest = intro_digest(clean)
         if digest == self._local_digest:
             return
@@ -312,7 +304,7 @@ class MeshCore:
         """Operator removal: the peer is forgotten and stays removed (gossip cannot re-add it)."""
         self.membership.remove(node_id)
         self._guard.forget(node_id)
-        self._handshake.pop(node_id, None)
+        self._handshake.drop(node_id)
         self._events.append(PeerRemoved(node_id))
         if self.election.publisher_id == node_id:
             self.election.on_release(node_id, self.election.term, now)
@@ -333,31 +325,19 @@ class MeshCore:
     def _learn_challenge(
         self, node_id: str, boot: int, challenge: bytes, address: str, verified: bool = False
     ) -> None:
-        """Remember what to echo to ``node_id``.
-
-        A verified message is authoritative (the replay guard has made its boot
-        the current one). Hearsay (an unverified message, gossip) may only move
-        us to a boot of that node we have never seen, so a replayed message of
-        an earlier boot cannot roll the echo back.
-        """
-        if node_id == self.node_id or node_id in self.membership.removed or boot <= 0:
+        if node_id in self.membership.removed:
             return
-        old = self._handshake.get(node_id)
-        if old is None and len(self._handshake) >= _MAX_HANDSHAKES:
-            return
-        if old is not None and boot == old[0]:
-            if address and address != old[2]:
-                self._handshake[node_id] = (boot, old[1], address, old[3])
-            return
-        seen = () if old is None else (*old[3], old[0])[-16:]
-        if not verified and (boot in seen or self._guard.is_retired(node_id, boot)):
-            return
-        self._handshake[node_id] = (boot, challenge, address or (old[2] if old else ""), seen)
+        self._handshake.learn(
+            node_id,
+            boot,
+            challenge,
+            address,
+            verified=verified,
+            is_retired=self._guard.is_retired,
+        )
 
     def _note_unverified(self, signed: Signed) -> None:
         """An authentic message we cannot prove fresh: note its challenge for our next heartbeat."""
-        if signed.sender in self.membership.removed:
-            return
         rec = self.membership.peers.get(signed.sender)
         body = signed.body
         # Only the signed body's address is trusted: the source address may be spoofed.
@@ -365,10 +345,6 @@ class MeshCore:
         if not address and isinstance(body, Heartbeat):
             address = body.address
         self._learn_challenge(signed.sender, signed.boot, signed.challenge, address)
-
-    def _echo_for(self, node_id: str) -> bytes:
-        entry = self._handshake.get(node_id)
-        return entry[1] if entry is not None else b""
 
     def _pinned_key(self, node_id: str) -> bytes | None:
         rec = self.membership.peers.get(node_id)
@@ -386,29 +362,6 @@ class MeshCore:
             for a in addrs:
                 if a and not _ADDRESS_RE.fullmatch(a):
                     raise RejectedDatagram("malformed", "address has unprintable characters")
-
-    def _check_local_sets(
-        self, sets: Mapping[int, Sequence[bytes]]
-    ) -> dict[int, tuple[bytes, ...]]:
-        clean: dict[int, tuple[bytes, ...]] = {}
-        for period, points in sets.items():
-            if isinstance(period, bool) or not isinstance(period, int) or not 0 <= period < 2**32:
-                raise IntroPointsError(f"time period must be a 32-bit unsigned int: {period!r}")
-            pts = tuple(points)
-            if len(pts) > MAX_INTRO_POINTS_PER_SET:
-                raise IntroPointsError(
-                    f"period {period}: {len(pts)} intro points > {MAX_INTRO_POINTS_PER_SET}"
-                )
-            for ip in pts:
-                if not isinstance(ip, bytes) or not 1 <= len(ip) <= MAX_INTRO_POINT_BYTES:
-                    raise IntroPointsError(
-                        f"period {period}: an intro point must be 1..{MAX_INTRO_POINT_BYTES} bytes"
-                    )
-            if pts:
-                clean[period] = pts
-        if len(clean) > MAX_PERIODS:
-            raise IntroPointsError(f"{len(clean)} time periods > {MAX_PERIODS}")
-        return clean
 
     def _members(self) -> bytes:
         if self._members_digest is None:
@@ -452,7 +405,8 @@ class MeshCore:
         infos = [me]
         for rec in self.membership.peers.values():
             if rec.state in (ALIVE, SUSPECT) and rec.public_key is not None and rec.address:
-                boot, challenge, _, _ = self._handshake.get(rec.node_id, (0, bytes(16), "", ()))
+                hs = self._handshake.get(rec.node_id)
+                boot, challenge = (hs.boot, hs.challenge) if hs else (0, bytes(16))
                 infos.append(PeerInfo(rec.node_id, rec.address, rec.public_key, boot, challenge))
         return PeerList(infos[:512])
 
@@ -466,14 +420,14 @@ class MeshCore:
         """
         for rec in self.membership.peers.values():
             if include_dead or rec.state != DEAD:
-                echo = self._echo_for(rec.node_id)
+                echo = self._handshake.echo_for(rec.node_id)
                 if echo or not verified_only:
                     self._send_to(rec.node_id, rec.address, body, now, echo)
         if verified_only:
             return
-        for node_id, (_, challenge, address, _) in self._handshake.items():
+        for node_id, hs in self._handshake.items():
             if node_id not in self.membership.peers:
-                self._send_to(node_id, address, body, now, challenge)
+                self._send_to(node_id, hs.address, body, now, hs.challenge)
         for addr in sorted(self._pending_addrs):
             self._send_to("", addr, body, now, b"")
 
@@ -482,7 +436,7 @@ class MeshCore:
             self._outbox.append((self._sealer.seal(body, now, node_id, echo), address))
 
     def _send(self, rec: PeerRecord, body: Message, now: float) -> None:
-        self._send_to(rec.node_id, rec.address, body, now, self._echo_for(rec.node_id))
+        self._send_to(rec.node_id, rec.address, body, now, self._handshake.echo_for(rec.node_id))
 
     def _send_full_state(self, rec: PeerRecord, now: float) -> None:
         """Answer a Join / new boot / recovery: our heartbeat, intro points and members."""

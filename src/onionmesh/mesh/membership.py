@@ -25,24 +25,10 @@ from dataclasses import dataclass, field
 
 from onionmesh.mesh.config import MeshConfig
 from onionmesh.mesh.events import Event, PeerDamped, PeerDead, PeerRecovered, PeerSuspect
+from onionmesh.mesh.intro import EMPTY_DIGEST, intro_digest
 
 UNKNOWN, ALIVE, SUSPECT, DEAD = "unknown", "alive", "suspect", "dead"
-EMPTY_DIGEST = hashlib.blake2b(b"", digest_size=16, person=b"onionmesh-intro").digest()
-
 IntroSets = Mapping[int, tuple[bytes, ...]]
-
-
-def intro_digest(sets: Mapping[int, Sequence[bytes]]) -> bytes:
-    """A 16-byte digest of intro-point sets, independent of dict order."""
-    h = hashlib.blake2b(digest_size=16, person=b"onionmesh-intro")
-    for period in sorted(sets):
-        points = sets[period]
-        if not points:
-            continue
-        h.update(period.to_bytes(4, "big") + len(points).to_bytes(2, "big"))
-        for ip in points:
-            h.update(len(ip).to_bytes(4, "big") + ip)
-    return h.digest()
 
 
 def members_digest(node_ids: Iterable[str]) -> bytes:
