@@ -16,13 +16,15 @@ from onionmesh.sim.runner import make_factory, run_seed, soak, soak_jobs
 from onionmesh.sim.scenario import Heal, Kill, Partition, SimParams, Start
 from onionmesh.sim.simulation import Simulation
 
-# ~0.3 s of CPU per seed on average (signature checks dominate): 1500 seeds
-# take about 3.5 minutes on two cores. Raise with ONIONMESH_SIM_SEEDS.
-CI_SEEDS = int(os.environ.get("ONIONMESH_SIM_SEEDS", "1500"))
+# Quick runs (no warm-up window, 5-heartbeat chaos window, then a checked
+# stable window) cost ~0.2 s of CPU per seed on average, signature checks
+# dominating: 2000 seeds take about 3.5 minutes on two cores.
+# ONIONMESH_SIM_SEEDS changes the count.
+CI_SEEDS = int(os.environ.get("ONIONMESH_SIM_SEEDS", "2000"))
 
 
 def test_ci_soak() -> None:
-    jobs = soak_jobs(range(CI_SEEDS), 3, 15, "fast", cycles=1)
+    jobs = soak_jobs(range(CI_SEEDS), 3, 15, "fast", cycles=1, quick=True)
     results = list(soak(jobs, workers=2))
     failures = [r for r in results if not r.ok]
     assert not failures, f"{len(failures)} failing seeds:\n" + "\n".join(
@@ -30,11 +32,11 @@ def test_ci_soak() -> None:
     )
     assert len(results) == CI_SEEDS
     # The runs really exercised what they claim to.
-    assert sum(r.checks["settled"] for r in results) > CI_SEEDS * 10
+    assert sum(r.checks["settled"] for r in results) > CI_SEEDS * 5
     assert sum(r.checks["appearance"] for r in results) > CI_SEEDS
     assert sum(r.checks["removal"] for r in results) > CI_SEEDS
     injected = sum(r.checks["injected"] for r in results)
-    assert injected > CI_SEEDS * 5
+    assert injected > CI_SEEDS * 3
     rejected: dict[str, int] = {}
     for r in results:
         for reason, n in r.stats.rejected.items():

@@ -23,6 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--nodes", type=int, required=True)
     run.add_argument("--profile", choices=sorted(PROFILES), default="fast")
     run.add_argument("--cycles", type=int, default=1, help="chaos/stable cycles")
+    run.add_argument("--quick", action="store_true", help="CI shape: no warm-up window")
     run.add_argument("--trace", help="write the run's trace as JSON lines to this file")
     so = sub.add_parser("soak", help="run many seeds")
     so.add_argument("--seeds", type=int, default=1000, help="how many seeds")
@@ -31,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     so.add_argument("--profile", choices=sorted(PROFILES), default="fast")
     so.add_argument("--cycles", type=int, default=2)
     so.add_argument("--workers", type=int, default=2)
+    so.add_argument("--quick", action="store_true", help="CI shape: no warm-up window")
     return ap
 
 
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            result = run_seed(args.seed, args.nodes, args.profile, args.cycles,
+            result = run_seed(args.seed, args.nodes, args.profile, args.cycles, args.quick,
                               trace_path=args.trace)
             print(result.summary())
             s = result.stats
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if result.ok else 1
         lo, hi = parse_range(args.nodes)
         jobs = soak_jobs(range(args.start, args.start + args.seeds), lo, hi, args.profile,
-                         args.cycles)
+                         args.cycles, args.quick)
         failures = Counter()
         done = 0
         for result in soak(jobs, args.workers):

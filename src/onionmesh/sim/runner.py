@@ -56,12 +56,16 @@ def nodes_for_seed(seed: int, lo: int, hi: int) -> int:
     return random.Random(f"nodes/{seed}").randint(lo, hi)
 
 
-def replay_command(seed: int, nodes: int, profile: str, cycles: int) -> str:
+def replay_command(seed: int, nodes: int, profile: str, cycles: int, quick: bool = False) -> str:
     """The one-line command that re-runs exactly this seed."""
     return (
         f"python -m onionmesh.sim run --seed {seed} --nodes {nodes} --profile {profile} "
-        f"--cycles {cycles} --trace trace-{seed}.jsonl"
+        f"--cycles {cycles}{' --quick' if quick else ''} --trace trace-{seed}.jsonl"
     )
+
+
+# The CI shape of a run: no separate warm-up window and a shorter chaos window.
+QUICK = {"warmup_window": False, "chaos_heartbeats": 5.0}
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ class RunResult:
     nodes: int
     profile: str
     cycles: int
+    quick: bool
     invariant: str | None
     detail: str | None
     trace_digest: str
@@ -87,7 +92,7 @@ class RunResult:
     @property
     def replay(self) -> str:
         """One-line replay command for this seed."""
-        return replay_command(self.seed, self.nodes, self.profile, self.cycles)
+        return replay_command(self.seed, self.nodes, self.profile, self.cycles, self.quick)
 
     def summary(self) -> str:
         """One line for a report: verdict, seed, and the replay command on failure."""
@@ -109,6 +114,7 @@ def run_seed(
     nodes: int,
     profile: str = "fast",
     cycles: int = 1,
+    quick: bool = False,
     factory: CoreFactory | None = None,
     keep_trace: bool = False,
     trace_path: str | None = None,
@@ -117,6 +123,8 @@ def run_seed(
 ) -> RunResult:
     """Run one seed; a violated invariant becomes a failed RunResult, not an exception."""
     factory = factory if factory is not None else make_factory(profile)
+    if quick:
+        params = {**QUICK, **params}
     sim_params = SimParams(nodes=nodes, cycles=cycles, keep_trace=keep_trace or bool(trace_path),
                            **params)
     sim = Simulation(factory, sim_params, seed)
@@ -136,8 +144,8 @@ def run_seed(
         "removal": c.removal_checks,
         "injected": c.injections_checked,
     }
-    return RunResult(seed, nodes, profile, cycles, invariant, detail, sim.trace.digest, sim.t,
-                     sim.stats, checks)
+    return RunResult(seed, nodes, profile, cycles, quick, invariant, detail, sim.trace.digest,
+                     sim.t, sim.stats, checks)
 
 
 @dataclass(frozen=True)
@@ -148,15 +156,18 @@ class SoakJob:
     nodes: int
     profile: str
     cycles: int
+    quick: bool = False
 
 
 def _run_job(job: SoakJob) -> RunResult:
-    return run_seed(job.seed, job.nodes, job.profile, job.cycles)
+    return run_seed(job.seed, job.nodes, job.profile, job.cycles, job.quick)
 
 
-def soak_jobs(seeds: Iterable[int], lo: int, hi: int, profile: str, cycles: int) -> list[SoakJob]:
+def soak_jobs(
+    seeds: Iterable[int], lo: int, hi: int, profile: str, cycles: int, quick: bool = False
+) -> list[SoakJob]:
     """The jobs of a soak over ``seeds`` with node counts in ``lo..hi``."""
-    return [SoakJob(s, nodes_for_seed(s, lo, hi), profile, cycles) for s in seeds]
+    return [SoakJob(s, nodes_for_seed(s, lo, hi), profile, cycles, quick) for s in seeds]
 
 
 def soak(jobs: list[SoakJob], workers: int = 1) -> Iterator[RunResult]:
