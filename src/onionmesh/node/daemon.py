@@ -441,9 +441,14 @@ class NodeDaemon:
         task.add_done_callback(self._alert_tasks.discard)
 
     def snapshot(self) -> dict[str, Any]:
-        if self.driver is not None:
-            self._update_gauges()
-        return build_snapshot(self)
+        try:
+            if self.driver is not None:
+                self._update_gauges()
+            return build_snapshot(self)
+        except Exception as exc:  # a status bug must never take the daemon down
+            log.exception("building the status document failed")
+            return {"version": 1, "node": {"id": self.config.node_id, "state": self.state},
+                    "error": f"{type(exc).__name__}: {exc}"}
 
     def clock_status(self) -> dict[str, Any]:
         last = self.guard.last

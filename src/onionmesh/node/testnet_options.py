@@ -16,16 +16,16 @@ from onionmesh.node.errors import NodeConfigError
 _TESTING = ("TestingTorNetwork 1",)
 
 
-def testnet_tor_options(network: Any) -> list[str]:
+def network_tor_options(network: Any) -> list[str]:
     """``extra_torrc`` lines for a node tor on ``network`` (an onionmesh.testnet.TorNetwork)."""
     authorities = getattr(network, "authorities", None)
     if not authorities:
         raise NodeConfigError("the test network has no authorities (is it started?)")
     torrc = Path(authorities[0].data_dir) / "torrc"
-    return testnet_tor_options_from_torrc(torrc)
+    return network_tor_options_from_torrc(torrc)
 
 
-def testnet_tor_options_from_torrc(torrc: Path) -> list[str]:
+def network_tor_options_from_torrc(torrc: Path) -> list[str]:
     try:
         lines = torrc.read_text().splitlines()
     except OSError as exc:
