@@ -149,6 +149,7 @@ class Publisher:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
         consensus_poll: float = 10.0,
+        failed_cooldown: float = 300.0,
     ) -> None:
         self.controller = controller
         self.master = master
@@ -158,6 +159,8 @@ class Publisher:
         self.tracker = UploadTracker(retry, rng)
         self.clock = clock
         self.consensus_poll = consensus_poll
+        self.failed_cooldown = failed_cooldown  # retry HSDirs that exhausted their retries
+        self._revived_at: dict[int, float] = {}
         self.consensus: Consensus | None = None
         self.targets: dict[int, PeriodTarget] = {}
         self.built: dict[int, Built] = {}
@@ -291,9 +294,24 @@ class Publisher:
         rejected = {p for p in self.targets if self.tracker.with_status(p, UploadStatus.REJECTED)}
         for decision in self.policy.decide(wanted, self.built, now, rejected):
             self._apply(decision, wanted, now)
+        self._revive_failed(now)
         for post in self.tracker.poll(self.clock()):
             await self._post(post)
         await self._notify()
+
+    def _revive_failed(self, now: float) -> None:
+        """Give HSDirs that exhausted their retries another round every ``failed_cooldown``."""
+        for period in self.tracker.periods():
+            last = self._revived_at.setdefault(period, now)
+            if now - last >= self.failed_cooldown:
+                self._revived_at[period] = now
+                revived = self.tracker.retry_failed(period, now)
+                if revived:
+                    log.info("period %d: retrying %d HSDir(s) that had failed: %s",
+                             period, len(revived), ", ".join(revived))
+        for period in list(self._revived_at):
+            if period not in self.tracker.periods():
+                del self._revived_at[period]
 
     def _wanted(self) -> dict[int, Wanted]:
         wanted = {}
@@ -356,6 +374,7 @@ class Publisher:
         next_upload = self.tracker.next_wakeup()
         if next_upload is not None:
             times.append(next_upload)
+        times.extend(t + self.failed_cooldown for t in self._revived_at.values())
         next_check = self.policy.next_check(self._wanted(), self.built, now)
         if next_check is not None:
             times.append(next_check)

@@ -1,0 +1,46 @@
+"""The master stays reachable across a time-period rotation of the test network (8 min)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from .helpers import deploy_master, nodes_answering
+
+pytestmark = [pytest.mark.tor, pytest.mark.tornet, pytest.mark.slow]
+
+ROTATION_TIMEOUT = 11 * 60  # one 8-minute period + consensus lag + margin
+
+
+@pytest.mark.timeout(1500)
+async def test_master_reachable_across_time_period_rotation(tornet):
+    dep = await deploy_master(tornet, "h8rot")
+    try:
+        pub = dep.publisher
+        await pub.wait_published(timeout=120)
+        before = sorted(pub.targets)
+        response = await dep.client.ahttp_get(dep.master.onion_address, timeout=30,
+                                              retry_for=60)
+        assert response.status == 200
+
+        # Bounded poll on a real condition: the publisher's first descriptor moved on.
+        deadline = time.monotonic() + ROTATION_TIMEOUT
+        while min(pub.targets) <= before[0]:
+            assert time.monotonic() < deadline, f"no rotation seen; still at {before}"
+            await asyncio.sleep(5)  # poll period between real checks
+        after = sorted(pub.targets)
+        assert after[0] > before[0] and after != before
+        builds = pub.builds
+        # The new period's descriptor is on every responsible HSDir (a build for it happened).
+        await pub.wait_published(timeout=180, min_builds=builds)
+        assert set(pub.tracker.periods()) == set(after)
+        assert before[0] not in pub.tracker.periods()  # the old period was dropped
+
+        await dep.client.anewnym()  # forget the cached descriptor of the old period
+        names = {n.name for n in dep.nodes}
+        seen = await nodes_answering(dep.client, dep.master.onion_address, names)
+        assert seen == names
+    finally:
+        await dep.close()
