@@ -37,3 +37,29 @@ def test_fake_auth_clients_have_tors_16_byte_cookie():
         assert len(_b64(client.id)) == 8
         assert len(_b64(client.iv)) == 16
         assert len(_b64(client.cookie)) == 16
+
+
+def test_building_leaves_the_descriptor_module_untouched():
+    from onionmesh.descriptor import layers
+
+    before = layers.COOKIE_LEN
+    master = Ed25519Identity.generate()
+    now = time.time()
+    build_master_descriptor(master, time_period_number(now, 8), 8, 1, [], now=now,
+                            lifetime_minutes=180)
+    assert before == layers.COOKIE_LEN
+
+
+def test_revision_never_repeats_within_a_second_and_grows_with_time():
+    from onionmesh.crypto.blinding import blind_identity
+    from onionmesh.publish.publisher import revision_for
+
+    blinded = blind_identity(Ed25519Identity.generate(), 1000, 8)
+    start = 1_000_000
+    first = revision_for(blinded, start, start + 100.2, None)
+    again = revision_for(blinded, start, start + 100.7, first)  # same second
+    assert again == first + 1
+    later = revision_for(blinded, start, start + 101.0, again)
+    assert later > again
+    # A restarted publisher (no memory of ``last``) still goes up with time.
+    assert revision_for(blinded, start, start + 102.0, None) > later
