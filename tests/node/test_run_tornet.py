@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,8 @@ def test_single_node_publishes_serves_reloads_and_releases_on_sigterm(
     tmp_path: Path, tornet, tornet_client, backend
 ):
     name, port = backend
-    setup = _node_dir(tmp_path, tornet, port)
+    metrics_port = free_port()
+    setup = _node_dir(tmp_path, tornet, port, metrics={"listen": f"127.0.0.1:{metrics_port}"})
     node = Node(setup.files.config, tmp_path / "n1.log")
     try:
         doc = node.wait_for(
@@ -128,6 +130,13 @@ def test_single_node_publishes_serves_reloads_and_releases_on_sigterm(
         assert status["plan"]["count"] > 0
         human = onionmesh("status", "-c", str(setup.files.config))
         assert "role: publisher" in human.stdout
+
+        # Prometheus metrics on the opt-in local port.
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
+        assert "onionmesh_is_publisher 1.0" in metrics
+        assert 'onionmesh_hsdir_uploads_total{hsdir="' in metrics and 'result="ok"' in metrics
+        assert 'onionmesh_republishes_total{reason="takeover"}' in metrics
 
         # SIGHUP: the log level applies live, a timing change needs a restart.
         text = setup.files.config.read_text()

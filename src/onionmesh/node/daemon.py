@@ -52,7 +52,16 @@ from onionmesh.mesh.events import (
 )
 from onionmesh.mesh.identity import NodeIdentity, PeerSeed
 from onionmesh.metrics import NodeMetrics
-from onionmesh.node.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, NodeConfigError, NodeError
+from onionmesh.node.errors import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_OK,
+    ClockRefused,
+    NodeConfigError,
+    NodeError,
+    TorUnusable,
+    TransportFailed,
+)
 from onionmesh.node.intro_feed import IntroFeed
 from onionmesh.node.keyfiles import status_socket_path
 from onionmesh.node.logsetup import set_level
@@ -190,10 +199,18 @@ class NodeDaemon:
             loop.add_signal_handler(signum, self.request_stop, signal.Signals(signum).name)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         code = EXIT_OK
+        starting = asyncio.create_task(self.start(), name="node-start")
+        stopping = asyncio.create_task(self._stopping.wait(), name="node-stopping")
         try:
-            await self.start()
-            stop = asyncio.create_task(self._stopping.wait())
-            await stop
+            # A SIGTERM while tor bootstraps must not wait for the bootstrap to end.
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+            else:
+                starting.result()  # raises the startup error, if any
+                await stopping
         except NodeError as exc:
             log.error("fatal: %s", exc)
             code = exc.exit_code
@@ -201,11 +218,12 @@ class NodeDaemon:
             log.error("fatal: %s", exc)
             code = EXIT_CONFIG
         finally:
+            stopping.cancel()
             await self.shutdown()
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
         if code == EXIT_OK and self._failure is not None:
-            code = EXIT_FAILURE
+            code = getattr(self._failure, "exit_code", EXIT_FAILURE)
         log.info("onionmesh node %s exits with code %d", self.config.node_id, code)
         return code
 
@@ -249,8 +267,6 @@ class NodeDaemon:
         try:
             consensus = await self.tor.consensus()
         except (ControlError, OnionmeshError) as exc:
-            from onionmesh.node.errors import TorUnusable
-
             raise TorUnusable(f"tor has no usable consensus: {exc}") from None
         self.guard.note_consensus(consensus)
         self._startup_clock_check("against tor's consensus")
@@ -264,8 +280,6 @@ class NodeDaemon:
         try:
             await self.driver.start(str(config["coordination"]["listen"]))
         except TransportError as exc:
-            from onionmesh.node.errors import TransportFailed
-
             raise TransportFailed(str(exc)) from None
         log.info("mesh: node %s at %s (priority %d, %s), %d configured peers",
                  config.node_id, self.advertise, identity.priority,
@@ -348,6 +362,12 @@ class NodeDaemon:
             summary = f"clock went bad: {result.message}; descriptors are not signed until fixed"
             log.error("%s", summary)
             self._alert(Alert("clock_problem", self.config.node_id, summary))
+            if self.guard.mode == "refuse":
+                # Leave the cluster (releasing the lease) rather than hold it without
+                # signing; a restart refuses until the clock is fixed.
+                self._failure = ClockRefused(f"clock went bad at runtime: {result.message}")
+                log.error("fatal: %s ([resilience] clock_check = \"refuse\")", self._failure)
+                self._stopping.set()
         elif self._clock_bad and not bad:
             log.info("clock is good again: %s", result.message)
         self._clock_bad = bad
@@ -374,11 +394,15 @@ class NodeDaemon:
     # ------------------------------------------------------------------ mesh events
 
     def _on_local_sets(self, sets: Mapping[int, Sequence[bytes]]) -> None:
-        self.local_sets = {p: tuple(v) for p, v in sets.items()}
         counts = ", ".join(f"period {p}: {len(v)}" for p, v in sorted(sets.items()))
         log.info("this node's intro points changed (%s); sharing them now", counts or "none")
         if self.driver is not None:
-            self.driver.set_local_intro_points(sets)
+            try:
+                self.driver.set_local_intro_points(sets)
+            except OnionmeshError as exc:
+                log.error("cannot share this node's intro points: %s", exc)
+                return
+        self.local_sets = {p: tuple(v) for p, v in sets.items()}
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, MessageRejected):

@@ -142,10 +142,14 @@ class IntroFeed:
             await asyncio.sleep(FETCH_INTERVAL)  # polling period, not a readiness wait
 
     async def _event_loop(self) -> None:
-        async for event in self.controller.subscribe("HS_DESC"):
-            try:
-                parsed = parse_hs_desc_event(event)
-            except ControlError:
-                continue
-            if parsed.address == self.node_address and parsed.action in ("UPLOAD", "UPLOADED"):
-                self._wake.set()
+        while True:
+            async for event in self.controller.subscribe("HS_DESC"):
+                try:
+                    parsed = parse_hs_desc_event(event)
+                except ControlError:
+                    continue
+                if parsed.address == self.node_address and parsed.action in (
+                    "UPLOAD", "UPLOADED"
+                ):
+                    self._wake.set()
+            await asyncio.sleep(1.0)  # the subscription ended (tor reconnecting): resubscribe
