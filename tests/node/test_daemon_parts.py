@@ -1,0 +1,190 @@
+"""The daemon's pure parts: config -> mesh settings, peers, intro-point exchange, uploads view,
+the status document and the mesh driver over real UDP sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+from nacl.public import PrivateKey
+
+from onionmesh.clock import Clock
+from onionmesh.config import parse_config
+from onionmesh.crypto.keys import Ed25519Identity
+from onionmesh.descriptor.intro import IntroPoint, LinkSpecifier, recertify
+from onionmesh.mesh.core import MeshCore
+from onionmesh.mesh.events import BecamePublisher, Event, PeerDiscovered, PublishRequested
+from onionmesh.mesh.identity import NodeIdentity, PeerSeed
+from onionmesh.mesh.plan import PublishPlan
+from onionmesh.node.daemon import advertise_address, check_runnable, mesh_config, peer_seeds
+from onionmesh.node.errors import NodeConfigError
+from onionmesh.node.mesh_driver import MeshDriver
+from onionmesh.node.publishing import (
+    IntroPointDecodeError,
+    PublisherControl,
+    decode_intro_point,
+    encode_intro_point,
+)
+from onionmesh.node.snapshot import format_status
+from onionmesh.node.startup import ClockGuard
+from onionmesh.node.uploads_view import STREAK_ALERT, UploadsView
+from onionmesh.publish.uploads import RetryPolicy
+from onionmesh.tor.control_protocol import HsDescEvent
+
+from .helpers import free_port
+
+MASTER = Ed25519Identity.generate()
+
+
+def _config(extra: str = "") -> object:
+    text = f'[node]\nid = "n1"\n[master]\naddress = "{MASTER.onion_address}"\n{extra}'
+    return parse_config(text, "/etc/onionmesh/onionmesh.toml")
+
+
+def test_mesh_config_takes_the_config_timing_and_the_seed_resilience_defaults():
+    config = _config("[coordination]\nlisten = \"10.0.0.1:7443\"\nheartbeat_interval = 2\n"
+                     "lease_duration = 7\nlease_grace = 0\n"
+                     "[publishing]\nmin_publish_interval = 0\n")
+    mesh = mesh_config(config)
+    assert (mesh.heartbeat_interval, mesh.lease_duration) == (2.0, 7.0)
+    assert mesh.dead_threshold == 3 and mesh.removal_grace_period == 30.0
+    assert 0 < mesh.lease_grace < 0.01 and 0 < mesh.min_publish_interval < 0.01
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:7443", "[::]:7443"])
+def test_a_wildcard_listen_address_needs_advertise(listen: str):
+    config = _config(f'[coordination]\nlisten = "{listen}"\n')
+    with pytest.raises(NodeConfigError, match=r"\[coordination\] advertise: required"):
+        check_runnable(config)
+    fixed = _config(f'[coordination]\nlisten = "{listen}"\nadvertise = "10.0.0.1:7443"\n')
+    assert advertise_address(fixed) == "10.0.0.1:7443"
+
+
+def test_peers_with_ids_get_their_pinned_keys():
+    key = Ed25519Identity.generate().public_key
+    config = _config('[coordination]\nlisten = "10.0.0.1:7443"\n'
+                     'peers = ["n2@10.0.0.2:7443", "10.0.0.3:7443", "n4@10.0.0.4:7443"]\n'
+                     f'peer_keys = {{ n2 = "{key.hex()}" }}\n')
+    assert peer_seeds(config) == [
+        PeerSeed("n2", "10.0.0.2:7443", key), PeerSeed(None, "10.0.0.3:7443"),
+        PeerSeed("n4", "10.0.0.4:7443", None),
+    ]
+
+
+@pytest.mark.parametrize("bad", ['{ n2 = "abcd" }', '{ "N 2" = "' + "00" * 32 + '" }', "5"])
+def test_bad_peer_keys_are_config_errors(bad: str):
+    from onionmesh.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"\[coordination\] peer_keys"):
+        _config(f"[coordination]\npeer_keys = {bad}\n")
+
+
+def _intro_point(n: int) -> IntroPoint:
+    base = IntroPoint(
+        (LinkSpecifier(2, bytes([n]) * 20),), bytes(PrivateKey.generate().public_key),
+        Ed25519Identity.generate().public_key, bytes(PrivateKey.generate().public_key),
+    )
+    return recertify(base, Ed25519Identity.generate(), time.time() + 3600)
+
+
+def test_intro_points_travel_as_tor_text_and_come_back_equal():
+    point = _intro_point(1)
+    data = encode_intro_point(point)
+    assert data.startswith(b"introduction-point ")
+    assert decode_intro_point(data) == point
+    with pytest.raises(IntroPointDecodeError):
+        decode_intro_point(b"\xff\xfe")
+
+
+def test_intro_source_uses_the_requested_plan_and_the_nearest_period():
+    control = PublisherControl(object(), MASTER, Clock(),  # type: ignore[arg-type]
+                               ClockGuard(Clock()), RetryPolicy())
+    assert control.intro_source(10) == []
+    a, b, c = _intro_point(1), _intro_point(2), _intro_point(3)
+    control.plan = PublishPlan(
+        1, 1, {10: (("n1", encode_intro_point(a)), ("n2", b"garbage")),
+               11: (("n1", encode_intro_point(b)), ("n2", encode_intro_point(c)))}, 0)
+    assert control.intro_source(10) == [a]  # the undecodable one is skipped
+    assert control.intro_source(11) == [b, c]
+    assert control.intro_source(12) == [b, c]  # no set for 12: the nearest period's
+
+
+def test_uploads_view_alerts_once_per_failure_streak_and_tracks_the_age():
+    master = MASTER.onion_address.removesuffix(".onion")
+    streaks: list[tuple[str, int]] = []
+    view = UploadsView(MASTER.onion_address, lambda h, n, r: streaks.append((h, n)))
+    hsdir = "A" * 40
+
+    def event(action: str, address: str = master) -> HsDescEvent:
+        return HsDescEvent(action, address, "NO_AUTH", hsdir, "blinded", "UPLOAD_REJECTED"
+                           if action == "FAILED" else None, None, None)
+
+    assert view.observe(event("UPLOADED", "b" * 56), 1.0) is None  # another service
+    assert view.descriptor_age(5.0) is None
+    for i in range(STREAK_ALERT + 2):
+        view.observe(event("FAILED"), 10.0 + i)
+    assert streaks == [(hsdir, STREAK_ALERT)]
+    assert view.hsdirs[hsdir].failures_in_a_row == STREAK_ALERT + 2
+    view.observe(event("UPLOADED"), 20.0)
+    assert view.descriptor_age(25.0) == 5.0
+    assert view.to_json(25.0)[hsdir]["result"] == "uploaded"
+
+
+def test_format_status_names_roles_peers_and_uploads():
+    doc = {
+        "node": {"id": "n1", "state": "running"}, "master_address": "m.onion",
+        "cluster": {"role": "publisher", "publisher": "n1", "term": 3,
+                    "lease": {"holder": "n1", "renewed_ago": 0.5}},
+        "peers": {"n2": {"state": "dead", "role": "standby", "address": "10.0.0.2:7443",
+                         "intro_points": 3, "last_seen_ago": 12.0}},
+        "intro_points": {"n1": 3, "n2": 3},
+        "plan": {"count": 3, "per_period": {"5": 3}},
+        "uploads": {"A" * 40: {"result": "failed", "reason": "UPLOAD_REJECTED", "age": 2.0}},
+        "descriptor_age": None, "clock": {"verdict": "ok", "message": "clock OK"},
+    }
+    text = format_status(doc)
+    assert "role: publisher; publisher: n1 (term 3)" in text
+    assert "n2" in text and "dead" in text
+    assert "failed (UPLOAD_REJECTED)" in text
+    assert "never published" in text
+
+
+async def test_two_drivers_find_each_other_and_one_publishes_then_releases():
+    """The asyncio shell over real UDP: discovery, election, publish request, lease release."""
+    mesh = mesh_config(_config('[coordination]\nlisten = "127.0.0.1:1"\nheartbeat_interval = '
+                               "0.2\nlease_duration = 0.6\nlease_grace = 0.1\n"
+                               "[publishing]\nmin_publish_interval = 0.1\n"))
+    secret = b"s" * 32
+    ports = [free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)]
+    addrs = [f"127.0.0.1:{p}" for p in ports]
+    events: dict[str, list[Event]] = {"a": [], "b": []}
+    drivers = []
+    for name, addr, other in (("a", addrs[0], addrs[1]), ("b", addrs[1], addrs[0])):
+        identity = NodeIdentity(name, bytes([ord(name)]) * 32, 100, True, addr)
+        core = MeshCore(mesh, identity, secret, [PeerSeed(None, other)], Clock().now())
+        drivers.append(MeshDriver(core, Clock(), events[name].append))
+    for driver, addr in zip(drivers, addrs, strict=True):
+        await driver.start(addr)
+    drivers[0].set_local_intro_points({7: [b"intro-a"]})
+    drivers[1].set_local_intro_points({7: [b"intro-b"]})
+
+    async def until(predicate, what: str) -> None:
+        async with asyncio.timeout(20):
+            while not predicate():
+                await asyncio.sleep(0.05)  # poll period between real checks
+        assert predicate(), what
+
+    await until(lambda: any(isinstance(e, PeerDiscovered) for e in events["a"] + events["b"]),
+                "discovery")
+    await until(lambda: any(isinstance(e, PublishRequested) for e in events["a"]), "publish")
+    assert any(isinstance(e, BecamePublisher) for e in events["a"])  # "a" ranks first
+    request = next(e for e in events["a"] if isinstance(e, PublishRequested))
+    await until(lambda: drivers[0].core.publish_plan() is not None
+                and drivers[0].core.publish_plan().count == 2, "both intro points planned")
+    assert request.plan.count >= 1
+    await drivers[0].shutdown()  # releases the lease over UDP
+    await until(lambda: drivers[1].core.is_publisher, "takeover by b")
+    await drivers[1].shutdown()
+
