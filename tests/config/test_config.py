@@ -65,6 +65,13 @@ def test_relative_paths_resolve_against_the_config_directory(tmp_path: Path):
             "both",
         ),
         ('[service]\nports = ["eighty"]\n', "[service] ports", "HiddenServicePort"),
+        ('[coordination]\npeers = ["N1@10.0.0.2:7443"]\n', "[coordination] peers", "item 0"),
+        ('[coordination]\npeer_keys = { n1 = "xyz" }\n', "[coordination] peer_keys",
+         "64 hex characters"),
+        ("[coordination]\npeer_keys = [1]\n", "[coordination] peer_keys", "table"),
+        ("[tor]\nbootstrap_timeout = 1\n", "[tor] bootstrap_timeout", "between 5 and"),
+        ("[service]\nintro_poll_interval = 0\n", "[service] intro_poll_interval",
+         "between 0.5 and"),
     ],
 )
 def test_bad_values_name_file_section_key_and_problem(extra, where, problem):
@@ -74,6 +81,24 @@ def test_bad_values_name_file_section_key_and_problem(extra, where, problem):
     assert message.startswith("/etc/onionmesh/onionmesh.toml")
     assert where in message
     assert problem in message
+
+
+def test_peers_may_name_their_node_id_and_pin_its_key():
+    key = "ab" * 32
+    config = parse_config(
+        MINIMAL + '[coordination]\npeers = ["n2@10.0.0.2:7443", "10.0.0.3:7443"]\n'
+        f'peer_keys = {{ n2 = "{key}" }}\n'
+    )
+    assert config["coordination"]["peers"] == ("n2@10.0.0.2:7443", "10.0.0.3:7443")
+    assert config["coordination"]["peer_keys"] == {"n2": bytes.fromhex(key)}
+
+
+def test_node_daemon_keys_have_defaults():
+    config = parse_config(MINIMAL)
+    assert config["node"]["key_path"] is None  # <state_dir>/node_key.pem
+    assert config["tor"]["bootstrap_timeout"] == 300.0
+    assert config["service"]["intro_poll_interval"] == 5.0
+    assert config["coordination"]["peer_keys"] == {}
 
 
 def test_missing_required_keys_are_named():
