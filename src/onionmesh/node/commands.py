@@ -19,6 +19,7 @@ from onionmesh.node.errors import EXIT_CONFIG, EXIT_OK, NodeError
 from onionmesh.status_socket import StatusUnavailable, query_status
 
 EXIT_STATUS_UNAVAILABLE = 1
+EXIT_KEYS_CHECK_FAILED = 1  # `keys check` is a yes/no question: 0 or 1
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -107,7 +108,10 @@ def run_node_command(args: argparse.Namespace) -> int:
         if args.command == "config":
             return _config_check(args)
         if args.command == "keys":
-            return _keys_check(args)
+            try:
+                return _keys_check(args)
+            except (ConfigError, NodeError) as exc:
+                return _fail(str(exc), EXIT_KEYS_CHECK_FAILED)
     except ConfigError as exc:
         return _fail(str(exc), EXIT_CONFIG)
     except NodeError as exc:
