@@ -199,3 +199,40 @@ def test_skewed_clock_in_warn_mode_runs_but_never_signs(tmp_path: Path, tornet, 
         node.stop()
     assert node.proc.returncode == 0
     assert "built revision" not in node.text()
+
+
+def test_existing_tor_with_its_own_node_service_publishes(
+    tmp_path: Path, tornet, tornet_client, backend
+):
+    """``[tor] managed = false``: onionmesh uses a tor it did not start, and leaves it running."""
+    name, port = backend
+    setup = make_cluster(tmp_path / "n1")
+    # The operator's tor: an Onionbalance-style instance of the master (ob_config + option).
+    service = tornet.add_onion_service("nodeexisting", target_port=port,
+                                       ob_master=setup.master_address)
+    try:
+        text = setup.files.config.read_text()
+        text = text.replace("managed = true", f"managed = false\ncontrol_port = "
+                                              f"{service.control_port}")
+        text = text.replace("[service]\n", f'[service]\nkey_dir = "{service.hs_dir}"\n')
+        setup.files.config.write_text(text)
+        assert onionmesh("config", "check", "-c", str(setup.files.config)).returncode == 0
+        node = Node(setup.files.config, tmp_path / "n1.log")
+        try:
+            doc = node.wait_for(
+                "an HSDir to accept the master descriptor",
+                lambda: (s := node.status()) and s.get("descriptor_age") is not None and s, 240,
+            )
+            assert doc["node"]["onion_address"] == service.onion_address + ".onion"
+            assert doc["node"]["tor_pid"] is None  # not ours
+            response = tornet_client.http_get(setup.master_address, "/", timeout=30.0,
+                                              retry_for=120.0)
+            assert response.status == 200
+            assert response.text.strip() == name
+            node.proc.send_signal(signal.SIGTERM)
+            assert node.proc.wait(30) == 0
+        finally:
+            node.stop()
+        assert service.is_running()  # onionmesh never stops a tor it does not manage
+    finally:
+        service.stop()

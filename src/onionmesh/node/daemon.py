@@ -423,7 +423,7 @@ class NodeDaemon:
         elif isinstance(event, SteppedDown):
             self._was_publisher_term = None
             if self.publisher_control is not None:
-                self._spawn(self.publisher_control.stop())
+                self._spawn(self.publisher_control.detach())
         elif isinstance(event, PublishRequested):
             counts = {p: len(v) for p, v in event.plan.intro_points.items()}
             reason = event.reason.split(":")[0]

@@ -16,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from onionmesh.clock import Clock
 from onionmesh.crypto.keys import Ed25519Identity
@@ -100,18 +101,30 @@ class PublisherControl:
         elif self.publisher is not None:
             self.publisher.intro_points_changed()
 
+    def detach(self) -> Coroutine[Any, Any, None]:
+        """Forget the running publisher at once; returns the coroutine that stops it.
+
+        Synchronous so that a step-down followed by a new term in the same batch of
+        mesh events can never have the old stop() cancel the new publisher.
+        """
+        task, self._task = self._task, None
+        publisher, self.publisher = self.publisher, None
+        self.plan = None
+        self._decoded = {}
+        return self._stop(task, publisher)
+
     async def stop(self) -> None:
         """Stop publishing (stepped down or shutting down)."""
-        task, self._task = self._task, None
+        await self.detach()
+
+    @staticmethod
+    async def _stop(task: asyncio.Task[None] | None, publisher: Publisher | None) -> None:
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self.publisher is not None:
-            await self.publisher.stop()
-            self.publisher = None
-        self.plan = None
-        self._decoded = {}
+        if publisher is not None:
+            await publisher.stop()
 
     async def _run(self) -> None:
         while True:
@@ -120,16 +133,20 @@ class PublisherControl:
                 clock=self.clock.now, clock_check=self.guard.check_for_signing,
             )
             try:
-                await publisher.start()
-            except (ControlError, OnionmeshError, OSError) as exc:
-                log.warning("publisher could not start: %s: %s", type(exc).__name__, exc)
-                with contextlib.suppress(Exception):
+                try:
+                    await publisher.start()
+                except (ControlError, OnionmeshError, OSError) as exc:
+                    log.warning("publisher could not start: %s: %s", type(exc).__name__, exc)
                     await publisher.stop()
-                await asyncio.sleep(_START_RETRY)  # retry period while tor is unavailable
-                continue
-            self.publisher = publisher
-            log.info("publisher started for %s", self.master.onion_address)
-            await asyncio.Event().wait()  # runs until stop() cancels this task
+                    await asyncio.sleep(_START_RETRY)  # retry period while tor is unavailable
+                    continue
+                self.publisher = publisher
+                log.info("publisher started for %s", self.master.onion_address)
+                await asyncio.Event().wait()  # runs until detach() cancels this task
+            finally:
+                # Cancelled (stepped down) at any point: it never outlives this task.
+                # Publisher.stop is idempotent, so detach()'s own stop does no harm.
+                await publisher.stop()
 
     def intro_source(self, period: int) -> Sequence[IntroPoint]:
         """The intro points of the requested plan for ``period`` (nearest period if absent)."""
