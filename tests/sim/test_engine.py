@@ -220,3 +220,21 @@ def test_beyond_tolerance_node_is_refused_both_ways() -> None:
                       faults_per_cycle=(0, 0), beyond_skew_probability=0.0)
     assert result.ok, result.summary()
     assert result.stats.rejected.get("stale", 0) > 10
+
+
+def test_soak_prints_each_failing_seed_with_its_replay_command(monkeypatch, capsys) -> None:
+    import onionmesh.sim.runner as runner
+    from onionmesh.sim.__main__ import main
+
+    monkeypatch.setattr(runner, "make_factory", lambda profile: FakeFactory("no_rate_limit"))
+    status = main(["soak", "--seeds", "6", "--nodes", "3-4", "--workers", "1", "--cycles", "1"])
+    out = capsys.readouterr().out.splitlines()
+    failed = [line for line in out if "FAILED" in line]
+    replays = [line.strip() for line in out if line.strip().startswith("replay: ")]
+    assert status == 1
+    assert failed and len(replays) == len(failed)
+    for line in replays:
+        parts = line.removeprefix("replay: ").split()
+        assert parts[:4] == ["python", "-m", "onionmesh.sim", "run"]
+        assert "--seed" in parts and "--nodes" in parts
+    assert out[-1].startswith("6 seeds, ") and "republish_rate" in out[-1]
