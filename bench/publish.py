@@ -63,7 +63,7 @@ class AcceptanceObserver:
         self.failed: dict[str, set[str]] = defaultdict(set)
         self.uploaded: dict[str, int] = defaultdict(int)
         self.instance_seen: dict[str, float] = {}
-        self.last_result_at: float | None = None  # last UPLOADED/FAILED for the master
+        self.result_times: list[float] = []  # every UPLOADED/FAILED for the master
         self.expected: dict[str, set[str]] = {}
         self._sub = ctl.subscribe("HS_DESC", "HS_DESC_CONTENT")
         self._task = asyncio.create_task(self._run())
@@ -92,7 +92,7 @@ class AcceptanceObserver:
             if parsed.address != self.address or parsed.hsdir is None:
                 continue
             if parsed.action in ("UPLOADED", "FAILED"):
-                self.last_result_at = now
+                self.result_times.append(now)
             if parsed.action == "UPLOADED":
                 self.uploaded[parsed.hsdir] += 1
             elif parsed.action == "FAILED" and parsed.descriptor_id:
@@ -109,6 +109,19 @@ class AcceptanceObserver:
 
     def instances_known(self) -> bool:
         return len(self.instance_seen) == len(self.instances)
+
+    def first_round_end(self, after: float, gap: float = 3.0) -> float | None:
+        """When the first burst of upload answers after ``after`` ended (answers less than
+        ``gap`` s apart belong to one round; a publisher re-uploading later starts another)."""
+        times = sorted(t for t in self.result_times if t >= after)
+        if not times:
+            return None
+        end = times[0]
+        for t in times[1:]:
+            if t - end > gap:
+                break
+            end = t
+        return end
 
     def coverage(self) -> tuple[int, int]:
         need = self.needs()
@@ -214,10 +227,9 @@ async def onionbalance_runs(net: TorNetwork, workdir: Path, runs: int,
             elapsed = time.monotonic() - t0 if ok and t0 is not None else None
             if not ok:  # let its upload round finish to report its coverage
                 await observer.wait(lambda: False, 15)
-            # Onionbalance's own notion of done: its upload round got its last answer.
-            round_time = (observer.last_result_at - t0
-                          if t0 is not None and observer.last_result_at is not None
-                          and observer.last_result_at > t0 else None)
+            # Onionbalance's own notion of done: its first upload round got its answers.
+            round_end = observer.first_round_end(t0) if t0 is not None else None
+            round_time = round_end - t0 if round_end is not None else None
             got, total = observer.coverage()
             print(f"  onionbalance run {run + 1}: "
                   + (f"{elapsed:.3f} s" if elapsed is not None
