@@ -1,18 +1,21 @@
-"""``make demo``: one master onion address served by several nodes, on a private Tor network.
+"""``make demo``: a 3-node onionmesh cluster serving one onion address, on a private Tor network.
 
-Run as ``python -m onionmesh.demo``. What it does, all on this machine (127.0.0.1 only):
+Run as ``python -m onionmesh.demo``. Everything runs on this machine (127.0.0.1 only):
 
-1. starts a private Tor network (5 directory authorities, each also an HSDir);
-2. starts ``--nodes`` node instances: a tor serving its own onion service, configured as an
-   instance of the master address, in front of a tiny web page that answers with the node name;
-3. publishes the master descriptor with onionmesh's publisher (from a separate "publisher" tor),
-   built from the intro points the nodes' tors picked;
-4. fetches ``http://<master>.onion/`` through a client tor several times (new circuits between
-   fetches) and shows which node answered;
-5. keeps running with a one-line live status until Ctrl-C (``--once``: exits after step 4),
-   then stops every process it started, by PID.
+1. a private Tor network (5 directory authorities, each also an HSDir);
+2. three nodes, each an ``onionmesh run`` process with its own tor and a tiny web page that
+   answers with the node's name; their configs come from the code behind ``onionmesh init``
+   (first node), ``onionmesh add-node`` and ``onionmesh join --master-key`` (the others);
+3. the nodes find each other over UDP, elect a publisher, and the publisher uploads the master
+   descriptor carrying every node's introduction points;
+4. ``onionmesh status`` of the publisher, then GETs of ``http://<master>.onion/`` through a
+   client tor, showing which node answered;
+5. a live status line until Ctrl-C: kill a node (its PID is printed) and watch the cluster
+   heal: its intro points leave the descriptor, a standby takes over if it was the publisher,
+   and the demo restarts it after a while so it comes back. ``--once`` exits after step 4.
 
-Everything it starts lives under ``--dir`` (a fresh temporary directory by default).
+Every process is stopped by PID at the end. The module also holds the process-cluster
+harness (:class:`NodeCluster`) that the cluster tests and ``bench/failover.py`` use.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -36,215 +38,27 @@ from types import FrameType
 from typing import Any
 
 from onionmesh.config import load_config
-from onionmesh.crypto.keys import Ed25519Identity
-from onionmesh.descriptor.intro import IntroPoint
 from onionmesh.errors import OnionmeshError
-from onionmesh.hsdir.timeperiod import period_length_minutes
-from onionmesh.publish.publisher import Publisher, fetch_consensus, merge_intro_points
 from onionmesh.status_socket import StatusUnavailable, query_status
-from onionmesh.testnet import SocksError, TestnetError, TorClient, TorNetwork
+from onionmesh.testnet import SocksError, TorClient, TorNetwork
 from onionmesh.testnet.backend import start_backend_process
-from onionmesh.testnet.nodes import ServiceInstance
-from onionmesh.tor.control import TorController
-from onionmesh.tor.intro_points import NodeIntroWatcher
 from onionmesh.tor.process import log_tail, pid_alive, process_start_time, stop_pid
 
 log = logging.getLogger(__name__)
 
 N_AUTHORITIES = 5
-PUBLISH_TIMEOUT = 180.0  # first publish: consensus fetch, intro points, 2 x HSDir uploads
-INTRO_POINTS_TIMEOUT = 60.0  # node tors publish their own descriptor ~5 s after start
 GET_TIMEOUT = 30.0
 GET_RETRY_FOR = 60.0  # a fresh client may miss the first descriptor fetch (0xF0)
 STATUS_INTERVAL = 2.0
+RESTART_AFTER = 45.0  # the demo brings a killed node back after this long
 
 
 class DemoError(OnionmeshError):
-    """The demo could not bring its network up or reach the master address."""
+    """The demo (or the cluster harness) could not bring a cluster up or reach it."""
 
 
 class _Stop(Exception):
     """Raised from the SIGTERM handler so teardown runs like after Ctrl-C."""
-
-
-@dataclass
-class DemoCluster:
-    """The running pieces: node instances, the publisher and its tor, the visiting client."""
-
-    master: Ed25519Identity
-    nodes: list[ServiceInstance]
-    publisher_tor: TorClient
-    client: TorClient
-    publisher: Publisher
-    watchers: list[NodeIntroWatcher]
-    controllers: list[TorController] = field(default_factory=list)
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    started_at: float = field(default_factory=time.time)
-
-    @property
-    def hostname(self) -> str:
-        return self.master.onion_address
-
-    def intro_source(self, period: int) -> list[IntroPoint]:
-        """Each node's intro points for ``period``, merged fairly (at most 20)."""
-        sets = [w.sets.best_for(period) for w in self.watchers]
-        return merge_intro_points([s.intro_points for s in sets if s is not None])
-
-    async def close(self) -> None:
-        await self.publisher.stop()
-        for task in self.tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        for controller in self.controllers:
-            with contextlib.suppress(Exception):
-                await controller.close()
-
-    def status_line(self, now: float | None = None) -> str:
-        """One short line: publisher, HSDir uploads, intro points per node, descriptor age."""
-        now = time.time() if now is None else now
-        pub = self.publisher
-        ok = sum(h.successes for h in pub.tracker.health.values())
-        failed = sum(h.failures for h in pub.tracker.health.values())
-        published: set[bytes] = set()
-        for built in pub.built.values():
-            published |= built.intro_key
-        per_node = []
-        for node, watcher in zip(self.nodes, self.watchers, strict=True):
-            keys = {
-                ip.auth_key
-                for period in watcher.sets.periods()
-                if (s := watcher.sets.for_period(period)) is not None
-                for ip in s.intro_points
-            }
-            per_node.append(f"{node.name} {len(keys & published)}")
-        ages = [now - b.built_at for b in pub.built.values()]
-        age = f"{min(ages):.0f} s" if ages else "none yet"
-        return (
-            f"publisher {self.publisher_tor.name} | HSDir uploads {ok} ok, {failed} failed | "
-            f"intro points in descriptor: {', '.join(per_node)} | descriptor age {age}"
-        )
-
-
-async def start_cluster(network: TorNetwork, n_nodes: int, say: Callable[[str], None]
-                        ) -> DemoCluster:
-    """Start the node instances, the publisher tor and the client; publish the master."""
-    master = Ed25519Identity.generate()
-    say(f"Master address: {master.onion_address}")
-    nodes = []
-    for i in range(1, n_nodes + 1):
-        node = await network.aadd_onion_service(f"node{i}", ob_master=master.onion_address)
-        nodes.append(node)
-        say(f"  node{i} up: tor PID {node.pid}, its own address {node.onion_address[:16]}…")
-    publisher_tor = await network.aadd_client("publisher")
-    client = await network.aadd_client("visitor")
-    say(f"  publisher tor PID {publisher_tor.pid}, visitor (client) tor PID {client.pid}")
-
-    pub_ctl = await TorController.connect(port=publisher_tor.control_port)
-    controllers = [pub_ctl]
-    try:
-        node_ctls = []
-        for node in nodes:
-            node_ctls.append(await TorController.connect(port=node.control_port))
-            controllers.append(node_ctls[-1])
-        length = period_length_minutes(await fetch_consensus(pub_ctl))
-        publisher = Publisher(pub_ctl, master, lambda period: [], rng=random.Random())
-        watchers = [
-            NodeIntroWatcher(n.onion_address, period_length=lambda: length, own=ctl,
-                             fetcher=pub_ctl, on_change=publisher.intro_points_changed)
-            for n, ctl in zip(nodes, node_ctls, strict=True)
-        ]
-    except BaseException:
-        for controller in controllers:
-            with contextlib.suppress(Exception):
-                await controller.close()
-        raise
-    cluster = DemoCluster(master, nodes, publisher_tor, client, publisher, watchers, controllers)
-    publisher.intro_source = cluster.intro_source
-    try:
-        await _wait_intro_points(watchers)
-        for watcher in watchers:
-            cluster.tasks.append(asyncio.create_task(watcher.run(5.0)))
-        say("Publishing the master descriptor (both time periods, every responsible HSDir)…")
-        started = time.monotonic()
-        await publisher.start()
-        await publisher.wait_published(PUBLISH_TIMEOUT)
-        say(f"  published in {time.monotonic() - started:.1f} s: {cluster.status_line()}")
-    except BaseException:
-        await cluster.close()
-        raise
-    return cluster
-
-
-async def _wait_intro_points(watchers: list[NodeIntroWatcher]) -> None:
-    """Bounded poll until every node's tor shows a descriptor with intro points."""
-    deadline = time.monotonic() + INTRO_POINTS_TIMEOUT
-    while True:
-        for watcher in watchers:
-            with contextlib.suppress(OnionmeshError, OSError):
-                await watcher.poll_once()
-        missing = [w.sets.address[:12] for w in watchers if w.sets.best_for(0) is None]
-        if not missing:
-            return
-        if time.monotonic() >= deadline:
-            raise DemoError(f"nodes {missing} showed no intro points in {INTRO_POINTS_TIMEOUT} s")
-        await asyncio.sleep(1.0)  # poll period between real checks
-
-
-async def visit(cluster: DemoCluster, min_gets: int, say: Callable[[str], None]) -> set[str]:
-    """GET the master at least ``min_gets`` times (NEWNYM between) and until every node
-    answered or 4 fetches per node were made; returns the node names that answered."""
-    names = {n.name for n in cluster.nodes}
-    seen: set[str] = set()
-    max_gets = max(min_gets, 4 * len(names))
-    say(f"Fetching http://{cluster.hostname}/ through the visitor tor "
-        "(new circuits between fetches; tor allows that once per 10 s):")
-    for i in range(1, max_gets + 1):
-        started = time.monotonic()
-        try:
-            response = await cluster.client.ahttp_get(
-                cluster.hostname, "/", timeout=GET_TIMEOUT, retry_for=GET_RETRY_FOR)
-        except SocksError as exc:
-            say(f"  GET {i}: failed: {exc}")
-        else:
-            name = response.headers.get("x-onionmesh-node", response.text.strip())
-            seen.add(name)
-            say(f"  GET {i}: HTTP {response.status}, answered by {name} "
-                f"({time.monotonic() - started:.1f} s)")
-        if i >= min_gets and seen >= names:
-            break
-        await cluster.client.anewnym()
-    say(f"Nodes that answered: {', '.join(sorted(seen)) or 'none'} "
-        f"(of {', '.join(sorted(names))})")
-    return seen
-
-
-async def live_status(cluster: DemoCluster, write: Callable[[str], None], tty: bool) -> None:
-    """Print the status line every few seconds until cancelled (in place on a terminal)."""
-    last_plain = 0.0
-    while True:
-        line = cluster.status_line()
-        if tty:
-            write("\r\x1b[K" + line)
-        elif time.monotonic() - last_plain >= 30.0:
-            write(line + "\n")  # a log file gets one line every 30 s, not a flood
-            last_plain = time.monotonic()
-        await asyncio.sleep(STATUS_INTERVAL)  # display refresh period
-
-
-async def run_demo(network: TorNetwork, args: argparse.Namespace,
-                   say: Callable[[str], None]) -> int:
-    cluster = await start_cluster(network, args.nodes, say)
-    try:
-        seen = await visit(cluster, args.gets, say)
-        if args.once:
-            return 0 if seen >= {n.name for n in cluster.nodes} else 1
-        say("Live status (Ctrl-C stops everything):")
-        tty = sys.stdout.isatty()
-        await live_status(cluster, lambda s: (sys.stdout.write(s), sys.stdout.flush()), tty)
-        return 0
-    finally:
-        await cluster.close()
 
 
 # ============================================================================ process cluster
@@ -303,14 +117,27 @@ class ClusterNode:
         self.start_time = process_start_time(self.proc.pid)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Send ``sig`` to the node daemon (by its PID); its managed tor follows it
-        (``__OwningControllerProcess``)."""
+        """Send ``sig`` to the node daemon (by its PID). SIGKILL takes its tor down with it
+        at once, like a machine dying (on its own, a managed tor only notices its dead
+        owner on its next periodic check)."""
         if self.proc is None or self.proc.poll() is not None:
             raise DemoError(f"node {self.node_id} is not running")
+        tor_pid = self.tor_pid()
         os.kill(self.proc.pid, sig)
+        if sig == signal.SIGKILL and tor_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(tor_pid, signal.SIGKILL)
         if sig in (signal.SIGKILL, signal.SIGTERM):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(30.0)
+
+    def tor_pid(self) -> int | None:
+        """PID of this node's managed tor (from its PidFile), if it runs."""
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int((self.root / "state" / "tor" / "tor.pid").read_text().split()[0])
+            if pid_alive(pid) and _is_tor_of(pid, self.root):
+                return pid
+        return None
 
     def stop(self) -> None:
         """SIGTERM, a bounded wait, then SIGKILL; and the backend. By PID only."""
@@ -322,11 +149,9 @@ class ClusterNode:
 
     def stop_tor_leftover(self) -> None:
         """A SIGKILLed daemon's tor exits by itself within seconds; make sure of it."""
-        pid_file = self.root / "state" / "tor" / "tor.pid"
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(pid_file.read_text().split()[0])
-            if pid_alive(pid) and _is_tor_of(pid, self.root):
-                stop_pid(pid, process_start_time(pid), timeout=10.0)
+        pid = self.tor_pid()
+        if pid is not None:
+            stop_pid(pid, process_start_time(pid), timeout=10.0)
 
     def stop_backend(self) -> None:
         if self.backend is not None and self.backend.poll() is None:
@@ -546,16 +371,207 @@ def summarize(docs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) or "(no node answers)"
 
 
+
+
+# ============================================================================ the demo
+
+
+def _cli(*args: str) -> str:
+    """Run the onionmesh CLI (as an operator would) and return what it printed."""
+    result = subprocess.run([sys.executable, "-m", "onionmesh.cli", *args], capture_output=True,
+                            text=True, timeout=30, check=False)
+    return (result.stdout + result.stderr).rstrip()
+
+
+def _indent(text: str, prefix: str = "    ") -> str:
+    return "\n".join(prefix + line for line in text.splitlines())
+
+
+async def visit(client: TorClient, master: str, names: set[str], min_gets: int,
+                say: Callable[[str], None]) -> set[str]:
+    """GET the master at least ``min_gets`` times (NEWNYM between) and until every node
+    answered or 4 fetches per node were made; returns the node names that answered."""
+    seen: set[str] = set()
+    say(f"Fetching http://{master}/ through a client tor (new circuits before each "
+        "fetch; tor allows that once per 10 s):")
+    for i in range(1, max(min_gets, 4 * len(names)) + 1):
+        started = time.monotonic()
+        try:
+            response = await client.ahttp_get(master, "/", timeout=GET_TIMEOUT,
+                                              retry_for=GET_RETRY_FOR)
+        except SocksError as exc:
+            say(f"  GET {i}: failed: {exc}")
+        else:
+            name = response.headers.get("x-onionmesh-node", response.text.strip())
+            seen.add(name)
+            say(f"  GET {i}: HTTP {response.status}, answered by {name} "
+                f"({time.monotonic() - started:.1f} s)")
+        if i >= min_gets and seen >= names:
+            break
+        await client.anewnym()
+    say(f"Nodes that answered: {', '.join(sorted(seen)) or 'none'} "
+        f"(of {', '.join(sorted(names))})")
+    return seen
+
+
+def status_line(cluster: NodeCluster, docs: dict[str, dict[str, Any]]) -> str:
+    """Short live view: each node's role, what the descriptor carries, its age."""
+    parts = []
+    for node_id, node in cluster.nodes.items():
+        doc = docs.get(node_id)
+        if not node.running():
+            parts.append(f"{node_id} DOWN")
+        elif doc is None or doc.get("cluster") is None:
+            parts.append(f"{node_id} starting")
+        else:
+            parts.append(f"{node_id} {doc['cluster']['role']}")
+    pubs = cluster.publishers(docs)
+    line = " | ".join(parts)
+    if len(pubs) == 1:
+        doc = docs[next(iter(pubs))]
+        per_node = (doc.get("plan") or {}).get("per_node", {})
+        uploads = (doc.get("uploads") or {}).values()
+        ok = sum(1 for u in uploads if u["result"] == "uploaded")
+        age = doc.get("descriptor_age")
+        carried = ", ".join(f"{k} {v}" for k, v in sorted(per_node.items())) or "nothing"
+        line += (f" || descriptor intro points: {carried} | HSDirs ok {ok}/{len(uploads)} | "
+                 f"age {'-' if age is None else f'{age:.0f} s'}")
+    elif len(pubs) > 1:
+        line += f" || {len(pubs)} publishers (resolving)"
+    else:
+        line += " || no publisher yet"
+    return line
+
+
+class HealWatcher:
+    """Turns status changes into one-line events, and restarts killed nodes after a while."""
+
+    def __init__(self, cluster: NodeCluster, say: Callable[[str], None], restart: bool) -> None:
+        self.cluster = cluster
+        self.say = say
+        self.restart = restart
+        self.down_since: dict[str, float] = {}
+        self.publisher: str | None = None
+        self.carried: tuple[str, ...] = ()
+
+    def update(self, docs: dict[str, dict[str, Any]]) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        for node_id, node in self.cluster.nodes.items():
+            if not node.running() and node_id not in self.down_since:
+                self.down_since[node_id] = time.monotonic()
+                code = node.proc.returncode if node.proc is not None else None
+                later = f"; the demo restarts it in {RESTART_AFTER:.0f} s" if self.restart else ""
+                self.say(f"{stamp} {node_id} is down (exit {code}){later}")
+            elif node_id in self.down_since and node.running():
+                del self.down_since[node_id]
+        pubs = self.cluster.publishers(docs)
+        if len(pubs) == 1:
+            pub = next(iter(pubs))
+            if pub != self.publisher:
+                term = docs[pub]["cluster"]["term"]
+                self.say(f"{stamp} publisher is now {pub} (term {term})")
+                self.publisher = pub
+            carried = tuple(sorted(k for k, v in ((docs[pub].get("plan") or {})
+                                                  .get("per_node", {})).items() if v))
+            if carried != self.carried:
+                self.say(f"{stamp} the descriptor now carries intro points of "
+                         f"{', '.join(carried) or 'no node'}")
+                self.carried = carried
+        if self.restart:
+            for node_id, since in list(self.down_since.items()):
+                if time.monotonic() - since >= RESTART_AFTER:
+                    self.cluster.nodes[node_id].start()
+                    del self.down_since[node_id]
+                    self.say(f"{stamp} restarted {node_id} "
+                             f"(PID {self.cluster.nodes[node_id].pid})")
+
+
+async def live_status(cluster: NodeCluster, say: Callable[[str], None], restart: bool) -> None:
+    """Events as they happen plus a refreshed status line, until cancelled."""
+    tty = sys.stdout.isatty()
+    watcher = HealWatcher(cluster, lambda s: say(("\r\x1b[K" if tty else "") + s), restart)
+    last_plain = 0.0
+    while True:
+        docs = await asyncio.to_thread(cluster.statuses)
+        watcher.update(docs)
+        line = status_line(cluster, docs)
+        if tty:
+            sys.stdout.write("\r\x1b[K" + line[: os.get_terminal_size().columns - 1])
+            sys.stdout.flush()
+        elif time.monotonic() - last_plain >= 30.0:
+            say(line)  # a log file gets one line every 30 s, not a flood
+            last_plain = time.monotonic()
+        await asyncio.sleep(STATUS_INTERVAL)  # display refresh period
+
+
+async def run_demo(network: TorNetwork, base_dir: Path, args: argparse.Namespace,
+                   say: Callable[[str], None]) -> int:
+    settings = None if args.default_timings else FAST_PROFILE
+    cluster = NodeCluster(network, base_dir / "cluster", args.nodes, settings=settings)
+    try:
+        cluster.create()
+        n1 = cluster.nodes["n1"]
+        say(f"Cluster of {args.nodes} nodes for master address {cluster.master_address}")
+        say(f"  configs: {n1.config_path} (like `onionmesh init`), the others like "
+            "`onionmesh add-node` + `onionmesh join --master-key`")
+        if settings:
+            say("  fast demo timings: 1 s heartbeats, 4 s lease (defaults: 5 s, 15 s)")
+        cluster.start()
+        for node_id, node in cluster.nodes.items():
+            say(f"  {node_id}: onionmesh run PID {node.pid}, coordination udp {node.listen}")
+        say("Waiting for the nodes to bootstrap their tors, elect a publisher and publish…")
+        started = time.monotonic()
+        docs = await cluster.wait_until(lambda d: cluster_ready(cluster, d), 240.0,
+                                        "cluster published")
+        pub = next(iter(cluster.publishers(docs)))
+        say(f"  published after {time.monotonic() - started:.0f} s. "
+            f"`onionmesh status -c {cluster.nodes[pub].config_path}`:")
+        say(_indent(await asyncio.to_thread(
+            _cli, "status", "-c", str(cluster.nodes[pub].config_path))))
+        client = await network.aadd_client("visitor")
+        seen = await visit(client, cluster.master_address, set(cluster.nodes), args.gets, say)
+        if args.once:
+            return 0 if seen == set(cluster.nodes) else 1
+        say("")
+        say("Now kill a node and watch the cluster heal, for example:")
+        for node_id, node in cluster.nodes.items():
+            role = docs.get(node_id, {}).get("cluster", {}).get("role", "?")
+            say(f"  kill -9 {node.pid}    # {node_id} ({role})")
+        say(f"Status of any node: {sys.executable} -m onionmesh.cli status -c "
+            f"{n1.config_path}   (Ctrl-C stops the demo)")
+        await live_status(cluster, say, restart=not args.no_restart)
+        return 0
+    finally:
+        cluster.stop()
+        leftovers = cluster.leftover_pids()
+        if leftovers:
+            say(f"  cluster processes still running, please check: PIDs {leftovers}")
+
+
+def cluster_ready(cluster: NodeCluster, docs: dict[str, dict[str, Any]]) -> bool:
+    """Every node answers, one publisher, its descriptor carries every node and was accepted."""
+    pubs = cluster.publishers(docs)
+    if set(docs) != set(cluster.nodes) or len(pubs) != 1:
+        return False
+    doc = docs[next(iter(pubs))]
+    carried = {k for k, v in ((doc.get("plan") or {}).get("per_node", {})).items() if v}
+    return carried == set(cluster.nodes) and doc.get("descriptor_age") is not None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m onionmesh.demo",
-        description="One onion address served by several nodes on a private Tor network.")
+        description="A self-healing onionmesh cluster on a private Tor network.")
     parser.add_argument("--nodes", type=int, default=3, choices=range(2, 6), metavar="N",
-                        help="node instances to start (2-5, default 3)")
+                        help="cluster nodes to start (2-5, default 3)")
     parser.add_argument("--gets", type=int, default=6, metavar="N",
                         help="fetch the master address at least N times (default 6)")
     parser.add_argument("--once", action="store_true",
                         help="exit after the fetches (status 1 if a node never answered)")
+    parser.add_argument("--default-timings", action="store_true",
+                        help="use the default heartbeat/lease timings instead of fast ones")
+    parser.add_argument("--no-restart", action="store_true",
+                        help="do not restart killed nodes")
     parser.add_argument("--dir", type=Path, default=None,
                         help="working directory (default: a new temporary directory)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show onionmesh's log")
@@ -574,7 +590,8 @@ def main(argv: list[str] | None = None) -> int:
     def say(text: str) -> None:
         print(text, flush=True)
 
-    base_dir = args.dir or Path(tempfile.mkdtemp(prefix="onionmesh-demo-"))
+    # Short default path: each node's tor control socket must fit in a unix socket path.
+    base_dir = (args.dir or Path(tempfile.mkdtemp(prefix="omdemo-"))).absolute()
     signal.signal(signal.SIGTERM, _raise_stop)
     network = TorNetwork(base_dir / "tornet", N_AUTHORITIES)
     say(f"Starting a private Tor network: {N_AUTHORITIES} directory authorities on 127.0.0.1 "
@@ -583,11 +600,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         network.start()
         say(f"  network ready in {network.phase1_seconds or 0:.0f} s")
-        code = asyncio.run(run_demo(network, args, say))
+        code = asyncio.run(run_demo(network, base_dir, args, say))
     except (KeyboardInterrupt, _Stop):
         code = 0
         say("")
-    except (OnionmeshError, TestnetError) as exc:
+    except OnionmeshError as exc:  # TestnetError and DemoError included
         say(f"demo failed: {type(exc).__name__}: {exc}")
         code = 1
     finally:

@@ -1,0 +1,448 @@
+"""Benchmark: failover of an onionmesh cluster vs Onionbalance 0.2.4, same private Tor network.
+
+One private Tor network (10 authorities = 10 HSDirs, 8-minute time periods) carries, at the
+same time:
+
+* an Onionbalance 0.2.4 deployment (3 backend instance tors + a frontend tor + the
+  ``onionbalance --is-testnet`` process); one backend (tor and web server) is SIGKILLed and
+  we wait, capped, until its intro points leave the master descriptor on every HSDir;
+* an onionmesh cluster of 3 ``onionmesh run`` nodes (each with its own managed tor), first
+  with the default config, then with the fast profile (1 s heartbeats, 4 s lease), measuring:
+
+  (a) standby SIGKILLed -> every responsible HSDir serves a master descriptor without its
+      intro points;
+  (b) publisher SIGKILLed -> a standby takes over (status), and every responsible HSDir
+      serves the new publisher's descriptor (none of the dead publisher's intro points);
+  (c) share of client GETs (new circuits each, no retry) that succeed while the nodes are
+      SIGKILLed and restarted one at a time.
+
+"Every responsible HSDir" is measured from outside, the same way for both: a probe tor
+HSFETCHes the master from each HSDir separately (``HSFETCH SERVER=``) every couple of
+seconds; the HSDirs that held the master descriptor before the kill are the responsible ones
+(for the time period clients use), and the drop time is the first probe at which all of them
+serve a verified descriptor (our decoder) without any of the dead node's intro points.
+
+Run: ``.venv/bin/python bench/failover.py`` (about 25-35 minutes; ``--ob-cap`` caps the
+Onionbalance wait, default 900 s, reported as ">= cap" if it never drops the backend).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onionmesh.crypto.keys import Ed25519Identity, encode_secret_key_file
+from onionmesh.demo import FAST_PROFILE, NodeCluster
+from onionmesh.descriptor.parse import parse_descriptor
+from onionmesh.errors import OnionmeshError
+from onionmesh.hsdir.timeperiod import period_length_minutes
+from onionmesh.publish.publisher import fetch_consensus
+from onionmesh.testnet import SocksError, TorClient, TorNetwork
+from onionmesh.testnet.nodes import ServiceInstance
+from onionmesh.tor.control import TorController
+from onionmesh.tor.control_protocol import parse_hs_desc_event
+from onionmesh.tor.intro_points import enable_events
+from onionmesh.tor.process import stop_pid
+
+log = logging.getLogger("bench.failover")
+
+N_AUTHORITIES = 10
+PROBE_INTERVAL = 2.0
+FETCH_TIMEOUT = 20.0
+OUTAGE = 30.0  # (c): how long each node stays dead before it is restarted
+
+
+class BenchError(OnionmeshError):
+    """A step of the benchmark did not reach its state within its bound."""
+
+
+def now() -> float:
+    return time.time()
+
+
+# ----------------------------------------------------------------------------- HSDir probe
+
+
+class HsdirProbe:
+    """Fetches a master descriptor from every HSDir, one ``HSFETCH SERVER=`` each."""
+
+    def __init__(self, controller: TorController, hsdirs: list[str], period_length: int):
+        self.controller = controller
+        self.hsdirs = hsdirs
+        self.period_length = period_length
+        self.lock = asyncio.Lock()  # one HSFETCH round at a time on this controller
+
+    async def snapshot(self, address: str) -> dict[str, frozenset[bytes] | None]:
+        """Intro keys served by each HSDir (None: it has no (valid) descriptor)."""
+        addr = address.removesuffix(".onion")
+        result: dict[str, frozenset[bytes] | None] = {}
+        async with self.lock:
+            await enable_events(self.controller, "HS_DESC", "HS_DESC_CONTENT")
+            sub = self.controller.subscribe("HS_DESC", "HS_DESC_CONTENT")
+            try:
+                await self.controller.hs_fetch(addr, self.hsdirs)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(FETCH_TIMEOUT):
+                        async for event in sub:
+                            self._take(event, addr, result)
+                            if len(result) >= len(self.hsdirs):
+                                break
+            finally:
+                sub.close()
+        return result
+
+    def _take(self, event: Any, addr: str, result: dict[str, frozenset[bytes] | None]) -> None:
+        if event.type == "HS_DESC_CONTENT":
+            fields = event.text.split(" ")
+            if len(fields) < 3 or fields[0] != addr:
+                return
+            hsdir = fields[2].lstrip("$").split("~")[0].split("=")[0].upper()
+            if not event.data:
+                result.setdefault(hsdir, None)
+                return
+            try:
+                desc = parse_descriptor(event.data, addr, period_length=self.period_length)
+            except OnionmeshError:
+                result[hsdir] = None
+                return
+            result[hsdir] = frozenset(ip.auth_key for ip in desc.intro_points)
+            return
+        parsed = parse_hs_desc_event(event)
+        if parsed.address == addr and parsed.action == "FAILED" and parsed.hsdir:
+            result.setdefault(parsed.hsdir.lstrip("$").split("~")[0].upper(), None)
+
+    async def keys_of(self, address: str) -> frozenset[bytes]:
+        """Union of the intro keys every HSDir serves for ``address`` (a node's own address)."""
+        snap = await self.snapshot(address)
+        return frozenset().union(*(k for k in snap.values() if k))
+
+    async def wait_drop(self, master: str, dead: frozenset[bytes], holders: set[str],
+                        started: float, cap: float) -> tuple[float | None, int]:
+        """Seconds from ``started`` until every HSDir in ``holders`` serves ``master``
+        without any key of ``dead`` (None if ``cap`` passed first); and the probes made."""
+        probes = 0
+        while now() - started < cap:
+            snap = await self.snapshot(master)
+            probes += 1
+            ok = all(snap.get(h) is not None and not (snap[h] & dead) for h in holders)
+            if ok:
+                return now() - started, probes
+            await asyncio.sleep(PROBE_INTERVAL)  # probe period
+        return None, probes
+
+
+async def holders_of(probe: HsdirProbe, master: str, must_contain: frozenset[bytes],
+                     timeout: float = 120.0) -> set[str]:
+    """HSDirs serving ``master`` with some of ``must_contain`` (waits until stable)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        snap = await probe.snapshot(master)
+        holders = {h for h, keys in snap.items() if keys is not None}
+        if holders and all(snap[h] & must_contain for h in holders):
+            return holders
+        if time.monotonic() > deadline:
+            raise BenchError(f"master {master[:12]}… not served with the expected intro points "
+                             f"by its HSDirs within {timeout:g} s")
+        await asyncio.sleep(PROBE_INTERVAL)
+
+
+# ----------------------------------------------------------------------------- Onionbalance
+
+
+@dataclass
+class ObResult:
+    drop: float | None = None
+    cap: float = 0.0
+    probes: int = 0
+    error: str = ""
+    period_at_kill: int | None = None
+
+
+@dataclass
+class ObDeployment:
+    master: Ed25519Identity
+    instances: list[ServiceInstance]
+    frontend: TorClient
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+
+async def start_onionbalance(network: TorNetwork, base: Path) -> ObDeployment:
+    master = Ed25519Identity.generate()
+    base.mkdir(parents=True, exist_ok=True)
+    key_path = base / "master_ed25519_secret_key"
+    key_path.write_bytes(encode_secret_key_file(master))
+    os.chmod(key_path, 0o600)
+    instances = [await network.aadd_onion_service(f"obinst{i}", ob_master=master.onion_address)
+                 for i in range(1, 4)]
+    frontend = await network.aadd_client("obfront")
+    lines = ["services:", f"- key: {key_path}", "  instances:"]
+    for inst in instances:
+        lines += [f"  - address: {inst.onion_address}", f"    name: {inst.name}"]
+    config = base / "config.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    log_path = base / "onionbalance.log"
+    binary = Path(sys.executable).with_name("onionbalance")
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            [str(binary), "--is-testnet", "-i", "127.0.0.1", "-p", str(frontend.control_port),
+             "-c", str(config), "-v", "info"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    return ObDeployment(master, instances, frontend, proc, log_path)
+
+
+def kill_instance(inst: ServiceInstance) -> None:
+    """SIGKILL a backend: its tor and its web server (the harness does not restart them)."""
+    for pid in (inst.process.pid, inst.backend.pid if inst.backend else None):
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def measure_onionbalance(network: TorNetwork, probe: HsdirProbe, base: Path, cap: float,
+                               killed: asyncio.Event, result: ObResult) -> ObDeployment | None:
+    """Deploy Onionbalance, wait until it publishes all 3 backends, kill one, time the drop."""
+    result.cap = cap
+    dep = None
+    try:
+        dep = await start_onionbalance(network, base)
+        keys = [await probe.keys_of(i.onion_address) for i in dep.instances]
+        holders = await holders_of(probe, dep.master.onion_address, keys[0], timeout=400.0)
+        # Wait until the master carries every backend (Onionbalance fetches them every 20 s).
+        await holders_of(probe, dep.master.onion_address, keys[1], timeout=200.0)
+        await holders_of(probe, dep.master.onion_address, keys[2], timeout=200.0)
+        dead = keys[0]
+        started = now()
+        kill_instance(dep.instances[0])
+        killed.set()
+        print(f"[onionbalance] backend {dep.instances[0].name} SIGKILLed; "
+              f"{len(holders)} HSDirs hold the master; waiting up to {cap:.0f} s", flush=True)
+        result.drop, result.probes = await probe.wait_drop(
+            dep.master.onion_address, dead, holders, started, cap)
+    except (OnionmeshError, OSError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        killed.set()
+    return dep
+
+
+def stop_onionbalance(dep: ObDeployment | None) -> None:
+    if dep is not None and dep.proc.poll() is None:
+        stop_pid(dep.proc.pid, None, timeout=10.0)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            dep.proc.wait(5.0)
+
+
+# ----------------------------------------------------------------------------- onionmesh
+
+
+@dataclass
+class ProfileResult:
+    name: str
+    standby_drop: float | None = None
+    takeover: float | None = None
+    publisher_drop: float | None = None
+    gets_ok: int = 0
+    gets_total: int = 0
+    get_errors: dict[str, int] = field(default_factory=dict)
+
+
+def _ready(cluster: NodeCluster, docs: dict[str, dict[str, Any]]) -> bool:
+    from onionmesh.demo import cluster_ready
+
+    return cluster_ready(cluster, docs)
+
+
+async def restart_and_heal(cluster: NodeCluster, node_id: str, timeout: float = 240.0) -> None:
+    cluster.nodes[node_id].start()
+    await cluster.wait_until(lambda d: _ready(cluster, d), timeout, f"{node_id} back")
+
+
+async def node_keys(probe: HsdirProbe, docs: dict[str, dict[str, Any]], node_id: str
+                    ) -> frozenset[bytes]:
+    return await probe.keys_of(docs[node_id]["node"]["onion_address"])
+
+
+async def run_profile(network: TorNetwork, probe: HsdirProbe, clients: list[TorClient],
+                      base: Path, name: str, settings: dict[str, Any] | None) -> ProfileResult:
+    res = ProfileResult(name)
+    cluster = NodeCluster(network, base / name, 3, settings=settings)
+    try:
+        cluster.create()
+        cluster.start()
+        docs = await cluster.wait_until(lambda d: _ready(cluster, d), 300.0, "cluster ready")
+        master = cluster.master_address
+
+        # (a) standby killed.
+        pub = next(iter(cluster.publishers(docs)))
+        victim = max(set(cluster.nodes) - {pub})
+        dead = await node_keys(probe, docs, victim)
+        holders = await holders_of(probe, master, dead)
+        started = now()
+        cluster.nodes[victim].kill(signal.SIGKILL)
+        res.standby_drop, _ = await probe.wait_drop(master, dead, holders, started, 600.0)
+        print(f"[{name}] (a) standby {victim} killed: dropped from all {len(holders)} "
+              f"HSDirs after {fmt(res.standby_drop)}", flush=True)
+        await restart_and_heal(cluster, victim)
+
+        # (b) publisher killed.
+        docs = await cluster.wait_until(lambda d: _ready(cluster, d), 120.0, "healthy")
+        pub = next(iter(cluster.publishers(docs)))
+        dead = await node_keys(probe, docs, pub)
+        holders = await holders_of(probe, master, dead)
+        started = now()
+        cluster.nodes[pub].kill(signal.SIGKILL)
+        docs = await cluster.wait_until(
+            lambda d: bool(cluster.publishers(d) - {pub}), 300.0, "takeover")
+        res.takeover = now() - started
+        res.publisher_drop, _ = await probe.wait_drop(master, dead, holders, started, 600.0)
+        new = next(iter(cluster.publishers(docs) - {pub}))
+        print(f"[{name}] (b) publisher {pub} killed: {new} took over after "
+              f"{fmt(res.takeover)}, its descriptor on all {len(holders)} HSDirs after "
+              f"{fmt(res.publisher_drop)}", flush=True)
+        await restart_and_heal(cluster, pub)
+
+        # (c) GETs while nodes are killed and restarted one at a time.
+        done = asyncio.Event()
+        tallies: list[dict[str, int]] = [{} for _ in clients]
+        loops = [asyncio.create_task(get_loop(c, master, done, t))
+                 for c, t in zip(clients, tallies, strict=True)]
+        try:
+            for node_id in sorted(cluster.nodes):
+                cluster.nodes[node_id].kill(signal.SIGKILL)
+                await asyncio.sleep(OUTAGE)  # the outage itself, not a readiness wait
+                await restart_and_heal(cluster, node_id)
+        finally:
+            done.set()
+            await asyncio.gather(*loops, return_exceptions=True)
+        for tally in tallies:
+            for key, count in tally.items():
+                res.gets_total += count
+                if key == "ok":
+                    res.gets_ok += count
+                else:
+                    res.get_errors[key] = res.get_errors.get(key, 0) + count
+        print(f"[{name}] (c) GETs while killing/restarting each node: {res.gets_ok}/"
+              f"{res.gets_total} ok {res.get_errors or ''}", flush=True)
+    finally:
+        cluster.stop()
+    return res
+
+
+async def get_loop(client: TorClient, master: str, done: asyncio.Event,
+                   tally: dict[str, int]) -> None:
+    """GET with fresh circuits (NEWNYM before each), no retry; count outcomes."""
+    while not done.is_set():
+        await client.anewnym()
+        try:
+            response = await client.ahttp_get(master, "/", timeout=30.0)
+            key = "ok" if response.status == 200 else f"http {response.status}"
+        except SocksError as exc:
+            key = f"socks 0x{exc.code:02X}" if getattr(exc, "code", None) else "error"
+        tally[key] = tally.get(key, 0) + 1
+
+
+def fmt(value: float | None, cap: float | None = None) -> str:
+    if value is None:
+        return f">= {cap:.0f} s (cap)" if cap else "not reached"
+    return f"{value:.1f} s"
+
+
+# ----------------------------------------------------------------------------- main
+
+
+async def run(args: argparse.Namespace, network: TorNetwork, base: Path) -> dict[str, Any]:
+    probe_client = await network.aadd_client("probe")
+    clients = [await network.aadd_client(f"getter{i}") for i in range(2)]
+    controller = await TorController.connect(port=probe_client.control_port)
+    length = period_length_minutes(await fetch_consensus(controller))
+    probe = HsdirProbe(controller, network.hsdir_fingerprints(), length)
+    ob = ObResult()
+    killed = asyncio.Event()
+    ob_task = asyncio.create_task(measure_onionbalance(network, probe, base / "ob", args.ob_cap,
+                                                       killed, ob))
+    profiles: list[ProfileResult] = []
+    dep = None
+    try:
+        await killed.wait()  # start our runs once Onionbalance's wait is under way
+        for name, settings in (("default", None), ("fast", FAST_PROFILE)):
+            if name in args.profiles:
+                profiles.append(await run_profile(network, probe, clients, base, name,
+                                                  settings))
+        dep = await ob_task
+    finally:
+        ob_task.cancel()
+        with contextlib.suppress(BaseException):
+            dep = dep or await ob_task
+        stop_onionbalance(dep)
+        await controller.close()
+    return {"onionbalance": ob, "profiles": profiles}
+
+
+def report(results: dict[str, Any]) -> None:
+    ob: ObResult = results["onionbalance"]
+    print()
+    print("=== failover (private Tor network, 10 HSDirs, 8-minute time periods) ===")
+    if ob.error:
+        print(f"onionbalance 0.2.4: measurement failed: {ob.error}")
+    print(f"onionbalance 0.2.4 (a) backend killed -> dropped on all HSDirs: "
+          f"{fmt(ob.drop, ob.cap)}")
+    for res in results["profiles"]:
+        share = 100.0 * res.gets_ok / res.gets_total if res.gets_total else 0.0
+        print(f"onionmesh {res.name:<7} (a) standby killed -> dropped on all HSDirs: "
+              f"{fmt(res.standby_drop)}")
+        print(f"onionmesh {res.name:<7} (b) publisher killed -> takeover {fmt(res.takeover)}, "
+              f"new descriptor on all HSDirs {fmt(res.publisher_drop)}")
+        print(f"onionmesh {res.name:<7} (c) GETs ok while nodes die one at a time: "
+              f"{res.gets_ok}/{res.gets_total} ({share:.1f} %) {res.get_errors or ''}")
+        if res.standby_drop:
+            ob_time = ob.drop if ob.drop is not None else ob.cap
+            bound = "" if ob.drop is not None else ">= "
+            print(f"ratio (a) onionbalance / onionmesh {res.name}: "
+                  f"{bound}{ob_time / res.standby_drop:.1f}x")
+    print(json.dumps({
+        "onionbalance_drop_s": ob.drop, "onionbalance_cap_s": ob.cap,
+        "profiles": {r.name: {"standby_drop_s": r.standby_drop, "takeover_s": r.takeover,
+                              "publisher_drop_s": r.publisher_drop, "gets_ok": r.gets_ok,
+                              "gets_total": r.gets_total, "get_errors": r.get_errors}
+                     for r in results["profiles"]},
+    }))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ob-cap", type=float, default=900.0,
+                        help="cap of the Onionbalance wait in seconds (default 900)")
+    parser.add_argument("--profiles", nargs="+", default=["default", "fast"],
+                        choices=["default", "fast"])
+    parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    base = (args.dir or Path(tempfile.mkdtemp(prefix="omfo-"))).absolute()
+    # No supervision: a SIGKILLed Onionbalance backend must stay dead.
+    network = TorNetwork(base / "tornet", N_AUTHORITIES, supervise=False)
+    print(f"private network: {N_AUTHORITIES} authorities, files in {base}", flush=True)
+    try:
+        network.start()
+        results = asyncio.run(run(args, network, base))
+    finally:
+        network.stop()
+    report(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Shared steps of the cluster tests: health, timing bounds, descriptors seen by a client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from onionmesh.demo import NodeCluster
+from onionmesh.descriptor.parse import parse_descriptor
+from onionmesh.hsdir.timeperiod import period_length_minutes
+from onionmesh.publish.publisher import fetch_consensus
+from onionmesh.testnet import SocksError, TorClient
+from onionmesh.tor.control import TorController
+from onionmesh.tor.intro_points import fetch_descriptor
+
+Docs = dict[str, dict[str, Any]]
+
+
+def config_value(cluster: NodeCluster, section: str, key: str) -> float:
+    from onionmesh.config import load_config
+
+    return float(load_config(cluster.nodes["n1"].config_path)[section][key])
+
+
+def removal_bound(cluster: NodeCluster) -> float:
+    """The configured bound for a dead node's intro points to leave the descriptor:
+    detection (dead_threshold heartbeats) + removal grace + one republish with uploads."""
+    heartbeat = config_value(cluster, "coordination", "heartbeat_interval")
+    dead = config_value(cluster, "resilience", "dead_threshold")
+    grace = config_value(cluster, "resilience", "removal_grace_period")
+    return dead * heartbeat + grace + 30.0  # 30 s: build + HSPOST + HSDir answers
+
+
+def takeover_bound(cluster: NodeCluster) -> float:
+    """lease + grace (when a standby may claim) + a margin for the publish itself."""
+    lease = config_value(cluster, "coordination", "lease_duration")
+    grace = config_value(cluster, "coordination", "lease_grace")
+    return lease + grace + 5.0
+
+
+def publisher_of(docs: Docs) -> str | None:
+    pubs = [nid for nid, d in docs.items() if d.get("cluster", {}).get("role") == "publisher"]
+    return pubs[0] if len(pubs) == 1 else None
+
+
+def plan_nodes(doc: dict[str, Any]) -> set[str]:
+    """Nodes whose intro points the publisher's plan carries."""
+    return {nid for nid, n in (doc.get("plan") or {}).get("per_node", {}).items() if n}
+
+
+def healthy(cluster: NodeCluster, docs: Docs) -> bool:
+    """All nodes answer, agree on one publisher, which publishes every node's intro points
+    and has had its descriptor accepted."""
+    if set(docs) != set(cluster.nodes):
+        return False
+    pub = publisher_of(docs)
+    if pub is None:
+        return False
+    if any(d.get("cluster", {}).get("publisher") != pub for d in docs.values()):
+        return False
+    return plan_nodes(docs[pub]) == set(cluster.nodes) and docs[pub].get("descriptor_age") \
+        is not None
+
+
+async def wait_healthy(cluster: NodeCluster, timeout: float = 120.0) -> Docs:
+    for node in cluster.nodes.values():
+        if not node.running():
+            node.start()
+    return await cluster.wait_until(lambda d: healthy(cluster, d), timeout, "healthy cluster")
+
+
+def uploads_after(doc: dict[str, Any], since: float) -> tuple[int, int]:
+    """(accepted, failed) HSDir results recorded after the wall-clock time ``since``."""
+    ups = (doc.get("uploads") or {}).values()
+    ok = sum(1 for u in ups if u["result"] == "uploaded" and u["at"] > since)
+    bad = sum(1 for u in ups if u["result"] == "failed" and u["at"] > since)
+    return ok, bad
+
+
+async def served_intro_keys(client: TorClient, master: str) -> set[bytes]:
+    """HSFETCH ``master`` through ``client`` and return the verified descriptor's intro keys."""
+    controller = await TorController.connect(port=client.control_port)
+    try:
+        length = period_length_minutes(await fetch_consensus(controller))
+        text = await fetch_descriptor(controller, master, timeout=30.0)
+    finally:
+        await controller.close()
+    desc = parse_descriptor(text, master, period_length=length)
+    return {ip.auth_key for ip in desc.intro_points}
+
+
+@dataclass
+class GetLog:
+    """Outcome of GETs made while something happens to the cluster."""
+
+    answered: list[str] = field(default_factory=list)
+    first_try_failures: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+
+async def get_master(client: TorClient, master: str, log: GetLog) -> None:
+    """One GET (one retry after a NEWNYM if the first try fails), recorded in ``log``."""
+    try:
+        response = await client.ahttp_get(master, "/", timeout=30.0)
+    except SocksError as exc:
+        log.first_try_failures.append(str(exc))
+        try:
+            response = await client.ahttp_get(master, "/", timeout=30.0, retry_for=25.0)
+        except SocksError as exc2:
+            log.failures.append(str(exc2))
+            return
+    assert response.status == 200
+    log.answered.append(response.text.strip())
+
+
+async def gets_until(client: TorClient, master: str, done: asyncio.Event, log: GetLog,
+                     limit: float) -> None:
+    """GET the master (new circuits each time) until ``done`` is set or ``limit`` s passed."""
+    end = time.monotonic() + limit
+    while not done.is_set() and time.monotonic() < end:
+        await get_master(client, master, log)
+        await client.anewnym()  # waits out tor's 10 s NEWNYM spacing
+
+
+async def node_intro_keys(client: TorClient, node_address: str) -> set[bytes]:
+    """The intro keys of a node's own descriptor as a client fetches it now."""
+    controller = await TorController.connect(port=client.control_port)
+    try:
+        length = period_length_minutes(await fetch_consensus(controller))
+        text = await fetch_descriptor(controller, node_address, timeout=30.0)
+    finally:
+        await controller.close()
+    desc = parse_descriptor(text, node_address, period_length=length)
+    return {ip.auth_key for ip in desc.intro_points}
