@@ -188,3 +188,45 @@ async def test_two_drivers_find_each_other_and_one_publishes_then_releases():
     await until(lambda: drivers[1].core.is_publisher, "takeover by b")
     await drivers[1].shutdown()
 
+
+
+def _feed_with_sets(uploaded: dict[str, float] | None):
+    from onionmesh.descriptor.layers import b64_nopad
+    from onionmesh.node.intro_feed import IntroFeed
+    from onionmesh.tor.intro_points import IntroSet
+
+    node = Ed25519Identity.generate().onion_address
+    shared: list[dict] = []
+    feed = IntroFeed(object(), node, shared.append, uploaded=uploaded)  # type: ignore[arg-type]
+    feed.periods = (10, 11)
+    own_point, old_point, new_point = _intro_point(1), _intro_point(2), _intro_point(3)
+    addr = node.removesuffix(".onion")
+    feed.own.sets.update(IntroSet(addr, 10, b"k" * 32, 5, (own_point,), "own", 100.0))
+    # A fetched descriptor for period 11 received at t=50, before this tor uploaded at t=60.
+    feed.fetched.sets.update(IntroSet(addr, 11, b"m" * 32, 3, (old_point,), "hsfetch", 50.0))
+    return feed, shared, b64_nopad(b"m" * 32), own_point, new_point, addr
+
+
+def test_a_fetched_descriptor_counts_only_after_this_tors_upload():
+    from onionmesh.tor.intro_points import IntroSet
+
+    uploaded: dict[str, float] = {}
+    feed, shared, blinded_id, own_point, new_point, addr = _feed_with_sets(uploaded)
+    own = encode_intro_point(own_point)
+    # No upload seen yet: the fetched set may be an earlier tor's, so period 11 takes
+    # the node's own current set.
+    assert feed.current_sets() == {10: (own,), 11: (own,)}
+    uploaded[blinded_id] = 60.0
+    assert feed.current_sets()[11] == (own,)  # fetched at 50, before the upload at 60
+    feed.fetched.sets.update(IntroSet(addr, 11, b"m" * 32, 4, (new_point,), "hsfetch", 70.0))
+    assert feed.current_sets() == {10: (own,), 11: (encode_intro_point(new_point),)}
+    feed._share()
+    feed._share()  # unchanged sets are shared once
+    assert len(shared) == 1
+
+
+def test_an_existing_tor_uses_fetched_descriptors_as_they_come():
+    feed, _, _, own_point, _, _ = _feed_with_sets(None)
+    sets = feed.current_sets()
+    assert sets[10] == (encode_intro_point(own_point),)
+    assert sets[11] != sets[10]

@@ -291,7 +291,10 @@ class NodeDaemon:
                 RetryPolicy(max_retries=config.hsdir_max_retries),
             )
         self.feed = IntroFeed(controller, self.tor.node_address, self._on_local_sets,
-                              poll_interval=config["service"]["intro_poll_interval"])
+                              poll_interval=config["service"]["intro_poll_interval"],
+                              uploaded=self.tor.uploaded)
+        # (The feed judges tor's own descriptors by the system clock tor made them with,
+        # not by the ONIONMESH_CLOCK_OFFSET test clock.)
         self.feed.note_consensus(consensus)
         await self.feed.start()
         self._watch(self.driver.task, "mesh timer loop")

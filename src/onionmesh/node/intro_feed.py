@@ -8,7 +8,10 @@ Two readers of the node's descriptors (``NodeIntroWatcher``):
   is when tor has rotated its intro points, so the cluster hears about a
   rotation within one control-port round trip (the design's scenario 2);
 * *fetched*: ``HSFETCH`` of the node address, slower, which over time also
-  returns the node's *other* descriptor (tor shows only its current one).
+  returns the node's *other* descriptor (tor shows only its current one). A
+  fetched descriptor of a managed tor counts only after this run's tor has
+  uploaded one with that blinded key: until then HSDirs may serve an earlier
+  tor's descriptor, whose intro points died with it.
 
 Per time period of the master's two descriptors the node shares its set for
 exactly that period, or else its newest non-empty set.
@@ -19,8 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 
+from onionmesh.descriptor.layers import b64_nopad
 from onionmesh.errors import OnionmeshError
 from onionmesh.hsdir.consensus import Consensus
 from onionmesh.hsdir.timeperiod import descriptor_periods, period_length_minutes
@@ -46,6 +51,8 @@ class IntroFeed:
         on_sets: Callable[[IntroSets], None],
         *,
         poll_interval: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        uploaded: dict[str, float] | None = None,
     ) -> None:
         self.controller = controller
         self.node_address = node_address.removesuffix(".onion")
@@ -54,15 +61,19 @@ class IntroFeed:
         self.period_length = 1440
         self.periods: tuple[int, ...] = ()
         self.own = NodeIntroWatcher(
-            self.node_address, period_length=lambda: self.period_length, own=controller
+            self.node_address, period_length=lambda: self.period_length, own=controller,
+            clock=clock,
         )
         self.fetched = NodeIntroWatcher(
             self.node_address, period_length=lambda: self.period_length, fetcher=controller,
-            fetch_timeout=20.0,
+            fetch_timeout=20.0, clock=clock,
         )
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.last_shared: dict[int, tuple[bytes, ...]] = {}
+        # blinded key (base64, as in HS_DESC) -> when this run's tor first uploaded it;
+        # None: no filter (an existing tor that did not restart with us)
+        self.uploaded = uploaded
 
     def note_consensus(self, consensus: Consensus) -> None:
         """New consensus: period length and the master's two descriptor periods."""
@@ -103,16 +114,28 @@ class IntroFeed:
         result: dict[int, tuple[bytes, ...]] = {}
         for period in periods:
             chosen: IntroSet | None = None
-            for candidate in (self.own.sets.for_period(period),
-                              self.fetched.sets.for_period(period),
-                              self.own.sets.best_for(period),
-                              self.fetched.sets.best_for(period)):
+            fetched = self._fresh(self.fetched.sets.for_period(period))
+            for candidate in (self.own.sets.for_period(period), fetched,
+                              self.own.sets.best_for(period)):
                 if candidate is not None and candidate.intro_points:
                     chosen = candidate
                     break
             if chosen is not None:
                 result[period] = tuple(encode_intro_point(ip) for ip in chosen.intro_points[:20])
         return result
+
+    def _fresh(self, fetched: IntroSet | None) -> IntroSet | None:
+        """A fetched set counts only once this run's tor has uploaded that descriptor.
+
+        Until then the HSDirs may still serve a descriptor of an earlier tor of this
+        node (a restart), whose intro points are gone.
+        """
+        if fetched is None or self.uploaded is None:
+            return fetched
+        uploaded_at = self.uploaded.get(b64_nopad(fetched.blinded_key))
+        if uploaded_at is None or fetched.received_at < uploaded_at:
+            return None
+        return fetched
 
     def _share(self) -> None:
         sets = self.current_sets()

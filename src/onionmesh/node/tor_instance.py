@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from onionmesh.config import Config
@@ -38,7 +39,9 @@ from onionmesh.node.errors import NodeConfigError, TorUnusable
 from onionmesh.node.keyfiles import service_dir, state_dir
 from onionmesh.tor import torrc as torrc_gen
 from onionmesh.tor.control import TorController
-from onionmesh.tor.control_protocol import ControlError
+from onionmesh.tor.control_connection import EventSubscription
+from onionmesh.tor.control_protocol import ControlError, parse_hs_desc_event
+from onionmesh.tor.intro_points import enable_events
 from onionmesh.tor.process import (
     TorProcess,
     TorProcessError,
@@ -95,8 +98,10 @@ async def fetch_consensus_header(controller: TorController) -> Consensus:
 class NodeTor:
     """The node's tor and a reconnecting control connection to it."""
 
-    def __init__(self, config: Config, node_key: Ed25519Identity) -> None:
+    def __init__(self, config: Config, node_key: Ed25519Identity,
+                 now: Callable[[], float] = time.time) -> None:
         self.config = config
+        self.now = now
         self.node_key = node_key
         self.managed = bool(config["tor"]["managed"])
         self.data_dir = state_dir(config) / "tor"
@@ -105,6 +110,11 @@ class NodeTor:
         self.process: TorProcess | None = None
         self.controller: TorController | None = None
         self.node_address = ""  # 56 base32 characters, no ".onion"
+        # Managed tor only: blinded key (base64) -> when this run's tor first uploaded a
+        # node descriptor for it (watched from the first control connection on). None for
+        # an existing tor, whose uploads happened before we came.
+        self.uploaded: dict[str, float] | None = None
+        self._upload_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -115,13 +125,38 @@ class NodeTor:
         if self.managed:
             self._prepare_managed()
             self.controller = await self._connect_managed(deadline)
+            await self._watch_uploads(self.controller)
         else:
             self.node_address = self._read_unmanaged_address()
             self.controller = await self._connect_existing(timeout)
         await self._wait_bootstrapped(deadline)
         return self.controller
 
+    async def _watch_uploads(self, controller: TorController) -> None:
+        self.uploaded = {}
+        subscription = controller.subscribe("HS_DESC")  # before SETEVENTS: nothing missed
+        await enable_events(controller, "HS_DESC")
+        self._upload_task = asyncio.create_task(self._collect_uploads(subscription),
+                                                name="node-uploads")
+
+    async def _collect_uploads(self, subscription: EventSubscription) -> None:
+        assert self.uploaded is not None and self.controller is not None
+        while True:
+            async for event in subscription:
+                with contextlib.suppress(ControlError):
+                    parsed = parse_hs_desc_event(event)
+                    if (parsed.action == "UPLOADED" and parsed.address == self.node_address
+                            and parsed.descriptor_id):
+                        self.uploaded.setdefault(parsed.descriptor_id, self.now())
+            await asyncio.sleep(1.0)  # subscription ended (tor reconnecting): resubscribe
+            subscription = self.controller.subscribe("HS_DESC")
+
     async def stop(self) -> None:
+        if self._upload_task is not None:
+            self._upload_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._upload_task
+            self._upload_task = None
         if self.controller is not None:
             with contextlib.suppress(Exception):
                 await self.controller.close()
