@@ -236,3 +236,34 @@ def test_existing_tor_with_its_own_node_service_publishes(
         assert service.is_running()  # onionmesh never stops a tor it does not manage
     finally:
         service.stop()
+
+
+def test_restart_after_sigkill_is_stateless_and_publishes_again(tmp_path: Path, tornet, backend):
+    """Scenario 4: killed hard, restarted from config and keys alone; its old tor is gone."""
+    _, port = backend
+    setup = _node_dir(tmp_path, tornet, port)
+    first = Node(setup.files.config, tmp_path / "first.log")
+    try:
+        doc = first.wait_for(
+            "the first publish",
+            lambda: (s := first.status()) and s.get("descriptor_age") is not None and s, 240,
+        )
+        old_tor = doc["node"]["tor_pid"]
+        first.proc.kill()  # SIGKILL: no lease release, no cleanup
+        first.proc.wait(10)
+    finally:
+        first.stop()
+    second = Node(setup.files.config, tmp_path / "second.log")
+    try:
+        doc = second.wait_for(
+            "a publish by the restarted node",
+            lambda: (s := second.status()) and s["node"]["pid"] == second.proc.pid
+            and s.get("descriptor_age") is not None and s, 240,
+        )
+        assert doc["cluster"]["role"] == "publisher"
+        assert doc["node"]["tor_pid"] != old_tor
+        assert not pid_alive(old_tor)  # stopped by tor itself or by the new daemon
+        assert "Became publisher for term 1" in second.text()
+    finally:
+        second.stop()
+    assert second.proc.returncode == 0
