@@ -34,8 +34,12 @@ def _tor_pid(root: Path) -> int | None:
         return None
 
 
-def test_sigterm_while_tor_bootstraps_exits_at_once_and_stops_tor(tmp_path: Path):
-    setup = make_cluster(tmp_path / "n1", tor_options=OFFLINE)
+@pytest.mark.parametrize("depth", [0, 6], ids=["short", "deep state dir"])
+def test_sigterm_while_tor_bootstraps_exits_at_once_and_stops_tor(tmp_path: Path, depth: int):
+    # A deep state directory is too long for unix socket paths: the sockets move to a
+    # private short directory and `onionmesh status` still finds them.
+    root = tmp_path.joinpath(*(["a-rather-long-directory-name"] * depth), "n1")
+    setup = make_cluster(root, tor_options=OFFLINE)
     log = tmp_path / "n1.log"
     with open(log, "wb") as handle:
         proc = subprocess.Popen([PYTHON, "-m", "onionmesh.cli", "run", "-c",
@@ -57,6 +61,9 @@ def test_sigterm_while_tor_bootstraps_exits_at_once_and_stops_tor(tmp_path: Path
             assert "cluster" not in doc  # no mesh before tor is ready
             tor_pid = _tor_pid(setup.files.root)
             assert tor_pid is not None and pid_alive(tor_pid)
+            shown = onionmesh("status", "--json", "-c", str(setup.files.config))
+            assert shown.returncode == 0, shown.stderr
+            assert '"state": "starting"' in shown.stdout
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0
         finally:
@@ -77,3 +84,10 @@ def test_a_tor_that_never_bootstraps_is_fatal(tmp_path: Path):
     assert "tor did not bootstrap within 5 s" in done.stderr
     tor_pid = _tor_pid(setup.files.root)
     assert tor_pid is None or not pid_alive(tor_pid)
+
+
+def test_status_without_a_running_node_says_so(tmp_path: Path):
+    setup = make_cluster(tmp_path / "n1")
+    done = onionmesh("status", "-c", str(setup.files.config))
+    assert done.returncode == 1
+    assert "is `onionmesh run` running?" in done.stderr

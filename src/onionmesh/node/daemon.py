@@ -63,7 +63,7 @@ from onionmesh.node.errors import (
     TransportFailed,
 )
 from onionmesh.node.intro_feed import IntroFeed
-from onionmesh.node.keyfiles import status_socket_path
+from onionmesh.node.keyfiles import ensure_private_dir, status_socket_path
 from onionmesh.node.logsetup import set_level
 from onionmesh.node.mesh_driver import MeshDriver
 from onionmesh.node.publishing import PublisherControl
@@ -82,7 +82,7 @@ CLOCK_OFFSET_ENV = "ONIONMESH_CLOCK_OFFSET"
 CONSENSUS_POLL = 30.0  # seconds between consensus reads (clock re-check, periods)
 # Settings that a SIGHUP applies live; every other change needs a restart.
 _LIVE = {("logging", "level"), ("alerts", "command"), ("alerts", "webhook"),
-         ("coordination", "peers"), ("coordination", "peer_keys")}
+         ("coordination", "peers")}
 
 
 def clock_from_env(environ: Mapping[str, str] = os.environ) -> Clock:
@@ -217,6 +217,9 @@ class NodeDaemon:
         except ConfigError as exc:
             log.error("fatal: %s", exc)
             code = EXIT_CONFIG
+        except Exception:  # a bug: say so and exit non-zero, never 0
+            log.exception("fatal: unexpected error")
+            code = EXIT_FAILURE
         finally:
             stopping.cancel()
             await self.shutdown()
@@ -256,8 +259,15 @@ class NodeDaemon:
         # 2. Clock against the kernel's NTP status (quick refusal before tor starts).
         self._startup_clock_check("before tor")
         # Status socket early: `onionmesh status` answers while tor bootstraps.
-        self.status_server = StatusServer(status_socket_path(config), self.snapshot)
-        await self.status_server.start()
+        status_path = status_socket_path(config)
+        try:
+            ensure_private_dir(status_path.parent)
+            self.status_server = StatusServer(status_path, self.snapshot)
+            await self.status_server.start()
+        except OSError as exc:
+            raise NodeConfigError(
+                f"cannot serve the status socket {status_path}: {exc.strerror}"
+            ) from None
         self._serve_metrics()
         # 3. tor.
         self.tor = NodeTor(config, keys.node)

@@ -17,8 +17,10 @@ leaked once cannot be un-leaked, so the operator is told to fix the mode.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 from onionmesh.config import Config
@@ -48,8 +50,28 @@ def service_dir(config: Config) -> Path:
     return Path(config["service"]["key_dir"] or state_dir(config) / "service")
 
 
+_MAX_UNIX_PATH = 100  # sun_path holds 108 bytes on Linux; keep a margin
+
+
+def unix_socket_path(config: Config, name: str) -> Path:
+    """``<state_dir>/<name>``, or a private short directory when that is too long for
+    a unix socket (deep state directories, test temp paths)."""
+    path = state_dir(config) / name
+    if len(str(path)) <= _MAX_UNIX_PATH:
+        return path
+    digest = hashlib.sha256(str(state_dir(config).resolve()).encode()).hexdigest()[:16]
+    short = Path(tempfile.gettempdir()) / f"onionmesh-{digest}"
+    return short / name
+
+
+def ensure_private_dir(directory: Path) -> None:
+    """Create ``directory`` with mode 0700 (tor insists on it for control sockets)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+
+
 def status_socket_path(config: Config) -> Path:
-    return state_dir(config) / "status.sock"
+    return unix_socket_path(config, "status.sock")
 
 
 def check_private_mode(path: Path, check: str) -> None:

@@ -36,7 +36,12 @@ from onionmesh.crypto.keys import (
 from onionmesh.errors import OnionmeshError
 from onionmesh.hsdir.consensus import Consensus, parse_consensus
 from onionmesh.node.errors import NodeConfigError, TorUnusable
-from onionmesh.node.keyfiles import service_dir, state_dir
+from onionmesh.node.keyfiles import (
+    ensure_private_dir,
+    service_dir,
+    state_dir,
+    unix_socket_path,
+)
 from onionmesh.tor import torrc as torrc_gen
 from onionmesh.tor.control import TorController
 from onionmesh.tor.control_connection import EventSubscription
@@ -52,7 +57,6 @@ from onionmesh.tor.process import (
 
 log = logging.getLogger(__name__)
 
-_MAX_UNIX_PATH = 100  # sun_path is 108 bytes on Linux; keep a margin
 _CONSENSUS_KEY = "dir/status-vote/current/consensus-microdesc"
 
 
@@ -106,7 +110,7 @@ class NodeTor:
         self.managed = bool(config["tor"]["managed"])
         self.data_dir = state_dir(config) / "tor"
         self.hs_dir = service_dir(config)
-        self.control_socket = self.data_dir / "control.sock"
+        self.control_socket = unix_socket_path(config, "tor-control.sock")
         self.process: TorProcess | None = None
         self.controller: TorController | None = None
         self.node_address = ""  # 56 base32 characters, no ".onion"
@@ -168,14 +172,11 @@ class NodeTor:
     # -- managed tor --------------------------------------------------------------------
 
     def _prepare_managed(self) -> None:
-        if len(str(self.control_socket)) > _MAX_UNIX_PATH:
-            raise NodeConfigError(
-                f"[node] state_dir {state_dir(self.config)} is too long for tor's control "
-                f"socket path ({len(str(self.control_socket))} > {_MAX_UNIX_PATH} bytes)"
-            )
         for directory in (state_dir(self.config), self.data_dir):
             directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)  # tor refuses a DataDirectory others can read
+        # tor wants the control socket's directory private too.
+        ensure_private_dir(self.control_socket.parent)
         if not (self.hs_dir / SECRET_KEY_FILE).exists():
             try:
                 save_hidden_service_dir(self.node_key, self.hs_dir)
