@@ -60,6 +60,8 @@ class InvariantChecker:
         self.guard: int | None = None
         # (publisher index, incarnation, peer id) -> simulated time its flap hold ends
         self.damped_until: dict[tuple[int, int, str], float] = {}
+        # Until when a publisher that yielded to a foreign descriptor may hold off.
+        self.hold_off_until = float("-inf")
         self.settled_checks = 0
         self.appearance_checks = 0
         self.removal_checks = 0
@@ -71,8 +73,14 @@ class InvariantChecker:
 
     @property
     def settled_at(self) -> float:
-        """When the current stable window starts to be checked."""
-        return self.stable_since + self.sim.bounds.settle
+        """When the current stable window starts to be checked.
+
+        A publisher that stepped down for a foreign descriptor holds off for
+        two lease periods (the core's rule); the cluster may then need the
+        usual takeover time after that.
+        """
+        b = self.sim.bounds
+        return max(self.stable_since + b.settle, self.hold_off_until + b.settle)
 
     @property
     def settled(self) -> bool:
@@ -108,6 +116,8 @@ class InvariantChecker:
                           f"publish (min_publish_interval={limit})")
             self.last_publish[key] = t
             self._check_plan(node, getattr(event, "plan", None))
+        elif name == "ConflictDetected" and getattr(event, "resolution", "") == "step_down":
+            self.hold_off_until = t + 2 * self.sim.timing.lease_duration
         elif name == "PeerDamped":
             # Flap damping is allowed to hold a bouncing peer's intro points back.
             hold = self.sim.to_sim(node, float(event.hold_until))

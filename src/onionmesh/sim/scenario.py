@@ -33,6 +33,7 @@ class SimParams:
     ips_per_period: tuple[int, int] = (1, 4)
     ip_size: int = 160
     periods: int = 2
+    hsdir: bool = True  # model the HSDirs so publishers see each other's descriptors
     keep_trace: bool = False
 
     def __post_init__(self) -> None:

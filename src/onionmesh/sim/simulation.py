@@ -18,6 +18,7 @@ from onionmesh.sim.adversary import KINDS, Adversary, Overheard
 from onionmesh.sim.clock import EventQueue
 from onionmesh.sim.coreapi import CoreFactory, CoreLike, NodeSpec, Timing, event_name, state_digest
 from onionmesh.sim.errors import InvariantViolation
+from onionmesh.sim.hsdir import HsdirModel
 from onionmesh.sim.invariants import InvariantChecker
 from onionmesh.sim.network import Network
 from onionmesh.sim.scenario import (
@@ -84,6 +85,7 @@ class Stats:
     rejected: dict[str, int] = field(default_factory=dict)
     injected: dict[str, int] = field(default_factory=dict)
     publishes: int = 0
+    foreign_reports: int = 0
     events: int = 0
     faults: int = 0
 
@@ -105,6 +107,7 @@ class Simulation:
         self.trace = Trace(keep=params.keep_trace)
         self.adversary = Adversary(self.rng)
         self.stats = Stats()
+        self.hsdir = HsdirModel()
         self.cluster_secret = self.rng.randbytes(32)
         self.nodes = [self._make_node(i) for i in range(params.nodes)]
         self.by_address = {n.spec.address: n for n in self.nodes}
@@ -158,6 +161,8 @@ class Simulation:
                 self._deliver(*item.data)
             elif item.kind == "intro":
                 self._give_intro_points(*item.data)
+            elif item.kind == "hsdir":
+                self._check_hsdir(*item.data)
             elif item.kind == "action":
                 self._act(item.data)
             else:
@@ -191,6 +196,10 @@ class Simulation:
             events = self._drain_events(node)
         for ev in events:
             self.checker.on_event(node, ev)
+            # A node beyond clock tolerance is not modelled as uploading: see
+            # docs/simulation.md ("HSDirs") for why.
+            if self.params.hsdir and not node.beyond and event_name(ev) == "PublishRequested":
+                self._upload(node, ev)
         for payload, addr in core.datagrams_to_send(self.local_now(node)):
             self._send(node, payload, addr)
         timer = core.get_timer()
@@ -201,6 +210,30 @@ class Simulation:
                 at = max(self.t, self.to_sim(node, timer))
                 self.queue.schedule(at, "timer", (node.index, node.incarnation, node.timer_token))
         return events
+
+    def _upload(self, node: SimNode, event: Any) -> None:
+        plan = event.plan
+        count = max((len(v) for v in plan.intro_points.values()), default=0)
+        up = self.hsdir.upload(node.index, node.incarnation, count, self.t)
+        self.trace.add(self.t, "upload", node.spec.node_id, f"revision {up.revision} ({count})")
+        # The shell fetches its descriptor back a moment later.
+        self.queue.schedule(self.t + self.timing.heartbeat_interval / 2, "hsdir",
+                            (node.index, node.incarnation))
+
+    def _check_hsdir(self, index: int, incarnation: int) -> None:
+        node = self.nodes[index]
+        if node.core is None or node.incarnation != incarnation or not node.core.is_publisher:
+            return
+        foreign = self.hsdir.foreign_for(index, incarnation)
+        if foreign is None:
+            return
+        self.stats.foreign_reports += 1
+        self.trace.add(self.t, "foreign", node.spec.node_id,
+                       f"revision {foreign.revision} ({foreign.intro_count})")
+        node.core.report_foreign_descriptor(
+            foreign.revision, foreign.intro_count, self.local_now(node)
+        )
+        self._pump(node)
 
     def _fire_timer(self, index: int, incarnation: int, token: int) -> None:
         node = self.nodes[index]
