@@ -179,3 +179,15 @@ def test_arbitrary_token_payloads_give_only_token_errors(data: bytes):
 
     with contextlib.suppress(TokenError):
         decode_token(TOKEN_PREFIX + base64.urlsafe_b64encode(data).decode())
+
+
+def test_join_reads_the_token_from_stdin(tmp_path: Path):
+    from .helpers import onionmesh
+
+    first = make_cluster(tmp_path / "n1")
+    token = make_token(load_config(first.files.config))
+    done = onionmesh("join", "-", "--dir", str(tmp_path / "n2"), "--node-id", "n2",
+                     "--listen", "127.0.0.1:7444", stdin=token + "\n")
+    assert done.returncode == 0, done.stderr
+    assert token not in done.stdout + done.stderr  # never echoed
+    assert load_config(tmp_path / "n2" / "onionmesh.toml").node_id == "n2"
