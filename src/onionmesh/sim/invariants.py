@@ -28,12 +28,15 @@ Once the network has been stable for ``Bounds.settle`` seconds:
   given until the end of its hold instead;
 - ``lease_stolen``: after that, until a fault other than a restart or kill of
   another node happens, the settled publisher keeps its role.
+
+Settling is postponed past the hold-off of a publisher that yielded to a
+foreign descriptor seen on the (modelled) HSDirs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from onionmesh.sim.coreapi import event_name
 from onionmesh.sim.errors import InvariantViolation
@@ -67,7 +70,7 @@ class InvariantChecker:
         self.removal_checks = 0
         self.injections_checked = 0
 
-    def fail(self, invariant: str, detail: str) -> None:
+    def fail(self, invariant: str, detail: str) -> NoReturn:
         """Raise the violation at the current simulated time."""
         raise InvariantViolation(invariant, self.sim.t, detail)
 
