@@ -230,3 +230,28 @@ def test_an_existing_tor_uses_fetched_descriptors_as_they_come():
     sets = feed.current_sets()
     assert sets[10] == (encode_intro_point(own_point),)
     assert sets[11] != sets[10]
+
+
+async def test_a_peer_added_at_runtime_is_discovered():
+    """What SIGHUP does for a new `[coordination] peers` entry."""
+    mesh = mesh_config(_config('[coordination]\nlisten = "127.0.0.1:1"\nheartbeat_interval = '
+                               "0.2\nlease_duration = 0.6\n"))
+    addrs = [f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}" for _ in range(2)]
+    events: list[Event] = []
+    drivers = []
+    for name, addr in zip("ab", addrs, strict=True):
+        identity = NodeIdentity(name, bytes([ord(name)]) * 32, 100, True, addr)
+        core = MeshCore(mesh, identity, b"s" * 32, [], Clock().now())
+        drivers.append(MeshDriver(core, Clock(), events.append if name == "a" else
+                                  (lambda e: None)))
+        await drivers[-1].start(addr)
+    try:
+        drivers[0].add_peer_address(addrs[1])
+        async with asyncio.timeout(20):
+            while "b" not in drivers[0].core.peers() or \
+                    drivers[0].core.peers()["b"].state != "alive":
+                await asyncio.sleep(0.05)  # poll period between real checks
+        assert drivers[0].core.peers()["b"].address == addrs[1]
+    finally:
+        for driver in drivers:
+            await driver.shutdown()
