@@ -182,9 +182,15 @@ def test_foreign_descriptor_with_more_intro_points_makes_us_step_down():
     assert isinstance(net.events["a"][-2], ConflictDetected)
     assert net.events["a"][-2].resolution == "step_down"
     t0 = net.now
-    net.run_until(t0 + 40)
-    # someone else publishes; a held off rather than re-claiming at once
-    assert len(net.publishers()) == 1 and net.publishers() != ["a"]
+    hold = 2 * CFG.lease_duration
+    net.run_until(t0 + hold - 0.5)
+    # the whole cluster yields to the foreign publisher for two lease periods...
+    assert net.publishers() == []
+    assert all(c.publisher_id is None for c in net.cores.values())
+    # ...then elects again as usual
+    net.run_until(t0 + hold + 10)
+    assert net.publishers() == ["a"]
+    assert all(t > t0 + hold - 0.5 for t in net.times("a", BecamePublisher)[1:])
 
 
 def test_foreign_descriptor_with_fewer_intro_points_starts_a_new_term():

@@ -490,7 +490,7 @@ class MeshCore:
         elif isinstance(body, LeaseClaim):
             self._on_publisher_signal(rec, body.term, body.priority, body.plan_count, now)
         elif isinstance(body, LeaseRelease):
-            self.election.on_release(sender, body.term, now)
+            self.election.on_release(sender, body.term, now, body.hold_off)
         elif isinstance(body, PeerList):
             self._on_peer_list(body, now)
         if recovered:
@@ -604,7 +604,7 @@ class MeshCore:
         self._scheduler.reset()
         self._plan = None
         self._events.append(SteppedDown(term, reason, new_publisher))
-        self._broadcast(LeaseRelease(term), now)
+        self._broadcast(LeaseRelease(term, min(3600, round(hold_off))), now)
 
     def _warm(self) -> bool:
         """A new publisher waits (at most one heartbeat) until it holds every live peer's set."""

@@ -27,8 +27,10 @@ Rules (each one exists because RustBalance's coordination lacked it):
   decides, so it converges and cannot flap.
 * A foreign descriptor reported by the publisher shell: if it carries more
   intro points than our plan, we step down (the other side sees more) and
-  hold off claiming for two lease periods; otherwise we keep publishing and
-  start a new term so the next upload supersedes it.
+  our release asks every node that hears it to hold off claiming for two
+  lease periods, so our side does not keep re-electing publishers that would
+  each hit the same conflict; otherwise we keep publishing and start a new
+  term so the next upload supersedes it.
 """
 
 from __future__ import annotations
@@ -144,9 +146,12 @@ class Election:
             self.leader = None
             self.released_at = now
 
-    def on_release(self, sender: str, term: int, now: float) -> None:
-        """A LeaseRelease from ``sender``."""
+    def on_release(self, sender: str, term: int, now: float, hold_off: float = 0.0) -> None:
+        """A LeaseRelease from ``sender``, optionally asking everyone to hold off claims."""
+        was_leader = self.leader is not None and self.leader.node_id == sender
         self.on_standby(sender, term, now)
+        if was_leader and self.leader is None and hold_off > 0:
+            self.hold_off_until = max(self.hold_off_until, now + hold_off)
 
     def leader_dead(self, node_id: str) -> None:
         """Membership declared the leader dead: its lease cannot be renewed any more.

@@ -81,6 +81,9 @@ class LeaseClaim(_Msg, tag=5):
 
 class LeaseRelease(_Msg, tag=6):
     term: U63
+    # Seconds nobody should claim (a publisher yielding to a foreign descriptor
+    # that sees more intro points); 0 for an ordinary release.
+    hold_off: Annotated[int, Meta(ge=0, le=3600)]
 
 
 class PeerInfo(_Msg):
