@@ -42,6 +42,7 @@ def test_init_writes_private_files_the_checks_accept(tmp_path: Path, capsys):
     assert main(["keys", "check", "-c", str(config_path)]) == 0
     config = load_config(config_path)
     assert config.node_id == "alpha"
+    assert config["resilience"]["require_ntp_sync"] is True  # the seed's default
     master = load_secret_key(tmp_path / "n1" / "master" / "hs_ed25519_secret_key")
     assert config["master"]["address"] == master.onion_address
     # The token names this node and carries the secret, never the master key.
@@ -61,7 +62,8 @@ def test_add_node_and_join_produce_a_second_node_the_checks_accept(tmp_path: Pat
     token = capsys.readouterr().out.strip()
     listen = f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}"
     assert main(["join", token, "--dir", str(tmp_path / "n2"), "--node-id", "n2",
-                 "--listen", listen, "--master-key", str(first.files.master_key)]) == 0
+                 "--listen", listen, "--master-key", str(first.files.master_key),
+                 "--no-ntp-check"]) == 0
     config_path = tmp_path / "n2" / "onionmesh.toml"
     assert main(["config", "check", "-c", str(config_path)]) == 0
     assert main(["keys", "check", "-c", str(config_path)]) == 0
@@ -77,6 +79,8 @@ def test_add_node_and_join_produce_a_second_node_the_checks_accept(tmp_path: Pat
     assert seed.address == first_config["coordination"]["listen"]
     assert seed.public_key == load_node_key(first_config).public_key
     assert load_node_key(second).public_key != seed.public_key
+    assert second["resilience"]["require_ntp_sync"] is False
+    assert first_config["resilience"]["require_ntp_sync"] is False  # the test profile
 
 
 def test_join_without_master_key_makes_a_node_that_never_publishes(tmp_path: Path):

@@ -41,6 +41,9 @@ def _node_args(parser: argparse.ArgumentParser) -> None:
                         help="extra torrc line for the managed tor (repeatable)")
     parser.add_argument("--service-port", action="append", default=[], metavar="MAPPING",
                         help="HiddenServicePort mapping, e.g. '80 127.0.0.1:8080' (repeatable)")
+    parser.add_argument("--no-ntp-check", action="store_true",
+                        help="write require_ntp_sync = false (hosts without an NTP daemon, "
+                             "such as containers; the consensus clock check still applies)")
 
 
 def add_node_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -119,12 +122,17 @@ def run_node_command(args: argparse.Namespace) -> int:
     return _fail(f"unknown command {args.command}", 2)
 
 
+def _settings(args: argparse.Namespace) -> dict[str, dict[str, object]] | None:
+    return {"resilience": {"require_ntp_sync": False}} if args.no_ntp_check else None
+
+
 def _init(args: argparse.Namespace) -> int:
     from onionmesh.node.cluster_setup import init_cluster
 
     result = init_cluster(
         args.dir, node_id=args.node_id, listen=args.listen, advertise=args.advertise,
         priority=args.priority, tor_options=args.tor_option, service_ports=args.service_port,
+        settings=_settings(args),
     )
     print(f"new cluster: master address {result.master_address}", file=sys.stderr)
     print(f"config: {result.files.config}", file=sys.stderr)
@@ -141,7 +149,7 @@ def _join(args: argparse.Namespace) -> int:
     result = join_cluster(
         token, args.dir, node_id=args.node_id, listen=args.listen, advertise=args.advertise,
         priority=args.priority, master_key=args.master_key, tor_options=args.tor_option,
-        service_ports=args.service_port,
+        service_ports=args.service_port, settings=_settings(args),
     )
     print(f"joined cluster of {result.master_address}", file=sys.stderr)
     print(f"config: {result.files.config}", file=sys.stderr)
