@@ -20,9 +20,9 @@ from onionmesh.node.cluster_setup import (
     join_cluster,
     make_token,
 )
-from onionmesh.node.daemon import peer_seeds
 from onionmesh.node.errors import KeyCheckError, SetupError, TokenError
 from onionmesh.node.keyfiles import load_cluster_secret, load_node_key
+from onionmesh.node.settings import peer_seeds
 
 from .helpers import free_port, make_cluster, tree_snapshot
 

@@ -18,7 +18,6 @@ from onionmesh.mesh.core import MeshCore
 from onionmesh.mesh.events import BecamePublisher, Event, PeerDiscovered, PublishRequested
 from onionmesh.mesh.identity import NodeIdentity, PeerSeed
 from onionmesh.mesh.plan import PublishPlan
-from onionmesh.node.daemon import advertise_address, check_runnable, mesh_config, peer_seeds
 from onionmesh.node.errors import NodeConfigError
 from onionmesh.node.mesh_driver import MeshDriver
 from onionmesh.node.publishing import (
@@ -27,6 +26,7 @@ from onionmesh.node.publishing import (
     decode_intro_point,
     encode_intro_point,
 )
+from onionmesh.node.settings import advertise_address, check_runnable, mesh_config, peer_seeds
 from onionmesh.node.snapshot import format_status
 from onionmesh.node.startup import ClockGuard
 from onionmesh.node.uploads_view import STREAK_ALERT, UploadsView

@@ -11,9 +11,9 @@ import pytest
 
 from onionmesh.clock import Clock, ClockVerdict
 from onionmesh.config import load_config
-from onionmesh.node.daemon import clock_from_env
 from onionmesh.node.errors import EXIT_TOR, ClockRefused, KeyCheckError, NodeConfigError
 from onionmesh.node.publishing import GuardedPublisher
+from onionmesh.node.settings import clock_from_env
 from onionmesh.node.startup import ClockGuard, check_keys
 
 from .helpers import make_cluster, onionmesh

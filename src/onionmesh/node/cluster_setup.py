@@ -303,7 +303,7 @@ def _write_config(path: Path, text: str) -> None:
 
 def make_token(config: Config) -> str:
     """``add-node``: a join token naming this node (from its config and keys) as the inviter."""
-    from onionmesh.node.daemon import advertise_address
+    from onionmesh.node.settings import advertise_address
 
     secret = load_cluster_secret(config)
     node = load_node_key(config)

@@ -182,7 +182,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    from onionmesh.node.daemon import check_runnable
+    from onionmesh.node.settings import check_runnable
 
     config = load_config(args.config)
     check_runnable(config)

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import math
 import os
 import signal
 import time
@@ -37,7 +35,6 @@ from onionmesh.alerts import Alert, AlertSink
 from onionmesh.clock import Clock, ClockVerdict
 from onionmesh.config import Config, ConfigError, load_config
 from onionmesh.errors import OnionmeshError
-from onionmesh.mesh.config import MeshConfig
 from onionmesh.mesh.core import MeshCore
 from onionmesh.mesh.events import (
     BecamePublisher,
@@ -50,7 +47,7 @@ from onionmesh.mesh.events import (
     PublishRequested,
     SteppedDown,
 )
-from onionmesh.mesh.identity import NodeIdentity, PeerSeed
+from onionmesh.mesh.identity import NodeIdentity
 from onionmesh.metrics import NodeMetrics
 from onionmesh.node.errors import (
     EXIT_CONFIG,
@@ -67,6 +64,14 @@ from onionmesh.node.keyfiles import ensure_private_dir, status_socket_path
 from onionmesh.node.logsetup import set_level
 from onionmesh.node.mesh_driver import MeshDriver
 from onionmesh.node.publishing import PublisherControl
+from onionmesh.node.settings import (
+    CLOCK_OFFSET_ENV,
+    advertise_address,
+    check_runnable,
+    clock_from_env,
+    mesh_config,
+    peer_seeds,
+)
 from onionmesh.node.snapshot import build_snapshot
 from onionmesh.node.startup import ClockGuard, KeyMaterial, check_keys
 from onionmesh.node.tor_instance import NodeTor
@@ -78,82 +83,10 @@ from onionmesh.transport.udp import TransportError
 
 log = logging.getLogger("onionmesh.node")
 
-CLOCK_OFFSET_ENV = "ONIONMESH_CLOCK_OFFSET"
 CONSENSUS_POLL = 30.0  # seconds between consensus reads (clock re-check, periods)
 # Settings that a SIGHUP applies live; every other change needs a restart.
 _LIVE = {("logging", "level"), ("alerts", "command"), ("alerts", "webhook"),
          ("coordination", "peers")}
-
-
-def clock_from_env(environ: Mapping[str, str] = os.environ) -> Clock:
-    """TESTING HOOK: ``ONIONMESH_CLOCK_OFFSET=<seconds>`` shifts this process's clock."""
-    text = environ.get(CLOCK_OFFSET_ENV)
-    if not text:
-        return Clock()
-    try:
-        offset = float(text)
-    except ValueError:
-        offset = math.nan
-    if not math.isfinite(offset):
-        raise NodeConfigError(f"{CLOCK_OFFSET_ENV} must be a number of seconds, got {text!r}")
-    return Clock(offset)
-
-
-def mesh_config(config: Config) -> MeshConfig:
-    coordination, resilience = config["coordination"], config["resilience"]
-    publishing = config["publishing"]
-    tiny = 1e-3  # MeshConfig wants every duration > 0; the config allows 0 for "none"
-    return MeshConfig(
-        heartbeat_interval=coordination["heartbeat_interval"],
-        dead_threshold=resilience["dead_threshold"],
-        removal_grace_period=max(tiny, resilience["removal_grace_period"]),
-        lease_duration=coordination["lease_duration"],
-        lease_grace=max(tiny, coordination["lease_grace"]),
-        min_publish_interval=max(tiny, publishing["min_publish_interval"]),
-        refresh_interval=publishing["refresh_interval"],
-        clock_skew_tolerance=coordination["clock_skew_tolerance"],
-    )
-
-
-def advertise_address(config: Config) -> str:
-    """Where peers reach this node: ``advertise``, else ``listen`` unless it is a wildcard."""
-    coordination = config["coordination"]
-    if coordination["advertise"]:
-        return str(coordination["advertise"])
-    listen = str(coordination["listen"])
-    host = listen.rpartition(":")[0].strip("[]")
-    with contextlib.suppress(ValueError):
-        if ipaddress.ip_address(host).is_unspecified:
-            raise NodeConfigError(
-                f"{config.path}: [coordination] advertise: required when listen is {listen} "
-                "(peers need this node's reachable address)"
-            )
-    return listen
-
-
-def peer_seeds(config: Config) -> list[PeerSeed]:
-    """``[coordination] peers`` (``[id@]host:port``) with keys pinned from ``peer_keys``."""
-    keys: Mapping[str, bytes] = config["coordination"]["peer_keys"]
-    seeds = []
-    for entry in config["coordination"]["peers"]:
-        node_id, sep, address = str(entry).rpartition("@")
-        if sep:
-            seeds.append(PeerSeed(node_id, address, keys.get(node_id)))
-        else:
-            seeds.append(PeerSeed(None, address))
-    return seeds
-
-
-def check_runnable(config: Config) -> None:
-    """Config rules that only matter for running a node (``config check`` runs them too)."""
-    advertise_address(config)
-    peer_seeds(config)
-    mesh_config(config)
-    if config["alerts"]["webhook"] is not None:
-        try:
-            AlertSink(config.node_id, webhook=config["alerts"]["webhook"])
-        except ValueError as exc:
-            raise NodeConfigError(f"{config.path}: [alerts] webhook: {exc}") from None
 
 
 class NodeDaemon:

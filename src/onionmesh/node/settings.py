@@ -1,0 +1,92 @@
+"""From a validated Config to what the daemon runs with: mesh timing, the advertised
+address, peer seeds, the test clock; ``check_runnable`` runs the rules that only
+matter for running a node (``config check`` runs them too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import math
+import os
+from collections.abc import Mapping
+
+from onionmesh.alerts import AlertSink
+from onionmesh.clock import Clock
+from onionmesh.config import Config
+from onionmesh.mesh.config import MeshConfig
+from onionmesh.mesh.identity import PeerSeed
+from onionmesh.node.errors import NodeConfigError
+
+CLOCK_OFFSET_ENV = "ONIONMESH_CLOCK_OFFSET"
+
+
+def clock_from_env(environ: Mapping[str, str] = os.environ) -> Clock:
+    """TESTING HOOK: ``ONIONMESH_CLOCK_OFFSET=<seconds>`` shifts this process's clock."""
+    text = environ.get(CLOCK_OFFSET_ENV)
+    if not text:
+        return Clock()
+    try:
+        offset = float(text)
+    except ValueError:
+        offset = math.nan
+    if not math.isfinite(offset):
+        raise NodeConfigError(f"{CLOCK_OFFSET_ENV} must be a number of seconds, got {text!r}")
+    return Clock(offset)
+
+
+def mesh_config(config: Config) -> MeshConfig:
+    coordination, resilience = config["coordination"], config["resilience"]
+    publishing = config["publishing"]
+    tiny = 1e-3  # MeshConfig wants every duration > 0; the config allows 0 for "none"
+    return MeshConfig(
+        heartbeat_interval=coordination["heartbeat_interval"],
+        dead_threshold=resilience["dead_threshold"],
+        removal_grace_period=max(tiny, resilience["removal_grace_period"]),
+        lease_duration=coordination["lease_duration"],
+        lease_grace=max(tiny, coordination["lease_grace"]),
+        min_publish_interval=max(tiny, publishing["min_publish_interval"]),
+        refresh_interval=publishing["refresh_interval"],
+        clock_skew_tolerance=coordination["clock_skew_tolerance"],
+    )
+
+
+def advertise_address(config: Config) -> str:
+    """Where peers reach this node: ``advertise``, else ``listen`` unless it is a wildcard."""
+    coordination = config["coordination"]
+    if coordination["advertise"]:
+        return str(coordination["advertise"])
+    listen = str(coordination["listen"])
+    host = listen.rpartition(":")[0].strip("[]")
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).is_unspecified:
+            raise NodeConfigError(
+                f"{config.path}: [coordination] advertise: required when listen is {listen} "
+                "(peers need this node's reachable address)"
+            )
+    return listen
+
+
+def peer_seeds(config: Config) -> list[PeerSeed]:
+    """``[coordination] peers`` (``[id@]host:port``) with keys pinned from ``peer_keys``."""
+    keys: Mapping[str, bytes] = config["coordination"]["peer_keys"]
+    seeds = []
+    for entry in config["coordination"]["peers"]:
+        node_id, sep, address = str(entry).rpartition("@")
+        if sep:
+            seeds.append(PeerSeed(node_id, address, keys.get(node_id)))
+        else:
+            seeds.append(PeerSeed(None, address))
+    return seeds
+
+
+def check_runnable(config: Config) -> None:
+    """Config rules that only matter for running a node (``config check`` runs them too)."""
+    advertise_address(config)
+    peer_seeds(config)
+    mesh_config(config)
+    if config["alerts"]["webhook"] is not None:
+        try:
+            AlertSink(config.node_id, webhook=config["alerts"]["webhook"])
+        except ValueError as exc:
+            raise NodeConfigError(f"{config.path}: [alerts] webhook: {exc}") from None
