@@ -255,3 +255,16 @@ async def test_a_peer_added_at_runtime_is_discovered():
     finally:
         for driver in drivers:
             await driver.shutdown()
+
+
+@pytest.mark.parametrize(("reason", "label"), [
+    ("takeover: lease of n1 expired", "takeover"),
+    ("membership change -n3 +n4", "membership_change"),
+    ("intro-point rotation", "intro_point_rotation"),
+    ("periodic refresh", "periodic_refresh"),
+    ("something new", "other"),
+])
+def test_publish_reasons_become_bounded_metric_labels(reason: str, label: str):
+    from onionmesh.node.daemon import publish_reason_label
+
+    assert publish_reason_label(reason) == label

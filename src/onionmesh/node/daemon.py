@@ -89,6 +89,18 @@ _LIVE = {("logging", "level"), ("alerts", "command"), ("alerts", "webhook"),
          ("coordination", "peers")}
 
 
+_REASON_LABELS = ("takeover", "conflict", "periodic refresh", "membership change",
+                  "intro-point rotation", "new term", "new plan")
+
+
+def publish_reason_label(reason: str) -> str:
+    """A bounded metrics label for a publish reason (the log keeps the full text)."""
+    for label in _REASON_LABELS:
+        if reason.startswith(label):
+            return label.replace(" ", "_").replace("-", "_")
+    return "other"
+
+
 class NodeDaemon:
     """One node: see the module docstring for the order of things."""
 
@@ -121,7 +133,6 @@ class NodeDaemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._alert_tasks: set[asyncio.Task[Any]] = set()
         self._clock_bad = False
-        self._was_publisher_term: int | None = None
 
     # ------------------------------------------------------------------ entry point
 
@@ -362,17 +373,15 @@ class NodeDaemon:
         elif isinstance(event, PeerRecovered):
             self._alert(Alert("node_recovered", event.node_id, event.message))
         elif isinstance(event, BecamePublisher):
-            self._was_publisher_term = event.term
             self._alert(Alert("takeover", self.config.node_id, event.message))
         elif isinstance(event, ConflictDetected):
             self._alert(Alert("conflict", event.other, event.message))
         elif isinstance(event, SteppedDown):
-            self._was_publisher_term = None
             if self.publisher_control is not None:
                 self._spawn(self.publisher_control.detach())
         elif isinstance(event, PublishRequested):
             counts = {p: len(v) for p, v in event.plan.intro_points.items()}
-            reason = event.reason.split(":")[0]
+            reason = publish_reason_label(event.reason)
             self.metrics.record_publish(reason, counts, self.clock.now())
             if self.publisher_control is not None:
                 self.publisher_control.request(event.plan)
