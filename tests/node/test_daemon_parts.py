@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from pathlib import Path
 
 import pytest
 from nacl.public import PrivateKey
@@ -268,3 +269,56 @@ def test_publish_reasons_become_bounded_metric_labels(reason: str, label: str):
     from onionmesh.node.daemon import publish_reason_label
 
     assert publish_reason_label(reason) == label
+
+
+async def test_events_become_log_lines_alerts_and_metrics(tmp_path: Path, caplog):
+    import json
+    import logging
+    import sys
+
+    from onionmesh.config import load_config
+    from onionmesh.mesh.events import (
+        ConflictDetected,
+        MessageRejected,
+        PeerDead,
+        PeerRecovered,
+    )
+    from onionmesh.node.daemon import NodeDaemon
+
+    from .helpers import make_cluster
+
+    alerts = tmp_path / "alerts.jsonl"
+    script = f"import sys; open({str(alerts)!r}, 'ab').write(sys.stdin.buffer.read() + b'\\n')"
+    setup = make_cluster(tmp_path / "n1",
+                         settings={"alerts": {"command": [sys.executable, "-c", script]}})
+    daemon = NodeDaemon(load_config(setup.files.config))
+    caplog.set_level(logging.INFO, logger="onionmesh.node")
+    daemon._on_event(PeerDead("n2", 3))
+    daemon._on_event(PeerRecovered("n2"))
+    daemon._on_event(BecamePublisher(4, "lease of n2 expired"))
+    daemon._on_event(ConflictDetected("two_publishers", "n3", 6, 3, "keep"))
+    daemon._on_event(MessageRejected("bad_mac", "10.0.0.9:7443"))
+    hsdir = "B" * 40
+    for _ in range(3):
+        daemon.uploads.observe(HsDescEvent("FAILED", MASTER.onion_address[:56], "NO_AUTH",
+                                           hsdir, "id", "UPLOAD_REJECTED", None, None),
+                               time.time())
+    # The master of this test cluster is not MASTER: no streak for another address.
+    master = load_config(setup.files.config)["master"]["address"].removesuffix(".onion")
+    for _ in range(3):
+        daemon.uploads.observe(HsDescEvent("FAILED", master, "NO_AUTH", hsdir, "id",
+                                           "UPLOAD_REJECTED", None, None), time.time())
+    await asyncio.wait(list(daemon._alert_tasks), timeout=20)
+    sent = [json.loads(line) for line in alerts.read_text().splitlines() if line]
+    kinds = sorted(a["kind"] for a in sent)
+    assert kinds == ["conflict", "node_dead", "node_recovered", "takeover",
+                     "upload_failure_streak"]
+    dead = next(a for a in sent if a["kind"] == "node_dead")
+    assert dead["subject"] == "n2"
+    assert dead["summary"] == "Peer n2 declared DEAD, removing 3 intro points"
+    assert "Peer n2 declared DEAD, removing 3 intro points" in caplog.text
+    assert "Peer n2 came back! Adding to mesh" in caplog.text
+    rejected = daemon.metrics.registry.get_sample_value(
+        "onionmesh_messages_rejected_total", {"reason": "bad_mac"})
+    assert rejected == 1.0
+    assert "Rejected datagram" not in caplog.text  # debug only: floods must not spam
