@@ -10,7 +10,7 @@ from onionmesh.mesh.config import MeshConfig
 from onionmesh.mesh.core import MeshCore
 from onionmesh.mesh.errors import MeshConfigError, RejectedDatagram
 from onionmesh.mesh.identity import PeerSeed
-from onionmesh.mesh.messages import Heartbeat, LeaseClaim, Sealed
+from onionmesh.mesh.messages import Heartbeat, LeaseClaim, Sealed, Signed
 
 from .netloop import SECRET, identity, seed_for
 
@@ -182,17 +182,39 @@ def test_cluster_secret_never_appears_in_reprs():
         ClusterKey(b"short")
 
 
-def test_message_without_our_challenge_is_unverified_and_applies_nothing():
+def _unverified(core: MeshCore, data: bytes, now: float = T0) -> list[Signed]:
+    """Deliver ``data``, check it was refused as unverified without changing any view,
+    and return what the core sent in reply (decoded)."""
+    before = _snapshot(core)
+    count = core.rejections["unverified"]
+    core.receive_datagram(data, "evil:1", now)
+    assert core.rejections["unverified"] == count + 1
+    ev = core.next_event()
+    assert ev is not None and ev.reason == "unverified" and core.next_event() is None
+    assert _snapshot(core) == before, "an unverified datagram changed state"
+    return [
+        codec.decode_signed(codec.decode_sealed(d).signed) for d, _ in core.datagrams_to_send(now)
+    ]
+
+
+def test_first_word_of_a_new_boot_is_unverified_and_gets_one_hello():
     b = _pair()
     s = _sealer()
-    _rejected(b, s.seal(_hb("publisher", 5), T0), "unverified")  # no echo: first contact
-    _rejected(b, s.seal(_hb("publisher", 5), T0, echo=b"\x01" * 16), "unverified")
+    # no echo (first contact): nothing applied, one heartbeat back echoing a's challenge
+    (hello,) = _unverified(b, s.seal(_hb("publisher", 5), T0))
+    assert hello.to == "a" and hello.echo == s.challenge and hello.body.role == "standby"
+    # the same boot again, or with a wrong echo: refused, and nothing sent
+    assert _unverified(b, s.seal(_hb("publisher", 5), T0, echo=b"\x01" * 16)) == []
+    assert _unverified(b, s.seal(_hb(), T0)) == []
     assert b.publisher_id is None and b.peers()["a"].state == "unknown"
-    # ...but b's next heartbeat to a echoes a's challenge, completing the handshake
+    # b's regular heartbeat also echoes a's challenge
     b.handle_timer(T0 + MeshConfig().heartbeat_interval)
     out = b.datagrams_to_send(T0 + 5)
     signed = [codec.decode_signed(codec.decode_sealed(d).signed) for d, addr in out]
     assert [x.echo for x in signed if x.to == "a"] == [s.challenge]
+    # a answers with the echo: now accepted
+    b.receive_datagram(s.seal(_hb("publisher", 5), T0 + 5, echo=b.challenge), "a:7000", T0 + 5)
+    assert b.publisher_id == "a"
 
 
 def test_replay_to_a_restarted_receiver_is_refused():
@@ -206,7 +228,11 @@ def test_replay_to_a_restarted_receiver_is_refused():
     b2 = MeshCore(MeshConfig(), identity("b"), SECRET, seeds, T0 + 2)  # restart
     b2.datagrams_to_send(T0 + 2)
     assert b2.challenge != b1.challenge
-    _rejected(b2, captured, "unverified", T0 + 3)  # inside the timestamp window
+    # inside the timestamp window, but it cannot echo b2's challenge: refused; the
+    # only effect is one hello to the genuine a, which a real a answers
+    replies = _unverified(b2, captured, T0 + 3)
+    assert [(r.to, r.echo) for r in replies] == [("a", _sealer().challenge)]
+    assert _unverified(b2, captured, T0 + 4) == []  # a second replay gets nothing
     assert b2.publisher_id is None
 
 

@@ -23,11 +23,12 @@ Every datagram is ``Sealed(version, signed, signature, mac)``:
   sends). This closes the gap the two checks above leave: a receiver that
   restarts has lost its replay windows, and without the echo anything
   captured in the last ``clock_skew_tolerance`` seconds would be accepted
-  again. A message with another echo is refused as ``unverified`` (nothing
-  is applied and nothing is sent in reply); the core only notes the sender's
-  challenge in a bounded handshake cache, so that its *next heartbeat*
-  proves freshness to that sender. Two nodes that meet therefore complete
-  the handshake within one heartbeat interval.
+  again. A message with another echo is refused as ``unverified``: nothing
+  is applied. The core only notes the sender's challenge in a bounded
+  handshake cache (handshake.py) so that what it sends that node next echoes
+  it, and for a boot of that node it has never seen it answers once, at
+  once, with a heartbeat. Two nodes that meet therefore complete the
+  handshake in one round trip; a replay (whose boot is known) gets nothing.
 
 Checks come strictly before state changes: ``verify`` returns the decoded
 message and a ``ReplayGuard`` token; the core commits the token only after

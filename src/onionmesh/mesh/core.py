@@ -17,8 +17,8 @@ and one ``MessageRejected`` event; ``receive_datagram`` never raises for bad
 input. The one exception is documented in auth.py: an authentic, fresh but
 ``unverified`` message (first contact, or the sender does not know our new
 boot yet) records the sender's challenge in a bounded handshake cache, which
-only decides what our next heartbeat echoes; no view, timer or output
-changes.
+only decides what we echo to that node, and the first one from a boot we
+have never seen is answered with one heartbeat; no view or timer changes.
 """
 
 from __future__ import annotations
@@ -324,10 +324,10 @@ class MeshCore:
 
     def _learn_challenge(
         self, node_id: str, boot: int, challenge: bytes, address: str, verified: bool = False
-    ) -> None:
+    ) -> bool:
         if node_id in self.membership.removed:
-            return
-        self._handshake.learn(
+            return False
+        return self._handshake.learn(
             node_id,
             boot,
             challenge,
@@ -344,7 +344,21 @@ class MeshCore:
         address = rec.address if rec is not None and rec.address else ""
         if not address and isinstance(body, Heartbeat):
             address = body.address
-        self._learn_challenge(signed.sender, signed.boot, signed.challenge, address)
+        if self._learn_challenge(signed.sender, signed.boot, signed.challenge, address):
+            # First word from a boot we have never seen: answer with one heartbeat
+            # echoing its challenge, so the handshake takes one round trip rather
+            # than up to a heartbeat interval. At most one reply per (node, boot),
+            # and only a node holding its key can make a new boot, so a replay
+            # (whose boot is known) gets nothing and this cannot be used to flood.
+            entry = self._handshake.get(signed.sender)
+            if entry is not None:
+                self._send_to(
+                    signed.sender,
+                    entry.address,
+                    self._heartbeat_body(Heartbeat),
+                    self._last_now,
+                    entry.challenge,
+                )
 
     def _pinned_key(self, node_id: str) -> bytes | None:
         rec = self.membership.peers.get(node_id)

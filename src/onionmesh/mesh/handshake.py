@@ -41,26 +41,27 @@ class HandshakeCache:
         *,
         verified: bool,
         is_retired: Callable[[str, int], bool],
-    ) -> None:
-        """Record what to echo to ``node_id``.
+    ) -> bool:
+        """Record what to echo to ``node_id``; return True for a boot never seen before.
 
         ``verified``: the message passed every check, so its boot is the node's
         current one. Otherwise only a never-seen boot may replace the entry.
         """
         if node_id == self._own_id or boot <= 0:
-            return
+            return False
         old = self._entries.get(node_id)
         if old is None and len(self._entries) >= MAX_ENTRIES:
-            return
+            return False
         if old is not None and boot == old.boot:
             if address and address != old.address:
                 self._entries[node_id] = HandshakeEntry(boot, old.challenge, address, old.seen)
-            return
+            return False
         seen = () if old is None else (*old.seen, old.boot)[-MAX_SEEN_BOOTS:]
         if not verified and (boot in seen or is_retired(node_id, boot)):
-            return
+            return False
         keep_address = address or (old.address if old is not None else "")
         self._entries[node_id] = HandshakeEntry(boot, challenge, keep_address, seen)
+        return True
 
     def echo_for(self, node_id: str) -> bytes:
         """The challenge to echo to ``node_id`` (empty when we have none)."""
