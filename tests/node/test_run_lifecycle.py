@@ -64,6 +64,12 @@ def test_sigterm_while_tor_bootstraps_exits_at_once_and_stops_tor(tmp_path: Path
             shown = onionmesh("status", "--json", "-c", str(setup.files.config))
             assert shown.returncode == 0, shown.stderr
             assert '"state": "starting"' in shown.stdout
+            # A second daemon of the same node refuses instead of taking its tor away.
+            second = onionmesh("run", "-c", str(setup.files.config))
+            assert second.returncode == 1
+            assert "another onionmesh run of this node answers on" in second.stderr
+            assert f"(pid {proc.pid})" in second.stderr
+            assert pid_alive(tor_pid)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0
         finally:

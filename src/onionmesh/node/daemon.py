@@ -53,6 +53,7 @@ from onionmesh.node.errors import (
     EXIT_CONFIG,
     EXIT_FAILURE,
     EXIT_OK,
+    AlreadyRunning,
     ClockRefused,
     NodeConfigError,
     NodeError,
@@ -77,7 +78,7 @@ from onionmesh.node.startup import ClockGuard, KeyMaterial, check_keys
 from onionmesh.node.tor_instance import NodeTor
 from onionmesh.node.uploads_view import UploadsView
 from onionmesh.publish.uploads import RetryPolicy
-from onionmesh.status_socket import StatusServer
+from onionmesh.status_socket import StatusServer, StatusUnavailable, query_status
 from onionmesh.tor.control_protocol import ControlError, parse_hs_desc_event
 from onionmesh.transport.udp import TransportError
 
@@ -204,6 +205,7 @@ class NodeDaemon:
         self._startup_clock_check("before tor")
         # Status socket early: `onionmesh status` answers while tor bootstraps.
         status_path = status_socket_path(config)
+        self._refuse_if_running(status_path)
         try:
             ensure_private_dir(status_path.parent)
             self.status_server = StatusServer(status_path, self.snapshot)
@@ -256,6 +258,18 @@ class NodeDaemon:
         self._watch(asyncio.create_task(self._uploads_loop(), name="uploads"), "upload events")
         self.state = "running"
         log.info("node %s running (master %s)", config.node_id, config["master"]["address"])
+
+    @staticmethod
+    def _refuse_if_running(status_path: Path) -> None:
+        """Two daemons of one node would fight over its tor and its lease."""
+        try:
+            other = query_status(status_path, timeout=2.0)
+        except StatusUnavailable:
+            return  # nobody answers: a stale socket at most
+        pid = other.get("node", {}).get("pid") if isinstance(other.get("node"), dict) else None
+        raise AlreadyRunning(
+            f"another onionmesh run of this node answers on {status_path} (pid {pid})"
+        )
 
     def _startup_clock_check(self, when: str) -> None:
         result = self.guard.startup_check()  # ClockRefused in refuse mode

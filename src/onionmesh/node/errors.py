@@ -59,6 +59,10 @@ class TransportFailed(NodeError):
     exit_code = EXIT_TRANSPORT
 
 
+class AlreadyRunning(NodeError):
+    """Another ``onionmesh run`` of this node answers on its status socket."""
+
+
 class TokenError(NodeError):
     """A join token is malformed (the message never repeats the token)."""
 
