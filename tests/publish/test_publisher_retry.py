@@ -109,3 +109,51 @@ async def wait_for_intro(watcher: NodeIntroWatcher) -> None:
             return
         await asyncio.sleep(0.5)  # poll period between real checks
     raise AssertionError("node never exposed intro points")
+
+
+async def test_unreachable_hsdir_times_out_is_retried_and_others_are_not_reposted(tornet):
+    """One responsible HSDir made unreachable for the publishing tor (ExcludeNodes +
+    StrictNodes): its uploads never get an answer, so they time out and are retried."""
+    node = await tornet.aadd_onion_service("h8unreachnode")
+    client = await tornet.aadd_client("h8unreachpub")
+    own = await TorController.connect(port=node.control_port)
+    ctl = await TorController.connect(port=client.control_port)
+    publisher = None
+    try:
+        watcher = NodeIntroWatcher(node.onion_address, period_length=lambda: 8, own=own)
+        await wait_for_intro(watcher)
+        master = Ed25519Identity.generate()
+        probe = Publisher(ctl, master, lambda p: [])
+        await probe.refresh_consensus()
+        shared = set.intersection(*(set(t.hsdirs) for t in probe.targets.values()))
+        victim = sorted(shared)[0]  # responsible for both descriptors
+        await ctl.set_conf({"ExcludeNodes": f"${victim}", "StrictNodes": "1"})
+
+        posts: list[tuple[str, int]] = []
+        retry = RetryPolicy(max_retries=1, base_delay=0.5, max_delay=1.0, jitter=0.1,
+                            upload_timeout=8.0)
+        publisher = Publisher(ctl, master, lambda p: watcher.sets.best_for(p).intro_points,
+                              retry=retry, rng=random.Random(9))
+        original_post = publisher._post
+
+        async def counting_post(post):
+            posts.append((post.hsdir, post.period))
+            await original_post(post)
+
+        publisher._post = counting_post
+        await publisher.start()
+        await wait_for(lambda: publisher.builds == 2 and publisher.tracker.settled(), 90)
+        for period, target in publisher.targets.items():
+            others = set(target.hsdirs) - {victim}
+            assert publisher.tracker.with_status(period, UploadStatus.UPLOADED) == others
+            assert publisher.tracker.with_status(period, UploadStatus.FAILED) == {victim}
+            assert all(posts.count((h, period)) == 1 for h in others)
+            assert posts.count((victim, period)) == 2  # first attempt + one retry
+        reasons = {s.last_reason for s in publisher.tracker.states() if s.hsdir == victim}
+        assert reasons == {"TIMEOUT"}  # tor never answers: our upload timeout fires
+        assert publisher.tracker.health[victim].failures == 4
+    finally:
+        if publisher is not None:
+            await publisher.stop()
+        await own.close()
+        await ctl.close()

@@ -118,6 +118,7 @@ def test_timeout_counts_as_failure_and_is_retried():
     assert t.poll(30.0) == []  # timed out, retry scheduled 2 s later
     [state] = [s for s in t.states(P1) if s.hsdir == B]
     assert state.status is UploadStatus.PENDING and state.last_reason == TIMEOUT
+    assert t.drain_timeouts() == [(P1, B)] and t.drain_timeouts() == []
     assert [(p.hsdir, p.attempt) for p in t.poll(32.0)] == [(B, 2)]
 
 

@@ -295,7 +295,13 @@ class Publisher:
         for decision in self.policy.decide(wanted, self.built, now, rejected):
             self._apply(decision, wanted, now)
         self._revive_failed(now)
-        for post in self.tracker.poll(self.clock()):
+        posts = self.tracker.poll(self.clock())
+        for period, hsdir in self.tracker.drain_timeouts():
+            health = self.tracker.health[hsdir]
+            log.warning("HSDir %s did not answer for period %d within %.0f s (health: %d ok, "
+                        "%d failed)", hsdir, period, self.tracker.policy.upload_timeout,
+                        health.successes, health.failures)
+        for post in posts:
             await self._post(post)
         await self._notify()
 

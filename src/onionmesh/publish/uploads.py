@@ -149,6 +149,7 @@ class UploadTracker:
         self._rng = rng or random.Random()
         self._slots: dict[int, _Slot] = {}
         self._inflight: dict[str, _Inflight] = {}
+        self._timeouts: list[tuple[int, str]] = []
         self.health: dict[str, HsdirHealth] = {}
 
     # -- plan -------------------------------------------------------------------------------
@@ -268,6 +269,7 @@ class UploadTracker:
         for fpr, flight in list(self._inflight.items()):
             if now - flight.posted_at >= self.policy.upload_timeout:
                 entry, _ = self._resolve(fpr)
+                self._timeouts.append((flight.period, fpr))
                 health = self.health.setdefault(fpr, HsdirHealth())
                 health.failures += 1
                 health.last_reason = TIMEOUT
@@ -293,6 +295,11 @@ class UploadTracker:
                          slot.descriptor)
                 )
         return posts
+
+    def drain_timeouts(self) -> list[tuple[int, str]]:
+        """(period, HSDir) of the posts that timed out since the last call (for logging)."""
+        out, self._timeouts = self._timeouts, []
+        return out
 
     def next_wakeup(self) -> float | None:
         """Earliest time at which ``poll`` may have something new to do (None: nothing)."""
