@@ -44,7 +44,8 @@ from onionmesh.crypto.keys import Ed25519Identity
 from onionmesh.descriptor.layers import b64_nopad
 from onionmesh.hsdir.hashring import responsible_hsdirs
 from onionmesh.hsdir.timeperiod import descriptor_periods, period_length_minutes
-from onionmesh.publish.publisher import Publisher, fetch_consensus, merge_intro_points
+from onionmesh.publish.master import merge_intro_points
+from onionmesh.publish.publisher import Publisher, fetch_consensus
 from onionmesh.testnet import TorNetwork
 from onionmesh.tor.control import TorController
 from onionmesh.tor.control_protocol import parse_hs_desc_event

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from onionmesh.crypto.keys import Ed25519Identity
 from onionmesh.descriptor.intro import IntroPoint
 from onionmesh.hsdir.timeperiod import period_length_minutes
-from onionmesh.publish.publisher import Publisher, fetch_consensus, merge_intro_points
+from onionmesh.publish.master import merge_intro_points
+from onionmesh.publish.publisher import Publisher, fetch_consensus
 from onionmesh.tor.control import TorController
 from onionmesh.tor.intro_points import NodeIntroWatcher
 

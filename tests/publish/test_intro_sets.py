@@ -6,7 +6,7 @@ import pytest
 
 from onionmesh.crypto.keys import Ed25519Identity
 from onionmesh.descriptor.intro import IntroPoint, LinkSpecifier
-from onionmesh.publish.publisher import MAX_INTRO_POINTS, merge_intro_points
+from onionmesh.publish.master import MAX_INTRO_POINTS, merge_intro_points
 from onionmesh.tor.intro_points import IntroPointsError, IntroSet, NodeIntroSets
 
 ADDR = Ed25519Identity.from_seed(b"\x01" * 32).onion_address.removesuffix(".onion")

@@ -11,7 +11,7 @@ from onionmesh.crypto.keys import Ed25519Identity
 from onionmesh.descriptor.layers import subcredential
 from onionmesh.descriptor.parse import parse_descriptor
 from onionmesh.hsdir.timeperiod import time_period_number
-from onionmesh.publish.publisher import build_master_descriptor
+from onionmesh.publish.master import build_master_descriptor
 
 
 def _b64(value: str) -> bytes:
@@ -52,7 +52,7 @@ def test_building_leaves_the_descriptor_module_untouched():
 
 def test_revision_never_repeats_within_a_second_and_grows_with_time():
     from onionmesh.crypto.blinding import blind_identity
-    from onionmesh.publish.publisher import revision_for
+    from onionmesh.publish.master import revision_for
 
     blinded = blind_identity(Ed25519Identity.generate(), 1000, 8)
     start = 1_000_000

@@ -23,15 +23,12 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from onionmesh.crypto.blinding import BlindedKey, blind_identity
 from onionmesh.crypto.keys import Ed25519Identity
-from onionmesh.descriptor import layers as _desc_layers
-from onionmesh.descriptor.build import build_descriptor
-from onionmesh.descriptor.intro import IntroPoint
 from onionmesh.descriptor.layers import b64_nopad
 from onionmesh.errors import OnionmeshError
 from onionmesh.hsdir.consensus import (
@@ -43,6 +40,13 @@ from onionmesh.hsdir.consensus import (
 from onionmesh.hsdir.hashring import responsible_hsdirs
 from onionmesh.hsdir.timeperiod import DescriptorPeriod, descriptor_periods
 from onionmesh.publish.errors import PublishTimeout
+from onionmesh.publish.master import (
+    MAX_INTRO_POINTS,
+    IntroSource,
+    build_master_descriptor,
+    merge_intro_points,
+    revision_for,
+)
 from onionmesh.publish.republish import Action, Built, Decision, RepublishPolicy, Wanted
 from onionmesh.publish.uploads import Post, RetryPolicy, UploadStatus, UploadTracker
 from onionmesh.tor.control_protocol import ControlError, parse_hs_desc_event
@@ -53,30 +57,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_INTRO_POINTS = 20  # tor clients reject descriptors with more
-
-IntroSource = Callable[[int], Sequence[IntroPoint]]
-
-
-def merge_intro_points(
-    per_node: Sequence[Sequence[IntroPoint]], limit: int = MAX_INTRO_POINTS
-) -> list[IntroPoint]:
-    """Round-robin over nodes so every node gets a fair share of the ``limit`` slots."""
-    merged: list[IntroPoint] = []
-    seen: set[bytes] = set()
-    queues = [list(points) for points in per_node]
-    while len(merged) < limit and any(queues):
-        for queue in queues:
-            while queue:
-                point = queue.pop(0)
-                if point.auth_key not in seen:
-                    seen.add(point.auth_key)
-                    merged.append(point)
-                    break
-            if len(merged) >= limit:
-                break
-    return merged
-
+# merge_intro_points is re-exported for callers that wire an intro source here.
+__all__ = ["MAX_INTRO_POINTS", "PeriodTarget", "Publisher", "fetch_consensus",
+           "merge_intro_points"]
 
 async def fetch_consensus(controller: TorController) -> Consensus:
     """The microdesc consensus from tor, with ed25519 ids from ``md/all`` attached."""
@@ -84,41 +67,6 @@ async def fetch_consensus(controller: TorController) -> Consensus:
     consensus = parse_consensus(info["dir/status-vote/current/consensus-microdesc"])
     # parse_microdescriptors restores md/all's lost final newline (Onionbalance's bug).
     return attach_ed25519_ids(consensus, parse_microdescriptors(info["md/all"]))
-
-
-def revision_for(blinded: BlindedKey, srv_start: int, now: float, last: int | None) -> int:
-    """tor's time-based revision counter, forced above ``last`` (never reused)."""
-    from onionmesh.hsdir.revision import revision_counter  # landed separately
-
-    value = revision_counter(blinded, srv_start, now)
-    return value if last is None or value > last else last + 1
-
-
-# tor's auth-client entries carry a 16-byte encrypted cookie (HS_DESC_ENCRYPED_COOKIE_LEN,
-# hs_descriptor.h) and tor clients reject a descriptor whose entries do not decode to
-# exactly that ("Descriptor client authorization section can't be decoded", BAD_DESC).
-_TOR_COOKIE_LEN = 16
-
-
-def build_master_descriptor(master: Ed25519Identity, period: int, period_length: int,
-                            revision: int, points: Sequence[IntroPoint], *, now: float,
-                            lifetime_minutes: int) -> str:
-    """``build_descriptor`` for a master without client auth, with tor-sized fake clients.
-
-    WORKAROUND: onionmesh.descriptor.layers (as of 49406b3) sizes the fake auth-client
-    cookies with COOKIE_LEN = 32, which tor clients refuse. Until that is fixed there,
-    the constant is set to tor's 16 for the duration of this synchronous call (no client
-    auth here, so only the fake entries read it); a no-op once it equals tor's value.
-    """
-    original = getattr(_desc_layers, "COOKIE_LEN", _TOR_COOKIE_LEN)
-    if original != _TOR_COOKIE_LEN:
-        _desc_layers.COOKIE_LEN = _TOR_COOKIE_LEN
-    try:
-        return build_descriptor(master, period, period_length, revision, points, now=now,
-                                lifetime_minutes=lifetime_minutes)
-    finally:
-        if original != _TOR_COOKIE_LEN:
-            _desc_layers.COOKIE_LEN = original
 
 
 @dataclass(frozen=True)
