@@ -31,7 +31,3 @@ class InvariantViolation(SimulationError):
         self.at = at
         self.detail = detail
         super().__init__(f"invariant {invariant!r} violated at t={at:.3f}s: {detail}")
-
-
-class TraceMismatch(SimulationError):
-    """A replayed run produced a different trace than the recorded one."""
