@@ -129,15 +129,24 @@ class HsdirProbe:
         return frozenset().union(*(k for k in snap.values() if k))
 
     async def wait_drop(self, master: str, dead: frozenset[bytes], holders: set[str],
-                        started: float, cap: float) -> tuple[float | None, int]:
-        """Seconds from ``started`` until every HSDir in ``holders`` serves ``master``
-        without any key of ``dead`` (None if ``cap`` passed first); and the probes made."""
+                        started: float, cap: float, trace: Path | None = None
+                        ) -> tuple[float | None, int]:
+        """Seconds from ``started`` until no HSDir serves ``master`` with a key of ``dead``
+        and at least as many HSDirs serve it as held it before the kill (``holders``; the
+        responsible set changes at a time-period switch); None if ``cap`` passed first.
+        Every probe is appended to ``trace`` (JSON lines)."""
         probes = 0
         while now() - started < cap:
             snap = await self.snapshot(master)
             probes += 1
-            ok = all(snap.get(h) is not None and not (snap[h] & dead) for h in holders)
-            if ok:
+            serving = {h for h, keys in snap.items() if keys is not None}
+            dirty = {h for h in serving if snap[h] & dead}
+            if trace is not None:
+                with open(trace, "a") as out:
+                    out.write(json.dumps({"t": round(now() - started, 1),
+                                          "serving": len(serving), "dirty": len(dirty),
+                                          "answered": len(snap)}) + "\n")
+            if not dirty and len(serving) >= len(holders):
                 return now() - started, probes
             await asyncio.sleep(PROBE_INTERVAL)  # probe period
         return None, probes
@@ -230,7 +239,7 @@ async def measure_onionbalance(network: TorNetwork, probe: HsdirProbe, base: Pat
         print(f"[onionbalance] backend {dep.instances[0].name} SIGKILLed; "
               f"{len(holders)} HSDirs hold the master; waiting up to {cap:.0f} s", flush=True)
         result.drop, result.probes = await probe.wait_drop(
-            dep.master.onion_address, dead, holders, started, cap)
+            dep.master.onion_address, dead, holders, started, cap, base / "trace-ob.jsonl")
     except (OnionmeshError, OSError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -292,7 +301,8 @@ async def run_profile(network: TorNetwork, probe: HsdirProbe, clients: list[TorC
         holders = await holders_of(probe, master, dead)
         started = now()
         cluster.nodes[victim].kill(signal.SIGKILL)
-        res.standby_drop, _ = await probe.wait_drop(master, dead, holders, started, 600.0)
+        res.standby_drop, _ = await probe.wait_drop(master, dead, holders, started, 600.0,
+                                                    base / f"trace-{name}-a.jsonl")
         print(f"[{name}] (a) standby {victim} killed: dropped from all {len(holders)} "
               f"HSDirs after {fmt(res.standby_drop)}", flush=True)
         await restart_and_heal(cluster, victim)
@@ -307,7 +317,8 @@ async def run_profile(network: TorNetwork, probe: HsdirProbe, clients: list[TorC
         docs = await cluster.wait_until(
             lambda d: bool(cluster.publishers(d) - {pub}), 300.0, "takeover")
         res.takeover = now() - started
-        res.publisher_drop, _ = await probe.wait_drop(master, dead, holders, started, 600.0)
+        res.publisher_drop, _ = await probe.wait_drop(master, dead, holders, started, 600.0,
+                                                      base / f"trace-{name}-b.jsonl")
         new = next(iter(cluster.publishers(docs) - {pub}))
         print(f"[{name}] (b) publisher {pub} killed: {new} took over after "
               f"{fmt(res.takeover)}, its descriptor on all {len(holders)} HSDirs after "
@@ -350,7 +361,8 @@ async def get_loop(client: TorClient, master: str, done: asyncio.Event,
             response = await client.ahttp_get(master, "/", timeout=30.0)
             key = "ok" if response.status == 200 else f"http {response.status}"
         except SocksError as exc:
-            key = f"socks 0x{exc.code:02X}" if getattr(exc, "code", None) else "error"
+            code = getattr(exc, "code", None)
+            key = f"socks 0x{code:02X}" if code else "timeout/closed"
         tally[key] = tally.get(key, 0) + 1
 
 
@@ -365,7 +377,7 @@ def fmt(value: float | None, cap: float | None = None) -> str:
 
 async def run(args: argparse.Namespace, network: TorNetwork, base: Path) -> dict[str, Any]:
     probe_client = await network.aadd_client("probe")
-    clients = [await network.aadd_client(f"getter{i}") for i in range(2)]
+    clients = [await network.aadd_client(f"getter{i}") for i in range(3)]
     controller = await TorController.connect(port=probe_client.control_port)
     length = period_length_minutes(await fetch_consensus(controller))
     probe = HsdirProbe(controller, network.hsdir_fingerprints(), length)
