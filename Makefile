@@ -27,7 +27,6 @@ lint: $(STAMP)
 	$(PY) -m ruff check src tests bench
 
 bench: system-deps $(STAMP)
-	$(PY) -m pip install -q -e '.[test,bench]'
 	$(PY) bench/descriptor.py
 
 demo: system-deps $(STAMP)
