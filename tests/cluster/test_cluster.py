@@ -153,13 +153,16 @@ async def test_partitioned_publisher_no_dual_publishing_after_heal(cluster):
     isolated = publisher_of(docs)
     others = NODES - {isolated}
     with UdpPortBlock(cluster.nodes[isolated].udp_port):
-        # The connected majority elects a publisher of its own (real loss, no daemon flag).
+        # Both sides notice (real loss, no daemon flag): the connected majority elects a
+        # publisher of its own and the isolated node no longer sees its peers alive.
         docs = await cluster.wait_until(
             lambda d: any(d.get(n, {}).get("cluster", {}).get("role") == "publisher"
-                          for n in others),
-            takeover_bound(cluster) + 10.0, "the majority side elects a publisher")
-        assert all(p["state"] != "alive" for nid, p in docs[isolated]["peers"].items()
-                   if nid in others) or docs[isolated]["cluster"]["role"] == "publisher"
+                          for n in others)
+            and isolated in d
+            and all(d[isolated]["peers"].get(n, {}).get("state") != "alive" for n in others),
+            takeover_bound(cluster) + 10.0, "the partition is seen on both sides")
+        majority_pub = [n for n in others if docs[n]["cluster"]["role"] == "publisher"]
+        assert len(majority_pub) == 1
     healed_at = time.time()
     docs = await cluster.wait_until(lambda d: healthy(cluster, d), 60.0,
                                     "one publisher after the heal")
