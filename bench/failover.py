@@ -266,6 +266,7 @@ class ProfileResult:
     gets_ok: int = 0
     gets_total: int = 0
     get_errors: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
 
 
 def _ready(cluster: NodeCluster, docs: dict[str, dict[str, Any]]) -> bool:
@@ -279,77 +280,121 @@ async def restart_and_heal(cluster: NodeCluster, node_id: str, timeout: float = 
     await cluster.wait_until(lambda d: _ready(cluster, d), timeout, f"{node_id} back")
 
 
-async def node_keys(probe: HsdirProbe, docs: dict[str, dict[str, Any]], node_id: str
-                    ) -> frozenset[bytes]:
-    return await probe.keys_of(docs[node_id]["node"]["onion_address"])
+async def node_keys(probe: HsdirProbe, cluster: NodeCluster, docs: dict[str, dict[str, Any]],
+                    node_id: str) -> frozenset[bytes]:
+    """A node's intro keys: its descriptor as clients fetch it now, plus the current one
+    its own tor holds (the two time periods have different intro points)."""
+    from onionmesh.tor.intro_points import read_own_descriptor
+
+    address = docs[node_id]["node"]["onion_address"].removesuffix(".onion")
+    keys = set(await probe.keys_of(address))
+    sock = cluster.nodes[node_id].root / "state" / "tor" / "control.sock"
+    with contextlib.suppress(OnionmeshError, OSError):
+        controller = await TorController.connect(socket_path=str(sock))
+        try:
+            text = await read_own_descriptor(controller, address)
+        finally:
+            await controller.close()
+        if text:
+            desc = parse_descriptor(text, address, period_length=probe.period_length)
+            keys |= {ip.auth_key for ip in desc.intro_points}
+    return frozenset(keys)
 
 
 async def run_profile(network: TorNetwork, probe: HsdirProbe, clients: list[TorClient],
                       base: Path, name: str, settings: dict[str, Any] | None) -> ProfileResult:
+    """(a), (b) and (c) on a fresh 3-node cluster; a step that fails is reported, not fatal."""
+    from onionmesh.demo import DemoError
+
     res = ProfileResult(name)
     cluster = NodeCluster(network, base / name, 3, settings=settings)
+    steps = (("a", measure_standby), ("b", measure_publisher), ("c", measure_gets))
     try:
         cluster.create()
         cluster.start()
-        docs = await cluster.wait_until(lambda d: _ready(cluster, d), 300.0, "cluster ready")
-        master = cluster.master_address
-
-        # (a) standby killed.
-        pub = next(iter(cluster.publishers(docs)))
-        victim = max(set(cluster.nodes) - {pub})
-        dead = await node_keys(probe, docs, victim)
-        holders = await holders_of(probe, master, dead)
-        started = now()
-        cluster.nodes[victim].kill(signal.SIGKILL)
-        res.standby_drop, _ = await probe.wait_drop(master, dead, holders, started, 600.0,
-                                                    base / f"trace-{name}-a.jsonl")
-        print(f"[{name}] (a) standby {victim} killed: dropped from all {len(holders)} "
-              f"HSDirs after {fmt(res.standby_drop)}", flush=True)
-        await restart_and_heal(cluster, victim)
-
-        # (b) publisher killed.
-        docs = await cluster.wait_until(lambda d: _ready(cluster, d), 120.0, "healthy")
-        pub = next(iter(cluster.publishers(docs)))
-        dead = await node_keys(probe, docs, pub)
-        holders = await holders_of(probe, master, dead)
-        started = now()
-        cluster.nodes[pub].kill(signal.SIGKILL)
-        docs = await cluster.wait_until(
-            lambda d: bool(cluster.publishers(d) - {pub}), 300.0, "takeover")
-        res.takeover = now() - started
-        res.publisher_drop, _ = await probe.wait_drop(master, dead, holders, started, 600.0,
-                                                      base / f"trace-{name}-b.jsonl")
-        new = next(iter(cluster.publishers(docs) - {pub}))
-        print(f"[{name}] (b) publisher {pub} killed: {new} took over after "
-              f"{fmt(res.takeover)}, its descriptor on all {len(holders)} HSDirs after "
-              f"{fmt(res.publisher_drop)}", flush=True)
-        await restart_and_heal(cluster, pub)
-
-        # (c) GETs while nodes are killed and restarted one at a time.
-        done = asyncio.Event()
-        tallies: list[dict[str, int]] = [{} for _ in clients]
-        loops = [asyncio.create_task(get_loop(c, master, done, t))
-                 for c, t in zip(clients, tallies, strict=True)]
-        try:
-            for node_id in sorted(cluster.nodes):
-                cluster.nodes[node_id].kill(signal.SIGKILL)
-                await asyncio.sleep(OUTAGE)  # the outage itself, not a readiness wait
-                await restart_and_heal(cluster, node_id)
-        finally:
-            done.set()
-            await asyncio.gather(*loops, return_exceptions=True)
-        for tally in tallies:
-            for key, count in tally.items():
-                res.gets_total += count
-                if key == "ok":
-                    res.gets_ok += count
-                else:
-                    res.get_errors[key] = res.get_errors.get(key, 0) + count
-        print(f"[{name}] (c) GETs while killing/restarting each node: {res.gets_ok}/"
-              f"{res.gets_total} ok {res.get_errors or ''}", flush=True)
+        await cluster.wait_until(lambda d: _ready(cluster, d), 300.0, "cluster ready")
+        for label, step in steps:
+            try:
+                await step(cluster, probe, clients, base, res)
+            except (BenchError, DemoError) as exc:
+                res.errors.append(f"({label}) {type(exc).__name__}: {exc}")
+                print(f"[{name}] ({label}) failed: {exc}", flush=True)
+                await wait_all_running(cluster)
     finally:
         cluster.stop()
     return res
+
+
+async def wait_all_running(cluster: NodeCluster) -> None:
+    for node in cluster.nodes.values():
+        if not node.running():
+            node.start()
+    await cluster.wait_until(lambda d: _ready(cluster, d), 240.0, "healthy again")
+
+
+async def measure_standby(cluster: NodeCluster, probe: HsdirProbe, clients: list[TorClient],
+                          base: Path, res: ProfileResult) -> None:
+    """(a) a standby SIGKILLed: until no HSDir serves its intro points."""
+    docs = await cluster.wait_until(lambda d: _ready(cluster, d), 120.0, "healthy")
+    pub = next(iter(cluster.publishers(docs)))
+    victim = max(set(cluster.nodes) - {pub})
+    dead = await node_keys(probe, cluster, docs, victim)
+    holders = await holders_of(probe, cluster.master_address, dead)
+    started = now()
+    cluster.nodes[victim].kill(signal.SIGKILL)
+    res.standby_drop, _ = await probe.wait_drop(cluster.master_address, dead, holders, started,
+                                                600.0, base / f"trace-{res.name}-a.jsonl")
+    print(f"[{res.name}] (a) standby {victim} killed: dropped from all {len(holders)} "
+          f"HSDirs after {fmt(res.standby_drop)}", flush=True)
+    await restart_and_heal(cluster, victim)
+
+
+async def measure_publisher(cluster: NodeCluster, probe: HsdirProbe, clients: list[TorClient],
+                            base: Path, res: ProfileResult) -> None:
+    """(b) the publisher SIGKILLed: takeover (status), then its descriptor everywhere."""
+    docs = await cluster.wait_until(lambda d: _ready(cluster, d), 120.0, "healthy")
+    pub = next(iter(cluster.publishers(docs)))
+    dead = await node_keys(probe, cluster, docs, pub)
+    holders = await holders_of(probe, cluster.master_address, dead)
+    started = now()
+    cluster.nodes[pub].kill(signal.SIGKILL)
+    docs = await cluster.wait_until(
+        lambda d: bool(cluster.publishers(d) - {pub}), 300.0, "takeover")
+    res.takeover = now() - started
+    res.publisher_drop, _ = await probe.wait_drop(cluster.master_address, dead, holders,
+                                                  started, 600.0,
+                                                  base / f"trace-{res.name}-b.jsonl")
+    new = next(iter(cluster.publishers(docs) - {pub}))
+    print(f"[{res.name}] (b) publisher {pub} killed: {new} took over after "
+          f"{fmt(res.takeover)}, its descriptor on all {len(holders)} HSDirs after "
+          f"{fmt(res.publisher_drop)}", flush=True)
+    await restart_and_heal(cluster, pub)
+
+
+async def measure_gets(cluster: NodeCluster, probe: HsdirProbe, clients: list[TorClient],
+                       base: Path, res: ProfileResult) -> None:
+    """(c) GETs while the nodes are SIGKILLed and restarted one at a time."""
+    done = asyncio.Event()
+    tallies: list[dict[str, int]] = [{} for _ in clients]
+    loops = [asyncio.create_task(get_loop(c, cluster.master_address, done, t))
+             for c, t in zip(clients, tallies, strict=True)]
+    try:
+        for node_id in sorted(cluster.nodes):
+            cluster.nodes[node_id].kill(signal.SIGKILL)
+            await asyncio.sleep(OUTAGE)  # the outage itself, not a readiness wait
+            await restart_and_heal(cluster, node_id)
+    finally:
+        done.set()
+        await asyncio.gather(*loops, return_exceptions=True)
+    for tally in tallies:
+        for key, count in tally.items():
+            res.gets_total += count
+            if key == "ok":
+                res.gets_ok += count
+            else:
+                res.get_errors[key] = res.get_errors.get(key, 0) + count
+    print(f"[{res.name}] (c) GETs while killing/restarting each node: {res.gets_ok}/"
+          f"{res.gets_total} ok {res.get_errors or ''}", flush=True)
 
 
 async def get_loop(client: TorClient, master: str, done: asyncio.Event,
@@ -419,6 +464,8 @@ def report(results: dict[str, Any]) -> None:
               f"new descriptor on all HSDirs {fmt(res.publisher_drop)}")
         print(f"onionmesh {res.name:<7} (c) GETs ok while nodes die one at a time: "
               f"{res.gets_ok}/{res.gets_total} ({share:.1f} %) {res.get_errors or ''}")
+        for error in res.errors:
+            print(f"onionmesh {res.name:<7} step failed: {error}")
         if res.standby_drop:
             ob_time = ob.drop if ob.drop is not None else ob.cap
             bound = "" if ob.drop is not None else ">= "
@@ -428,7 +475,8 @@ def report(results: dict[str, Any]) -> None:
         "onionbalance_drop_s": ob.drop, "onionbalance_cap_s": ob.cap,
         "profiles": {r.name: {"standby_drop_s": r.standby_drop, "takeover_s": r.takeover,
                               "publisher_drop_s": r.publisher_drop, "gets_ok": r.gets_ok,
-                              "gets_total": r.gets_total, "get_errors": r.get_errors}
+                              "gets_total": r.gets_total, "get_errors": r.get_errors,
+                              "errors": r.errors}
                      for r in results["profiles"]},
     }))
 
