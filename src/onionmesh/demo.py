@@ -484,6 +484,7 @@ class HealWatcher:
         if self.restart:
             for node_id, since in list(self.down_since.items()):
                 if time.monotonic() - since >= RESTART_AFTER:
+                    self.cluster.nodes[node_id].stop_tor_leftover()  # a lone `kill -9 <daemon>`
                     self.cluster.nodes[node_id].start()
                     del self.down_since[node_id]
                     self.say(f"{stamp} restarted {node_id} "
