@@ -39,17 +39,6 @@ def test_fake_auth_clients_have_tors_16_byte_cookie():
         assert len(_b64(client.cookie)) == 16
 
 
-def test_building_leaves_the_descriptor_module_untouched():
-    from onionmesh.descriptor import layers
-
-    before = layers.COOKIE_LEN
-    master = Ed25519Identity.generate()
-    now = time.time()
-    build_master_descriptor(master, time_period_number(now, 8), 8, 1, [], now=now,
-                            lifetime_minutes=180)
-    assert before == layers.COOKIE_LEN
-
-
 def test_revision_never_repeats_within_a_second_and_grows_with_time():
     from onionmesh.crypto.blinding import blind_identity
     from onionmesh.publish.master import revision_for

@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 
 from onionmesh.crypto.blinding import BlindedKey
 from onionmesh.crypto.keys import Ed25519Identity
-from onionmesh.descriptor import layers as _desc_layers
 from onionmesh.descriptor.build import build_descriptor
 from onionmesh.descriptor.intro import IntroPoint
 from onionmesh.hsdir.revision import revision_counter
@@ -45,28 +44,14 @@ def revision_for(blinded: BlindedKey, srv_start: int, now: float, last: int | No
     return value if last is None or value > last else last + 1
 
 
-# tor's auth-client entries carry a 16-byte encrypted cookie (HS_DESC_ENCRYPED_COOKIE_LEN,
-# hs_descriptor.h) and tor clients reject a descriptor whose entries do not decode to
-# exactly that ("Descriptor client authorization section can't be decoded", BAD_DESC).
-_TOR_COOKIE_LEN = 16
-
-
 def build_master_descriptor(master: Ed25519Identity, period: int, period_length: int,
                             revision: int, points: Sequence[IntroPoint], *, now: float,
                             lifetime_minutes: int) -> str:
-    """``build_descriptor`` for a master without client auth, with tor-sized fake clients.
+    """``build_descriptor`` for a master: no client auth, our lifetime.
 
-    WORKAROUND: onionmesh.descriptor.layers (as of 49406b3) sizes the fake auth-client
-    cookies with COOKIE_LEN = 32, which tor clients refuse. Until that is fixed there,
-    the constant is set to tor's 16 for the duration of this synchronous call (no client
-    auth here, so only the fake entries read it); a no-op once it equals tor's value.
+    tor clients refuse the whole descriptor (BAD_DESC, "Descriptor client authorization
+    section can't be decoded") unless every auth-client entry carries a 16-byte cookie
+    (HS_DESC_ENCRYPED_COOKIE_LEN); tests/publish/test_master_descriptor.py checks that.
     """
-    original = getattr(_desc_layers, "COOKIE_LEN", _TOR_COOKIE_LEN)
-    if original != _TOR_COOKIE_LEN:
-        _desc_layers.COOKIE_LEN = _TOR_COOKIE_LEN
-    try:
-        return build_descriptor(master, period, period_length, revision, points, now=now,
-                                lifetime_minutes=lifetime_minutes)
-    finally:
-        if original != _TOR_COOKIE_LEN:
-            _desc_layers.COOKIE_LEN = original
+    return build_descriptor(master, period, period_length, revision, points, now=now,
+                            lifetime_minutes=lifetime_minutes)
