@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -152,15 +153,20 @@ class HsdirProbe:
         return None, probes
 
 
-async def holders_of(probe: HsdirProbe, master: str, must_contain: frozenset[bytes],
-                     timeout: float = 120.0) -> set[str]:
-    """HSDirs serving ``master`` with some of ``must_contain`` (waits until stable)."""
+async def holders_of(probe: HsdirProbe, master: str, keys: Any,
+                     timeout: float = 180.0) -> tuple[set[str], frozenset[bytes]]:
+    """HSDirs serving ``master`` with some of a node's intro keys, and those keys.
+
+    ``keys`` is a coroutine function returning the node's current intro keys; it is asked
+    again on every round because a freshly (re)started node's descriptors and the master
+    plan take a little while to agree."""
     deadline = time.monotonic() + timeout
     while True:
+        must_contain = await keys()
         snap = await probe.snapshot(master)
-        holders = {h for h, keys in snap.items() if keys is not None}
-        if holders and all(snap[h] & must_contain for h in holders):
-            return holders
+        holders = {h for h, held in snap.items() if held is not None}
+        if holders and must_contain and all(snap[h] & must_contain for h in holders):
+            return holders, must_contain
         if time.monotonic() > deadline:
             raise BenchError(f"master {master[:12]}… not served with the expected intro points "
                              f"by its HSDirs within {timeout:g} s")
@@ -227,12 +233,12 @@ async def measure_onionbalance(network: TorNetwork, probe: HsdirProbe, base: Pat
     dep = None
     try:
         dep = await start_onionbalance(network, base)
-        keys = [await probe.keys_of(i.onion_address) for i in dep.instances]
-        holders = await holders_of(probe, dep.master.onion_address, keys[0], timeout=400.0)
+        keys = [functools.partial(probe.keys_of, i.onion_address) for i in dep.instances]
         # Wait until the master carries every backend (Onionbalance fetches them every 20 s).
-        await holders_of(probe, dep.master.onion_address, keys[1], timeout=200.0)
+        await holders_of(probe, dep.master.onion_address, keys[1], timeout=400.0)
         await holders_of(probe, dep.master.onion_address, keys[2], timeout=200.0)
-        dead = keys[0]
+        holders, dead = await holders_of(probe, dep.master.onion_address, keys[0],
+                                         timeout=200.0)
         started = now()
         kill_instance(dep.instances[0])
         killed.set()
@@ -338,8 +344,8 @@ async def measure_standby(cluster: NodeCluster, probe: HsdirProbe, clients: list
     docs = await cluster.wait_until(lambda d: _ready(cluster, d), 120.0, "healthy")
     pub = next(iter(cluster.publishers(docs)))
     victim = max(set(cluster.nodes) - {pub})
-    dead = await node_keys(probe, cluster, docs, victim)
-    holders = await holders_of(probe, cluster.master_address, dead)
+    holders, dead = await holders_of(probe, cluster.master_address, functools.partial(
+        node_keys, probe, cluster, docs, victim))
     started = now()
     cluster.nodes[victim].kill(signal.SIGKILL)
     res.standby_drop, _ = await probe.wait_drop(cluster.master_address, dead, holders, started,
@@ -354,8 +360,8 @@ async def measure_publisher(cluster: NodeCluster, probe: HsdirProbe, clients: li
     """(b) the publisher SIGKILLed: takeover (status), then its descriptor everywhere."""
     docs = await cluster.wait_until(lambda d: _ready(cluster, d), 120.0, "healthy")
     pub = next(iter(cluster.publishers(docs)))
-    dead = await node_keys(probe, cluster, docs, pub)
-    holders = await holders_of(probe, cluster.master_address, dead)
+    holders, dead = await holders_of(probe, cluster.master_address, functools.partial(
+        node_keys, probe, cluster, docs, pub))
     started = now()
     cluster.nodes[pub].kill(signal.SIGKILL)
     docs = await cluster.wait_until(
