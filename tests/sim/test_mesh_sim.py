@@ -186,3 +186,37 @@ def test_hsdir_conflict_during_partition_favours_the_publisher_with_more_intro_p
             assert ours < theirs
         elif resolution == "keep":
             assert ours >= theirs
+
+
+class _MisconfiguredFactory:
+    """Builds real cores with one config while the checker is told another, so a
+    real MeshCore breaks an invariant on purpose: proves the checks bite on it."""
+
+    def __init__(self, **actual_overrides: float) -> None:
+        from onionmesh.mesh.config import MeshConfig
+        from onionmesh.sim.coreapi import MeshCoreFactory
+        from onionmesh.sim.runner import PROFILES
+
+        self.config = MeshConfig(**PROFILES["fast"])
+        self._real = MeshCoreFactory(**{**PROFILES["fast"], **actual_overrides})
+
+    def make_core(self, spec, secret, bootstrap, now):
+        return self._real.make_core(spec, secret, bootstrap, now)
+
+
+def _first_real_failure(factory: _MisconfiguredFactory, **params) -> str | None:
+    for seed in range(12):
+        result = run_seed(seed, 5, cycles=2, factory=factory, **params)
+        if not result.ok:
+            return result.invariant
+    return None
+
+
+def test_checker_catches_a_real_core_publishing_too_often() -> None:
+    factory = _MisconfiguredFactory(min_publish_interval=0.2)
+    assert _first_real_failure(factory, rotation_probability=2.0) == "republish_rate"
+
+
+def test_checker_catches_a_real_core_keeping_dead_peers_too_long() -> None:
+    factory = _MisconfiguredFactory(removal_grace_period=60.0)
+    assert _first_real_failure(factory, faults_per_cycle=(3, 5)) == "dead_not_removed"
