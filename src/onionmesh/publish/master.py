@@ -5,12 +5,14 @@ Pure functions (no I/O) used by the publisher shell.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 from onionmesh.crypto.blinding import BlindedKey
 from onionmesh.crypto.keys import Ed25519Identity
-from onionmesh.descriptor.build import build_descriptor
-from onionmesh.descriptor.intro import IntroPoint
+from onionmesh.descriptor.build import CERT_LIFETIME, build_descriptor
+from onionmesh.descriptor.intro import IntroPoint, recertify
+from onionmesh.descriptor.signer import FreshSigningKey
 from onionmesh.hsdir.revision import revision_counter
 
 MAX_INTRO_POINTS = 20  # tor clients reject descriptors with more
@@ -44,14 +46,66 @@ def revision_for(blinded: BlindedKey, srv_start: int, now: float, last: int | No
     return value if last is None or value > last else last + 1
 
 
-def build_master_descriptor(master: Ed25519Identity, period: int, period_length: int,
-                            revision: int, points: Sequence[IntroPoint], *, now: float,
-                            lifetime_minutes: int) -> str:
-    """``build_descriptor`` for a master: no client auth, our lifetime.
+# Cached intro-point certificates are renewed once fewer than this many seconds of
+# validity remain: more than a descriptor lifetime (3 h) plus upload retries.
+_CERT_RENEW_MARGIN = 6 * 3600
 
-    tor clients refuse the whole descriptor (BAD_DESC, "Descriptor client authorization
-    section can't be decoded") unless every auth-client entry carries a 16-byte cookie
-    (HS_DESC_ENCRYPED_COOKIE_LEN); tests/publish/test_master_descriptor.py checks that.
+
+@dataclass
+class _PeriodKeys:
+    signing_key: FreshSigningKey
+    certified: dict[IntroPoint, IntroPoint] = field(default_factory=dict)
+
+
+class MasterDescriptorBuilder:
+    """Builds the master descriptors, keeping one descriptor-signing key per time period.
+
+    C tor keeps a descriptor's signing key for its whole time period and certifies each
+    intro point once. Doing the same here means a republish after a membership change
+    or an intro-point rotation signs only the intro points that are new, not all of
+    them (two signatures each), and that the cluster's descriptors look like tor's.
+    Certificates are renewed before they would expire under a published descriptor.
     """
-    return build_descriptor(master, period, period_length, revision, points, now=now,
-                            lifetime_minutes=lifetime_minutes)
+
+    def __init__(self, master: Ed25519Identity, *, lifetime_minutes: int) -> None:
+        self.master = master
+        self.lifetime_minutes = lifetime_minutes
+        self._periods: dict[int, _PeriodKeys] = {}
+
+    def build(self, period: int, period_length: int, revision: int,
+              points: Sequence[IntroPoint], *, now: float,
+              blinded: BlindedKey | None = None) -> str:
+        """The descriptor for ``period``; tor clients accept it (16-byte auth-client
+        cookies, checked by tests/publish/test_master_descriptor.py)."""
+        keys = self._periods.get(period)
+        if keys is None:
+            keys = self._periods[period] = _PeriodKeys(FreshSigningKey())
+        certified: dict[IntroPoint, IntroPoint] = {}
+        for point in points:
+            bare = _without_certs(point)
+            cached = keys.certified.get(bare)
+            if cached is None or _expires_at(cached) - now < _CERT_RENEW_MARGIN:
+                cached = recertify(point, keys.signing_key, now + CERT_LIFETIME)
+            certified[bare] = cached
+        keys.certified = certified  # intro points gone from the plan are forgotten
+        return build_descriptor(self.master, period, period_length, revision,
+                                list(certified.values()), now=now,
+                                lifetime_minutes=self.lifetime_minutes,
+                                signing_key=keys.signing_key, blinded=blinded)
+
+    def forget_periods(self, keep: Iterable[int]) -> None:
+        """Drop the signing keys of periods no longer published."""
+        wanted = set(keep)
+        for period in [p for p in self._periods if p not in wanted]:
+            del self._periods[period]
+
+
+def _without_certs(point: IntroPoint) -> IntroPoint:
+    """The identity of an intro point, whoever certified it."""
+    return replace(point, auth_key_cert=None, enc_key_cert=None, legacy_key=None,
+                   legacy_key_cert=None)
+
+
+def _expires_at(point: IntroPoint) -> float:
+    assert point.auth_key_cert is not None and point.enc_key_cert is not None
+    return min(point.auth_key_cert.expires_at, point.enc_key_cert.expires_at)

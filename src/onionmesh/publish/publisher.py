@@ -43,7 +43,7 @@ from onionmesh.publish.errors import PublishTimeout
 from onionmesh.publish.master import (
     MAX_INTRO_POINTS,
     IntroSource,
-    build_master_descriptor,
+    MasterDescriptorBuilder,
     merge_intro_points,
     revision_for,
 )
@@ -112,6 +112,9 @@ class Publisher:
         self.consensus: Consensus | None = None
         self.targets: dict[int, PeriodTarget] = {}
         self.built: dict[int, Built] = {}
+        self.builder = MasterDescriptorBuilder(
+            master, lifetime_minutes=int(self.policy.descriptor_lifetime // 60)
+        )
         self.builds = 0  # descriptors built so far (for status and tests)
         self._next_consensus = 0.0
         self._wake = asyncio.Event()
@@ -208,6 +211,7 @@ class Publisher:
             )
             targets[number] = PeriodTarget(period, blinded, tuple(r.fingerprint for r in relays))
         self.targets = targets
+        self.builder.forget_periods(targets)
         for number in list(self._blinded_cache):
             if number not in targets:
                 del self._blinded_cache[number]
@@ -294,10 +298,8 @@ class Publisher:
         points = list(self.intro_source(number))[:MAX_INTRO_POINTS]
         revision = revision_for(target.blinded, target.period.srv_start, now,
                                 self.tracker.revision(number))
-        text = build_master_descriptor(
-            self.master, number, target.period.period_length, revision, points, now=now,
-            lifetime_minutes=int(self.policy.descriptor_lifetime // 60),
-        )
+        text = self.builder.build(number, target.period.period_length, revision, points,
+                                  now=now, blinded=target.blinded)
         self.tracker.set_descriptor(number, target.blinded_id, text, revision, target.hsdirs,
                                     now, content_changed=decision.content_changed)
         self.built[number] = Built(number, frozenset(p.auth_key for p in points),
