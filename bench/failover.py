@@ -294,9 +294,9 @@ async def node_keys(probe: HsdirProbe, cluster: NodeCluster, docs: dict[str, dic
 
     address = docs[node_id]["node"]["onion_address"].removesuffix(".onion")
     keys = set(await probe.keys_of(address))
-    sock = cluster.nodes[node_id].root / "state" / "tor" / "control.sock"
+    sock = cluster.nodes[node_id].torrc_value("ControlSocket") or "/nonexistent"
     with contextlib.suppress(OnionmeshError, OSError):
-        controller = await TorController.connect(socket_path=str(sock))
+        controller = await TorController.connect(socket_path=sock)
         try:
             text = await read_own_descriptor(controller, address)
         finally:

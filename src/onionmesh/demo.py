@@ -92,7 +92,19 @@ class ClusterNode:
 
     @property
     def status_socket(self) -> Path:
-        return self.root / "state" / "status.sock"
+        """Where ``onionmesh status`` connects (the daemon may move it to a short path)."""
+        from onionmesh.node.keyfiles import status_socket_path
+
+        return status_socket_path(load_config(self.config_path))
+
+    def torrc_value(self, option: str) -> str | None:
+        """An option of the torrc the daemon wrote for its managed tor (None if absent)."""
+        with contextlib.suppress(OSError):
+            for line in (self.root / "state" / "tor" / "torrc").read_text().splitlines():
+                key, _, value = line.strip().partition(" ")
+                if key == option:
+                    return value.strip()
+        return None
 
     @property
     def udp_port(self) -> int:
@@ -137,8 +149,11 @@ class ClusterNode:
 
     def tor_pid(self) -> int | None:
         """PID of this node's managed tor (from its PidFile), if it runs."""
+        pid_file = self.torrc_value("PidFile")
+        if pid_file is None:
+            return None
         with contextlib.suppress(OSError, ValueError, IndexError):
-            pid = int((self.root / "state" / "tor" / "tor.pid").read_text().split()[0])
+            pid = int(Path(pid_file).read_text().split()[0])
             if pid_alive(pid) and _is_tor_of(pid, self.root):
                 return pid
         return None

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from onionmesh.demo import NodeCluster
 from onionmesh.descriptor.parse import parse_descriptor
+from onionmesh.errors import OnionmeshError
 from onionmesh.hsdir.timeperiod import period_length_minutes
 from onionmesh.publish.publisher import fetch_consensus
 from onionmesh.testnet import SocksError, TorClient
@@ -134,3 +136,38 @@ async def node_intro_keys(client: TorClient, node_address: str) -> set[bytes]:
         await controller.close()
     desc = parse_descriptor(text, node_address, period_length=length)
     return {ip.auth_key for ip in desc.intro_points}
+
+
+async def own_intro_keys(cluster: NodeCluster, node_id: str, address: str) -> set[bytes]:
+    """The intro keys of the descriptor the node's own tor holds now (its current one)."""
+    from onionmesh.tor.intro_points import read_own_descriptor
+
+    sock = cluster.nodes[node_id].torrc_value("ControlSocket")
+    assert sock, f"{node_id}'s torrc names no ControlSocket"
+    controller = await TorController.connect(socket_path=sock)
+    try:
+        length = period_length_minutes(await fetch_consensus(controller))
+        text = await read_own_descriptor(controller, address)
+    finally:
+        await controller.close()
+    if not text:
+        return set()
+    desc = parse_descriptor(text, address, period_length=length)
+    return {ip.auth_key for ip in desc.intro_points}
+
+
+async def wait_node_served(cluster: NodeCluster, client: TorClient, node_id: str,
+                           address: str, timeout: float = 90.0) -> set[bytes]:
+    """Bounded poll until the master descriptor a client fetches carries some of the node's
+    intro points (its descriptors, as clients and its own tor see them, are re-read each
+    round: a node's tor rotates intro points and the plan follows a few seconds later).
+    Returns the node's keys."""
+    deadline = time.monotonic() + timeout
+    while True:
+        keys = await own_intro_keys(cluster, node_id, address)
+        with contextlib.suppress(OnionmeshError):
+            keys |= await node_intro_keys(client, address)
+        if keys & await served_intro_keys(client, cluster.master_address):
+            return keys
+        assert time.monotonic() < deadline, f"{node_id}'s intro points never served"
+        await asyncio.sleep(1.0)  # poll period between real checks

@@ -28,7 +28,6 @@ from .helpers import (
     get_master,
     gets_until,
     healthy,
-    node_intro_keys,
     plan_nodes,
     publisher_of,
     removal_bound,
@@ -36,6 +35,7 @@ from .helpers import (
     takeover_bound,
     uploads_after,
     wait_healthy,
+    wait_node_served,
 )
 
 pytestmark = [pytest.mark.tor, pytest.mark.tornet, pytest.mark.slow]
@@ -86,8 +86,8 @@ async def test_killed_standby_leaves_descriptor_clients_keep_working_and_it_retu
     docs = await wait_healthy(cluster)
     pub = publisher_of(docs)
     victim = max(NODES - {pub})
-    victim_keys = await node_intro_keys(tornet_client, docs[victim]["node"]["onion_address"])
-    assert victim_keys & await served_intro_keys(tornet_client, master)  # present before
+    address = docs[victim]["node"]["onion_address"].removesuffix(".onion")
+    victim_keys = await wait_node_served(cluster, tornet_client, victim, address)
 
     killed_at = time.time()
     cluster.nodes[victim].kill(signal.SIGKILL)
