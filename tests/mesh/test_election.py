@@ -212,3 +212,59 @@ def test_standby_election_unit_claim_times():
     assert e.claim_at([(100, "a")]) == 5.0 + LISTEN  # b ranks after a, but a is the leader
     assert e.claim_at([(100, "a"), (150, "z")]) == 5.0 + LISTEN + CFG.lease_duration
     assert e.claim(30.0) == 4 and e.is_publisher
+
+
+def test_a_standby_that_leaves_cleanly_is_dropped_at_once_and_can_return():
+    from onionmesh.mesh.events import PeerDead, PeerLeft, PeerRecovered
+
+    net = _cluster("abc", {"a": 200, "b": 150})
+    net.run_until(40)
+    assert net.publishers() == ["a"]
+
+    def planned(node: str) -> set[str]:
+        plan = net.cores["a"].publish_plan()
+        assert plan is not None
+        return {owner for owner, _ in plan.intro_points.get(1, ())} & {node}
+
+    assert planned("c") == {"c"}
+    t0 = net.now
+    net.cores["c"].shutdown(net.local("c"))
+    net._flush("c")
+    net.kill("c")
+    net.run_until(t0 + 1)
+    # Gone from the plan within a second, not dead_threshold heartbeats + the grace.
+    assert planned("c") == set()
+    assert net.cores["a"].peers()["c"].state == "dead"
+    left = [e for e in net.events["a"] if isinstance(e, PeerLeft)]
+    assert [(e.node_id, e.intro_count) for e in left] == [("c", 3)]
+    assert left[0].message == "Peer c left the mesh (clean shutdown), removing 3 intro points"
+    assert not [e for e in net.events["a"] if isinstance(e, PeerDead)]
+    # It comes back like any recovered peer, and its intro points return.
+    net.restart("c")
+    net.cores["c"].set_local_intro_points({1: [b"c-new"]}, net.local("c"))
+    net._flush("c")
+    net.run_until(net.now + 30)
+    assert [e.node_id for e in net.events["a"] if isinstance(e, PeerRecovered)] == ["c"]
+    assert planned("c") == {"c"}
+    assert net.publishers() == ["a"]
+
+
+def test_a_forged_or_replayed_leave_changes_nothing():
+    net = _cluster("abc")
+    net.run_until(40)
+    net.cores["c"].shutdown(net.local("c"))
+    leaves = net.cores["c"].datagrams_to_send(net.local("c"))
+    net.kill("c")
+    assert leaves
+    # Deliver c's goodbye to a only after c restarted: a new boot makes it a replay.
+    net.restart("c")
+    net.run_until(net.now + 20)
+    a = net.cores["a"]
+    before, rejected = a.peers()["c"].state, sum(a.rejections.values())
+    to_a = [data for data, addr in leaves if addr == "a:7000"]
+    assert to_a
+    for data in to_a:
+        a.receive_datagram(data, "c:7000", net.local("a"))
+        a.receive_datagram(data[:-1] + bytes([data[-1] ^ 1]), "c:7000", net.local("a"))
+    assert a.peers()["c"].state == before == "alive"
+    assert sum(a.rejections.values()) == rejected + 2 * len(to_a)

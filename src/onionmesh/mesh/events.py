@@ -46,6 +46,19 @@ class PeerDead:
 
 
 @dataclass(frozen=True)
+class PeerLeft:
+    node_id: str
+    intro_count: int
+
+    @property
+    def message(self) -> str:
+        return (
+            f"Peer {self.node_id} left the mesh (clean shutdown), removing "
+            f"{_plural(self.intro_count, 'intro point')}"
+        )
+
+
+@dataclass(frozen=True)
 class PeerRecovered:
     node_id: str
 
@@ -161,6 +174,7 @@ class MessageRejected:
 Event = (
     PeerSuspect
     | PeerDead
+    | PeerLeft
     | PeerRecovered
     | IntroPointsRequested
     | PeerDiscovered

@@ -24,7 +24,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from onionmesh.mesh.config import MeshConfig
-from onionmesh.mesh.events import Event, PeerDamped, PeerDead, PeerRecovered, PeerSuspect
+from onionmesh.mesh.events import (
+    Event,
+    PeerDamped,
+    PeerDead,
+    PeerLeft,
+    PeerRecovered,
+    PeerSuspect,
+)
 from onionmesh.mesh.intro import EMPTY_DIGEST, intro_digest
 
 UNKNOWN, ALIVE, SUSPECT, DEAD = "unknown", "alive", "suspect", "dead"
@@ -209,6 +216,19 @@ class Membership:
             rec.missed_reported = missed
             events.append(PeerSuspect(rec.node_id, missed, threshold - missed))
         return changed
+
+    def depart(self, rec: PeerRecord, now: float) -> list[Event]:
+        """The peer announced a clean shutdown: dead at once, intro points out at once."""
+        if rec.state == DEAD and not rec.intro_sets:
+            return []
+        count = rec.intro_count
+        rec.state = DEAD
+        # Its removal grace is already over: the grace guards against flapping on
+        # missed heartbeats, and a clean departure is no such doubt.
+        rec.dead_since = now - self.config.removal_grace_period
+        rec.clear_intro_points()
+        self._touch(rec)
+        return [PeerLeft(rec.node_id, count)]
 
     def _removal_due(self, rec: PeerRecord, now: float) -> bool:
         grace = self.config.removal_grace_period

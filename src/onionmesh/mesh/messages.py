@@ -14,6 +14,7 @@ Message kinds (tag):
   5 LeaseClaim    the sender just became publisher with this term
   6 LeaseRelease  the sender stops publishing (shutdown or step-down)
   7 PeerList      gossip: the members the sender knows (sent on a digest mismatch)
+  8 Leave         the sender is shutting down cleanly: drop it and its intro points now
 """
 
 from __future__ import annotations
@@ -98,7 +99,16 @@ class PeerList(_Msg, tag=7):
     peers: Annotated[list[PeerInfo], Meta(max_length=MAX_GOSSIP_PEERS)]
 
 
-Message = Heartbeat | Join | IntroPoints | IntroRequest | LeaseClaim | LeaseRelease | PeerList
+class Leave(_Msg, tag=8):
+    """A clean shutdown: unlike a crash, nothing is gained by waiting for missed
+    heartbeats and the removal grace (its tor is stopping with it)."""
+
+    term: U63  # highest term the sender knows
+
+
+Message = (
+    Heartbeat | Join | IntroPoints | IntroRequest | LeaseClaim | LeaseRelease | PeerList | Leave
+)
 
 
 class Signed(_Msg):
