@@ -76,3 +76,26 @@ def test_gossip_traffic_settles_once_views_agree():
     net.run_until(30 + 10 * CFG.heartbeat_interval)
     per_node_per_beat = (len(net.sent) - sent_before) / 6 / 10
     assert per_node_per_beat == 5  # one heartbeat to each of the 5 peers, nothing else
+
+
+def test_a_peer_added_at_runtime_joins_and_a_removed_one_stays_out():
+    from onionmesh.mesh.config import MeshConfig
+    from onionmesh.mesh.identity import PeerSeed
+
+    from .netloop import Net, identity
+
+    net = Net(MeshConfig())
+    net.add(identity("a"), bootstrap=[])
+    net.add(identity("b"), bootstrap=[])
+    net.run_until(10)
+    assert "b" not in net.cores["a"].peers()
+    a = net.cores["a"]
+    a.add_peer(PeerSeed(None, "b:7000", None), net.local("a"))
+    net._flush("a")
+    net.run_until(20)
+    assert a.peers()["b"].state == "alive"
+    a.remove_peer("b", net.local("a"))
+    a.add_peer(PeerSeed("b", "b:7000", None), net.local("a"))
+    net._flush("a")
+    net.run_until(40)
+    assert "b" not in a.peers()

@@ -247,7 +247,7 @@ async def test_a_peer_added_at_runtime_is_discovered():
                                   (lambda e: None)))
         await drivers[-1].start(addr)
     try:
-        drivers[0].add_peer_address(addrs[1])
+        drivers[0].add_peer(PeerSeed(None, addrs[1], None))
         async with asyncio.timeout(20):
             while "b" not in drivers[0].core.peers() or \
                     drivers[0].core.peers()["b"].state != "alive":

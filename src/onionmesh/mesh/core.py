@@ -301,6 +301,17 @@ class MeshCore:
             self._scheduler.request("conflict: superseding a foreign descriptor")
         self._after_input(now)
 
+    def add_peer(self, seed: PeerSeed, now: float) -> None:
+        """A peer the operator added at runtime (config reload): greeted like a bootstrap peer."""
+        if seed.node_id == self.node_id:
+            return
+        if seed.node_id is None:
+            self._pending_addrs.add(seed.address)
+        elif self.membership.add(seed.node_id, seed.address, seed.public_key) is None:
+            return  # removed by the operator: stays removed
+        self._broadcast(self._heartbeat_body(Join), now, include_dead=True)
+        self._after_input(now)
+
     def remove_peer(self, node_id: str, now: float) -> None:
         """Operator removal: the peer is forgotten and stays removed (gossip cannot re-add it)."""
         self.membership.remove(node_id)

@@ -483,7 +483,7 @@ class NodeDaemon:
                  {p.address for p in peer_seeds(old)}]
         for seed in added:
             if self.driver is not None:
-                self.driver.add_peer_address(seed.address)
+                self.driver.add_peer(seed)
             log.info("SIGHUP: added peer %s", seed.address)
         removed = {p.address for p in peer_seeds(old)} - {p.address for p in peer_seeds(new)}
         if removed:

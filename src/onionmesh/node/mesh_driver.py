@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from onionmesh.clock import Clock
 from onionmesh.mesh.core import MeshCore
 from onionmesh.mesh.events import Event
+from onionmesh.mesh.identity import PeerSeed
 from onionmesh.transport.udp import UdpTransport
 
 log = logging.getLogger(__name__)
@@ -56,16 +57,11 @@ class MeshDriver:
         self.flush()
         self._wake.set()
 
-    def add_peer_address(self, address: str) -> None:
-        """A peer added by a config reload: greeted like a bootstrap peer.
-
-        MeshCore has no public call for this yet; bootstrap addresses whose node
-        id is unknown are kept in ``_pending_addrs`` and get every broadcast.
-        """
-        pending = getattr(self.core, "_pending_addrs", None)
-        if isinstance(pending, set):
-            pending.add(address)
-            self._wake.set()
+    def add_peer(self, seed: PeerSeed) -> None:
+        """A peer added by a config reload: greeted like a bootstrap peer."""
+        self.core.add_peer(seed, self.clock.now())
+        self.flush()
+        self._wake.set()
 
     def flush(self) -> None:
         """Send queued datagrams, then dispatch queued events."""
