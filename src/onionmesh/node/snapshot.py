@@ -94,26 +94,11 @@ def build_snapshot(daemon: NodeDaemon) -> dict[str, Any]:
     publisher = daemon.publisher_control.publisher if daemon.publisher_control else None
     doc["publisher"] = None if publisher is None else {
         "builds": publisher.builds,
-        "periods": _upload_states(publisher),
+        "periods": {str(p): c for p, c in publisher.upload_counts().items()},
         "published": publisher.published(),
     }
     doc["rejected_messages"] = dict(core.rejections)
     return doc
-
-
-def _upload_states(publisher: Any) -> dict[str, dict[str, int]]:
-    """Upload status counts per period the publisher has built a descriptor for.
-
-    (Publisher.describe() raises KeyError for a planned period without a descriptor yet,
-    so only the tracker's own periods are asked.)
-    """
-    result: dict[str, dict[str, int]] = {}
-    for period in publisher.tracker.periods():
-        counts: dict[str, int] = {}
-        for state in publisher.tracker.states(period):
-            counts[state.status.value] = counts.get(state.status.value, 0) + 1
-        result[str(period)] = counts
-    return result
 
 
 def _per_node(intro_points: Any) -> dict[str, int]:

@@ -179,14 +179,19 @@ class Publisher:
                 + self.describe()
             ) from None
 
-    def describe(self) -> str:
-        """One line per period: HSDir counts by status."""
-        parts = []
+    def upload_counts(self) -> dict[int, dict[str, int]]:
+        """Per planned period: how many of its HSDirs are in each upload status."""
+        result: dict[int, dict[str, int]] = {}
         for period in sorted(self.targets):
             counts: dict[str, int] = {}
             for state in self.tracker.states(period):
                 counts[state.status.value] = counts.get(state.status.value, 0) + 1
-            parts.append(f"period {period}: {counts}")
+            result[period] = counts
+        return result
+
+    def describe(self) -> str:
+        """One line per period: HSDir counts by status."""
+        parts = [f"period {period}: {counts}" for period, counts in self.upload_counts().items()]
         return "; ".join(parts) or "no periods planned"
 
     # -- consensus ----------------------------------------------------------------------------

@@ -335,7 +335,11 @@ class UploadTracker:
         return frozenset(slot.entries) if slot else frozenset()
 
     def states(self, period: int | None = None) -> list[UploadState]:
-        slots = [self._slots[period]] if period is not None else list(self._slots.values())
+        if period is None:
+            slots = list(self._slots.values())
+        else:
+            slot = self._slots.get(period)  # a planned period may have no descriptor yet
+            slots = [] if slot is None else [slot]
         return [
             UploadState(
                 s.period, e.hsdir, e.revision, e.status, e.attempts,
