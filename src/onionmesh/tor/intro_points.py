@@ -161,15 +161,8 @@ async def read_own_descriptor(controller: TorController, address: str) -> str | 
 
 
 async def enable_events(controller: TorController, *names: str) -> None:
-    """Add ``names`` to the controller's SETEVENTS set without dropping other users' events.
-
-    The control client's ``set_events`` replaces the whole set and has no public
-    getter, so this reads its remembered set (restored after reconnects).
-    """
-    current = tuple(getattr(controller, "_events", ()))
-    wanted = current + tuple(n for n in names if n not in current)
-    if wanted != current:
-        await controller.set_events(*wanted)
+    """Add ``names`` to the controller's SETEVENTS set without dropping other users' events."""
+    await controller.add_events(*names)
 
 
 async def fetch_descriptor(
