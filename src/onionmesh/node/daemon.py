@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from onionmesh.aio import cancel_and_wait
 from onionmesh.alerts import Alert, AlertSink
 from onionmesh.clock import Clock, ClockVerdict
 from onionmesh.config import Config, ConfigError, load_config
@@ -498,11 +499,7 @@ class NodeDaemon:
 
     async def shutdown(self) -> None:
         self.state = "stopping"
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
         if self.feed is not None:
             await self.feed.stop()

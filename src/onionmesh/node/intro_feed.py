@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from onionmesh.aio import cancel_and_wait
 from onionmesh.descriptor.layers import b64_nopad
 from onionmesh.errors import OnionmeshError
 from onionmesh.hsdir.consensus import Consensus
@@ -99,11 +100,7 @@ class IntroFeed:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
 
     def current_sets(self) -> dict[int, tuple[bytes, ...]]:

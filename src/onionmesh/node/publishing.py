@@ -14,11 +14,11 @@ logged ClockRefused and is retried).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+from onionmesh.aio import cancel_and_wait
 from onionmesh.clock import Clock
 from onionmesh.crypto.keys import Ed25519Identity
 from onionmesh.descriptor.intro import IntroPoint, parse_intro_point
@@ -119,10 +119,7 @@ class PublisherControl:
 
     @staticmethod
     async def _stop(task: asyncio.Task[None] | None, publisher: Publisher | None) -> None:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(task)
         if publisher is not None:
             await publisher.stop()
 

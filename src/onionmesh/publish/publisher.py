@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from onionmesh.aio import cancel_and_wait
 from onionmesh.crypto.blinding import BlindedKey, blind_identity
 from onionmesh.crypto.keys import Ed25519Identity
 from onionmesh.descriptor.layers import b64_nopad
@@ -136,11 +137,7 @@ class Publisher:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
         if self._events is not None:
             self._events.close()

@@ -26,7 +26,6 @@ routed to subscribers in between. Design choices, briefly:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -35,6 +34,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from onionmesh.aio import cancel_and_wait
 from onionmesh.tor.control_auth import (
     NONCE_LEN,
     ProtocolInfo,
@@ -357,10 +357,7 @@ class TorController:
         """Close the connection, stop reconnecting and end every subscription."""
         self._closed = True
         task, self._reconnect_task = self._reconnect_task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(task)
         conn, self._conn = self._conn, None
         self._connected.clear()
         if conn is not None:
