@@ -158,13 +158,8 @@ def authority_torrc(
     check_port(or_port, "or_port")
     check_port(dir_port, "dir_port")
     check_voting(voting_interval, vote_delay)
-    options = common_options(node)
+    options = common_options(node) + _relay_options(or_port)
     options += [
-        ("Address", "127.0.0.1"),
-        ("ORPort", f"127.0.0.1:{or_port}"),
-        ("AssumeReachable", 1),
-        ("ExitPolicy", "reject *:*"),
-        ("SocksPort", 0),
         ("DirPort", f"127.0.0.1:{dir_port}"),
         ("AuthoritativeDirectory", 1),
         ("V3AuthoritativeDirectory", 1),
@@ -201,15 +196,18 @@ def check_voting(voting_interval: int, vote_delay: int) -> None:
 def relay_torrc(node: NodeBase, *, or_port: int) -> str:
     """Torrc of a plain (non-exit) relay; slower to join than an authority (reference §3)."""
     check_port(or_port, "or_port")
-    options = common_options(node)
-    options += [
+    return render(common_options(node) + _relay_options(or_port))
+
+
+def _relay_options(or_port: int) -> list[tuple[str, str | int]]:
+    """What every loopback relay of the test network has (authorities too)."""
+    return [
         ("Address", "127.0.0.1"),
         ("ORPort", f"127.0.0.1:{or_port}"),
         ("AssumeReachable", 1),
         ("ExitPolicy", "reject *:*"),
         ("SocksPort", 0),
     ]
-    return render(options)
 
 
 def client_torrc(node: NodeBase, *, socks_port: int) -> str:
