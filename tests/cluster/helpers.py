@@ -81,15 +81,16 @@ def uploads_after(doc: dict[str, Any], since: float) -> tuple[int, int]:
     return ok, bad
 
 
-async def served_intro_keys(client: TorClient, master: str) -> set[bytes]:
-    """HSFETCH ``master`` through ``client`` and return the verified descriptor's intro keys."""
+async def fetched_intro_keys(client: TorClient, address: str) -> set[bytes]:
+    """HSFETCH ``address`` (the master or a node) through ``client`` and return the
+    verified descriptor's intro keys, as a client fetches them now."""
     controller = await TorController.connect(port=client.control_port)
     try:
         length = period_length_minutes(await fetch_consensus(controller))
-        text = await fetch_descriptor(controller, master, timeout=30.0)
+        text = await fetch_descriptor(controller, address, timeout=30.0)
     finally:
         await controller.close()
-    desc = parse_descriptor(text, master, period_length=length)
+    desc = parse_descriptor(text, address, period_length=length)
     return {ip.auth_key for ip in desc.intro_points}
 
 
@@ -126,18 +127,6 @@ async def gets_until(client: TorClient, master: str, done: asyncio.Event, log: G
         await client.anewnym()  # waits out tor's 10 s NEWNYM spacing
 
 
-async def node_intro_keys(client: TorClient, node_address: str) -> set[bytes]:
-    """The intro keys of a node's own descriptor as a client fetches it now."""
-    controller = await TorController.connect(port=client.control_port)
-    try:
-        length = period_length_minutes(await fetch_consensus(controller))
-        text = await fetch_descriptor(controller, node_address, timeout=30.0)
-    finally:
-        await controller.close()
-    desc = parse_descriptor(text, node_address, period_length=length)
-    return {ip.auth_key for ip in desc.intro_points}
-
-
 async def own_intro_keys(cluster: NodeCluster, node_id: str, address: str) -> set[bytes]:
     """The intro keys of the descriptor the node's own tor holds now (its current one)."""
     from onionmesh.tor.intro_points import read_own_descriptor
@@ -166,8 +155,8 @@ async def wait_node_served(cluster: NodeCluster, client: TorClient, node_id: str
     while True:
         keys = await own_intro_keys(cluster, node_id, address)
         with contextlib.suppress(OnionmeshError):
-            keys |= await node_intro_keys(client, address)
-        if keys & await served_intro_keys(client, cluster.master_address):
+            keys |= await fetched_intro_keys(client, address)
+        if keys & await fetched_intro_keys(client, cluster.master_address):
             return keys
         assert time.monotonic() < deadline, f"{node_id}'s intro points never served"
         await asyncio.sleep(1.0)  # poll period between real checks

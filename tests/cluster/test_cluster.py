@@ -25,13 +25,13 @@ from .faults import UdpPortBlock
 from .helpers import (
     GetLog,
     config_value,
+    fetched_intro_keys,
     get_master,
     gets_until,
     healthy,
     plan_nodes,
     publisher_of,
     removal_bound,
-    served_intro_keys,
     takeover_bound,
     uploads_after,
     wait_healthy,
@@ -100,7 +100,7 @@ async def test_killed_standby_leaves_descriptor_clients_keep_working_and_it_retu
                                  and uploads_after(d[pub], killed_at)[0] > 0,
                                  bound, f"{victim}'s intro points dropped from the plan")
         # What clients are served: fetched from an HSDir, verified, none of the dead keys.
-        while victim_keys & await served_intro_keys(tornet_client, master):
+        while victim_keys & await fetched_intro_keys(tornet_client, master):
             assert time.monotonic() - started < bound, "dead node's intro points still served"
             await asyncio.sleep(1.0)  # poll period between real checks
         done.set()

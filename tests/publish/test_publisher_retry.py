@@ -40,6 +40,17 @@ async def wait_for(predicate, timeout: float) -> None:
             await asyncio.sleep(0.1)  # poll period between real checks
 
 
+def _record_posts(publisher: Publisher, posts: list) -> None:
+    """Append (hsdir, period) of every HSPOST the publisher makes to ``posts``."""
+    original_post = publisher._post
+
+    async def recording_post(post):
+        posts.append((post.hsdir, post.period))
+        await original_post(post)
+
+    publisher._post = recording_post
+
+
 async def test_refusing_hsdir_is_retried_and_others_are_not_reposted(tornet, tornet_client):
     node = await tornet.aadd_onion_service("h8retrynode")
     own = await TorController.connect(port=node.control_port)
@@ -55,13 +66,7 @@ async def test_refusing_hsdir_is_retried_and_others_are_not_reposted(tornet, tor
             lambda p: watcher.sets.best_for(p).intro_points, retry=retry,
             rng=random.Random(5),
         )
-        original_post = publisher._post
-
-        async def counting_post(post):
-            posts.append((post.hsdir, post.period))
-            await original_post(post)
-
-        publisher._post = counting_post
+        _record_posts(publisher, posts)
         await publisher.start()
         await wait_for(lambda: publisher.targets and publisher.tracker.settled()
                        and publisher.builds == 2, 60)
@@ -134,13 +139,7 @@ async def test_unreachable_hsdir_times_out_is_retried_and_others_are_not_reposte
                             upload_timeout=8.0)
         publisher = Publisher(ctl, master, lambda p: watcher.sets.best_for(p).intro_points,
                               retry=retry, rng=random.Random(9))
-        original_post = publisher._post
-
-        async def counting_post(post):
-            posts.append((post.hsdir, post.period))
-            await original_post(post)
-
-        publisher._post = counting_post
+        _record_posts(publisher, posts)
         await publisher.start()
         await wait_for(lambda: publisher.builds == 2 and publisher.tracker.settled(), 90)
         for period, target in publisher.targets.items():
