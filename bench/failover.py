@@ -45,12 +45,12 @@ from pathlib import Path
 from typing import Any
 
 from onionmesh.crypto.keys import Ed25519Identity, encode_secret_key_file
-from onionmesh.demo import FAST_PROFILE, NodeCluster
 from onionmesh.descriptor.parse import parse_descriptor
 from onionmesh.errors import OnionmeshError
 from onionmesh.hsdir.timeperiod import period_length_minutes
 from onionmesh.publish.publisher import fetch_consensus
 from onionmesh.testnet import SocksError, TorClient, TorNetwork
+from onionmesh.testnet.node_cluster import FAST_PROFILE, NodeCluster
 from onionmesh.testnet.nodes import ServiceInstance
 from onionmesh.tor.control import TorController
 from onionmesh.tor.control_protocol import parse_hs_desc_event
@@ -276,7 +276,7 @@ class ProfileResult:
 
 
 def _ready(cluster: NodeCluster, docs: dict[str, dict[str, Any]]) -> bool:
-    from onionmesh.demo import cluster_ready
+    from onionmesh.testnet.node_cluster import cluster_ready
 
     return cluster_ready(cluster, docs)
 
@@ -310,7 +310,7 @@ async def node_keys(probe: HsdirProbe, cluster: NodeCluster, docs: dict[str, dic
 async def run_profile(network: TorNetwork, probe: HsdirProbe, clients: list[TorClient],
                       base: Path, name: str, settings: dict[str, Any] | None) -> ProfileResult:
     """(a), (b) and (c) on a fresh 3-node cluster; a step that fails is reported, not fatal."""
-    from onionmesh.demo import DemoError
+    from onionmesh.testnet.errors import ClusterError
 
     res = ProfileResult(name)
     cluster = NodeCluster(network, base / name, 3, settings=settings)
@@ -322,7 +322,7 @@ async def run_profile(network: TorNetwork, probe: HsdirProbe, clients: list[TorC
         for label, step in steps:
             try:
                 await step(cluster, probe, clients, base, res)
-            except (BenchError, DemoError) as exc:
+            except (BenchError, ClusterError) as exc:
                 res.errors.append(f"({label}) {type(exc).__name__}: {exc}")
                 print(f"[{name}] ({label}) failed: {exc}", flush=True)
                 await wait_all_running(cluster)

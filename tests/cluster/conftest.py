@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from onionmesh.demo import FAST_PROFILE, NodeCluster
 from onionmesh.testnet import TorNetwork
+from onionmesh.testnet.node_cluster import FAST_PROFILE, NodeCluster
 
 from .helpers import wait_healthy
 

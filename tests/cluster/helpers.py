@@ -8,14 +8,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from onionmesh.demo import NodeCluster
 from onionmesh.descriptor.parse import parse_descriptor
 from onionmesh.errors import OnionmeshError
 from onionmesh.hsdir.timeperiod import period_length_minutes
 from onionmesh.publish.publisher import fetch_consensus
 from onionmesh.testnet import SocksError, TorClient
+from onionmesh.testnet.node_cluster import NodeCluster
 from onionmesh.tor.control import TorController
 from onionmesh.tor.intro_points import fetch_descriptor
+from tests.eventually import aeventually
 
 Docs = dict[str, dict[str, Any]]
 
@@ -151,12 +152,12 @@ async def wait_node_served(cluster: NodeCluster, client: TorClient, node_id: str
     intro points (its descriptors, as clients and its own tor see them, are re-read each
     round: a node's tor rotates intro points and the plan follows a few seconds later).
     Returns the node's keys."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    async def keys_if_served() -> set[bytes] | None:
         keys = await own_intro_keys(cluster, node_id, address)
         with contextlib.suppress(OnionmeshError):
             keys |= await fetched_intro_keys(client, address)
-        if keys & await fetched_intro_keys(client, cluster.master_address):
-            return keys
-        assert time.monotonic() < deadline, f"{node_id}'s intro points never served"
-        await asyncio.sleep(1.0)  # poll period between real checks
+        return keys if keys & await fetched_intro_keys(client, cluster.master_address) else None
+
+    return await aeventually(keys_if_served, timeout=timeout, interval=1.0,
+                             what=f"{node_id}'s intro points served")

@@ -8,7 +8,6 @@ bounded deadline and then stop tor by its PID.
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from onionmesh.crypto import keys
 from onionmesh.crypto.address import decode_onion_address
 from onionmesh.crypto.blinding import blind_identity
 from onionmesh.crypto.keys import HOSTNAME_FILE, PUBLIC_KEY_FILE, SECRET_KEY_FILE, Ed25519Identity
+from tests.eventually import eventually
 
 pytestmark = pytest.mark.tor
 
@@ -44,15 +44,13 @@ def _run_tor_until_hostname(tmp_path: Path, hs_dir: Path) -> str:
     proc = subprocess.Popen([tor, "-f", str(torrc), "--ignore-missing-torrc"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + _STARTUP_DEADLINE
         hostname = hs_dir / HOSTNAME_FILE
         # Readiness poll: tor writes hostname after both key files.
-        while not (hostname.exists() and hostname.read_text().endswith("\n")):
-            if proc.poll() is not None:
-                pytest.fail(f"tor exited early ({proc.returncode}): {log.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"tor did not write {hostname} within {_STARTUP_DEADLINE}s")
-            time.sleep(0.05)
+        eventually(lambda: hostname.exists() and hostname.read_text().endswith("\n"),
+                   timeout=_STARTUP_DEADLINE, interval=0.05, what=f"tor writes {hostname}",
+                   context=lambda: log.read_text()[-2000:] if log.exists() else "",
+                   gave_up=lambda: proc.poll() is not None
+                   and f"tor exited early ({proc.returncode})")
         return hostname.read_text().strip()
     finally:
         proc.terminate()

@@ -14,6 +14,7 @@ from onionmesh.publish.master import merge_intro_points
 from onionmesh.publish.publisher import Publisher, fetch_consensus
 from onionmesh.tor.control import TorController
 from onionmesh.tor.intro_points import NodeIntroWatcher
+from tests.eventually import aeventually
 
 
 @dataclass
@@ -65,15 +66,13 @@ async def deploy_master(tornet, prefix: str, n_nodes: int = 2, *, seed: int = 1,
     deployment = MasterDeployment(master, nodes, client, publisher, watchers,
                                   [pub_ctl, *node_ctls])
     publisher.intro_source = deployment.intro_source
-    # Bounded: each node must expose at least one non-empty intro set.
-    for _ in range(30):
+    async def all_exposed() -> bool:
         for w in watchers:
             await w.poll_once()
-        if all(w.sets.best_for(0) is not None for w in watchers):
-            break
-        await asyncio.sleep(1.0)  # poll period between real checks
-    else:
-        raise AssertionError("node intro points never became readable")
+        return all(w.sets.best_for(0) is not None for w in watchers)
+
+    await aeventually(all_exposed, timeout=30, interval=1.0,
+                      what="every node's intro points readable")
     for w in watchers:
         w._on_change = publisher.intro_points_changed
         deployment.tasks.append(asyncio.create_task(w.run(5.0)))

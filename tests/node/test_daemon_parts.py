@@ -33,6 +33,7 @@ from onionmesh.node.startup import ClockGuard
 from onionmesh.node.uploads_view import STREAK_ALERT, UploadsView
 from onionmesh.publish.uploads import RetryPolicy
 from onionmesh.tor.control_protocol import HsDescEvent
+from tests.eventually import aeventually
 
 from .helpers import free_port
 
@@ -172,10 +173,7 @@ async def test_two_drivers_find_each_other_and_one_publishes_then_releases():
     drivers[1].set_local_intro_points({7: [b"intro-b"]})
 
     async def until(predicate, what: str) -> None:
-        async with asyncio.timeout(20):
-            while not predicate():
-                await asyncio.sleep(0.05)  # poll period between real checks
-        assert predicate(), what
+        await aeventually(predicate, timeout=20, what=what, interval=0.05)
 
     await until(lambda: any(isinstance(e, PeerDiscovered) for e in events["a"] + events["b"]),
                 "discovery")
@@ -248,10 +246,9 @@ async def test_a_peer_added_at_runtime_is_discovered():
         await drivers[-1].start(addr)
     try:
         drivers[0].add_peer(PeerSeed(None, addrs[1], None))
-        async with asyncio.timeout(20):
-            while "b" not in drivers[0].core.peers() or \
-                    drivers[0].core.peers()["b"].state != "alive":
-                await asyncio.sleep(0.05)  # poll period between real checks
+        await aeventually(lambda: "b" in drivers[0].core.peers()
+                          and drivers[0].core.peers()["b"].state == "alive",
+                          timeout=20, what="b alive", interval=0.05)
         assert drivers[0].core.peers()["b"].address == addrs[1]
     finally:
         for driver in drivers:

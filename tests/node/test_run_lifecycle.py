@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from onionmesh.node.errors import EXIT_TOR
 from onionmesh.node.keyfiles import status_socket_path
 from onionmesh.status_socket import StatusUnavailable, query_status
 from onionmesh.tor.process import pid_alive
+from tests.eventually import eventually
 
 from .helpers import PYTHON, make_cluster, onionmesh
 
@@ -46,17 +46,17 @@ def test_sigterm_while_tor_bootstraps_exits_at_once_and_stops_tor(tmp_path: Path
                                  str(setup.files.config)], stderr=handle)
         try:
             socket_path = status_socket_path(load_config(setup.files.config))
-            deadline = time.monotonic() + 60
-            doc = None
-            while time.monotonic() < deadline and proc.poll() is None:
+
+            def status_while_tor_runs() -> dict | None:
                 try:
                     doc = query_status(socket_path, timeout=5)
                 except StatusUnavailable:
-                    doc = None
-                if doc is not None and _tor_pid(setup.files.root):
-                    break
-                time.sleep(0.2)  # poll period between real checks
-            assert doc is not None, log.read_text()
+                    return None
+                return doc if _tor_pid(setup.files.root) else None
+
+            doc = eventually(status_while_tor_runs, timeout=60, what="status while tor starts",
+                             context=log.read_text,
+                             gave_up=lambda: proc.poll() is not None and "the daemon exited")
             assert doc["node"]["state"] == "starting"
             assert "cluster" not in doc  # no mesh before tor is ready
             tor_pid = _tor_pid(setup.files.root)

@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from onionmesh.node.testnet_options import network_tor_options
 from onionmesh.status_socket import StatusUnavailable, query_status
 from onionmesh.testnet.backend import start_backend_process
 from onionmesh.tor.process import pid_alive
+from tests.eventually import eventually
 
 from .helpers import PYTHON, free_port, make_cluster, onionmesh
 
@@ -58,16 +58,10 @@ class Node:
 
     def wait_for(self, what: str, check: Callable[[], Any], timeout: float) -> Any:
         """Poll ``check`` until it returns something truthy; fail with the log tail."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            if self.proc.poll() is not None:
-                pytest.fail(f"node exited ({self.proc.returncode}) waiting for {what}:\n"
-                            + self.text()[-3000:])
-            time.sleep(0.5)  # poll period between real checks
-        pytest.fail(f"timed out after {timeout:g} s waiting for {what}:\n" + self.text()[-3000:])
+        return eventually(check, timeout=timeout, what=what, interval=0.5,
+                          context=lambda: self.text()[-3000:],
+                          gave_up=lambda: self.proc.poll() is not None
+                          and f"node exited ({self.proc.returncode})")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -22,6 +22,7 @@ from onionmesh.tor.intro_points import (
     fetch_descriptor,
     read_own_descriptor,
 )
+from tests.eventually import aeventually
 
 pytestmark = [pytest.mark.tor, pytest.mark.tornet]
 
@@ -79,16 +80,18 @@ async def test_own_descriptor_and_watcher_see_both_sources(tornet, tornet_client
         consensus = await fetch_consensus(fetcher)
         periods = {p.period_number for p in descriptor_periods(consensus, time.time())}
         length = descriptor_periods(consensus, time.time())[0].period_length
-        mine = None
-        for _ in range(20):  # tor first exposes a 0-intro-point descriptor (reference §6)
+
+        async def own_set_with_intro_points():
             text = await read_own_descriptor(own, node.onion_address)
-            if text:
-                mine = decode_intro_set(text, node.onion_address, period_length=length,
-                                        now=time.time(), source="own")
-                if mine.intro_points:
-                    break
-            await asyncio.sleep(0.5)  # poll period between real checks
-        assert mine is not None
+            if not text:
+                return None
+            mine = decode_intro_set(text, node.onion_address, period_length=length,
+                                    now=time.time(), source="own")
+            return mine if mine.intro_points else None
+
+        # tor first exposes a 0-intro-point descriptor (reference §6)
+        mine = await aeventually(own_set_with_intro_points, timeout=10, interval=0.5,
+                                 what="own descriptor with intro points")
         assert mine.period_number in periods and mine.intro_points
 
         changes = []

@@ -17,6 +17,7 @@ from onionmesh.publish.uploads import RetryPolicy, UploadStatus
 from onionmesh.tor.control import TorController
 from onionmesh.tor.control_protocol import parse_hs_desc_event
 from onionmesh.tor.intro_points import NodeIntroWatcher
+from tests.eventually import aeventually
 
 pytestmark = [pytest.mark.tor, pytest.mark.tornet]
 
@@ -35,9 +36,7 @@ class GhostPublisher(Publisher):
 
 
 async def wait_for(predicate, timeout: float) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.1)  # poll period between real checks
+    await aeventually(predicate, timeout=timeout, what="publisher state", interval=0.1)
 
 
 def _record_posts(publisher: Publisher, posts: list) -> None:
@@ -108,12 +107,11 @@ async def test_refusing_hsdir_is_retried_and_others_are_not_reposted(tornet, tor
 
 
 async def wait_for_intro(watcher: NodeIntroWatcher) -> None:
-    for _ in range(40):
+    async def exposed() -> bool:
         await watcher.poll_once()
-        if watcher.sets.best_for(0) is not None:
-            return
-        await asyncio.sleep(0.5)  # poll period between real checks
-    raise AssertionError("node never exposed intro points")
+        return watcher.sets.best_for(0) is not None
+
+    await aeventually(exposed, timeout=20, interval=0.5, what="node exposes intro points")
 
 
 async def test_unreachable_hsdir_times_out_is_retried_and_others_are_not_reposted(tornet):

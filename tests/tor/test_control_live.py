@@ -33,6 +33,7 @@ from onionmesh.tor.control import (
     TorController,
 )
 from onionmesh.tor.control_protocol import parse_conf_changed
+from tests.eventually import eventually
 
 pytestmark = [pytest.mark.tor, pytest.mark.timeout(120)]
 
@@ -76,29 +77,30 @@ class TorProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        # Bounded poll: tor writes the file once its control listeners are open.
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
+        started = time.monotonic()
+
+        def port_file_text() -> str:
             text = port_file.read_text() if port_file.exists() else ""
-            if "PORT=" in text and text.endswith("\n"):
-                break
-            if self.proc.poll() is not None:
-                raise AssertionError(f"tor exited with {self.proc.returncode}: {self.log_tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"tor did not open its control port: {self.log_tail()}")
-            time.sleep(0.02)
-        for line in text.splitlines():
-            if line.startswith("PORT="):
-                self.port = int(line.rsplit(":", 1)[1])
-        if "CookieAuthentication 1" in self.options:
-            # tor may write the cookie just after the port file; after a
-            # restart the old cookie is still there until it is replaced.
-            while not self._fresh_cookie(old_cookie):
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise AssertionError("tor did not write a new auth cookie")
-                time.sleep(0.02)
+            return text if "PORT=" in text and text.endswith("\n") else ""
+
+        try:
+            # Bounded poll: tor writes the file once its control listeners are open.
+            text = eventually(port_file_text, timeout=START_TIMEOUT, interval=0.02,
+                              what="tor opens its control port", context=self.log_tail,
+                              gave_up=lambda: self.proc.poll() is not None
+                              and f"tor exited with {self.proc.returncode}")
+            for line in text.splitlines():
+                if line.startswith("PORT="):
+                    self.port = int(line.rsplit(":", 1)[1])
+            if "CookieAuthentication 1" in self.options:
+                # tor may write the cookie just after the port file; after a
+                # restart the old cookie is still there until it is replaced.
+                eventually(lambda: self._fresh_cookie(old_cookie), interval=0.02,
+                           timeout=max(0.1, START_TIMEOUT - (time.monotonic() - started)),
+                           what="tor writes a new auth cookie")
+        except AssertionError:
+            self.stop()
+            raise
 
     def _fresh_cookie(self, old: bytes | None) -> bool:
         try:

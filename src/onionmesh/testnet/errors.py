@@ -53,3 +53,8 @@ class SocksError(TestnetError):
 
 class StateFileError(TestnetError):
     """The testnet state file is missing or malformed."""
+
+
+class ClusterError(TestnetError):
+    """A process cluster (:mod:`onionmesh.testnet.node_cluster`) could not come up, a node
+    died on its own, or a bounded wait for a cluster state ran out."""

@@ -1,0 +1,353 @@
+"""A process cluster for tests, benchmarks and the demo: ``n`` ``onionmesh run`` nodes on a
+private Tor network (:class:`onionmesh.testnet.TorNetwork`), each a subprocess with its own
+managed tor and a tiny web backend, coordinating over UDP on 127.0.0.1.
+
+:class:`NodeCluster` writes the configs with the code behind ``onionmesh init`` /
+``add-node`` / ``join``, starts and kills nodes by PID, and reads their status documents
+through the status socket, as an operator's ``onionmesh status`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onionmesh.config import load_config
+from onionmesh.node.testnet_options import network_tor_options
+from onionmesh.status_socket import StatusUnavailable, query_status
+from onionmesh.testnet.backend import start_backend_process
+from onionmesh.testnet.errors import ClusterError
+from onionmesh.testnet.network import TorNetwork
+from onionmesh.tor.process import log_tail, pid_alive, process_start_time, stop_pid
+
+
+@dataclass
+class ClusterNode:
+    """One ``onionmesh run`` node of a :class:`NodeCluster`: its files, backend and process."""
+
+    node_id: str
+    root: Path
+    listen: str  # coordination address host:port (UDP)
+    backend_port: int
+    env: dict[str, str] = field(default_factory=dict)  # extra environment (e.g. a clock offset)
+    proc: subprocess.Popen[bytes] | None = None
+    start_time: int | None = None
+    backend: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "onionmesh.toml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "node.log"
+
+    @property
+    def status_socket(self) -> Path:
+        """Where ``onionmesh status`` connects (the daemon may move it to a short path)."""
+        from onionmesh.node.keyfiles import status_socket_path
+
+        return status_socket_path(load_config(self.config_path))
+
+    def torrc_value(self, option: str) -> str | None:
+        """An option of the torrc the daemon wrote for its managed tor (None if absent)."""
+        with contextlib.suppress(OSError):
+            for line in (self.root / "state" / "tor" / "torrc").read_text().splitlines():
+                key, _, value = line.strip().partition(" ")
+                if key == option:
+                    return value.strip()
+        return None
+
+    @property
+    def udp_port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:
+        """Start ``onionmesh run`` for this node (logs appended to ``node.log``)."""
+        if self.running():
+            raise ClusterError(f"node {self.node_id} is already running (PID {self.pid})")
+        self.starts += 1
+        with open(self.log_path, "ab") as log_file:
+            log_file.write(f"---- start #{self.starts} at {time.time():.3f}\n".encode())
+            log_file.flush()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "onionmesh.cli", "run", "-c", str(self.config_path)],
+                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                env={**os.environ, **self.env}, start_new_session=True,
+            )
+        self.start_time = process_start_time(self.proc.pid)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the node daemon (by its PID). SIGKILL takes its tor down with it
+        at once, like a machine dying (on its own, a managed tor only notices its dead
+        owner on its next periodic check)."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise ClusterError(f"node {self.node_id} is not running")
+        tor_pid = self.tor_pid()
+        os.kill(self.proc.pid, sig)
+        if sig == signal.SIGKILL and tor_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(tor_pid, signal.SIGKILL)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(30.0)
+
+    def tor_pid(self) -> int | None:
+        """PID of this node's managed tor (from its PidFile), if it runs."""
+        pid_file = self.torrc_value("PidFile")
+        if pid_file is None:
+            return None
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int(Path(pid_file).read_text().split()[0])
+            if pid_alive(pid) and _is_tor_of(pid, self.root):
+                return pid
+        return None
+
+    def stop(self) -> None:
+        """SIGTERM, a bounded wait, then SIGKILL; and the backend. By PID only."""
+        if self.proc is not None and self.proc.poll() is None:
+            stop_pid(self.proc.pid, self.start_time, timeout=20.0)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5.0)
+        self.stop_tor_leftover()
+
+    def stop_tor_leftover(self) -> None:
+        """A SIGKILLed daemon's tor exits by itself within seconds; make sure of it."""
+        pid = self.tor_pid()
+        if pid is not None:
+            stop_pid(pid, process_start_time(pid), timeout=10.0)
+
+    def stop_backend(self) -> None:
+        if self.backend is not None and self.backend.poll() is None:
+            stop_pid(self.backend.pid, None, timeout=5.0)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.backend.wait(5.0)
+
+    def status(self, timeout: float = 5.0) -> dict[str, Any] | None:
+        """The node's status document, or None when it does not answer."""
+        try:
+            return query_status(self.status_socket, timeout)
+        except StatusUnavailable:
+            return None
+
+    def log_tail(self, lines: int = 20) -> str:
+        return log_tail(self.log_path, lines)
+
+
+def _is_tor_of(pid: int, root: Path) -> bool:
+    """True if ``pid`` is a tor whose command line names a torrc under ``root``."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(str(root).encode() in part for part in cmdline)
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+#: Fast timings for tests and the fast benchmark profile (1 s heartbeats, short lease).
+FAST_PROFILE: dict[str, dict[str, Any]] = {
+    "coordination": {"heartbeat_interval": 1.0, "lease_duration": 4.0, "lease_grace": 1.0},
+    "resilience": {"removal_grace_period": 5.0},
+    "service": {"intro_poll_interval": 2.0},
+    "publishing": {"min_publish_interval": 1.0},
+}
+#: Every node runs on a private test network whose clock is the machine's; the kernel's NTP
+#: state in a container says nothing, so the NTP requirement is off (the consensus check stays).
+TESTNET_SETTINGS: dict[str, dict[str, Any]] = {"resilience": {"require_ntp_sync": False}}
+
+
+def _merged(*layers: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for section, keys in (layer or {}).items():
+            out.setdefault(section, {}).update(keys)
+    return out
+
+
+class NodeCluster:
+    """``n`` onionmesh nodes on a private Tor network, each an ``onionmesh run`` subprocess
+    with its own managed tor, coordinating over UDP on 127.0.0.1.
+
+    Configs come from the same code as ``onionmesh init`` (first node) and
+    ``onionmesh add-node`` + ``onionmesh join --master-key`` (the others), so every node
+    may publish. ``settings`` adds config keys (e.g. :data:`FAST_PROFILE`).
+    """
+
+    def __init__(self, network: TorNetwork, base_dir: Path, n_nodes: int = 3, *,
+                 settings: dict[str, dict[str, Any]] | None = None,
+                 node_settings: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
+        self.network = network
+        self.base_dir = Path(base_dir)
+        self.n_nodes = n_nodes
+        self.settings = _merged(TESTNET_SETTINGS, settings)
+        self.node_settings = node_settings or {}
+        self.nodes: dict[str, ClusterNode] = {}
+        self.master_address = ""
+
+    def create(self) -> None:
+        """Write every node's config and keys, start every backend (nothing runs yet)."""
+        from onionmesh.node.cluster_setup import init_cluster, join_cluster, make_token
+
+        tor_options = network_tor_options(self.network)
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(1, self.n_nodes + 1):
+            node_id = f"n{i}"
+            node = ClusterNode(node_id, self.base_dir / node_id,
+                               f"127.0.0.1:{_free_udp_port()}", _free_tcp_port())
+            settings = _merged(self.settings, self.node_settings.get(node_id))
+            ports = [f"80 127.0.0.1:{node.backend_port}"]
+            if i == 1:
+                result = init_cluster(node.root, node_id=node_id, listen=node.listen,
+                                      tor_options=tor_options, service_ports=ports,
+                                      settings=settings)
+                self.master_address = result.master_address
+                first_key = result.files.master_key
+            else:
+                token = make_token(load_config(self.nodes["n1"].config_path))
+                join_cluster(token, node.root, node_id=node_id, listen=node.listen,
+                             master_key=first_key, tor_options=tor_options,
+                             service_ports=ports, settings=settings)
+            node.backend = start_backend_process(node_id, node.backend_port,
+                                                 node.root / "backend.log")
+            self.nodes[node_id] = node
+        # Full mesh of configured peers: every node can find every other at once, even
+        # when the inviter (n1) is the one that is down.
+        self._add_all_peers()
+
+    def _add_all_peers(self) -> None:
+        from onionmesh.node.keyfiles import load_node_key
+
+        keys = {nid: load_node_key(load_config(n.config_path)).public_key.hex()
+                for nid, n in self.nodes.items()}
+        for nid, node in self.nodes.items():
+            text = node.config_path.read_text()
+            peers = [f"{o}@{self.nodes[o].listen}" for o in self.nodes if o != nid]
+            peer_keys = ", ".join(f'{o} = "{keys[o]}"' for o in self.nodes if o != nid)
+            lines = []
+            for line in text.splitlines():
+                if line.startswith("peers = "):
+                    line = "peers = [" + ", ".join(f'"{p}"' for p in peers) + "]"
+                elif line.startswith("peer_keys = "):
+                    line = "peer_keys = { " + peer_keys + " }"
+                lines.append(line)
+            node.config_path.write_text("\n".join(lines) + "\n")
+            load_config(node.config_path)  # still valid
+
+    def start(self, node_ids: Sequence[str] | None = None) -> None:
+        for node_id in node_ids or list(self.nodes):
+            self.nodes[node_id].start()
+
+    def stop(self) -> None:
+        """Stop every node and backend by PID (each node's tor stops with it)."""
+        for node in self.nodes.values():
+            with contextlib.suppress(Exception):
+                node.stop()
+        for node in self.nodes.values():
+            with contextlib.suppress(Exception):
+                node.stop_backend()
+
+    def leftover_pids(self) -> list[int]:
+        pids = []
+        for node in self.nodes.values():
+            if node.proc is not None and node.proc.poll() is None:
+                pids.append(node.proc.pid)
+            if node.backend is not None and node.backend.poll() is None:
+                pids.append(node.backend.pid)
+        return pids
+
+    def statuses(self) -> dict[str, dict[str, Any]]:
+        """Status documents of the nodes that answer, by node id."""
+        out = {}
+        for node_id, node in self.nodes.items():
+            if node.running():
+                doc = node.status()
+                if doc is not None:
+                    out[node_id] = doc
+        return out
+
+    def publishers(self, docs: dict[str, dict[str, Any]] | None = None) -> set[str]:
+        """Nodes that call themselves publisher right now."""
+        docs = self.statuses() if docs is None else docs
+        return {nid for nid, d in docs.items() if d.get("cluster", {}).get("role") == "publisher"}
+
+    def check_dead(self) -> None:
+        """A node that exited on its own is a failure worth its log tail."""
+        for node in self.nodes.values():
+            if node.proc is not None and node.proc.poll() is not None and node.starts and \
+                    node.proc.returncode not in (0, -signal.SIGKILL, -signal.SIGTERM):
+                raise ClusterError(f"node {node.node_id} exited with {node.proc.returncode}:\n"
+                                f"{node.log_tail()}")
+
+    async def wait_until(self, predicate: Callable[[dict[str, dict[str, Any]]], bool],
+                         timeout: float, what: str, poll: float = 0.5) -> dict[str, Any]:
+        """Poll the status documents until ``predicate(docs)`` (bounded); returns the docs."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check_dead()
+            docs = await asyncio.to_thread(self.statuses)
+            if predicate(docs):
+                return docs
+            if time.monotonic() >= deadline:
+                raise ClusterError(f"{what}: not reached within {timeout:g} s; last status:\n"
+                                + summarize(docs))
+            await asyncio.sleep(poll)  # poll period between real checks
+
+
+def summarize(docs: dict[str, dict[str, Any]]) -> str:
+    """One short line per node: role, publisher, peers by state, intro points, uploads."""
+    lines = []
+    for node_id, doc in sorted(docs.items()):
+        cluster = doc.get("cluster") or {}
+        peers = doc.get("peers") or {}
+        states = ", ".join(f"{p}:{v.get('state')}" for p, v in sorted(peers.items()))
+        plan = doc.get("plan") or {}
+        uploads = doc.get("uploads") or {}
+        ok = sum(1 for u in uploads.values() if u.get("result") == "uploaded")
+        age = doc.get("descriptor_age")
+        lines.append(
+            f"{node_id}: {cluster.get('role', doc.get('node', {}).get('state'))}, "
+            f"publisher {cluster.get('publisher') or '-'} (term {cluster.get('term')}), "
+            f"peers [{states}], intro points {doc.get('intro_points', {})}, "
+            f"published {plan.get('per_node', {})}, HSDirs ok {ok}/{len(uploads)}, "
+            f"descriptor age {'-' if age is None else f'{age:.0f} s'}"
+        )
+    return "\n".join(lines) or "(no node answers)"
+
+
+def cluster_ready(cluster: NodeCluster, docs: dict[str, dict[str, Any]]) -> bool:
+    """Every node answers, one publisher, its descriptor carries every node and was accepted."""
+    pubs = cluster.publishers(docs)
+    if set(docs) != set(cluster.nodes) or len(pubs) != 1:
+        return False
+    doc = docs[next(iter(pubs))]
+    carried = {k for k, v in ((doc.get("plan") or {}).get("per_node", {})).items() if v}
+    return carried == set(cluster.nodes) and doc.get("descriptor_age") is not None
