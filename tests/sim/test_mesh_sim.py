@@ -220,3 +220,33 @@ def test_checker_catches_a_real_core_publishing_too_often() -> None:
 def test_checker_catches_a_real_core_keeping_dead_peers_too_long() -> None:
     factory = _MisconfiguredFactory(removal_grace_period=60.0)
     assert _first_real_failure(factory, faults_per_cycle=(3, 5)) == "dead_not_removed"
+
+
+# Intro points on a pool of 6 relays: nodes' points share relays all the time.
+SHARED_RELAY_SEEDS = 80  # ~0.3 s each
+
+
+def test_shared_relays_soak_keeps_one_intro_point_per_relay() -> None:
+    results = [
+        run_seed(seed, 3 + seed % 6, "fast", 1, True, relay_pool=6)
+        for seed in range(SHARED_RELAY_SEEDS)
+    ]
+    failures = [r for r in results if not r.ok]
+    assert not failures, "\n".join(r.summary() for r in failures[:10])
+    assert sum(r.checks["appearance"] for r in results) > SHARED_RELAY_SEEDS
+
+
+def test_checker_catches_a_real_core_publishing_two_points_on_one_relay(monkeypatch) -> None:
+    import onionmesh.mesh.core as core_module
+    from onionmesh.mesh.plan import select_intro_points
+
+    def relay_blind(contributions, cap):
+        return select_intro_points(contributions, cap, relay_of=lambda ip: None)
+
+    monkeypatch.setattr(core_module, "select_intro_points", relay_blind)
+    for seed in range(12):
+        result = run_seed(seed, 5, "fast", 1, True, relay_pool=4)
+        if not result.ok:
+            assert result.invariant == "plan_shared_relay"
+            return
+    raise AssertionError("no seed put two intro points on one relay")

@@ -8,11 +8,16 @@ for that period):
   says belong in the plan (alive, suspect, or dead within the removal grace,
   and not held back by flap damping);
 * at most ``max_intro_points`` (20: tor clients reject more) per period,
-  spread fairly: round robin over contributors in node-id order, taking each
-  node's freshest intro point first (freshest = most recently first seen).
-  If the cap cuts a round short, nodes earlier in node-id order get the
-  extra slot; the order is deterministic so an unchanged input never
-  changes the plan.
+  spread fairly: max-min over contributors, each turn going to the node with
+  the fewest points chosen so far (node-id order between equals), which takes
+  its freshest intro point (freshest = most recently first seen). If the cap
+  cuts a round short, nodes earlier in node-id order get the extra slot; the
+  order is deterministic so an unchanged input never changes the plan;
+* at most one intro point per relay (``onionmesh.mesh.relay``): a tor client
+  reaches only the first intro point of a descriptor on a given relay. A node
+  takes its freshest point on a relay no other node still wants before a
+  contested one; a relay contested by equally served nodes goes to the node
+  that wins a hash of (relay, node id), so no node id always loses.
 
 Scheduling (``PublishScheduler``): a publish is requested when the plan
 changes, on takeover, on conflict and every ``refresh_interval``; at most one
@@ -22,8 +27,11 @@ coalesce: when the window opens the *latest* plan is published once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+
+from onionmesh.mesh.relay import RelayKey, relay_keys
 
 
 @dataclass(frozen=True)
@@ -58,29 +66,77 @@ class PublishPlan:
 
 
 def select_intro_points(
-    contributions: Sequence[Contribution], cap: int
+    contributions: Sequence[Contribution],
+    cap: int,
+    relay_of: Callable[[bytes], frozenset[RelayKey] | None] = relay_keys,
 ) -> dict[int, tuple[tuple[str, bytes], ...]]:
-    """Fair, freshest-first selection of at most ``cap`` intro points per period."""
+    """Fair, freshest-first selection of at most ``cap`` intro points per period,
+    never two on one relay (``relay_of`` names an intro point's relay identities)."""
     periods = sorted({p for c in contributions for p, v in c.sets.items() if v})
-    result: dict[int, tuple[tuple[str, bytes], ...]] = {}
     ordered = sorted(contributions, key=lambda c: c.node_id)
-    for period in periods:
-        queues: list[tuple[str, list[bytes]]] = []
-        for c in ordered:
-            points = list(dict.fromkeys(c.sets.get(period, ())))  # dedupe, keep order
-            # Freshest first; ties keep tor's order (sort is stable).
-            points.sort(key=lambda ip, fs=c.first_seen: -fs.get(ip, 0.0))
-            if points:
-                queues.append((c.node_id, points))
-        chosen: list[tuple[str, bytes]] = []
-        depth = 0
-        while len(chosen) < cap and any(depth < len(q) for _, q in queues):
-            for node_id, q in queues:
-                if depth < len(q) and len(chosen) < cap:
-                    chosen.append((node_id, q[depth]))
-            depth += 1
-        result[period] = tuple(chosen)
-    return result
+    return {
+        period: _select_period(
+            [(c.node_id, _freshest_first(c, period)) for c in ordered], cap, relay_of
+        )
+        for period in periods
+    }
+
+
+def _freshest_first(c: Contribution, period: int) -> list[bytes]:
+    points = list(dict.fromkeys(c.sets.get(period, ())))  # dedupe, keep order
+    # Freshest first; ties keep tor's order (sort is stable).
+    points.sort(key=lambda ip: -c.first_seen.get(ip, 0.0))
+    return points
+
+
+def _select_period(
+    queues: Sequence[tuple[str, list[bytes]]],
+    cap: int,
+    relay_of: Callable[[bytes], frozenset[RelayKey] | None],
+) -> tuple[tuple[str, bytes], ...]:
+    def keys(ip: bytes) -> frozenset[Hashable]:
+        found = relay_of(ip)
+        return frozenset(found) if found else frozenset({("point", ip)})
+
+    candidates = {node: [(ip, keys(ip)) for ip in q] for node, q in queues if q}
+    count = dict.fromkeys(candidates, 0)
+    used: set[Hashable] = set()
+    chosen: list[tuple[str, bytes]] = []
+    while len(chosen) < cap:
+        for node in candidates:
+            candidates[node] = [(ip, k) for ip, k in candidates[node] if not k & used]
+        open_nodes = [node for node, c in candidates.items() if c]
+        if not open_nodes:
+            break
+        fewest = min(count[n] for n in open_nodes)
+        node = next(n for n in open_nodes if count[n] == fewest)  # node-id order
+        wanted_by_others = {
+            k for other in open_nodes if other != node for _, ks in candidates[other] for k in ks
+        }
+        free = [(ip, k) for ip, k in candidates[node] if not k & wanted_by_others]
+        ip, k = free[0] if free else candidates[node][0]
+        if not free:
+            # Contested relay: among the equally served nodes that want it, a hash of
+            # (relay, node) decides, so the same node id does not lose every contest.
+            rivals = [
+                n for n in open_nodes
+                if count[n] == fewest and any(ks & k for _, ks in candidates[n])
+            ]
+            winner = min(rivals, key=lambda n: _contest_rank(k, n))
+            if winner != node:
+                node = winner
+                ip, k = next((p, ks) for p, ks in candidates[node] if ks & k)
+        chosen.append((node, ip))
+        count[node] += 1
+        used |= k
+    return tuple(chosen)
+
+
+def _contest_rank(relay: frozenset[Hashable], node_id: str) -> bytes:
+    h = hashlib.blake2b(digest_size=8, person=b"onionmesh-relay")
+    h.update(repr(sorted(relay, key=repr)).encode())
+    h.update(node_id.encode())
+    return h.digest()
 
 
 class PublishScheduler:

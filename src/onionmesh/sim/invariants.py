@@ -6,6 +6,8 @@ Always (even during chaos):
 - ``plan_over_cap`` / ``plan_foreign_ip``: a plan never holds more than
   ``max_intro_points`` per period, and every intro point in it really belongs
   to the node it is attributed to;
+- ``plan_shared_relay``: a plan never holds two intro points on one relay in a
+  period (a tor client would reach only the first);
 - ``dead_not_removed``: a node nobody has heard from for
   ``dead_threshold * heartbeat_interval + removal_grace_period + tick`` is not
   in any publisher's plan (killed, and fully partitioned-away, nodes alike);
@@ -23,8 +25,9 @@ Once the network has been stable for ``Bounds.settle`` seconds:
 - ``leadership_churn``: nobody becomes publisher or steps down;
 - ``intro_points_missing`` / ``stale_intro_point``: every live node's current
   intro points are in the plan within ``Bounds.appearance`` of appearing
-  (all of them when the cap allows, else at least a fair share), and retired
-  ones are gone; a peer the publisher declared flapping (PeerDamped) is
+  (all of them when the cap allows, else at least a fair share; with shared
+  relays, at most as many as it has relays no other intro point wants), and
+  retired ones are gone; a peer the publisher declared flapping (PeerDamped) is
   given until the end of its hold instead;
 - ``lease_stolen``: after that, until a fault other than a restart or kill of
   another node happens, the settled publisher keeps its role.
@@ -38,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from onionmesh.mesh.relay import relay_keys, relay_label
 from onionmesh.sim.coreapi import event_name
 from onionmesh.sim.errors import InvariantViolation
 from onionmesh.sim.scenario import Action, Heal, Inject, Kill, Remove, Rotate, Start
@@ -197,6 +201,13 @@ class InvariantChecker:
             if len(entries) > cap:
                 self.fail("plan_over_cap", f"{node.spec.node_id} plans {len(entries)} intro "
                           f"points for period {period} (cap {cap})")
+            relays: set[Any] = set()
+            for _, ip in entries:
+                keys = relay_keys(bytes(ip))
+                if keys and keys & relays:
+                    self.fail("plan_shared_relay", f"{node.spec.node_id} plans two intro points "
+                              f"on relay {relay_label(bytes(ip))} for period {period}")
+                relays |= keys or set()
             for node_id, ip in entries:
                 owner = self.ip_owner.get(bytes(ip))
                 if owner != node_id:
@@ -280,8 +291,35 @@ class InvariantChecker:
                               f"{pub.spec.node_id}'s plan keeps {len(mine - current)} retired "
                               f"intro point(s) of {x.spec.node_id} for period {period}")
                 need = len(current) if total <= cap else min(len(current), quota)
+                need = min(need, _own_relays(current, x, expected, entries, period))
                 if len(mine & current) < need:
                     self.fail("intro_points_missing",
                               f"{pub.spec.node_id}'s plan has {len(mine & current)} of "
                               f"{x.spec.node_id}'s {len(current)} intro points for period "
                               f"{period} (need {need}; {total} offered, cap {cap})")
+
+
+def _own_relays(
+    current: set[bytes], x: SimNode, expected: Sequence[SimNode], entries: Any, period: int
+) -> int:
+    """How many of ``x``'s intro points the plan can surely carry: one per relay that no
+    other node's current point and no other plan entry also names (opaque points count
+    as relays of their own)."""
+    others: set[Any] = set()
+    for n in expected:
+        if n is not x:
+            for ip in n.intro_sets.get(period, ()):
+                others |= relay_keys(ip) or set()
+    for nid, ip in entries:
+        if nid != x.spec.node_id:
+            others |= relay_keys(bytes(ip)) or set()
+    free: set[Any] = set()
+    count = 0
+    for ip in current:
+        keys = relay_keys(ip)
+        if keys is None:
+            count += 1
+        elif not keys & others and not keys & free:
+            free |= keys
+            count += 1
+    return count

@@ -32,6 +32,9 @@ class SimParams:
     clock_step_probability: float = 0.2  # a restart comes back with a new clock offset
     ips_per_period: tuple[int, int] = (1, 4)
     ip_size: int = 160
+    # > 0: every intro point names one of this many relays in its link specifiers,
+    # so nodes' intro points share relays (the plan must keep one per relay).
+    relay_pool: int = 0
     periods: int = 2
     hsdir: bool = True  # model the HSDirs so publishers see each other's descriptors
     keep_trace: bool = False
@@ -47,6 +50,8 @@ class SimParams:
         lo, hi = self.ips_per_period
         if not 0 <= lo <= hi:
             raise ScenarioError(f"ips_per_period must be 0 <= lo <= hi, got {lo}..{hi}")
+        if self.relay_pool < 0:
+            raise ScenarioError(f"relay_pool must be >= 0, got {self.relay_pool}")
         if self.chaos_heartbeats < 0 or self.ip_size < 1 or self.periods < 1:
             raise ScenarioError("chaos_heartbeats, ip_size and periods must be positive")
 

@@ -10,10 +10,18 @@ global ``random`` module.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from onionmesh.descriptor.intro import (
+    LS_ED25519_ID,
+    LS_LEGACY_ID,
+    LinkSpecifier,
+    encode_link_specifiers,
+)
 from onionmesh.sim.adversary import KINDS, Adversary, Overheard
 from onionmesh.sim.clock import EventQueue
 from onionmesh.sim.coreapi import CoreFactory, CoreLike, NodeSpec, Timing, event_name, state_digest
@@ -88,6 +96,15 @@ class Stats:
     foreign_reports: int = 0
     events: int = 0
     faults: int = 0
+
+
+def relay_intro_point(relay: int, body: bytes) -> bytes:
+    """An opaque intro point whose ``introduction-point`` line names relay ``relay``."""
+    specs = encode_link_specifiers((
+        LinkSpecifier(LS_LEGACY_ID, hashlib.sha1(b"sim-rsa%d" % relay).digest()),
+        LinkSpecifier(LS_ED25519_ID, hashlib.sha256(b"sim-ed%d" % relay).digest()),
+    ))
+    return b"introduction-point " + base64.b64encode(specs) + b"\n" + body
 
 
 class Simulation:
@@ -306,7 +323,10 @@ class Simulation:
         self._pump(node)
 
     def _new_ip(self) -> bytes:
-        return self.rng.randbytes(self.params.ip_size)
+        body = self.rng.randbytes(self.params.ip_size)
+        if not self.params.relay_pool:
+            return body
+        return relay_intro_point(self.rng.randrange(self.params.relay_pool), body)
 
     def _fresh_sets(self) -> dict[int, list[bytes]]:
         lo, hi = self.params.ips_per_period
