@@ -227,6 +227,10 @@ class Roster:
         item = self._entries.get(node_id)
         return None if item is None else item[1]
 
+    def signed_entry(self, node_id: str) -> SignedEntry | None:
+        item = self._entries.get(node_id)
+        return None if item is None else item[0]
+
     def key_of(self, node_id: str) -> bytes | None:
         """The node key a datagram from ``node_id`` must verify under (None: not a member)."""
         item = self._entries.get(node_id)
