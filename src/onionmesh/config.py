@@ -1,33 +1,42 @@
-"""The node configuration file (TOML): schema, defaults and validation.
+"""The node configuration file (TOML): one typed section per table, defaults, validation.
 
-One file per node, ``/etc/onionmesh/onionmesh.toml`` by default. Validation is
-strict so a typo never silently falls back to a default (RustBalance ignored
-unknown keys): every unknown section or key is an error, and every error names
-the file, the ``[section] key`` and the problem. Paths are resolved relative
-to the file's directory so a config can be moved together with its keys.
+One file per node, ``/etc/onionmesh/onionmesh.toml`` by default. Each TOML table
+is decoded into its own ``msgspec.Struct`` (``NodeSection``, ``MasterSection``...)
+with unknown fields forbidden, so a typo never silently falls back to a default
+(RustBalance ignored unknown keys). Every error is one line naming the file, the
+``[section] key`` and the problem. Strings are matched in full (``\\A...\\Z``:
+``$`` would accept a trailing newline) with length limits, and no string may hold
+a control character, so nothing in a config can smuggle a second line into a
+torrc, a log line or a control-port command. Addresses are IP literals: resolving
+a name would block the event loop and let DNS steer the mesh.
 
-The ``[resilience]`` section carries exactly the options of the original
-design, with its defaults.
+Paths are resolved relative to the file's directory so a config can be moved
+together with its keys.
+
+The ``[resilience]`` section carries exactly the options of the original design,
+with its defaults.
+
+To add a key: add a field to its section's Struct (with an ``Annotated`` type
+for its limits); consumers read ``config.<section>.<key>``.
 """
 
 from __future__ import annotations
 
+import enum
 import ipaddress
-import math
 import re
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar
+
+import msgspec
 
 from onionmesh.errors import OnionmeshError
 
 DEFAULT_CONFIG_PATH = Path("/etc/onionmesh/onionmesh.toml")
-
-_NODE_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_ONION = re.compile(r"^[a-z2-7]{56}\.onion$")
-_PORT_MAPPING = re.compile(r"^(\d{1,5})(?:\s+(\S+))?$")
+MAX_CONFIG_BYTES = 1 << 20  # a node's config is a few KiB; refuse before parsing more
+MAX_PATH_CHARS = 4096
+MAX_LIST_ITEMS = 256
 
 
 class ConfigError(OnionmeshError):
@@ -40,6 +49,8 @@ class ConfigError(OnionmeshError):
             where += f": [{section}]"
             if key is not None:
                 where += f" {key}"
+        # One line whatever the problem text holds (it may quote operator input).
+        problem = " ".join(problem.split())
         super().__init__(f"{where}: {problem}")
         self.path = str(path)
         self.section = section
@@ -47,308 +58,364 @@ class ConfigError(OnionmeshError):
         self.problem = problem
 
 
-# --- value checkers: each returns the cleaned value or raises ValueError(problem) ---
+class _Invalid(Exception):
+    """Raised by a section's checks; not a ValueError, so msgspec passes it through."""
 
-def _type_name(value: object) -> str:
-    return type(value).__name__
-
-
-def _integer(minimum: int | None = None, maximum: int | None = None) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"must be an integer, got {_type_name(value)} {value!r}")
-        if minimum is not None and value < minimum:
-            raise ValueError(f"must be >= {minimum}, got {value}")
-        if maximum is not None and value > maximum:
-            raise ValueError(f"must be <= {maximum}, got {value}")
-        return value
-    return check
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(problem)
+        self.key = key
+        self.problem = problem
 
 
-def _seconds(minimum: float = 0.0, maximum: float = 86400.0 * 7) -> Callable[[Any], float]:
-    def check(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"must be a number of seconds, got {_type_name(value)} {value!r}")
-        seconds = float(value)
-        if not math.isfinite(seconds) or seconds < minimum or seconds > maximum:
-            raise ValueError(f"must be between {minimum:g} and {maximum:g} seconds, got {value}")
-        return seconds
-    return check
+# --- value types: every string is a full match with a length limit ---------------------------
+
+# Human descriptions of the patterns below, used in error messages instead of the regex.
+_PATTERN_HELP: dict[str, str] = {}
 
 
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"must be true or false, got {_type_name(value)} {value!r}")
-    return value
+def _text(pattern: str, help_text: str, max_length: int) -> Any:
+    full = rf"\A(?:{pattern})\Z"
+    _PATTERN_HELP[full] = help_text
+    return Annotated[str, msgspec.Meta(pattern=full, min_length=1, max_length=max_length)]
 
 
-def _string(value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"must be a non-empty string, got {_type_name(value)} {value!r}")
-    return value
+_PRINTABLE = r"[^\x00-\x1f\x7f]+"  # no control characters: no newline, no NUL, no tab
+
+NodeId = _text(r"[a-z0-9][a-z0-9._-]{0,63}",
+               "1-64 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit", 64)
+OnionAddress = _text(r"[a-z2-7]{56}\.onion",
+                     "a v3 onion address (56 base32 characters + '.onion', lowercase)", 62)
+HostPort = _text(r"\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}|[0-9.]+:[0-9]{1,5}",
+                 "'IP:port' or '[IPv6]:port' (an IP literal, not a host name)", 64)
+Peer = _text(r"(?:[a-z0-9][a-z0-9._-]{0,63}@)?(?:\[[0-9A-Fa-f:.]+\]|[0-9.]+):[0-9]{1,5}",
+             "'IP:port' or 'node_id@IP:port' (an IP literal, not a host name)", 130)
+PortMapping = _text(r"[0-9]{1,5}(?: +[^\x00-\x20\x7f]{1,200})?",
+                    "'VIRTPORT [TARGET]' as in tor's HiddenServicePort", 210)
+HexKey = _text(r"[0-9a-fA-F]{64}", "64 hex characters (an ed25519 public key)", 64)
+TorrcLine = _text(_PRINTABLE, "text without control characters (no newlines)", 1024)
+Text = _text(_PRINTABLE, "text without control characters (no newlines)", 1024)
+Secret = _text(_PRINTABLE, "text without control characters (no newlines)", 256)
+WebhookUrl = _text(r"https?://[^\x00-\x20\x7f]+", "an http:// or https:// URL", 2048)
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+PortOrZero = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Retries = Annotated[int, msgspec.Meta(ge=0, le=100)]
+_T = TypeVar("_T")
+Items = Annotated[tuple[_T, ...], msgspec.Meta(max_length=MAX_LIST_ITEMS)]
 
 
-def _node_id(value: Any) -> str:
-    text = _string(value)
-    if not _NODE_ID.match(text):
-        raise ValueError(
-            f"must be 1-64 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or "
-            f"digit, got {text!r}"
-        )
-    return text
+def _seconds(minimum: float, maximum: float) -> Any:
+    return Annotated[float, msgspec.Meta(ge=minimum, le=maximum)]
 
 
-def _onion_address(value: Any) -> str:
-    text = _string(value).strip().lower()
-    if not _ONION.match(text):
-        raise ValueError(f"must be a v3 address (56 base32 characters + '.onion'), got {value!r}")
-    # The checksum and version are checked where the key is loaded (crypto.address).
-    return text
+class ClockCheck(enum.StrEnum):
+    """``[resilience] clock_check``: what a bad clock does to signing."""
+
+    REFUSE = "refuse"
+    WARN = "warn"
 
 
-def _host_port(value: Any) -> str:
-    text = _string(value)
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"must be 'host:port' with a port 1-65535, got {text!r}")
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Base of every section: frozen, unknown keys refused."""
+
+
+# --- the sections ----------------------------------------------------------------------------
+
+
+class NodeSection(_Section):
+    id: NodeId
+    priority: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 100
+    state_dir: Path = Path("/var/lib/onionmesh")
+    # The node's Ed25519 key (PKCS#8 PEM): signs its mesh messages and is its onion
+    # service key. Default: <state_dir>/node_key.pem.
+    key_path: Path | None = None
+
+
+class MasterSection(_Section):
+    address: OnionAddress  # checksum and version are checked where the key is loaded
+    key_path: Path | None = None
+    backup_key_path: Path | None = None
+
+
+class ServiceSection(_Section):
+    ports: Items[PortMapping] = ("80 127.0.0.1:8080",)
+    key_dir: Path | None = None
+    # How often the node's own descriptor is re-read from its tor (besides tor's
+    # upload events, which trigger a read at once).
+    intro_poll_interval: _seconds(0.5, 600) = 5.0
+
+    def __post_init__(self) -> None:
+        for index, mapping in enumerate(self.ports):
+            if not 0 < int(mapping.split()[0]) < 65536:
+                raise _Invalid("ports", f"item {index}: virtual port must be 1-65535, "
+                                        f"got {mapping!r}")
+
+
+class TorSection(_Section):
+    managed: bool = True
+    binary: Text = "tor"
+    control_socket: Path | None = None
+    control_port: Port | None = None
+    control_password: Secret | None = None
+    cookie_path: Path | None = None
+    socks_port: PortOrZero = 0
+    extra_torrc: Items[TorrcLine] = ()
+    bootstrap_timeout: _seconds(5, 3600) = 300.0
+
+
+class CoordinationSection(_Section):
+    listen: HostPort = "0.0.0.0:7443"
+    advertise: HostPort | None = None
+    peers: Items[Peer] = ()
+    peer_keys: Annotated[dict[NodeId, HexKey], msgspec.Meta(max_length=MAX_LIST_ITEMS)] = {}
+    cluster_secret_path: Path | None = None
+    heartbeat_interval: _seconds(0.1, 600) = 5.0
+    lease_duration: _seconds(0.5, 3600) = 15.0
+    lease_grace: _seconds(0, 600) = 2.0
+    clock_skew_tolerance: _seconds(0.5, 3600) = 30.0
+
+    def __post_init__(self) -> None:
+        _check_host_port("listen", self.listen)
+        if self.advertise is not None:
+            _check_host_port("advertise", self.advertise)
+        for index, peer in enumerate(self.peers):
+            _check_host_port("peers", peer.rpartition("@")[2], f"item {index}: ")
+        if self.lease_duration <= self.heartbeat_interval:
+            raise _Invalid(
+                "lease_duration",
+                f"must be longer than heartbeat_interval ({self.heartbeat_interval:g} s) "
+                "or every lease lapses between two renewals",
+            )
+
+    def pinned_key(self, node_id: str) -> bytes | None:
+        """The public key ``peer_keys`` pins for ``node_id``, if any."""
+        key = self.peer_keys.get(node_id)
+        return None if key is None else bytes.fromhex(key)
+
+
+class PublishingSection(_Section):
+    refresh_interval: _seconds(60, 86400) = 3600.0
+    min_publish_interval: _seconds(0, 3600) = 10.0
+    hsdir_max_retries: Retries | None = None  # overrides [resilience] when set
+
+
+class ResilienceSection(_Section):
+    dead_threshold: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
+    removal_grace_period: _seconds(0, 86400) = 30.0
+    tor_fallback_enabled: bool = True
+    hsdir_max_retries: Retries = 3
+    require_ntp_sync: bool = True
+    clock_check: ClockCheck = ClockCheck.REFUSE
+
+
+class MetricsSection(_Section):
+    listen: HostPort | None = None
+
+    def __post_init__(self) -> None:
+        if self.listen is not None:
+            _check_host_port("listen", self.listen)
+
+
+class AlertsSection(_Section):
+    command: Items[Text] = ()
+    webhook: WebhookUrl | None = None
+
+
+class LoggingSection(_Section):
+    level: LogLevel = LogLevel.INFO
+
+
+def _check_host_port(key: str, text: str, prefix: str = "") -> None:
+    host, _, port = text.rpartition(":")
     try:
-        ipaddress.ip_address(bare)
+        ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
     except ValueError:
-        if not re.match(r"^[A-Za-z0-9.-]+$", bare):
-            raise ValueError(f"host in {text!r} is neither an IP address nor a hostname") from None
-    return text
+        raise _Invalid(key, f"{prefix}{host!r} is not an IP address") from None
+    if host.startswith("[") != (":" in host):
+        raise _Invalid(key, f"{prefix}an IPv6 address needs brackets ('[::1]:7443'), "
+                            f"an IPv4 address none")
+    if not 0 < int(port) < 65536:
+        raise _Invalid(key, f"{prefix}port must be 1-65535, got {port}")
 
 
-def _port_mapping(value: Any) -> str:
-    text = _string(value).strip()
-    match = _PORT_MAPPING.match(text)
-    if not match or not 0 < int(match.group(1)) < 65536:
-        raise ValueError(
-            f"must be 'VIRTPORT [TARGET]' as in tor's HiddenServicePort, got {text!r}"
-        )
-    return text
+# --- the whole file ---------------------------------------------------------------------------
 
 
-def _peer(value: Any) -> str:
-    """``host:port`` or ``node_id@host:port`` (the id lets ``peer_keys`` pin its key)."""
-    text = _string(value)
-    node, sep, address = text.rpartition("@")
-    if sep:
-        _node_id(node)
-    _host_port(address)
-    return text
-
-
-def _peer_keys(value: Any) -> dict[str, bytes]:
-    """``{ node_id = "<64 hex chars>" }``: node public keys pinned for configured peers."""
-    if not isinstance(value, dict):
-        raise ValueError(f"must be a table of node id = public key hex, got {_type_name(value)}")
-    keys: dict[str, bytes] = {}
-    for node, key in value.items():
-        _node_id(node)
-        if not isinstance(key, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", key):
-            raise ValueError(f"key of {node!r} must be 64 hex characters (an ed25519 public key)")
-        keys[node] = bytes.fromhex(key)
-    return keys
-
-
-def _list_of(item: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, ...]]:
-    def check(value: Any) -> tuple[Any, ...]:
-        if not isinstance(value, list):
-            raise ValueError(f"must be a list, got {_type_name(value)}")
-        cleaned = []
-        for index, element in enumerate(value):
-            try:
-                cleaned.append(item(element))
-            except ValueError as exc:
-                raise ValueError(f"item {index}: {exc}") from None
-        return tuple(cleaned)
-    return check
-
-
-def _choice(*choices: str) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if value not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
-        return value
-    return check
-
-
-_PATH = "path"  # marker: a string resolved relative to the config file's directory
-
-
-@dataclass(frozen=True)
-class _Key:
-    check: Callable[[Any], Any] | str
-    default: Any = None
-    required: bool = False
-
-
-# The whole schema. Sections missing from the file take their defaults;
-# keys missing from a section take theirs unless required.
-_SCHEMA: dict[str, dict[str, _Key]] = {
-    "node": {
-        "id": _Key(_node_id, required=True),
-        "priority": _Key(_integer(0, 1_000_000), 100),
-        "state_dir": _Key(_PATH, "/var/lib/onionmesh"),
-        # The node's Ed25519 key (PKCS#8 PEM): signs its mesh messages and is its onion
-        # service key. Default: <state_dir>/node_key.pem.
-        "key_path": _Key(_PATH),
-    },
-    "master": {
-        "address": _Key(_onion_address, required=True),
-        "key_path": _Key(_PATH),
-        "backup_key_path": _Key(_PATH),
-    },
-    "service": {
-        "ports": _Key(_list_of(_port_mapping), ("80 127.0.0.1:8080",)),
-        "key_dir": _Key(_PATH),
-        # How often the node's own descriptor is re-read from its tor (besides tor's
-        # upload events, which trigger a read at once).
-        "intro_poll_interval": _Key(_seconds(0.5, 600), 5.0),
-    },
-    "tor": {
-        "managed": _Key(_boolean, True),
-        "binary": _Key(_string, "tor"),
-        "control_socket": _Key(_PATH),
-        "control_port": _Key(_integer(1, 65535)),
-        "control_password": _Key(_string),
-        "cookie_path": _Key(_PATH),
-        "socks_port": _Key(_integer(0, 65535), 0),
-        "extra_torrc": _Key(_list_of(_string), ()),
-        "bootstrap_timeout": _Key(_seconds(5, 3600), 300.0),
-    },
-    "coordination": {
-        "listen": _Key(_host_port, "0.0.0.0:7443"),
-        "advertise": _Key(_host_port),
-        "peers": _Key(_list_of(_peer), ()),
-        "peer_keys": _Key(_peer_keys, {}),
-        "cluster_secret_path": _Key(_PATH),
-        "heartbeat_interval": _Key(_seconds(0.1, 600), 5.0),
-        "lease_duration": _Key(_seconds(0.5, 3600), 15.0),
-        "lease_grace": _Key(_seconds(0, 600), 2.0),
-        "clock_skew_tolerance": _Key(_seconds(0.5, 3600), 30.0),
-    },
-    "publishing": {
-        "refresh_interval": _Key(_seconds(60, 86400), 3600.0),
-        "min_publish_interval": _Key(_seconds(0, 3600), 10.0),
-        "hsdir_max_retries": _Key(_integer(0, 100)),
-    },
-    "resilience": {
-        "dead_threshold": _Key(_integer(1, 1000), 3),
-        "removal_grace_period": _Key(_seconds(0, 86400), 30.0),
-        "tor_fallback_enabled": _Key(_boolean, True),
-        "hsdir_max_retries": _Key(_integer(0, 100), 3),
-        "require_ntp_sync": _Key(_boolean, True),
-        "clock_check": _Key(_choice("refuse", "warn"), "refuse"),
-    },
-    "metrics": {
-        "listen": _Key(_host_port),
-    },
-    "alerts": {
-        "command": _Key(_list_of(_string), ()),
-        "webhook": _Key(_string),
-    },
-    "logging": {
-        "level": _Key(_choice("debug", "info", "warning", "error"), "info"),
-    },
-}
-
-
-@dataclass(frozen=True)
-class Config:
-    """A validated configuration: ``sections[name][key]`` holds every key, defaults filled in."""
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    """A validated configuration: one typed section per TOML table, defaults filled in."""
 
     path: Path
-    sections: Mapping[str, Mapping[str, Any]] = field(repr=False)
-
-    def __getitem__(self, section: str) -> Mapping[str, Any]:
-        return self.sections[section]
+    node: NodeSection
+    master: MasterSection
+    service: ServiceSection = ServiceSection()
+    tor: TorSection = TorSection()
+    coordination: CoordinationSection = CoordinationSection()
+    publishing: PublishingSection = PublishingSection()
+    resilience: ResilienceSection = ResilienceSection()
+    metrics: MetricsSection = MetricsSection()
+    alerts: AlertsSection = AlertsSection()
+    logging: LoggingSection = LoggingSection()
 
     @property
     def node_id(self) -> str:
-        return str(self.sections["node"]["id"])
+        return self.node.id
 
     @property
     def hsdir_max_retries(self) -> int:
-        """``[publishing]`` overrides ``[resilience]`` (the seed's place for it)."""
-        publishing = self.sections["publishing"]["hsdir_max_retries"]
-        if publishing is not None:
-            return int(publishing)
-        return int(self.sections["resilience"]["hsdir_max_retries"])
+        """``[publishing]`` overrides ``[resilience]`` (the design's place for it)."""
+        if self.publishing.hsdir_max_retries is not None:
+            return self.publishing.hsdir_max_retries
+        return self.resilience.hsdir_max_retries
+
+    def changed_keys(self, other: Config) -> list[tuple[str, str]]:
+        """``(section, key)`` of every value that differs from ``other`` (for SIGHUP)."""
+        changed = []
+        for name in SECTIONS:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            for f in msgspec.structs.fields(mine):
+                if getattr(mine, f.name) != getattr(theirs, f.name):
+                    changed.append((name, f.name))
+        return changed
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    name: annotation for name, annotation in (
+        (f.name, f.type) for f in msgspec.structs.fields(Config) if f.name != "path"
+    )
+}
+_REQUIRED_SECTIONS = ("node", "master")
+
+
+def _decode_path(base: Path) -> Any:
+    def dec_hook(kind: type, value: Any) -> Any:
+        if kind is not Path:
+            raise NotImplementedError(kind)
+        if not isinstance(value, str):
+            raise TypeError(f"must be a path (a string), got {type(value).__name__}")
+        if not value or len(value) > MAX_PATH_CHARS or re.search(r"[\x00-\x1f\x7f]", value):
+            raise ValueError(f"must be a path of 1-{MAX_PATH_CHARS} characters without "
+                             "control characters")
+        return base / value
+    return dec_hook
+
+
+_AT = re.compile(r" - at `(?P<in_key>key` in `)?\$(?P<where>[^`]*)`$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]*)`")
+_MISSING = re.compile(r"^Object missing required field `(?P<key>[^`]*)`")
+_REGEX = re.compile(r"matching regex '(?P<regex>.*)'")
+
+
+def _explain(section: str, schema: type[_Section], raw: dict[str, Any], path: Path,
+             error: msgspec.ValidationError) -> ConfigError:
+    """msgspec's message (``Expected `int` >= 1 - at `$.key[0]```) as one operator line."""
+    message = str(error)
+    if match := _UNKNOWN.match(message):
+        known = ", ".join(f.name for f in msgspec.structs.fields(schema))
+        return ConfigError(path, f"unknown key (known: {known})", section, match["key"][:64])
+    if match := _MISSING.match(message):
+        return ConfigError(path, "is required", section, match["key"])
+    where, in_key = "", False
+    if match := _AT.search(message):
+        where, in_key = match["where"], bool(match["in_key"])
+        message = message[: match.start()]
+    key, _, rest = where.lstrip(".").partition("[")
+    if match := _REGEX.search(message):
+        help_text = _PATTERN_HELP.get(match["regex"].encode().decode("unicode_escape"))
+        message = "must be " + (help_text or "well-formed")
+    elif message.startswith("Invalid enum value"):
+        choices = _enum_choices(schema, key)
+        message = f"must be one of {', '.join(choices)}" if choices else "is not a known value"
+    else:
+        for name, words in _TYPE_WORDS.items():
+            message = message.replace(name, words)
+        message = message.replace("Expected", "must be").replace("`", "")
+        value = raw.get(key)
+        # Numbers only: a string may be a secret (a password, a webhook token).
+        if isinstance(value, int | float) and not rest and "got" not in message:
+            message += f", got {value!r}"
+    if in_key:
+        message = "a key: " + message
+    elif rest:
+        index = rest.rstrip("]")
+        message = ("a value: " if index == "..." else f"item {index}: ") + message
+    return ConfigError(path, message, section, key or None)
+
+
+_TYPE_WORDS = {
+    " | null": "", "got `bool`": "got a boolean", "`int`": "an integer", "`float`": "a number",
+    "`str`": "a string",    "`bool`": "true or false", "`array`": "a list", "`object`": "a table",
+}
+
+
+def _enum_choices(schema: type[_Section], key: str) -> list[str]:
+    for f in msgspec.structs.fields(schema):
+        kind = f.type
+        if f.name == key and isinstance(kind, type) and issubclass(kind, enum.Enum):
+            return [str(member.value) for member in kind]
+    return []
+
+
+_Section_T = TypeVar("_Section_T", bound=_Section)
+
+
+def _section(name: str, schema: type[_Section_T], raw: Any, path: Path, base: Path) -> _Section_T:
+    if not isinstance(raw, dict):
+        raise ConfigError(path, f"[{name}] must be a table, got {type(raw).__name__}")
+    try:
+        return msgspec.convert(raw, schema, strict=True, dec_hook=_decode_path(base))
+    except msgspec.ValidationError as exc:
+        raise _explain(name, schema, raw, path, exc) from None
+    except _Invalid as exc:
+        raise ConfigError(path, exc.problem, name, exc.key) from None
 
 
 def parse_config(text: str, path: Path | str = "<string>") -> Config:
     """Validate TOML text; ``path`` locates relative paths and names the file in errors."""
     path = Path(path)
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(path, f"larger than {MAX_CONFIG_BYTES} bytes; not a node config")
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, f"not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(path, "not valid TOML: nested too deeply") from None
+    except ValueError:  # tomllib's int() of thousands of digits
+        raise ConfigError(path, "not valid TOML: a number has too many digits") from None
     base = path.parent if str(path) != "<string>" else Path.cwd()
-    sections: dict[str, dict[str, Any]] = {}
     for name in raw:
-        if name not in _SCHEMA:
+        if name not in SECTIONS:
             raise ConfigError(
-                path, f"unknown section [{name}] (known: {', '.join(sorted(_SCHEMA))})"
+                path, f"unknown section [{name[:64]}] (known: {', '.join(sorted(SECTIONS))})"
             )
-        if not isinstance(raw[name], dict):
-            raise ConfigError(path, f"[{name}] must be a table, got {_type_name(raw[name])}")
-    for name, keys in _SCHEMA.items():
-        given = raw.get(name, {})
-        for key in given:
-            if key not in keys:
-                raise ConfigError(
-                    path, f"unknown key (known: {', '.join(sorted(keys))})", name, key
-                )
-        cleaned: dict[str, Any] = {}
-        for key, spec in keys.items():
-            if key not in given:
-                if spec.required:
-                    raise ConfigError(path, "is required", name, key)
-                value = spec.default
-                if spec.check == _PATH and value is not None:
-                    value = Path(value)
-                cleaned[key] = value
-                continue
-            try:
-                if spec.check == _PATH:
-                    value = base / _string(given[key])
-                else:
-                    assert callable(spec.check)
-                    value = spec.check(given[key])
-            except ValueError as exc:
-                raise ConfigError(path, str(exc), name, key) from None
-            cleaned[key] = value
-        sections[name] = cleaned
+    for name in _REQUIRED_SECTIONS:
+        raw.setdefault(name, {})
+    sections = {name: _section(name, SECTIONS[name], raw[name], path, base) for name in raw}
     if all("hsdir_max_retries" in raw.get(name, {}) for name in ("publishing", "resilience")):
         raise ConfigError(
             path, "set in both [publishing] and [resilience]; keep one", "publishing",
             "hsdir_max_retries",
         )
-    config = Config(path=path, sections=sections)
+    config = Config(path=path, **sections)  # type: ignore[arg-type]
     _check_consistency(config)
     return config
 
 
 def _check_consistency(config: Config) -> None:
-    """Rules that relate several keys."""
-    path = config.path
-    coordination = config["coordination"]
-    if coordination["lease_duration"] <= coordination["heartbeat_interval"]:
-        raise ConfigError(
-            path,
-            f"must be longer than heartbeat_interval ({coordination['heartbeat_interval']:g} s) "
-            "or every lease lapses between two renewals",
-            "coordination", "lease_duration",
-        )
-    tor = config["tor"]
-    if not tor["managed"] and tor["control_socket"] is None and tor["control_port"] is None:
+    """Rules that relate several keys of one section."""
+    path, tor = config.path, config.tor
+    if not tor.managed and tor.control_socket is None and tor.control_port is None:
         raise ConfigError(
             path, "an unmanaged tor needs control_socket or control_port", "tor", "managed"
         )
-    if tor["control_socket"] is not None and tor["control_port"] is not None:
+    if tor.control_socket is not None and tor.control_port is not None:
         raise ConfigError(
             path, "set control_socket or control_port, not both", "tor", "control_port"
         )
@@ -358,11 +425,14 @@ def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> Config:
     """Read and validate a config file; every problem is a ConfigError naming the file."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(path, "no such file") from None
     except OSError as exc:
         raise ConfigError(path, f"cannot be read: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(path, f"larger than {MAX_CONFIG_BYTES} bytes; not a node config")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -371,8 +441,13 @@ def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> Config:
 
 
 def schema_defaults() -> dict[str, dict[str, Any]]:
-    """Every section and key with its default (None where there is none), for docs and `init`."""
-    return {
-        name: {key: spec.default for key, spec in keys.items()}
-        for name, keys in _SCHEMA.items()
-    }
+    """Every section and key with its default (None where required), for docs and tests."""
+    defaults: dict[str, dict[str, Any]] = {}
+    for name, schema in SECTIONS.items():
+        defaults[name] = {
+            f.name: None if f.required else (
+                f.default if f.default is not msgspec.NODEFAULT else f.default_factory()
+            )
+            for f in msgspec.structs.fields(schema)
+        }
+    return defaults

@@ -24,7 +24,8 @@ Docs = dict[str, dict[str, Any]]
 def config_value(cluster: NodeCluster, section: str, key: str) -> float:
     from onionmesh.config import load_config
 
-    return float(load_config(cluster.nodes["n1"].config_path)[section][key])
+    config = load_config(cluster.nodes["n1"].config_path)
+    return float(getattr(getattr(config, section), key))
 
 
 def removal_bound(cluster: NodeCluster) -> float:

@@ -115,11 +115,27 @@ CONFIG_CASES = [
     ("unknown key", "[coordination]\nlisten_addr = \"1.2.3.4:5\"\n",
      "[coordination] listen_addr: unknown key"),
     ("bad value", "[resilience]\ndead_threshold = 0\n",
-     "[resilience] dead_threshold: must be >= 1"),
+     "[resilience] dead_threshold: must be an integer >= 1, got 0"),
     ("unknown section", "[wireguard]\n", "unknown section [wireguard]"),
     ("wildcard listen without advertise", "[coordination]\nlisten = \"0.0.0.0:7443\"\n",
      "[coordination] advertise: required"),
     ("bad peer", "[coordination]\npeers = [\"Bad Id@1.2.3.4:5\"]\n", "[coordination] peers"),
+    # No DNS in the event loop: peers are IP literals.
+    ("peer by host name", "[coordination]\npeers = [\"n2@peer.example:7443\"]\n",
+     "[coordination] peers: item 0: must be 'IP:port' or 'node_id@IP:port'"),
+    ("newline smuggled into a torrc line",
+     "[tor]\nextra_torrc = [\"Log notice stderr\\nControlPort 9051\"]\n",
+     "[tor] extra_torrc: item 0: must be text without control characters (no newlines)"),
+    ("deeply nested TOML", "[tor]\nextra_torrc = " + "[" * 3000 + "]" * 3000 + "\n",
+     "not valid TOML: nested too deeply"),
+    ("integer of 5000 digits", "[resilience]\ndead_threshold = " + "9" * 5000 + "\n",
+     "not valid TOML: a number has too many digits"),
+    ("oversized integer", "[resilience]\ndead_threshold = 9223372036854775807\n",
+     "[resilience] dead_threshold: must be an integer <= 1000"),
+    ("oversized string", "[tor]\nbinary = \"" + "x" * 5000 + "\"\n",
+     "[tor] binary: must be a string of length <= 1024"),
+    ("unknown choice", "[resilience]\nclock_check = \"ignore\"\n",
+     "[resilience] clock_check: must be one of refuse, warn"),
 ]
 
 

@@ -42,9 +42,9 @@ def test_init_writes_private_files_the_checks_accept(tmp_path: Path, capsys):
     assert main(["keys", "check", "-c", str(config_path)]) == 0
     config = load_config(config_path)
     assert config.node_id == "alpha"
-    assert config["resilience"]["require_ntp_sync"] is True  # the seed's default
+    assert config.resilience.require_ntp_sync is True  # the seed's default
     master = load_secret_key(tmp_path / "n1" / "master" / "hs_ed25519_secret_key")
-    assert config["master"]["address"] == master.onion_address
+    assert config.master.address == master.onion_address
     # The token names this node and carries the secret, never the master key.
     decoded = decode_token(token)
     assert decoded.inviter_id == "alpha"
@@ -68,19 +68,19 @@ def test_add_node_and_join_produce_a_second_node_the_checks_accept(tmp_path: Pat
     assert main(["config", "check", "-c", str(config_path)]) == 0
     assert main(["keys", "check", "-c", str(config_path)]) == 0
     second = load_config(config_path)
-    assert second["master"]["address"] == first_config["master"]["address"]
+    assert second.master.address == first_config.master.address
     assert load_cluster_secret(second) == load_cluster_secret(first_config)
     # Cluster-wide timing comes from the token (the fast profile of the first node).
-    assert second["coordination"]["heartbeat_interval"] == 1.0
-    assert second["coordination"]["lease_duration"] == 3.0
+    assert second.coordination.heartbeat_interval == 1.0
+    assert second.coordination.lease_duration == 3.0
     # The inviter is a pinned peer.
     (seed,) = peer_seeds(second)
     assert seed.node_id == "n1"
-    assert seed.address == first_config["coordination"]["listen"]
+    assert seed.address == first_config.coordination.listen
     assert seed.public_key == load_node_key(first_config).public_key
     assert load_node_key(second).public_key != seed.public_key
-    assert second["resilience"]["require_ntp_sync"] is False
-    assert first_config["resilience"]["require_ntp_sync"] is False  # the test profile
+    assert second.resilience.require_ntp_sync is False
+    assert first_config.resilience.require_ntp_sync is False  # the test profile
 
 
 def test_join_without_master_key_makes_a_node_that_never_publishes(tmp_path: Path):
@@ -88,7 +88,7 @@ def test_join_without_master_key_makes_a_node_that_never_publishes(tmp_path: Pat
     token = make_token(load_config(first.files.config))
     join_cluster(token, tmp_path / "n2", node_id="n2", listen="127.0.0.1:7444")
     config = load_config(tmp_path / "n2" / "onionmesh.toml")
-    assert config["master"]["key_path"] is None
+    assert config.master.key_path is None
     assert "copy the master key" in (tmp_path / "n2" / "onionmesh.toml").read_text()
     assert not (tmp_path / "n2" / "master").exists()
     assert main(["keys", "check", "-c", str(config.path)]) == 0

@@ -301,7 +301,7 @@ async def test_events_become_log_lines_alerts_and_metrics(tmp_path: Path, caplog
                                            hsdir, "id", "UPLOAD_REJECTED", None, None),
                                time.time())
     # The master of this test cluster is not MASTER: no streak for another address.
-    master = load_config(setup.files.config)["master"]["address"].removesuffix(".onion")
+    master = load_config(setup.files.config).master.address.removesuffix(".onion")
     for _ in range(3):
         daemon.uploads.observe(HsDescEvent("FAILED", master, "NO_AUTH", hsdir, "id",
                                            "UPLOAD_REJECTED", None, None), time.time())

@@ -42,7 +42,7 @@ def test_backup_key_is_used_when_the_primary_fails(tmp_path: Path):
     assert keys.used_backup
     assert keys.master_path == backup
     assert keys.master is not None
-    assert keys.master.onion_address == load_config(result.files.config)["master"]["address"]
+    assert keys.master.onion_address == load_config(result.files.config).master.address
     assert "master-key-file" in keys.warnings[0] and "backup" in keys.warnings[0]
     done = onionmesh("keys", "check", "-c", str(result.files.config))
     assert done.returncode == 0, done.stderr

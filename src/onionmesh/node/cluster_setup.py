@@ -307,8 +307,9 @@ def make_token(config: Config) -> str:
 
     secret = load_cluster_secret(config)
     node = load_node_key(config)
-    timing = {s: {k: config[s][k] for k in keys} for s, keys in SHARED_TIMING.items()}
-    return JoinToken(secret, config["master"]["address"], config.node_id,
+    timing = {s: {k: getattr(getattr(config, s), k) for k in keys}
+              for s, keys in SHARED_TIMING.items()}
+    return JoinToken(secret, config.master.address, config.node_id,
                      advertise_address(config), node.public_key, timing).encode()
 
 

@@ -186,7 +186,7 @@ def _config_check(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     check_runnable(config)
-    print(f"{config.path}: OK (node {config.node_id}, master {config['master']['address']})")
+    print(f"{config.path}: OK (node {config.node_id}, master {config.master.address})")
     return EXIT_OK
 
 

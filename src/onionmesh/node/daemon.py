@@ -121,11 +121,11 @@ class NodeDaemon:
         self.local_sets: dict[int, tuple[bytes, ...]] = {}
         self.metrics = NodeMetrics()
         self.alerts = self._alert_sink(config)
-        self.uploads = UploadsView(config["master"]["address"], self._on_upload_streak)
+        self.uploads = UploadsView(config.master.address, self._on_upload_streak)
         self.guard = ClockGuard(
-            self.clock, mode=config["resilience"]["clock_check"],
-            require_ntp_sync=config["resilience"]["require_ntp_sync"],
-            tolerance=config["coordination"]["clock_skew_tolerance"],
+            self.clock, mode=config.resilience.clock_check,
+            require_ntp_sync=config.resilience.require_ntp_sync,
+            tolerance=config.coordination.clock_skew_tolerance,
         )
         self.status_server: StatusServer | None = None
         self._metrics_server: Any = None
@@ -190,7 +190,7 @@ class NodeDaemon:
         self.keys = keys = check_keys(config)
         for warning in keys.warnings:
             log.warning("%s", warning)
-            self._alert(Alert("key_problem", str(config["master"]["key_path"]), warning))
+            self._alert(Alert("key_problem", str(config.master.key_path), warning))
         self.master_key_source = (
             "none" if keys.master is None else ("backup" if keys.used_backup else "primary")
         )
@@ -229,13 +229,13 @@ class NodeDaemon:
         self._startup_clock_check("against tor's consensus")
         # 5. Mesh.
         identity = NodeIdentity(
-            config.node_id, keys.node.seed or b"", config["node"]["priority"],
+            config.node_id, keys.node.seed or b"", config.node.priority,
             eligible=keys.master is not None, address=self.advertise,
         )
         core = MeshCore(mesh_cfg, identity, keys.cluster_secret, seeds, self.clock.now())
         self.driver = MeshDriver(core, self.clock, self._on_event)
         try:
-            await self.driver.start(str(config["coordination"]["listen"]))
+            await self.driver.start(str(config.coordination.listen))
         except TransportError as exc:
             raise TransportFailed(str(exc)) from None
         log.info("mesh: node %s at %s (priority %d, %s), %d configured peers",
@@ -248,7 +248,7 @@ class NodeDaemon:
                 RetryPolicy(max_retries=config.hsdir_max_retries),
             )
         self.feed = IntroFeed(controller, self.tor.node_address, self._on_local_sets,
-                              poll_interval=config["service"]["intro_poll_interval"],
+                              poll_interval=config.service.intro_poll_interval,
                               uploaded=self.tor.uploaded)
         # (The feed judges tor's own descriptors by the system clock tor made them with,
         # not by the ONIONMESH_CLOCK_OFFSET test clock.)
@@ -258,7 +258,7 @@ class NodeDaemon:
         self._watch(asyncio.create_task(self._consensus_loop(), name="consensus"), "consensus")
         self._watch(asyncio.create_task(self._uploads_loop(), name="uploads"), "upload events")
         self.state = "running"
-        log.info("node %s running (master %s)", config.node_id, config["master"]["address"])
+        log.info("node %s running (master %s)", config.node_id, config.master.address)
 
     @staticmethod
     def _refuse_if_running(status_path: Path) -> None:
@@ -283,7 +283,7 @@ class NodeDaemon:
             log.info("clock check %s: %s", when, result.message)
 
     def _serve_metrics(self) -> None:
-        listen = self.config["metrics"]["listen"]
+        listen = self.config.metrics.listen
         if not listen:
             return
         host, _, port = str(listen).rpartition(":")
@@ -417,8 +417,8 @@ class NodeDaemon:
     # ------------------------------------------------------------------ alerts, status
 
     def _alert_sink(self, config: Config) -> AlertSink:
-        return AlertSink(config.node_id, command=config["alerts"]["command"],
-                         webhook=config["alerts"]["webhook"])
+        return AlertSink(config.node_id, command=config.alerts.command,
+                         webhook=config.alerts.webhook)
 
     def _alert(self, alert: Alert) -> None:
         if not self.alerts.enabled:
@@ -468,15 +468,14 @@ class NodeDaemon:
             return
         old = self.config
         restart_needed = []
-        for section, keys in new.sections.items():
-            for key, value in keys.items():
-                if old[section][key] != value and (section, key) not in _LIVE:
-                    restart_needed.append(f"[{section}] {key}")
-        if new["logging"]["level"] != old["logging"]["level"]:
-            set_level(new["logging"]["level"])
-            log.info("SIGHUP: log level is now %s", new["logging"]["level"])
-        if (new["alerts"]["command"], new["alerts"]["webhook"]) != (
-            old["alerts"]["command"], old["alerts"]["webhook"]
+        for section, key in new.changed_keys(old):
+            if (section, key) not in _LIVE:
+                restart_needed.append(f"[{section}] {key}")
+        if new.logging.level != old.logging.level:
+            set_level(new.logging.level)
+            log.info("SIGHUP: log level is now %s", new.logging.level)
+        if (new.alerts.command, new.alerts.webhook) != (
+            old.alerts.command, old.alerts.webhook
         ):
             self.alerts = self._alert_sink(new)
             log.info("SIGHUP: alert hook reloaded")
@@ -538,5 +537,5 @@ async def run_node(config_path: Path, environ: Mapping[str, str] = os.environ) -
     except NodeError as exc:
         log.error("fatal: %s", exc)
         return exc.exit_code
-    set_level(config["logging"]["level"])
+    set_level(config.logging.level)
     return await NodeDaemon(config, clock=clock).run()

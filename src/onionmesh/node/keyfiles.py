@@ -33,21 +33,21 @@ _MAX_SECRET_FILE = 4096
 
 
 def state_dir(config: Config) -> Path:
-    return Path(config["node"]["state_dir"])
+    return Path(config.node.state_dir)
 
 
 def node_key_path(config: Config) -> Path:
-    return Path(config["node"]["key_path"] or state_dir(config) / "node_key.pem")
+    return Path(config.node.key_path or state_dir(config) / "node_key.pem")
 
 
 def cluster_secret_path(config: Config) -> Path:
-    path = config["coordination"]["cluster_secret_path"]
+    path = config.coordination.cluster_secret_path
     return Path(path or state_dir(config) / "cluster_secret")
 
 
 def service_dir(config: Config) -> Path:
     """The node's HiddenServiceDir (managed tor) or where an existing tor keeps it."""
-    return Path(config["service"]["key_dir"] or state_dir(config) / "service")
+    return Path(config.service.key_dir or state_dir(config) / "service")
 
 
 _MAX_UNIX_PATH = 100  # sun_path holds 108 bytes on Linux; keep a margin

@@ -36,27 +36,27 @@ def clock_from_env(environ: Mapping[str, str] = os.environ) -> Clock:
 
 
 def mesh_config(config: Config) -> MeshConfig:
-    coordination, resilience = config["coordination"], config["resilience"]
-    publishing = config["publishing"]
+    coordination, resilience = config.coordination, config.resilience
+    publishing = config.publishing
     tiny = 1e-3  # MeshConfig wants every duration > 0; the config allows 0 for "none"
     return MeshConfig(
-        heartbeat_interval=coordination["heartbeat_interval"],
-        dead_threshold=resilience["dead_threshold"],
-        removal_grace_period=max(tiny, resilience["removal_grace_period"]),
-        lease_duration=coordination["lease_duration"],
-        lease_grace=max(tiny, coordination["lease_grace"]),
-        min_publish_interval=max(tiny, publishing["min_publish_interval"]),
-        refresh_interval=publishing["refresh_interval"],
-        clock_skew_tolerance=coordination["clock_skew_tolerance"],
+        heartbeat_interval=coordination.heartbeat_interval,
+        dead_threshold=resilience.dead_threshold,
+        removal_grace_period=max(tiny, resilience.removal_grace_period),
+        lease_duration=coordination.lease_duration,
+        lease_grace=max(tiny, coordination.lease_grace),
+        min_publish_interval=max(tiny, publishing.min_publish_interval),
+        refresh_interval=publishing.refresh_interval,
+        clock_skew_tolerance=coordination.clock_skew_tolerance,
     )
 
 
 def advertise_address(config: Config) -> str:
     """Where peers reach this node: ``advertise``, else ``listen`` unless it is a wildcard."""
-    coordination = config["coordination"]
-    if coordination["advertise"]:
-        return str(coordination["advertise"])
-    listen = str(coordination["listen"])
+    coordination = config.coordination
+    if coordination.advertise:
+        return str(coordination.advertise)
+    listen = str(coordination.listen)
     host = listen.rpartition(":")[0].strip("[]")
     with contextlib.suppress(ValueError):
         if ipaddress.ip_address(host).is_unspecified:
@@ -69,12 +69,12 @@ def advertise_address(config: Config) -> str:
 
 def peer_seeds(config: Config) -> list[PeerSeed]:
     """``[coordination] peers`` (``[id@]host:port``) with keys pinned from ``peer_keys``."""
-    keys: Mapping[str, bytes] = config["coordination"]["peer_keys"]
+    coordination = config.coordination
     seeds = []
-    for entry in config["coordination"]["peers"]:
-        node_id, sep, address = str(entry).rpartition("@")
+    for entry in coordination.peers:
+        node_id, sep, address = entry.rpartition("@")
         if sep:
-            seeds.append(PeerSeed(node_id, address, keys.get(node_id)))
+            seeds.append(PeerSeed(node_id, address, coordination.pinned_key(node_id)))
         else:
             seeds.append(PeerSeed(None, address))
     return seeds
@@ -85,8 +85,8 @@ def check_runnable(config: Config) -> None:
     advertise_address(config)
     peer_seeds(config)
     mesh_config(config)
-    if config["alerts"]["webhook"] is not None:
+    if config.alerts.webhook is not None:
         try:
-            AlertSink(config.node_id, webhook=config["alerts"]["webhook"])
+            AlertSink(config.node_id, webhook=config.alerts.webhook)
         except ValueError as exc:
             raise NodeConfigError(f"{config.path}: [alerts] webhook: {exc}") from None

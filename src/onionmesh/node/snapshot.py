@@ -35,7 +35,7 @@ def build_snapshot(daemon: NodeDaemon) -> dict[str, Any]:
             "pid": os.getpid(),
             "state": daemon.state,
             "uptime": _round(now - daemon.started_at),
-            "priority": config["node"]["priority"],
+            "priority": config.node.priority,
             "eligible": daemon.keys is not None and daemon.keys.master is not None,
             "master_key": daemon.master_key_source,
             "coordination_address": daemon.advertise,
@@ -43,7 +43,7 @@ def build_snapshot(daemon: NodeDaemon) -> dict[str, Any]:
             daemon.tor.node_address else None,
             "tor_pid": daemon.tor.process.pid if daemon.tor and daemon.tor.process else None,
         },
-        "master_address": config["master"]["address"],
+        "master_address": config.master.address,
         "clock": daemon.clock_status(),
     }
     if core is None:

@@ -107,17 +107,17 @@ def load_master_key_file(path: Path, address: str) -> Ed25519Identity:
 
 def load_master_key(config: Config) -> tuple[Ed25519Identity | None, Path | None, tuple[str, ...]]:
     """The master key, or the backup with a warning, or KeyCheckError for the primary."""
-    master = config["master"]
-    path, backup = master["key_path"], master["backup_key_path"]
+    master = config.master
+    path, backup = master.key_path, master.backup_key_path
     if path is None:
         return None, None, ()
     try:
-        return load_master_key_file(Path(path), master["address"]), Path(path), ()
+        return load_master_key_file(Path(path), master.address), Path(path), ()
     except KeyCheckError as primary:
         if backup is None:
             raise
         try:
-            identity = load_master_key_file(Path(backup), master["address"])
+            identity = load_master_key_file(Path(backup), master.address)
         except KeyCheckError as second:
             raise KeyCheckError(
                 primary.check, f"{primary}; the backup key failed too: {second}"
@@ -132,7 +132,7 @@ def check_keys(config: Config, *, managed_tor: bool | None = None) -> KeyMateria
     node = load_node_key(config)
     secret = load_cluster_secret(config)
     if managed_tor is None:
-        managed_tor = bool(config["tor"]["managed"])
+        managed_tor = bool(config.tor.managed)
     hs_dir = service_dir(config)
     if managed_tor and (hs_dir / SECRET_KEY_FILE).exists():
         try:

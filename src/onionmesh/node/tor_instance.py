@@ -75,7 +75,7 @@ def _extra_option(line: str) -> tuple[str, str]:
 
 def managed_torrc(config: Config, data_dir: Path, hs_dir: Path, control_socket: Path) -> str:
     """The torrc of a managed node tor (pure; ``TorrcError`` for unsafe values)."""
-    tor = config["tor"]
+    tor = config.tor
     options: list[tuple[str, str | int]] = [
         ("DataDirectory", str(data_dir)),
         ("PidFile", f"{data_dir}/tor.pid"),
@@ -84,12 +84,12 @@ def managed_torrc(config: Config, data_dir: Path, hs_dir: Path, control_socket: 
         ("Log", f"notice file {data_dir}/notice.log"),
         ("ControlSocket", str(control_socket)),
         ("CookieAuthentication", 1),
-        ("SocksPort", str(tor["socks_port"]) if tor["socks_port"] else "0"),
+        ("SocksPort", str(tor.socks_port) if tor.socks_port else "0"),
         ("HiddenServiceDir", str(hs_dir)),
     ]
-    options += [("HiddenServicePort", _port_option(p)) for p in config["service"]["ports"]]
+    options += [("HiddenServicePort", _port_option(p)) for p in config.service.ports]
     options.append(("HiddenServiceOnionbalanceInstance", 1))
-    options += [_extra_option(line) for line in tor["extra_torrc"]]
+    options += [_extra_option(line) for line in tor.extra_torrc]
     return torrc_gen.render(options)
 
 
@@ -107,7 +107,7 @@ class NodeTor:
         self.config = config
         self.now = now
         self.node_key = node_key
-        self.managed = bool(config["tor"]["managed"])
+        self.managed = bool(config.tor.managed)
         self.data_dir = state_dir(config) / "tor"
         self.hs_dir = service_dir(config)
         self.control_socket = unix_socket_path(config, "tor-control.sock")
@@ -124,7 +124,7 @@ class NodeTor:
 
     async def start(self) -> TorController:
         """Start (or reach) tor and wait until it has bootstrapped; TorUnusable otherwise."""
-        timeout = float(self.config["tor"]["bootstrap_timeout"])
+        timeout = float(self.config.tor.bootstrap_timeout)
         deadline = time.monotonic() + timeout
         if self.managed:
             self._prepare_managed()
@@ -183,7 +183,7 @@ class NodeTor:
             except KeyFileError as exc:
                 raise TorUnusable(f"cannot write the node's HiddenServiceDir: {exc}") from None
         os.chmod(self.hs_dir, 0o700)
-        master = self.config["master"]["address"]
+        master = self.config.master.address
         ob_config = self.hs_dir / "ob_config"
         wanted = torrc_gen.ob_config_text(master)
         if not ob_config.exists() or ob_config.read_text() != wanted:
@@ -202,7 +202,7 @@ class NodeTor:
             self.control_socket.unlink()  # stale socket of a killed tor: wait for the new one
         self.process = TorProcess(
             f"{self.config.node_id}-tor", torrc, defaults_torrc=defaults,
-            log_path=self.data_dir / "notice.log", tor_binary=self.config["tor"]["binary"],
+            log_path=self.data_dir / "notice.log", tor_binary=self.config.tor.binary,
             supervise=True,
         )
         try:
@@ -257,16 +257,16 @@ class NodeTor:
             ) from None
 
     async def _connect_existing(self, timeout: float) -> TorController:
-        tor = self.config["tor"]
+        tor = self.config.tor
         kwargs: dict[str, object] = {"reconnect": True, "timeout": min(timeout, 30.0)}
-        if tor["control_socket"] is not None:
-            kwargs["socket_path"] = str(tor["control_socket"])
+        if tor.control_socket is not None:
+            kwargs["socket_path"] = str(tor.control_socket)
         else:
-            kwargs["port"] = int(tor["control_port"])
-        if tor["control_password"] is not None:
-            kwargs["password"] = tor["control_password"]
-        if tor["cookie_path"] is not None:
-            kwargs["cookie_path"] = str(tor["cookie_path"])
+            kwargs["port"] = int(tor.control_port)
+        if tor.control_password is not None:
+            kwargs["password"] = tor.control_password
+        if tor.cookie_path is not None:
+            kwargs["cookie_path"] = str(tor.cookie_path)
         try:
             return await TorController.connect(**kwargs)  # type: ignore[arg-type]
         except (ControlError, OSError) as exc:
@@ -287,7 +287,7 @@ class NodeTor:
                 return
             await asyncio.sleep(0.5)  # poll period while tor bootstraps
         raise TorUnusable(
-            f"tor did not bootstrap within {self.config['tor']['bootstrap_timeout']:g} s "
+            f"tor did not bootstrap within {self.config.tor.bootstrap_timeout:g} s "
             f"(last status: {phase}); tor log tail:\n{log_tail(self.data_dir / 'notice.log')}"
         )
 
