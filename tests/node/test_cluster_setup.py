@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,7 @@ from onionmesh.node.cluster_setup import (
     join_cluster,
     make_token,
 )
-from onionmesh.node.errors import KeyCheckError, SetupError, TokenError
+from onionmesh.node.errors import EXIT_USAGE, KeyCheckError, SetupError, TokenError
 from onionmesh.node.keyfiles import load_cluster_secret, load_node_key
 from onionmesh.node.settings import peer_seeds
 
@@ -195,3 +198,21 @@ def test_join_reads_the_token_from_stdin(tmp_path: Path):
     assert done.returncode == 0, done.stderr
     assert token not in done.stdout + done.stderr  # never echoed
     assert load_config(tmp_path / "n2" / "onionmesh.toml").node_id == "n2"
+
+
+def test_hostile_tokens_on_stdin_are_one_line_errors(tmp_path: Path):
+    """A token read from stdin that is huge or nests JSON deeply: one error line, no traceback."""
+    nested = "[" * 1500 + "]" * 1500  # deeper than json's recursion limit, under the size cap
+    bodies = [
+        TOKEN_PREFIX + base64.urlsafe_b64encode(nested.encode()).decode(),
+        TOKEN_PREFIX + "A" * 1_000_000,
+    ]
+    for body in bodies:
+        done = subprocess.run(
+            [sys.executable, "-m", "onionmesh.cli", "join", "-", "--dir", str(tmp_path / "n2"),
+             "--node-id", "n2"], input=body, capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == EXIT_USAGE, done.stderr
+        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+        assert "join token" in done.stderr
+        assert not (tmp_path / "n2").exists()

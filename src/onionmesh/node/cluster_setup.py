@@ -46,6 +46,7 @@ from onionmesh.node.keyfiles import (
 from onionmesh.node.startup import load_master_key_file
 
 TOKEN_PREFIX = "onionmesh-join-1."
+MAX_TOKEN_CHARS = 4096  # a real token is a few hundred characters
 CONFIG_NAME = "onionmesh.toml"
 # The settings every node of a cluster must share; the token carries them.
 SHARED_TIMING = {
@@ -91,13 +92,15 @@ class JoinToken:
 def decode_token(text: str) -> JoinToken:
     """Parse a join token; TokenError names the problem, never the token."""
     text = text.strip()
+    if len(text) > MAX_TOKEN_CHARS:
+        raise TokenError(f"join token is longer than {MAX_TOKEN_CHARS} characters; copy it again")
     if not text.startswith(TOKEN_PREFIX):
         raise TokenError(f"not an onionmesh join token (it must start with {TOKEN_PREFIX!r})")
     payload = text[len(TOKEN_PREFIX):]
     try:
         raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
         body = json.loads(raw)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):
         raise TokenError("join token is damaged (not base64 JSON); copy it again") from None
     if not isinstance(body, dict):
         raise TokenError("join token is damaged (its payload is not a JSON object)")

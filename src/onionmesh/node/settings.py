@@ -15,6 +15,7 @@ from onionmesh.alerts import AlertSink
 from onionmesh.clock import Clock
 from onionmesh.config import Config
 from onionmesh.mesh.config import MeshConfig
+from onionmesh.mesh.errors import MeshConfigError
 from onionmesh.mesh.identity import PeerSeed
 from onionmesh.node.errors import NodeConfigError
 
@@ -36,19 +37,23 @@ def clock_from_env(environ: Mapping[str, str] = os.environ) -> Clock:
 
 
 def mesh_config(config: Config) -> MeshConfig:
+    """The mesh core's timing; a value the core refuses is a config error (exit 3)."""
     coordination, resilience = config.coordination, config.resilience
     publishing = config.publishing
     tiny = 1e-3  # MeshConfig wants every duration > 0; the config allows 0 for "none"
-    return MeshConfig(
-        heartbeat_interval=coordination.heartbeat_interval,
-        dead_threshold=resilience.dead_threshold,
-        removal_grace_period=max(tiny, resilience.removal_grace_period),
-        lease_duration=coordination.lease_duration,
-        lease_grace=max(tiny, coordination.lease_grace),
-        min_publish_interval=max(tiny, publishing.min_publish_interval),
-        refresh_interval=publishing.refresh_interval,
-        clock_skew_tolerance=coordination.clock_skew_tolerance,
-    )
+    try:
+        return MeshConfig(
+            heartbeat_interval=coordination.heartbeat_interval,
+            dead_threshold=resilience.dead_threshold,
+            removal_grace_period=max(tiny, resilience.removal_grace_period),
+            lease_duration=coordination.lease_duration,
+            lease_grace=max(tiny, coordination.lease_grace),
+            min_publish_interval=max(tiny, publishing.min_publish_interval),
+            refresh_interval=publishing.refresh_interval,
+            clock_skew_tolerance=coordination.clock_skew_tolerance,
+        )
+    except MeshConfigError as exc:
+        raise NodeConfigError(f"{config.path}: mesh settings: {exc}") from None
 
 
 def advertise_address(config: Config) -> str:
