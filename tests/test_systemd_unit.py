@@ -71,7 +71,7 @@ def test_writable_paths_are_what_init_writes(tmp_path: Path, capsys: pytest.Capt
     assert main(["init", "--dir", str(target), "--node-id", "n1", "--no-ntp-check"]) == 0
     capsys.readouterr()
     config = load_config(target / DEFAULT_CONFIG_PATH.name)
-    state = Path(config["node"]["state_dir"]).resolve().relative_to(target.resolve())
+    state = Path(config.node.state_dir).resolve().relative_to(target.resolve())
     assert any((config_dir / state).is_relative_to(p) for p in writable)
     assert Path("/run/wireguard") in writable and UAPI_DIR.name == "wireguard"
     assert TMPFILES.read_text().splitlines()[-1].split() == [
