@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Test files run on this many pytest-xdist workers, each with its own private Tor network
+# (created only if one of its files needs it). Most real-network tests wait on tor, so
+# three workers fit a 2-core machine; TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 3
 
 .PHONY: test test-fast lint demo bench system-deps clean
 
@@ -17,11 +21,11 @@ $(STAMP): pyproject.toml
 
 test: system-deps $(STAMP)
 	$(PY) -m ruff check src tests bench
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Pure-code tests only (no tor, no namespaces): for a quick edit loop.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not tor and not tornet and not netns"
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not tor and not tornet and not netns"
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench

@@ -48,3 +48,14 @@ def tornet(tmp_path_factory: pytest.TempPathFactory):
 def tornet_client(tornet: TorNetwork) -> TorClient:
     """One bootstrapped client of the session network, shared (do not stop it)."""
     return tornet.add_client("sessclient")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the files that hold slow tests first.
+
+    ``make test`` spreads whole files over pytest-xdist workers (``--dist loadfile``) in
+    collection order; starting the long, mostly idle real-network files first keeps them
+    from landing last on one worker and stretching the run. The order inside a file is kept.
+    """
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)

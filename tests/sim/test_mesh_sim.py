@@ -27,6 +27,7 @@ CI_SEEDS = int(os.environ.get("ONIONMESH_SIM_SEEDS", "2000"))
 
 # ~4 minutes on an idle 2-core machine; the generous timeout only guards a
 # machine shared with other work (under a load of 20 it took 15 minutes).
+@pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_ci_soak() -> None:
     jobs = soak_jobs(range(CI_SEEDS), 3, 15, "fast", cycles=1, quick=True)
