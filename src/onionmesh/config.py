@@ -115,6 +115,14 @@ class ClockCheck(enum.StrEnum):
     WARN = "warn"
 
 
+class HealthCheck(enum.StrEnum):
+    """``[health] check``: how the node probes its own HiddenServicePort targets."""
+
+    TCP = "tcp"  # a TCP connect succeeds
+    HTTP = "http"  # an HTTP GET of ``http_path`` answers with ``http_status``
+    NONE = "none"  # no check: the service always counts as healthy
+
+
 class LogLevel(enum.StrEnum):
     DEBUG = "debug"
     INFO = "info"
@@ -232,6 +240,27 @@ class LoggingSection(_Section):
     level: LogLevel = LogLevel.INFO
 
 
+HttpPath = _text(r"/[\x21-\x7e]{0,1023}", "an absolute path ('/...') of printable ASCII, no spaces",
+                 1024)
+
+
+class HealthSection(_Section):
+    """The node's check of its own service: it advertises intro points only while it passes."""
+
+    check: HealthCheck = HealthCheck.TCP
+    interval: _seconds(0.5, 3600) = 5.0
+    timeout: _seconds(0.1, 600) = 3.0
+    failures: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2  # in a row, before withdrawing
+    successes: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2  # in a row, before returning
+    http_path: HttpPath = "/"
+    http_status: Annotated[int, msgspec.Meta(ge=100, le=599)] = 200
+
+    def __post_init__(self) -> None:
+        if self.timeout > self.interval:
+            raise _Invalid("timeout", f"must not exceed interval ({self.interval:g} s), "
+                                      f"got {self.timeout:g} s")
+
+
 def _check_host_port(key: str, text: str, prefix: str = "") -> None:
     host, _, port = text.rpartition(":")
     try:
@@ -262,6 +291,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     metrics: MetricsSection = MetricsSection()
     alerts: AlertsSection = AlertsSection()
     logging: LoggingSection = LoggingSection()
+    health: HealthSection = HealthSection()
 
     @property
     def node_id(self) -> str:

@@ -74,6 +74,12 @@ def test_relative_paths_resolve_against_the_config_directory(tmp_path: Path):
          "must be a number >= 5.0, got 1"),
         ("[service]\nintro_poll_interval = 0\n", "[service] intro_poll_interval",
          "must be a number >= 0.5, got 0"),
+        ('[health]\ncheck = "ping"\n', "[health] check", "tcp"),
+        ("[health]\ninterval = 2\ntimeout = 3\n", "[health] timeout", "must not exceed interval"),
+        ("[health]\nfailures = 0\n", "[health] failures", ">= 1"),
+        ('[health]\nhttp_path = "status"\n', "[health] http_path", "absolute path"),
+        ("[health]\nhttp_status = 42\n", "[health] http_status", ">= 100"),
+        ("[health]\nretries = 3\n", "[health] retries", "unknown key"),
     ],
 )
 def test_bad_values_name_file_section_key_and_problem(extra, where, problem):
@@ -244,3 +250,15 @@ def _toml_value(value: object) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(value)
+
+
+def test_health_section_defaults_and_values():
+    from onionmesh.config import HealthCheck
+
+    default = parse_config(MINIMAL).health
+    assert (default.check, default.interval, default.failures, default.successes) == (
+        HealthCheck.TCP, 5.0, 2, 2)
+    custom = parse_config(MINIMAL + '[health]\ncheck = "http"\nhttp_path = "/healthz"\n'
+                                    'http_status = 204\ninterval = 1\ntimeout = 0.5\n').health
+    assert (custom.check, custom.http_path, custom.http_status) == (HealthCheck.HTTP,
+                                                                    "/healthz", 204)

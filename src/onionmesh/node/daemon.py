@@ -50,6 +50,8 @@ from onionmesh.mesh.events import (
 )
 from onionmesh.mesh.identity import NodeIdentity
 from onionmesh.metrics import NodeMetrics
+from onionmesh.node.advertise_filter import AdvertiseFilter
+from onionmesh.node.advertise_gate import GateEvent, GateEventKind
 from onionmesh.node.errors import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -66,11 +68,13 @@ from onionmesh.node.keyfiles import ensure_private_dir, status_socket_path
 from onionmesh.node.logsetup import set_level
 from onionmesh.node.mesh_driver import MeshDriver
 from onionmesh.node.publishing import PublisherControl
+from onionmesh.node.service_probe import service_targets
 from onionmesh.node.settings import (
     CLOCK_OFFSET_ENV,
     advertise_address,
     check_runnable,
     clock_from_env,
+    health_policy,
     mesh_config,
     peer_seeds,
 )
@@ -117,6 +121,7 @@ class NodeDaemon:
         self.tor: NodeTor | None = None
         self.driver: MeshDriver | None = None
         self.feed: IntroFeed | None = None
+        self.advertising: AdvertiseFilter | None = None
         self.publisher_control: PublisherControl | None = None
         self.local_sets: dict[int, tuple[bytes, ...]] = {}
         self.metrics = NodeMetrics()
@@ -247,7 +252,15 @@ class NodeDaemon:
                 controller, keys.master, self.clock, self.guard,
                 RetryPolicy(max_retries=config.hsdir_max_retries),
             )
-        self.feed = IntroFeed(controller, self.tor.node_address, self._on_local_sets,
+        # Between tor's intro points and the mesh: service checks, tor liveness and
+        # intro-circuit health decide what this node advertises.
+        self.advertising = AdvertiseFilter(
+            controller, self.tor.node_address, health_policy(config),
+            service_targets(config.service.ports), self._on_local_sets,
+            self._on_gate_event,
+        )
+        await self.advertising.start()
+        self.feed = IntroFeed(controller, self.tor.node_address, self.advertising.feed_sets,
                               poll_interval=config.service.intro_poll_interval,
                               uploaded=self.tor.uploaded)
         # (The feed judges tor's own descriptors by the system clock tor made them with,
@@ -376,6 +389,18 @@ class NodeDaemon:
                 return
         self.local_sets = {p: tuple(v) for p, v in sets.items()}
 
+    def _on_gate_event(self, event: GateEvent) -> None:
+        if event.kind is GateEventKind.WITHDRAWN:
+            log.warning("%s", event.message)
+            self._alert(Alert("node_withdrawn", self.config.node_id, event.message))
+        elif event.kind is GateEventKind.RESTORED:
+            log.info("%s", event.message)
+            self._alert(Alert("node_restored", self.config.node_id, event.message))
+        elif event.kind is GateEventKind.CHECK_FAILED:
+            log.warning("%s", event.message)
+        else:
+            log.info("%s", event.message)
+
     def _on_event(self, event: Event) -> None:
         if isinstance(event, MessageRejected):
             log.debug("%s", event.message)
@@ -502,6 +527,8 @@ class NodeDaemon:
         self._tasks = []
         if self.feed is not None:
             await self.feed.stop()
+        if self.advertising is not None:
+            await self.advertising.stop()
         if self.driver is not None:
             core = self.driver.core
             term = core.term if core.is_publisher else None

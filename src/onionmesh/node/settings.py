@@ -18,6 +18,7 @@ from onionmesh.mesh.config import MeshConfig
 from onionmesh.mesh.errors import MeshConfigError
 from onionmesh.mesh.identity import PeerSeed
 from onionmesh.node.errors import NodeConfigError
+from onionmesh.node.service_health import CheckPolicy
 
 CLOCK_OFFSET_ENV = "ONIONMESH_CLOCK_OFFSET"
 
@@ -54,6 +55,14 @@ def mesh_config(config: Config) -> MeshConfig:
         )
     except MeshConfigError as exc:
         raise NodeConfigError(f"{config.path}: mesh settings: {exc}") from None
+
+
+def health_policy(config: Config) -> CheckPolicy:
+    """The service check of this node, from ``[health]``."""
+    h = config.health
+    return CheckPolicy(kind=h.check, interval=h.interval, timeout=h.timeout,
+                       failures=h.failures, successes=h.successes, http_path=h.http_path,
+                       http_status=h.http_status)
 
 
 def advertise_address(config: Config) -> str:

@@ -44,6 +44,7 @@ def build_snapshot(daemon: NodeDaemon) -> dict[str, Any]:
             "tor_pid": daemon.tor.process.pid if daemon.tor and daemon.tor.process else None,
         },
         "master_address": config.master.address,
+        "advertising": daemon.advertising.status() if daemon.advertising else None,
         "clock": daemon.clock_status(),
     }
     if core is None:
@@ -128,6 +129,12 @@ def format_status(doc: dict[str, Any]) -> str:
         lines.append(
             f"  {node_id:<16} {peer['state']:<8} {peer['role']:<9} {peer['address']:<22} "
             f"intro points {peer['intro_points']:>2}  last heard {peer['last_seen_ago']} s ago"
+        )
+    advertising = doc.get("advertising")
+    if advertising:
+        lines.append(
+            "advertising intro points" if advertising.get("advertising") else
+            f"NOT advertising intro points (standby): {advertising.get('withdrawn_because')}"
         )
     intro = doc.get("intro_points", {})
     lines.append("intro points per node: " + ", ".join(f"{k}={v}" for k, v in intro.items()))

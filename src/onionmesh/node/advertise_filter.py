@@ -1,0 +1,156 @@
+"""The shell around ``AdvertiseGate``: sits between the intro feed and the mesh core.
+
+The intro feed (``onionmesh.node.intro_feed``) hands its sets to
+``feed_sets``; this passes on to the mesh (``on_sets``) only what the gate
+lets through, at once whenever that changes. Three loops feed the gate:
+
+* the service check, every ``[health] interval`` (``service_probe``);
+* tor liveness: the control connection's state, polled every
+  ``LIVENESS_POLL`` s; on every (re)connect the intro circuits tor has are
+  read from ``GETINFO circuit-status`` (subscribed to CIRC first, so nothing
+  falls between the two);
+* CIRC / CIRC_MINOR events of the service's intro circuits (design scenario 2).
+
+Gate events become log lines and, for withdrawing and returning, alerts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from onionmesh.aio import cancel_and_wait
+from onionmesh.node.advertise_gate import AdvertiseGate, GateEvent
+from onionmesh.node.service_health import CheckPolicy
+from onionmesh.node.service_probe import Target, check_service
+from onionmesh.tor.control import TorController
+from onionmesh.tor.control_protocol import ControlError
+from onionmesh.tor.intro_circuits import (
+    CircuitChange,
+    IntroCircuit,
+    parse_circuit_event,
+    parse_circuit_line,
+)
+from onionmesh.tor.intro_points import enable_events
+
+log = logging.getLogger(__name__)
+
+LIVENESS_POLL = 0.5  # seconds between looks at the control connection's state
+IntroSets = Mapping[int, Sequence[bytes]]
+
+
+class AdvertiseFilter:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        controller: TorController,
+        node_address: str,
+        policy: CheckPolicy,
+        targets: Sequence[Target],
+        on_sets: Callable[[IntroSets], None],
+        on_event: Callable[[GateEvent], None],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.controller = controller
+        self.node_address = node_address.removesuffix(".onion")
+        self.policy = policy
+        self.targets = list(targets)
+        self.on_sets = on_sets
+        self.on_event = on_event
+        self.clock = clock
+        self.gate = AdvertiseGate(policy, clock())
+        self.last_sent: dict[int, tuple[bytes, ...]] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await enable_events(self.controller, "CIRC", "CIRC_MINOR")
+        self._tasks = [
+            asyncio.create_task(self._check_loop(), name="service-check"),
+            asyncio.create_task(self._liveness_loop(), name="tor-liveness"),
+        ]
+
+    async def stop(self) -> None:
+        await cancel_and_wait(*self._tasks)
+        self._tasks = []
+
+    # ------------------------------------------------------------------ inputs
+
+    def feed_sets(self, sets: IntroSets) -> None:
+        """The intro feed's callback."""
+        self.gate.feed_sets(sets, self.clock())
+        self._flush()
+
+    def status(self) -> dict[str, object]:
+        return self.gate.status(self.clock())
+
+    # ------------------------------------------------------------------ loops
+
+    async def _check_loop(self) -> None:
+        while True:
+            ok, detail = await check_service(self.targets, self.policy)
+            self.gate.check_result(ok, detail, self.clock())
+            self._flush()
+            await asyncio.sleep(self.policy.interval)  # the check's period
+
+    async def _liveness_loop(self) -> None:
+        while True:
+            if self.controller.is_connected:
+                await self._follow_circuits()  # returns when the connection is lost
+                self.gate.tor_lost("control connection lost", self.clock())
+                self._flush()
+            await asyncio.sleep(LIVENESS_POLL)  # polling period of the connection state
+
+    async def _follow_circuits(self) -> None:
+        subscription = self.controller.subscribe("CIRC", "CIRC_MINOR")
+        try:
+            try:
+                info = await self.controller.get_info("circuit-status")
+            except ControlError as exc:
+                log.warning("reading tor's circuits failed: %s", exc)
+                return
+            established: dict[str, bytes] = {}
+            for line in next(iter(info.values()), "").splitlines():
+                circuit = self._parse(line)
+                if circuit is not None and circuit.change is CircuitChange.ESTABLISHED:
+                    established[circuit.circuit_id] = circuit.relay
+            self.gate.tor_connected(established, self.clock())
+            self._flush()
+            async for event in subscription:
+                try:
+                    circuit = parse_circuit_event(event)
+                except ControlError as exc:
+                    log.debug("unreadable circuit event: %s", exc)
+                    continue
+                if circuit is not None and circuit.service in (None, self.node_address):
+                    self.gate.intro_circuit(circuit, self.clock())
+                    self._flush()
+        finally:
+            subscription.close()
+
+    def _parse(self, line: str) -> IntroCircuit | None:
+        try:
+            circuit = parse_circuit_line(line.strip())
+        except ControlError:
+            return None
+        if circuit is None or circuit.service not in (None, self.node_address):
+            return None
+        return circuit
+
+    # ------------------------------------------------------------------ output
+
+    def _flush(self) -> None:
+        while (event := self.gate.next_event()) is not None:
+            try:
+                self.on_event(event)
+            except Exception:  # a logging/alert bug must not stop the filter
+                log.exception("handling %s failed", event.kind)
+        advertised = self.gate.advertised()
+        if advertised != self.last_sent:
+            self.last_sent = advertised
+            self.on_sets(advertised)
