@@ -592,6 +592,19 @@ class TorController:
             raise ControlProtocolError("ADD_ONION reply has no ServiceID")
         return AddOnionResult(service_id, private_key, tuple(client_auth))
 
+    async def onion_client_auth_add(self, service_id: str, x25519_private_b64: str, *,
+                                    timeout: float | None = None) -> None:
+        """ONION_CLIENT_AUTH_ADD: let this tor fetch a client-authorized service's
+        descriptor (the key is masked in logs)."""
+        sid = check_token(service_id, "service id")
+        key = check_token(x25519_private_b64, "client auth key")
+        await self.request(f"ONION_CLIENT_AUTH_ADD {sid} x25519:{key}", timeout=timeout)
+
+    async def onion_client_auth_remove(self, service_id: str, *,
+                                       timeout: float | None = None) -> None:
+        sid = check_token(service_id, "service id")
+        await self.request(f"ONION_CLIENT_AUTH_REMOVE {sid}", timeout=timeout)
+
     async def del_onion(self, service_id: str, *, timeout: float | None = None) -> None:
         """DEL_ONION <service id>."""
         sid = check_token(service_id, "service id")

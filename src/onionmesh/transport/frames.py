@@ -4,6 +4,7 @@ One type byte, then the payload:
   MESH  0x00 + an authenticated mesh datagram, passed to the core unchanged
   PROBE 0x01 + 8-byte nonce: "does this path deliver?"
   ACK   0x02 + the probe's nonce, sent back on the path the probe came in on
+  HELLO 0x03 + the sender's node id: first frame of a tor stream (says whose it is)
 Probes need no MAC of their own: on WireGuard the tunnel authenticates the sender
 (a peer's tunnel address is bound to its key by allowed-ips); on tor the stream runs
 to a coordination onion only roster members can reach, and a forged ACK could at
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from onionmesh.errors import OnionmeshError
 
 NONCE_BYTES = 8
+MAX_NODE_ID = 64
 MAX_FRAME = 65507  # the UDP payload limit: the mesh core keeps datagrams under it
 
 
@@ -32,6 +34,7 @@ class FrameKind(enum.IntEnum):
     MESH = 0
     PROBE = 1
     ACK = 2
+    HELLO = 3
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,10 @@ def decode_frame(data: bytes) -> Frame:
     except ValueError:
         raise FrameError(f"unknown frame type {data[0]}") from None
     payload = data[1:]
+    if kind is FrameKind.HELLO:
+        if not 1 <= len(payload) <= MAX_NODE_ID:
+            raise FrameError(f"HELLO frame must carry a node id of 1-{MAX_NODE_ID} bytes")
+        return Frame(kind, payload)
     if kind is not FrameKind.MESH and len(payload) != NONCE_BYTES:
         raise FrameError(f"{kind.name} frame must carry {NONCE_BYTES} bytes, got {len(payload)}")
     if kind is FrameKind.MESH and not payload:
