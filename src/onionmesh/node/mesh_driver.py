@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Protocol
 
 from onionmesh.clock import Clock
 from onionmesh.mesh.core import MeshCore
@@ -25,6 +26,17 @@ log = logging.getLogger(__name__)
 _MAX_SLEEP = 5.0  # re-check at least this often (wall-clock steps, a core without timers)
 
 
+class MeshTransport(Protocol):
+    """What the driver needs of a transport (UdpTransport, MultipathTransport)."""
+
+    def send(self, data: bytes, address: str) -> bool: ...
+
+    def close(self) -> Awaitable[None] | None: ...
+
+
+TransportOpener = Callable[[str, Callable[[bytes, str], None]], Awaitable[MeshTransport]]
+
+
 class MeshDriver:
     """Drives one MeshCore over one UdpTransport."""
 
@@ -32,13 +44,15 @@ class MeshDriver:
         self.core = core
         self.clock = clock
         self.on_event = on_event
-        self.transport: UdpTransport | None = None
+        self.transport: MeshTransport | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.datagrams_in = 0
 
-    async def start(self, listen: str) -> None:
-        self.transport = await UdpTransport.open(listen, self._on_datagram)
+    async def start(self, listen: str, open_transport: TransportOpener | None = None) -> None:
+        """Open the transport (UDP, or e.g. WireGuard+tor via ``open_transport``) and go."""
+        opener = open_transport or UdpTransport.open
+        self.transport = await opener(listen, self._on_datagram)
         self.flush()  # the core's Join, queued at construction: peer discovery at once
         self._task = asyncio.create_task(self._timer_loop(), name="mesh-timers")
 
@@ -101,5 +115,7 @@ class MeshDriver:
         if self.transport is not None:
             # Give the kernel a moment to push the release datagrams out before closing.
             await asyncio.sleep(0)
-            self.transport.close()
+            closing = self.transport.close()
+            if closing is not None:
+                await closing
             self.transport = None

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from onionmesh.aio import cancel_and_wait
+from onionmesh.crypto.keys import Ed25519Identity
 from onionmesh.errors import OnionmeshError
 from onionmesh.tor.control import TorController
 from onionmesh.tor.control_protocol import ControlError
@@ -56,6 +57,12 @@ class TorPeer:
     node_id: str
     onion: str  # service id: 56 base32 characters, no ".onion"
     client_key: str  # the peer's x25519 public key (base64, as WireGuard prints it)
+
+
+def coordination_key(identity: Ed25519Identity) -> tuple[str, str]:
+    """(ADD_ONION key argument, service id) for a coordination onion key."""
+    blob = base64.b64encode(identity.expanded).decode("ascii")
+    return f"ED25519-V3:{blob}", identity.onion_address.removesuffix(".onion")
 
 
 def client_auth_public(public_b64: str) -> str:
