@@ -18,6 +18,7 @@ from onionmesh.crypto.blinding import (
     blind_public_key,
     blind_public_key_with_factor,
     blinding_factor,
+    period_nonce_prefix,
 )
 from onionmesh.crypto.keys import Ed25519Identity, verify_signature
 
@@ -99,8 +100,9 @@ def test_matches_stem_on_random_keys(trial: int) -> None:
     message = os.urandom(trial * 7 + 1)
     stem_signature = _blinded_sign(message, Ed25519PrivateKey.from_private_bytes(seed),
                                    blinded.public_key, factor)
-    assert blinded.sign(message) == stem_signature
+    # Same key, same verification; only our nonce differs (per-period prefix, below).
     assert verify_signature(blinded.public_key, message, stem_signature)
+    assert verify_signature(blinded.public_key, message, blinded.sign(message))
 
 
 # --- nonce safety ---------------------------------------------------------------------
@@ -118,7 +120,8 @@ def test_a_different_prefix_gives_different_signature_bytes() -> None:
     scalar, prefix = blinded.expanded_secret[:32], blinded.expanded_secret[32:]
     other_prefix = bytes([prefix[0] ^ 1]) + prefix[1:]
     message = b"same message"
-    ours = ed25519.sign_expanded(scalar, prefix, blinded.public_key, message)
+    nonce_prefix = period_nonce_prefix(prefix, 19000, 1440)
+    ours = ed25519.sign_expanded(scalar, nonce_prefix, blinded.public_key, message)
     theirs = ed25519.sign_expanded(scalar, other_prefix, blinded.public_key, message)
     assert ours == blinded.sign(message)
     assert ours != theirs and ours[:32] != theirs[:32]
@@ -135,6 +138,49 @@ def test_blinded_prefix_depends_on_the_secret_prefix() -> None:
     assert blinded.expanded_secret[32:] != constant_prefix
     expected = hashlib.sha512(PREFIX_STRING + identity.expanded[32:]).digest()[:32]
     assert blinded.expanded_secret[32:] == expected
+
+
+def _master_scalar_from_two_periods(identity: Ed25519Identity, message: bytes,
+                                    signatures: list[tuple[int, bytes]]) -> bytes:
+    """Two signatures of one message under two periods' keys with the SAME nonce r:
+    s1 - s2 = a * (k1 h1 - k2 h2), and every h is public, so a = (s1 - s2) / (...)."""
+    terms = []
+    for period, signature in signatures:
+        blinded_key = blind_public_key(identity.public_key, period, 1440)
+        h = ed25519.reduce_scalar(
+            ed25519.clamp_scalar(blinding_factor(identity.public_key, period, 1440)))
+        k = ed25519.reduce_scalar(hashlib.sha512(signature[:32] + blinded_key + message).digest())
+        terms.append((signature[32:], sodium.crypto_core_ed25519_scalar_mul(k, h)))
+    (s1, kh1), (s2, kh2) = terms
+    return sodium.crypto_core_ed25519_scalar_mul(
+        sodium.crypto_core_ed25519_scalar_sub(s1, s2),
+        sodium.crypto_core_ed25519_scalar_invert(sodium.crypto_core_ed25519_scalar_sub(kh1, kh2)),
+    )
+
+
+def test_one_message_signed_in_two_periods_does_not_give_away_the_master_key() -> None:
+    identity = Ed25519Identity.generate()
+    message = b"the same bytes signed in two time periods"
+    periods = (19500, 19501)
+    # Sanity: with tor's prefix' (equal in every period) the nonces repeat and the
+    # master scalar falls out, so the assertion on our signatures means something.
+    tor_style = []
+    for period in periods:
+        blinded = blind_identity(identity, period, 1440)
+        tor_style.append((period, ed25519.sign_expanded(
+            blinded.expanded_secret[:32], blinded.expanded_secret[32:], blinded.public_key,
+            message)))
+    assert tor_style[0][1][:32] == tor_style[1][1][:32]  # same R: same nonce
+    stolen = _master_scalar_from_two_periods(identity, message, tor_style)
+    assert ed25519.public_key_from_scalar(stolen) == identity.public_key
+
+    ours = [(p, blind_identity(identity, p, 1440).sign(message)) for p in periods]
+    assert ours[0][1][:32] != ours[1][1][:32]  # a nonce prefix per period
+    guess = _master_scalar_from_two_periods(identity, message, ours)
+    assert ed25519.public_key_from_scalar(guess) != identity.public_key
+    for period, signature in ours:
+        assert verify_signature(blind_identity(identity, period, 1440).public_key, message,
+                                signature)
 
 
 def _recover_scalar_assuming_prefix(public_key: bytes, message: bytes, signature: bytes,

@@ -18,8 +18,14 @@ scalar and point arithmetic, which ``cryptography`` does not expose at all. The
 libsodium routines are constant-time and about 40 times faster than stem's
 pure-Python big-integer code (measured in shared/reference, section 6.4).
 
-Signing with ``a'`` derives each nonce from the *secret* ``prefix'`` (see
-``ed25519.sign_expanded``); it is never constant or public.
+Signing with ``a'`` derives each nonce from a *secret* prefix (see
+``ed25519.sign_expanded``); it is never constant or public. Tor uses ``prefix'``
+itself, which is the same in every period while ``a'`` changes; the same message
+signed in two periods would then share its nonce, and since every ``a' = h * a``
+with a public ``h``, two such signatures give away the master scalar ``a``. So we
+sign with a nonce prefix derived per period from ``prefix'`` (``BlindedKey``);
+``expanded_secret`` stays tor's ``a' || prefix'`` because the revision-counter OPE
+key is derived from it and must match what any other publisher computes.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from onionmesh.crypto.keys import Ed25519Identity
 from onionmesh.errors import OnionmeshError
 
 BLIND_STRING = b"Derive temporary signing key\x00"
+NONCE_PREFIX_STRING = b"onionmesh blinded-key nonce prefix per period\x00"
 PREFIX_STRING = b"Derive temporary signing key hash input"
 # The base point as rend-spec writes it: "(x, y)" with decimal coordinates.
 BASEPOINT_STRING = (
@@ -93,7 +100,8 @@ class BlindedKey:
     revision-counter OPE with ``a'``). It never appears in the repr.
     """
 
-    __slots__ = ("expanded_secret", "period_length", "period_number", "public_key")
+    __slots__ = ("_nonce_prefix", "expanded_secret", "period_length", "period_number",
+                 "public_key")
 
     public_key: bytes
     expanded_secret: bytes
@@ -108,10 +116,12 @@ class BlindedKey:
         self.expanded_secret = bytes(expanded_secret)
         self.period_number = period_number
         self.period_length = period_length
+        self._nonce_prefix = period_nonce_prefix(self.expanded_secret[32:], period_number,
+                                                 period_length)
 
     def sign(self, message: bytes) -> bytes:
-        """Ed25519 signature valid under ``public_key``, nonce from the secret prefix'."""
-        return ed25519.sign_expanded(self.expanded_secret[:32], self.expanded_secret[32:],
+        """Ed25519 signature valid under ``public_key``; nonce from this period's prefix."""
+        return ed25519.sign_expanded(self.expanded_secret[:32], self._nonce_prefix,
                                      self.public_key, message)
 
     def __repr__(self) -> str:
@@ -140,6 +150,15 @@ def blind_expanded_secret(expanded: bytes, factor: bytes) -> bytes:
                                                    ed25519.reduce_scalar(clamped))
     prefix = hashlib.sha512(PREFIX_STRING + expanded[32:]).digest()[:32]
     return scalar + prefix
+
+
+def period_nonce_prefix(blinded_prefix: bytes, period_number: int, period_length: int) -> bytes:
+    """The secret nonce prefix for one period: never shared by two periods' keys."""
+    _check_period(period_number, period_length)
+    return hashlib.sha512(
+        NONCE_PREFIX_STRING + blinded_prefix + period_number.to_bytes(8, "big")
+        + period_length.to_bytes(8, "big")
+    ).digest()[:32]
 
 
 def blind_identity(identity: Ed25519Identity, period_number: int,
