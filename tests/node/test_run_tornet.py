@@ -206,8 +206,10 @@ def test_existing_tor_with_its_own_node_service_publishes(
                                        ob_master=setup.master_address)
     try:
         text = setup.files.config.read_text()
+        # Over TCP the cookie file is the configured one, never the one the port names.
         text = text.replace("managed = true", f"managed = false\ncontrol_port = "
-                                              f"{service.control_port}")
+                                              f"{service.control_port}\ncookie_path = "
+                                              f'"{service.data_dir}/control_auth_cookie"')
         text = text.replace("[service]\n", f'[service]\nkey_dir = "{service.hs_dir}"\n')
         setup.files.config.write_text(text)
         assert onionmesh("config", "check", "-c", str(setup.files.config)).returncode == 0

@@ -270,3 +270,58 @@ async def test_connection_closed_mid_reply_fails_waiter() -> None:
         with pytest.raises(ControlClosed):
             await ctl.get_info("partial")
         await ctl.close()
+
+
+def _cookie_only_server(cookie_file: str, methods: str = "COOKIE") -> Responder:
+    def respond(fake: FakeTor, line: str) -> str | None:
+        if line.startswith("PROTOCOLINFO"):
+            return (f"250-PROTOCOLINFO 1\r\n250-AUTH METHODS={methods} "
+                    f'COOKIEFILE="{cookie_file}"\r\n250 OK\r\n')
+        if line.startswith("AUTHENTICATE"):
+            return "250 OK\r\n"
+        return None
+
+    return respond
+
+
+async def test_a_fake_tcp_control_port_cannot_harvest_a_named_file(tmp_path: Path) -> None:
+    """A process on the control port in tor's place names one of our 32-byte secrets."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(os.urandom(32))
+    async for fake in _fake(_cookie_only_server(str(secret))):
+        with pytest.raises(AuthenticationError, match=r"needs a configured cookie path"):
+            await TorController.connect(port=fake.port)
+        assert not any(line.startswith("AUTHENTICATE") for line in fake.received)
+        assert secret.read_bytes().hex() not in fake.raw.decode(errors="replace").lower()
+
+
+async def test_cookie_path_configured_for_tcp_is_used(tmp_path: Path) -> None:
+    mine = tmp_path / "control_auth_cookie"
+    mine.write_bytes(os.urandom(32))
+    other = tmp_path / "named_by_the_port"
+    other.write_bytes(os.urandom(32))
+    async for fake in _fake(_cookie_only_server(str(other))):
+        async with await TorController.connect(port=fake.port, cookie_path=str(mine),
+                                               cookie_from_tor=False) as ctl:
+            assert ctl.auth_method_used == "COOKIE"
+        assert f"AUTHENTICATE {mine.read_bytes().hex()}" in fake.received
+    # The node's own setting: never the file the port names, not even for SAFECOOKIE.
+    async for fake in _fake(_cookie_only_server(str(other), "SAFECOOKIE")):
+        with pytest.raises(AuthenticationError, match=r"\[tor\] cookie_path"):
+            await TorController.connect(port=fake.port, cookie_from_tor=False)
+        assert not any(line.startswith("AUTH") for line in fake.received[1:])
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+async def test_a_cookie_file_must_be_a_regular_file(tmp_path: Path, kind: str) -> None:
+    """A FIFO would block the event loop forever; a device streams without end."""
+    if kind == "fifo":
+        target = tmp_path / "fifo"
+        os.mkfifo(target)
+    elif kind == "directory":
+        target = tmp_path
+    else:
+        target = Path("/dev/zero")
+    async for fake in _fake(_cookie_only_server(str(target), "SAFECOOKIE")):
+        with pytest.raises(AuthenticationError, match="not a regular file"):
+            await asyncio.wait_for(TorController.connect(port=fake.port), 10)

@@ -263,6 +263,7 @@ class NodeTor:
             kwargs["socket_path"] = str(tor.control_socket)
         else:
             kwargs["port"] = int(tor.control_port)
+            kwargs["cookie_from_tor"] = False  # over TCP: only [tor] cookie_path
         if tor.control_password is not None:
             kwargs["password"] = tor.control_password
         if tor.cookie_path is not None:

@@ -149,6 +149,7 @@ class TorController:
         socket_path: str | None,
         password: str | None,
         cookie_path: str | None,
+        cookie_from_tor: bool,
         timeout: float,
         reconnect: bool,
         auth_method: str | None,
@@ -164,6 +165,7 @@ class TorController:
         self._socket_path = socket_path
         self._password = password
         self._cookie_path = cookie_path
+        self._cookie_from_tor = cookie_from_tor
         self.timeout = timeout
         self._reconnect = reconnect
         self._auth_method = auth_method
@@ -202,19 +204,27 @@ class TorController:
         socket_path: str | None = None,
         password: str | None = None,
         cookie_path: str | None = None,
+        cookie_from_tor: bool = True,
         timeout: float = 10.0,
         reconnect: bool = False,
         auth_method: str | None = None,
         backoff_initial: float = 0.05,
         backoff_max: float = 5.0,
     ) -> TorController:
-        """Connect, send PROTOCOLINFO and authenticate; see the class docstring."""
+        """Connect, send PROTOCOLINFO and authenticate; see the class docstring.
+
+        ``cookie_from_tor=False``: never read the cookie file PROTOCOLINFO names (only
+        ``cookie_path``). Over TCP whatever listens on the port names that file, so
+        even by default it is used only for SAFECOOKIE, where the server must prove
+        it knows the cookie before anything derived from it is sent.
+        """
         self = cls(
             port=port,
             host=host,
             socket_path=socket_path,
             password=password,
             cookie_path=cookie_path,
+            cookie_from_tor=cookie_from_tor,
             timeout=timeout,
             reconnect=reconnect,
             auth_method=auth_method,
@@ -256,6 +266,17 @@ class TorController:
                 await conn.aclose()
             raise
 
+    def _cookie_file_from_tor(self, info: ProtocolInfo, method: str) -> str:
+        over_tcp = self._socket_path is None
+        if not self._cookie_from_tor or (over_tcp and method == "COOKIE"):
+            raise AuthenticationError(
+                f"{method} authentication over TCP needs a configured cookie path "
+                "([tor] cookie_path): whatever listens on the port names the cookie file"
+            )
+        if not info.cookie_file:
+            raise AuthenticationError(f"tor offers {method} but names no cookie file")
+        return info.cookie_file
+
     async def _authenticate(self, conn: ControlConnection, timeout: float) -> None:
         reply = await self._send(conn, "PROTOCOLINFO 1", None, timeout)
         info = parse_protocolinfo(reply)
@@ -270,9 +291,7 @@ class TorController:
                 raise AuthenticationError("HASHEDPASSWORD forced but no password given")
             arg = " " + quote(self._password)
         else:
-            path = self._cookie_path or info.cookie_file
-            if not path:
-                raise AuthenticationError(f"tor offers {method} but names no cookie file")
+            path = self._cookie_path or self._cookie_file_from_tor(info, method)
             cookie = read_cookie(path)
             if method == "COOKIE":
                 arg = " " + cookie.hex()

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
+import stat
 from dataclasses import dataclass
 
 from onionmesh.tor.control_protocol import (
@@ -88,12 +90,23 @@ def choose_method(info: ProtocolInfo, *, have_password: bool, forced: str | None
 
 
 def read_cookie(path: str) -> bytes:
-    """Read the 32-byte auth cookie; errors name the path, never the content."""
+    """Read the 32-byte auth cookie; errors name the path, never the content.
+
+    Only a regular file: a FIFO or device named by a fake control port would block
+    the event loop or stream forever (opened non-blocking, checked before reading).
+    """
     try:
-        with open(path, "rb") as fh:
-            cookie = fh.read(COOKIE_LEN + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as exc:
         raise AuthenticationError(f"cannot read auth cookie {path!r}: {exc.strerror}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise AuthenticationError(f"auth cookie {path!r} is not a regular file")
+        cookie = os.read(fd, COOKIE_LEN + 1)
+    except OSError as exc:
+        raise AuthenticationError(f"cannot read auth cookie {path!r}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
     if len(cookie) != COOKIE_LEN:
         raise AuthenticationError(f"auth cookie {path!r} is not {COOKIE_LEN} bytes long")
     return cookie
