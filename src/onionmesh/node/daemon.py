@@ -67,6 +67,7 @@ from onionmesh.node.intro_feed import IntroFeed
 from onionmesh.node.keyfiles import ensure_private_dir, status_socket_path
 from onionmesh.node.logsetup import set_level
 from onionmesh.node.mesh_driver import MeshDriver
+from onionmesh.node.path_safety import UnsafePath
 from onionmesh.node.publishing import PublisherControl
 from onionmesh.node.service_probe import service_targets
 from onionmesh.node.settings import (
@@ -211,9 +212,13 @@ class NodeDaemon:
         self._startup_clock_check("before tor")
         # Status socket early: `onionmesh status` answers while tor bootstraps.
         status_path = status_socket_path(config)
+        try:
+            # The directory first: a planted one must not even be asked who runs there.
+            ensure_private_dir(status_path.parent)
+        except UnsafePath as exc:
+            raise NodeConfigError(f"status socket directory: {exc}") from None
         self._refuse_if_running(status_path)
         try:
-            ensure_private_dir(status_path.parent)
             self.status_server = StatusServer(status_path, self.snapshot)
             await self.status_server.start()
         except OSError as exc:

@@ -27,6 +27,7 @@ from onionmesh.config import Config
 from onionmesh.crypto.keys import Ed25519Identity, KeyFileError, load_pem
 from onionmesh.crypto.securefile import SecureFileError, atomic_write
 from onionmesh.node.errors import KeyCheckError
+from onionmesh.node.path_safety import UnsafePath, check_secret_path, private_dir
 
 CLUSTER_SECRET_BYTES = 32
 _MAX_SECRET_FILE = 4096
@@ -65,9 +66,9 @@ def unix_socket_path(config: Config, name: str) -> Path:
 
 
 def ensure_private_dir(directory: Path) -> None:
-    """Create ``directory`` with mode 0700 (tor insists on it for control sockets)."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)
+    """Create ``directory`` with mode 0700 (tor insists on it for control sockets);
+    one that is a symlink or another user's is refused (``UnsafePath``)."""
+    private_dir(directory)
 
 
 def status_socket_path(config: Config) -> Path:
@@ -89,6 +90,10 @@ def check_private_mode(path: Path, check: str) -> None:
             check, f"{path} has mode {stat.S_IMODE(info.st_mode):04o}; other users may read it "
             f"(run: chmod 600 {path})",
         )
+    try:
+        check_secret_path(path)
+    except UnsafePath as exc:
+        raise KeyCheckError(check, str(exc)) from None
 
 
 def load_node_key(config: Config) -> Ed25519Identity:

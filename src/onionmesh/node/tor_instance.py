@@ -42,6 +42,7 @@ from onionmesh.node.keyfiles import (
     state_dir,
     unix_socket_path,
 )
+from onionmesh.node.path_safety import UnsafePath
 from onionmesh.tor import torrc as torrc_gen
 from onionmesh.tor.control import TorController
 from onionmesh.tor.control_connection import EventSubscription
@@ -176,7 +177,10 @@ class NodeTor:
             directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.data_dir, 0o700)  # tor refuses a DataDirectory others can read
         # tor wants the control socket's directory private too.
-        ensure_private_dir(self.control_socket.parent)
+        try:
+            ensure_private_dir(self.control_socket.parent)
+        except UnsafePath as exc:
+            raise TorUnusable(f"control socket directory: {exc}") from None
         if not (self.hs_dir / SECRET_KEY_FILE).exists():
             try:
                 save_hidden_service_dir(self.node_key, self.hs_dir)
