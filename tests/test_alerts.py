@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -97,3 +99,40 @@ async def test_webhook_receives_the_alert(webhook_server):
 def test_webhook_must_be_http():
     with pytest.raises(ValueError, match="http"):
         AlertSink("n", webhook="file:///etc/passwd")
+
+
+def _peer_alert(i: int) -> Alert:
+    return Alert("node_dead", f"fake-{i}", f"Peer fake-{i} declared DEAD")
+
+
+async def test_many_subjects_are_bounded_by_an_overall_budget(webhook_server):
+    """Distinct subjects (peer ids an insider can invent) do not each get an alert."""
+    url, received, _ = webhook_server
+    sink = AlertSink("node-1", webhook=url, max_per_window=20, window=60.0)
+    results = [await sink.send(_peer_alert(i), now=100.0 + i * 0.1) for i in range(200)]
+    assert sum(results) == 20 and len(received) == 20
+    assert sink.dropped == 180
+    assert await sink.send(_peer_alert(999), now=200.0)  # a new window
+    assert len(received) == 21
+    sink.close()
+
+
+async def test_a_hanging_webhook_cannot_pile_up_threads_or_block_the_loop():
+    """A webhook that accepts and never answers: bounded in-flight posts, own threads."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)  # the kernel completes connects; nobody ever reads
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+    sink = AlertSink("node-1", webhook=url, timeout=1.0, max_pending=4)
+    try:
+        tasks = [asyncio.create_task(sink.send(_peer_alert(i), now=10.0)) for i in range(40)]
+        await asyncio.sleep(0)  # every send has started
+        # The loop's default executor is free although webhooks hang.
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), 1.0) == 42
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 30.0)
+        assert not any(results)
+        assert sink.dropped == 36  # only max_pending were attempted
+        assert sink.failures == 4  # each attempt timed out
+    finally:
+        sink.close()
+        listener.close()

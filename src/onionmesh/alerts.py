@@ -5,7 +5,12 @@ to a webhook.
 Alerts never block or crash the daemon: the command and the webhook run with
 timeouts, and their failures are logged. The same alert (kind and subject) is
 sent at most once per ``min_interval`` so a flapping peer cannot flood the
-operator.
+operator. Subjects come from the network (peer ids), so that is not enough on
+its own: an overall budget (``max_per_window`` alerts per ``window`` seconds)
+bounds what any number of distinct subjects can cause, webhooks run on the
+sink's own two threads (a hanging webhook cannot starve the event loop's default
+executor), and at most ``max_pending`` deliveries are in flight; the rest are
+dropped and counted.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import logging
 import os
 import urllib.request
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -44,7 +50,8 @@ class AlertSink:
     """Delivers alerts to the configured command and webhook."""
 
     def __init__(self, node_id: str, *, command: Sequence[str] = (), webhook: str | None = None,
-                 min_interval: float = 60.0, timeout: float = 10.0) -> None:
+                 min_interval: float = 60.0, timeout: float = 10.0, max_per_window: int = 20,
+                 window: float = 60.0, max_pending: int = 4) -> None:
         if webhook is not None and not webhook.startswith(("http://", "https://")):
             raise ValueError(f"alert webhook must be an http(s) URL, got {webhook!r}")
         self.node_id = node_id
@@ -53,9 +60,29 @@ class AlertSink:
         self.min_interval = min_interval
         self.timeout = timeout
         self._last_sent: dict[tuple[str, str], float] = {}
+        self.max_per_window = max_per_window
+        self.window = window
+        self.max_pending = max_pending
+        self._window_sends: list[float] = []  # times of deliveries in the current window
+        self._pending = 0
+        self._executor: ThreadPoolExecutor | None = None  # made at the first webhook
         self.sent = 0
         self.suppressed = 0
         self.failures = 0
+        self.dropped = 0  # over the overall budget or too many in flight
+
+    def close(self) -> None:
+        """Stop the webhook threads (a replaced sink; running posts end by their timeout)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def _within_budget(self, now: float) -> bool:
+        self._window_sends = [t for t in self._window_sends if now - t < self.window]
+        if len(self._window_sends) >= self.max_per_window or self._pending >= self.max_pending:
+            return False
+        self._window_sends.append(now)
+        return True
 
     @property
     def enabled(self) -> bool:
@@ -70,11 +97,24 @@ class AlertSink:
         if last is not None and now - last < self.min_interval:
             self.suppressed += 1
             return False
+        if not self._within_budget(now):
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                log.warning("alert budget exhausted (%d per %g s, %d in flight): %d dropped",
+                            self.max_per_window, self.window, self._pending, self.dropped)
+            return False
         self._last_sent[key] = now
+        if len(self._last_sent) > 4 * self.max_per_window:  # forget expired subjects
+            self._last_sent = {k: t for k, t in self._last_sent.items()
+                               if now - t < self.min_interval}
         body = json.dumps(alert.to_json(self.node_id, now)).encode()
-        results = await asyncio.gather(
-            self._run_command(alert, body), self._post_webhook(body), return_exceptions=True
-        )
+        self._pending += 1
+        try:
+            results = await asyncio.gather(
+                self._run_command(alert, body), self._post_webhook(body), return_exceptions=True
+            )
+        finally:
+            self._pending -= 1
         ok = all(result is True for result in results)
         if ok:
             self.sent += 1
@@ -122,8 +162,11 @@ class AlertSink:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return int(response.status)
 
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=2,
+                                                thread_name_prefix="onionmesh-webhook")
         try:
-            status = await asyncio.to_thread(post)
+            status = await asyncio.get_running_loop().run_in_executor(self._executor, post)
         except OSError as exc:
             self.failures += 1
             log.warning("alert webhook failed: %s", exc)

@@ -507,6 +507,7 @@ class NodeDaemon:
         if (new.alerts.command, new.alerts.webhook) != (
             old.alerts.command, old.alerts.webhook
         ):
+            self.alerts.close()
             self.alerts = self._alert_sink(new)
             log.info("SIGHUP: alert hook reloaded")
         added = [s for s in peer_seeds(new) if s.address not in
