@@ -51,7 +51,7 @@ class AlertSink:
 
     def __init__(self, node_id: str, *, command: Sequence[str] = (), webhook: str | None = None,
                  min_interval: float = 60.0, timeout: float = 10.0, max_per_window: int = 20,
-                 window: float = 60.0, max_pending: int = 4) -> None:
+                 window: float = 60.0, max_pending: int = 20) -> None:
         if webhook is not None and not webhook.startswith(("http://", "https://")):
             raise ValueError(f"alert webhook must be an http(s) URL, got {webhook!r}")
         self.node_id = node_id
