@@ -22,6 +22,8 @@ for its limits); consumers read ``config.<section>.<key>``.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import ipaddress
 import re
@@ -146,10 +148,46 @@ class NodeSection(_Section):
     key_path: Path | None = None
 
 
+ClientName = _text(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}",
+                  "1-64 characters of A-Z, a-z, 0-9, '.', '_' or '-'", 64)
+# tor's authorized_clients format: base32 of a 32-byte x25519 public key (52 characters)
+ClientKey = _text(r"(?:descriptor:x25519:)?[A-Za-z2-7]{52}",
+                  "a client's x25519 public key: 52 base32 characters "
+                  "(optionally 'descriptor:x25519:' first, as in tor's .auth files)", 71)
+
+
 class MasterSection(_Section):
     address: OnionAddress  # checksum and version are checked where the key is loaded
     key_path: Path | None = None
     backup_key_path: Path | None = None
+    # Restricted discovery (client authorization): name -> x25519 public key. Empty: the
+    # master descriptor is readable by anyone who knows the address.
+    authorized_clients: Annotated[dict[ClientName, ClientKey],
+                                  msgspec.Meta(max_length=MAX_LIST_ITEMS)] = {}
+
+    def __post_init__(self) -> None:
+        for name, key in self.authorized_clients.items():
+            try:
+                client_public_key(key)
+            except ValueError as exc:
+                raise _Invalid("authorized_clients", f"{name}: {exc}") from None
+
+    def client_auth_keys(self) -> list[bytes]:
+        """The authorized clients' x25519 public keys (32 bytes each), in name order."""
+        return [client_public_key(self.authorized_clients[n])
+                for n in sorted(self.authorized_clients)]
+
+
+def client_public_key(text: str) -> bytes:
+    """A 32-byte x25519 key from tor's base32 form; ValueError names what is wrong."""
+    bare = text.removeprefix("descriptor:x25519:").upper()
+    try:
+        key = base64.b32decode(bare + "====")
+    except (binascii.Error, ValueError):
+        raise ValueError("is not base32") from None
+    if len(key) != 32:
+        raise ValueError(f"must decode to 32 bytes, got {len(key)}")
+    return key
 
 
 class ServiceSection(_Section):

@@ -75,7 +75,7 @@ def select_intro_points(
     periods = sorted({p for c in contributions for p, v in c.sets.items() if v})
     ordered = sorted(contributions, key=lambda c: c.node_id)
     return {
-        period: _select_period(
+        period: select_fair(
             [(c.node_id, _freshest_first(c, period)) for c in ordered], cap, relay_of
         )
         for period in periods
@@ -89,11 +89,18 @@ def _freshest_first(c: Contribution, period: int) -> list[bytes]:
     return points
 
 
-def _select_period(
+def select_fair(
     queues: Sequence[tuple[str, list[bytes]]],
     cap: int,
     relay_of: Callable[[bytes], frozenset[RelayKey] | None],
+    served_before: Mapping[str, int] | None = None,
 ) -> tuple[tuple[str, bytes], ...]:
+    """Max-min fair choice of at most ``cap`` of the queued (node, intro points), each
+    node taking from the front of its queue, never two on one relay. Between nodes
+    with as many points chosen, one ``served_before`` less (other descriptors) goes
+    first and wins a contested relay."""
+    before = served_before or {}
+
     def keys(ip: bytes) -> frozenset[Hashable]:
         found = relay_of(ip)
         return frozenset(found) if found else frozenset({("point", ip)})
@@ -108,8 +115,8 @@ def _select_period(
         open_nodes = [node for node, c in candidates.items() if c]
         if not open_nodes:
             break
-        fewest = min(count[n] for n in open_nodes)
-        node = next(n for n in open_nodes if count[n] == fewest)  # node-id order
+        fewest = min((count[n], before.get(n, 0)) for n in open_nodes)
+        node = next(n for n in open_nodes if (count[n], before.get(n, 0)) == fewest)
         wanted_by_others = {
             k for other in open_nodes if other != node for _, ks in candidates[other] for k in ks
         }
@@ -120,7 +127,8 @@ def _select_period(
             # (relay, node) decides, so the same node id does not lose every contest.
             rivals = [
                 n for n in open_nodes
-                if count[n] == fewest and any(ks & k for _, ks in candidates[n])
+                if (count[n], before.get(n, 0)) == fewest
+                and any(ks & k for _, ks in candidates[n])
             ]
             winner = min(rivals, key=lambda n: _contest_rank(k, n))
             if winner != node:

@@ -5,10 +5,10 @@ The intro feed (``onionmesh.node.intro_feed``) hands its sets to
 lets through, at once whenever that changes. Three loops feed the gate:
 
 * the service check, every ``[health] interval`` (``service_probe``);
-* tor liveness: the control connection's state, polled every
-  ``LIVENESS_POLL`` s; on every (re)connect the intro circuits tor has are
-  read from ``GETINFO circuit-status`` (subscribed to CIRC first, so nothing
-  falls between the two);
+* tor liveness: the control connection's state (and its reconnect count),
+  polled every ``LIVENESS_POLL`` s; on every (re)connect the intro circuits
+  tor has are read from ``GETINFO circuit-status`` (subscribed to CIRC first,
+  so nothing falls between the two);
 * CIRC / CIRC_MINOR events of the service's intro circuits (design scenario 2).
 
 Gate events become log lines and, for withdrawing and returning, alerts.
@@ -26,6 +26,7 @@ from onionmesh.node.advertise_gate import AdvertiseGate, GateEvent
 from onionmesh.node.service_health import CheckPolicy
 from onionmesh.node.service_probe import Target, check_service
 from onionmesh.tor.control import TorController
+from onionmesh.tor.control_connection import EventSubscription
 from onionmesh.tor.control_protocol import ControlError
 from onionmesh.tor.intro_circuits import (
     CircuitChange,
@@ -99,39 +100,52 @@ class AdvertiseFilter:
             await asyncio.sleep(self.policy.interval)  # the check's period
 
     async def _liveness_loop(self) -> None:
-        while True:
-            if self.controller.is_connected:
-                await self._follow_circuits()  # returns when the connection is lost
-                self.gate.tor_lost("control connection lost", self.clock())
-                self._flush()
-            await asyncio.sleep(LIVENESS_POLL)  # polling period of the connection state
-
-    async def _follow_circuits(self) -> None:
+        # The controller reconnects by itself and keeps subscriptions across reconnects,
+        # so a lost tor shows only as the connection state (or a new reconnect count).
         subscription = self.controller.subscribe("CIRC", "CIRC_MINOR")
+        events = asyncio.create_task(self._circuit_events(subscription), name="intro-circuits")
+        seen_reconnects = self.controller.reconnects
         try:
-            try:
-                info = await self.controller.get_info("circuit-status")
-            except ControlError as exc:
-                log.warning("reading tor's circuits failed: %s", exc)
-                return
-            established: dict[str, bytes] = {}
-            for line in next(iter(info.values()), "").splitlines():
-                circuit = self._parse(line)
-                if circuit is not None and circuit.change is CircuitChange.ESTABLISHED:
-                    established[circuit.circuit_id] = circuit.relay
-            self.gate.tor_connected(established, self.clock())
-            self._flush()
-            async for event in subscription:
-                try:
-                    circuit = parse_circuit_event(event)
-                except ControlError as exc:
-                    log.debug("unreadable circuit event: %s", exc)
-                    continue
-                if circuit is not None and circuit.service in (None, self.node_address):
-                    self.gate.intro_circuit(circuit, self.clock())
+            while True:
+                connected = self.controller.is_connected
+                if self.gate.tor_up and (not connected
+                                         or self.controller.reconnects != seen_reconnects):
+                    self.gate.tor_lost("control connection lost", self.clock())
                     self._flush()
+                if connected and not self.gate.tor_up:
+                    seen_reconnects = self.controller.reconnects
+                    await self._read_circuits()
+                await asyncio.sleep(LIVENESS_POLL)  # polling period of the connection state
         finally:
             subscription.close()
+            await cancel_and_wait(events)
+
+    async def _read_circuits(self) -> None:
+        """Tor answers (again): its established intro circuits, from circuit-status."""
+        try:
+            info = await self.controller.get_info("circuit-status")
+        except ControlError as exc:
+            log.warning("reading tor's circuits failed: %s", exc)
+            return
+        established: dict[str, bytes] = {}
+        for line in next(iter(info.values()), "").splitlines():
+            circuit = self._parse(line)
+            if circuit is not None and circuit.change is CircuitChange.ESTABLISHED:
+                established[circuit.circuit_id] = circuit.relay
+        self.gate.tor_connected(established, self.clock())
+        self._flush()
+
+    async def _circuit_events(self, subscription: EventSubscription) -> None:
+        async for event in subscription:
+            try:
+                circuit = parse_circuit_event(event)
+            except ControlError as exc:
+                log.debug("unreadable circuit event: %s", exc)
+                continue
+            if circuit is not None and circuit.service in (None, self.node_address) \
+                    and self.gate.tor_up:
+                self.gate.intro_circuit(circuit, self.clock())
+                self._flush()
 
     def _parse(self, line: str) -> IntroCircuit | None:
         try:

@@ -1,4 +1,5 @@
-"""The operator's sub-commands: init, add-node, join, run, status, config check, keys check.
+"""The operator's sub-commands: init, add-node, join, run, status, config check, keys check,
+client add/remove/list.
 
 Each handler returns the process exit code. Errors are one clear line on
 stderr (file, key or check named); secrets (join tokens, keys, the cluster
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 from onionmesh.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from onionmesh.errors import OnionmeshError
 from onionmesh.node.errors import EXIT_CONFIG, EXIT_OK, NodeError
 from onionmesh.status_socket import StatusUnavailable, query_status
 
@@ -74,6 +76,24 @@ def add_node_parsers(subparsers: argparse._SubParsersAction) -> None:
                                            required=True)
     _config_arg(config_actions.add_parser("check", help="validate a config without starting"))
 
+    client = subparsers.add_parser(
+        "client", help="restricted discovery: clients allowed to read the master descriptor")
+    client_actions = client.add_subparsers(dest="client_command", metavar="ACTION",
+                                           required=True)
+    client_add = client_actions.add_parser(
+        "add", help="authorize a client (generates its keypair unless --public-key)")
+    _config_arg(client_add)
+    client_add.add_argument("name", help="a name for the client (1-64 of A-Z a-z 0-9 . _ -)")
+    client_add.add_argument("--public-key", default=None,
+                            help="the client's x25519 public key (base32, tor's format)")
+    client_add.add_argument("--auth-file", type=Path, default=None,
+                            help="write the generated secret as this .auth_private file "
+                                 "(for the client's ClientOnionAuthDir) instead of stdout")
+    client_remove = client_actions.add_parser("remove", help="revoke a client")
+    _config_arg(client_remove)
+    client_remove.add_argument("name")
+    _config_arg(client_actions.add_parser("list", help="list the authorized clients"))
+
     keys = subparsers.add_parser("keys", help="key tools")
     keys_actions = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     _config_arg(keys_actions.add_parser("check", help="run the startup key integrity check"))
@@ -110,6 +130,8 @@ def run_node_command(args: argparse.Namespace) -> int:
             return _status(args)
         if args.command == "config":
             return _config_check(args)
+        if args.command == "client":
+            return _client(args)
         if args.command == "keys":
             try:
                 return _keys_check(args)
@@ -120,6 +142,51 @@ def run_node_command(args: argparse.Namespace) -> int:
     except NodeError as exc:
         return _fail(str(exc), exc.exit_code)
     return _fail(f"unknown command {args.command}", 2)
+
+
+def _client(args: argparse.Namespace) -> int:
+    from onionmesh.node.client_auth import (
+        ClientAuthError,
+        add_client,
+        client_auth_file_line,
+        remove_client,
+        write_client_file,
+    )
+
+    restart = ("every node that may publish needs the same [master] authorized_clients; "
+               "restart the nodes to apply")
+    try:
+        if args.client_command == "list":
+            clients = load_config(args.config).master.authorized_clients
+            if not clients:
+                print("no authorized clients: the master descriptor is readable by anyone "
+                      "who knows the address")
+            for name, key in sorted(clients.items()):
+                print(f"{name} descriptor:x25519:{key.removeprefix('descriptor:x25519:')}")
+            return EXIT_OK
+        if args.client_command == "remove":
+            remove_client(args.config, args.name)
+            print(f"removed client {args.name}; {restart}", file=sys.stderr)
+            return EXIT_OK
+        public, secret = add_client(args.config, args.name, args.public_key)
+        print(f"authorized client {args.name} (descriptor:x25519:{public}); {restart}",
+              file=sys.stderr)
+        if secret is not None:
+            address = load_config(args.config).master.address
+            if args.auth_file is not None:
+                write_client_file(args.auth_file, address, secret)
+                print(f"wrote the client's key to {args.auth_file} (secret: give it only to "
+                      "that client, for its ClientOnionAuthDir)", file=sys.stderr)
+            else:
+                print("WARNING: the line below is the client's SECRET key; put it in a "
+                      f"file {args.name}.auth_private in the client's ClientOnionAuthDir",
+                      file=sys.stderr)
+                print(client_auth_file_line(address, secret), end="")
+        return EXIT_OK
+    except ClientAuthError as exc:
+        return _fail(str(exc), EXIT_CONFIG)
+    except OnionmeshError as exc:  # e.g. the .auth_private file exists already
+        return _fail(str(exc), EXIT_CONFIG)
 
 
 def _settings(args: argparse.Namespace) -> dict[str, dict[str, object]] | None:

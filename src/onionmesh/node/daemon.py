@@ -256,7 +256,11 @@ class NodeDaemon:
             self.publisher_control = PublisherControl(
                 controller, keys.master, self.clock, self.guard,
                 RetryPolicy(max_retries=config.hsdir_max_retries),
+                client_auth_keys=config.master.client_auth_keys(),
             )
+            if config.master.authorized_clients:
+                log.info("restricted discovery: the master descriptor is readable only by %d "
+                         "authorized client(s)", len(config.master.authorized_clients))
         # Between tor's intro points and the mesh: service checks, tor liveness and
         # intro-circuit health decide what this node advertises.
         self.advertising = AdvertiseFilter(

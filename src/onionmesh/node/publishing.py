@@ -75,8 +75,10 @@ class PublisherControl:
         clock: Clock,
         guard: ClockGuard,
         retry: RetryPolicy,
+        client_auth_keys: Sequence[bytes] = (),
     ) -> None:
         self.controller = controller
+        self.client_auth_keys = tuple(client_auth_keys)  # restricted discovery
         self.master = master
         self.clock = clock
         self.guard = guard
@@ -129,6 +131,7 @@ class PublisherControl:
                 self.controller, self.master, self.intro_source, retry=self.retry,
                 clock=self.clock.now, clock_check=self.guard.check_for_signing,
             )
+            publisher.builder.set_client_auth_keys(self.client_auth_keys)
             try:
                 try:
                     await publisher.start()

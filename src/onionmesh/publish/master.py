@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 from onionmesh.crypto.blinding import BlindedKey
 from onionmesh.crypto.keys import Ed25519Identity
 from onionmesh.descriptor.build import CERT_LIFETIME, build_descriptor
@@ -65,12 +67,30 @@ class MasterDescriptorBuilder:
     or an intro-point rotation signs only the intro points that are new, not all of
     them (two signatures each), and that the cluster's descriptors look like tor's.
     Certificates are renewed before they would expire under a published descriptor.
+
+    ``client_auth_keys`` (x25519 public keys) restrict discovery to those clients. The
+    builder then also authorizes a key of its own (``observer_secret_key``), so the
+    publisher can still decrypt the descriptors it fetches back from the HSDirs.
     """
 
-    def __init__(self, master: Ed25519Identity, *, lifetime_minutes: int) -> None:
+    def __init__(self, master: Ed25519Identity, *, lifetime_minutes: int,
+                 client_auth_keys: Sequence[bytes] = ()) -> None:
         self.master = master
         self.lifetime_minutes = lifetime_minutes
         self._periods: dict[int, _PeriodKeys] = {}
+        self.observer_secret_key: bytes | None = None
+        self.client_auth_keys: tuple[bytes, ...] = ()
+        self.set_client_auth_keys(client_auth_keys)
+
+    def set_client_auth_keys(self, keys: Sequence[bytes]) -> None:
+        """Authorized clients from now on (empty: anyone who knows the address)."""
+        if not keys:
+            self.client_auth_keys, self.observer_secret_key = (), None
+            return
+        if self.observer_secret_key is None:
+            self.observer_secret_key = X25519PrivateKey.generate().private_bytes_raw()
+        observer = X25519PrivateKey.from_private_bytes(self.observer_secret_key)
+        self.client_auth_keys = (*keys, observer.public_key().public_bytes_raw())
 
     def build(self, period: int, period_length: int, revision: int,
               points: Sequence[IntroPoint], *, now: float,
@@ -91,7 +111,8 @@ class MasterDescriptorBuilder:
         return build_descriptor(self.master, period, period_length, revision,
                                 list(certified.values()), now=now,
                                 lifetime_minutes=self.lifetime_minutes,
-                                signing_key=keys.signing_key, blinded=blinded)
+                                signing_key=keys.signing_key, blinded=blinded,
+                                client_auth_keys=self.client_auth_keys)
 
     def forget_periods(self, keep: Iterable[int]) -> None:
         """Drop the signing keys of periods no longer published."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 import threading
 import time
@@ -143,6 +144,20 @@ class TorClient(TorNode):
             # A failed onion fetch leaves "no more HSDirs to query" state behind; NEWNYM
             # clears it so the next attempt fetches the descriptor again (reference §8).
             self.newnym()
+
+    def browser_get(self, onion_host: str, path: str = "/", *,
+                    timeout: float = 30.0) -> HttpResponse:
+        """One GET on a circuit of its own (fresh SOCKS credentials, like a new Tor Browser
+        tab), keeping tor's descriptor cache: no NEWNYM, no retry beyond tor's own."""
+        if self.socks_port is None:
+            raise TestnetError(f"client {self.name!r} has no SOCKS port")
+        return http_get_via_socks(self.socks_port, onion_host, path, timeout,
+                                  isolation=os.urandom(8).hex())
+
+    async def abrowser_get(self, onion_host: str, path: str = "/", *,
+                           timeout: float = 30.0) -> HttpResponse:
+        """:meth:`browser_get` from async code."""
+        return await asyncio.to_thread(self.browser_get, onion_host, path, timeout=timeout)
 
     async def ahttp_get(
         self, onion_host: str, path: str = "/", *, timeout: float = 30.0, retry_for: float = 0.0
