@@ -19,7 +19,7 @@ from onionmesh.publish.spread import (
 from tests.mesh.test_plan_relays import ip_on
 
 FETCH = [f"F{i}" for i in range(6)]  # tor's defaults: 2 replicas x hsdir_spread_fetch 3
-STORE = FETCH[:3] + ["S1"] + FETCH[3:] + ["S2"]  # ... x hsdir_spread_store 4
+STORE = [*FETCH[:3], "S1", *FETCH[3:], "S2"]  # ... x hsdir_spread_store 4
 
 
 def cluster(nodes: int, per_node: int, relays: int = 1000) -> dict[str, list[bytes]]:
