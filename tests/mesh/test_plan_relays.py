@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 from collections import Counter
 
 from hypothesis import given, settings
@@ -141,3 +142,22 @@ def test_plan_is_one_per_relay_capped_and_max_min_fair(relays_per_node, cap):
             assert len(entries) == cap
             # ... and then it holds at least as many as any other node minus one.
             assert per_node[node] >= max(per_node.values()) - 1
+
+
+def _perfect_matching_exists(relay_sets: list[set[int]]) -> bool:
+    pool = sorted(set().union(*relay_sets))
+    return any(all(r in s for r, s in zip(choice, relay_sets, strict=True))
+               for choice in itertools.permutations(pool, len(relay_sets)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sets(st.integers(0, 5), min_size=1, max_size=3), min_size=2, max_size=5))
+def test_every_node_is_served_whenever_relays_can_be_matched(relay_sets):
+    contribs = [
+        Contribution(f"n{k}", {1: [ip_on(r, f"n{k}-{r}") for r in sorted(relays)]}, {})
+        for k, relays in enumerate(relay_sets)
+    ]
+    entries = select_intro_points(contribs, 20)[1]
+    assert_one_per_relay(entries)
+    if _perfect_matching_exists([set(s) for s in relay_sets]):
+        assert {n for n, _ in entries} == {c.node_id for c in contribs}

@@ -8,16 +8,15 @@ for that period):
   says belong in the plan (alive, suspect, or dead within the removal grace,
   and not held back by flap damping);
 * at most ``max_intro_points`` (20: tor clients reject more) per period,
-  spread fairly: max-min over contributors, each turn going to the node with
-  the fewest points chosen so far (node-id order between equals), which takes
-  its freshest intro point (freshest = most recently first seen). If the cap
-  cuts a round short, nodes earlier in node-id order get the extra slot; the
-  order is deterministic so an unchanged input never changes the plan;
+  spread fairly: max-min over contributors (``select_fair``: rounds of one
+  more point per node, each node's freshest first; freshest = most recently
+  first seen). Who gets the extra slot when the cap cuts a round short is
+  decided by a hash of (node id, its relays), so no node id always loses; the
+  result is deterministic, so an unchanged input never changes the plan;
 * at most one intro point per relay (``onionmesh.mesh.relay``): a tor client
-  reaches only the first intro point of a descriptor on a given relay. A node
-  takes its freshest point on a relay no other node still wants before a
-  contested one; a relay contested by equally served nodes goes to the node
-  that wins a hash of (relay, node id), so no node id always loses.
+  reaches only the first intro point of a descriptor on a given relay. Nodes
+  whose intro points share relays are matched to relays (augmenting paths), so
+  a node is left out only when no assignment of relays can serve it.
 
 Scheduling (``PublishScheduler``): a publish is requested when the plan
 changes, on takeover, on conflict and every ``refresh_interval``; at most one
@@ -31,6 +30,7 @@ import hashlib
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
+from onionmesh.descriptor.intro import LS_LEGACY_ID
 from onionmesh.mesh.relay import RelayKey, relay_keys
 
 
@@ -95,55 +95,84 @@ def select_fair(
     relay_of: Callable[[bytes], frozenset[RelayKey] | None],
     served_before: Mapping[str, int] | None = None,
 ) -> tuple[tuple[str, bytes], ...]:
-    """Max-min fair choice of at most ``cap`` of the queued (node, intro points), each
-    node taking from the front of its queue, never two on one relay. Between nodes
-    with as many points chosen, one ``served_before`` less (other descriptors) goes
-    first and wins a contested relay."""
+    """Max-min fair choice of at most ``cap`` of the queued (node, intro points, freshest
+    first), never two on one relay.
+
+    Rounds: in round ``r`` every node that holds ``r - 1`` points tries to get one more,
+    taking its freshest point on a free relay, or else an augmenting path (a node holding
+    one of its relays moves to another free relay of its own; bipartite matching), so a
+    node goes without only when no reassignment can serve it. Within a round, nodes
+    ``served_before`` less (other descriptors) go first, then a hash of (node id, its
+    relays): when the cap cuts a round short or relays are too few for everyone, no
+    node id is always the one left out.
+    """
     before = served_before or {}
+    prefs: dict[str, list[tuple[Hashable, bytes]]] = {}
+    for node, queue in queues:
+        best: dict[Hashable, bytes] = {}
+        for ip in queue:
+            best.setdefault(_relay_id(ip, relay_of), ip)  # the node's freshest on each relay
+        if best:
+            prefs[node] = list(best.items())
+    holder: dict[Hashable, tuple[str, bytes]] = {}
 
-    def keys(ip: bytes) -> frozenset[Hashable]:
-        found = relay_of(ip)
-        return frozenset(found) if found else frozenset({("point", ip)})
+    def augment(node: str, visited: set[Hashable]) -> bool:
+        for relay, ip in prefs[node]:
+            if relay not in holder and relay not in visited:
+                holder[relay] = (node, ip)
+                return True
+        for relay, ip in prefs[node]:
+            held = holder.get(relay)
+            if relay in visited or held is None or held[0] == node:
+                continue
+            visited.add(relay)
+            if augment(held[0], visited):
+                holder[relay] = (node, ip)
+                return True
+        return False
 
-    candidates = {node: [(ip, keys(ip)) for ip in q] for node, q in queues if q}
-    count = dict.fromkeys(candidates, 0)
-    used: set[Hashable] = set()
-    chosen: list[tuple[str, bytes]] = []
-    while len(chosen) < cap:
-        for node in candidates:
-            candidates[node] = [(ip, k) for ip, k in candidates[node] if not k & used]
-        open_nodes = [node for node, c in candidates.items() if c]
-        if not open_nodes:
+    order = sorted(prefs, key=lambda n: (before.get(n, 0), _node_rank(n, prefs[n])))
+    count = dict.fromkeys(prefs, 0)
+    total, round_no = 0, 0
+    while total < cap:
+        round_no += 1
+        progress = False
+        for node in order:
+            if total >= cap:
+                break
+            if count[node] < round_no and count[node] < len(prefs[node]) \
+                    and augment(node, set()):
+                count[node] += 1
+                total += 1
+                progress = True
+        if not progress:
             break
-        fewest = min((count[n], before.get(n, 0)) for n in open_nodes)
-        node = next(n for n in open_nodes if (count[n], before.get(n, 0)) == fewest)
-        wanted_by_others = {
-            k for other in open_nodes if other != node for _, ks in candidates[other] for k in ks
-        }
-        free = [(ip, k) for ip, k in candidates[node] if not k & wanted_by_others]
-        ip, k = free[0] if free else candidates[node][0]
-        if not free:
-            # Contested relay: among the equally served nodes that want it, a hash of
-            # (relay, node) decides, so the same node id does not lose every contest.
-            rivals = [
-                n for n in open_nodes
-                if (count[n], before.get(n, 0)) == fewest
-                and any(ks & k for _, ks in candidates[n])
-            ]
-            winner = min(rivals, key=lambda n: _contest_rank(k, n))
-            if winner != node:
-                node = winner
-                ip, k = next((p, ks) for p, ks in candidates[node] if ks & k)
-        chosen.append((node, ip))
-        count[node] += 1
-        used |= k
-    return tuple(chosen)
+    # Output: each node's points freshest first, interleaved in node-id order.
+    mine: dict[str, list[bytes]] = {}
+    for node in sorted(prefs):
+        rank = {ip: i for i, (_, ip) in enumerate(prefs[node])}
+        mine[node] = sorted((ip for n, ip in holder.values() if n == node), key=rank.__getitem__)
+    out: list[tuple[str, bytes]] = []
+    for depth in range(max((len(v) for v in mine.values()), default=0)):
+        out.extend((node, points[depth]) for node, points in mine.items() if depth < len(points))
+    return tuple(out)
 
 
-def _contest_rank(relay: frozenset[Hashable], node_id: str) -> bytes:
+def _relay_id(ip: bytes, relay_of: Callable[[bytes], frozenset[RelayKey] | None]) -> Hashable:
+    """One hashable name per relay: its legacy RSA id (tor's clients match on it), else its
+    ed25519 id; an intro point without link specifiers is a relay of its own."""
+    found = relay_of(ip)
+    if not found:
+        return ("point", ip)
+    legacy = sorted(k for k in found if k[0] == LS_LEGACY_ID)
+    return (legacy or sorted(found))[0]
+
+
+def _node_rank(node_id: str, relays: Sequence[tuple[Hashable, bytes]]) -> bytes:
     h = hashlib.blake2b(digest_size=8, person=b"onionmesh-relay")
-    h.update(repr(sorted(relay, key=repr)).encode())
-    h.update(node_id.encode())
+    h.update(node_id.encode() + b"\0")
+    for relay in sorted(repr(r) for r, _ in relays):
+        h.update(relay.encode())
     return h.digest()
 
 
