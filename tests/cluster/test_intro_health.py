@@ -1,0 +1,309 @@
+"""Issue #11: every published intro point leads to a working service.
+
+Three ``onionmesh run`` nodes with the DEFAULT timings (5 s heartbeats, 15 s lease,
+min_publish_interval 10 s, a TCP check of the backend every 5 s, 2 failures to withdraw,
+2 successes to return) on the session's private Tor network; one cluster shared by the
+tests of this module. Faults are real: a backend process stopped, a node's tor SIGKILLed,
+a relay hosting an intro point stopped, a node's intro circuits closed through its control
+port. Clients behave like browsers: a fresh circuit per GET (SOCKS credentials), the
+descriptor cache kept, never NEWNYM. What counts is seen from outside: status documents,
+node logs and the master descriptor a tor client fetches from the HSDirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import re
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from onionmesh.config import load_config
+from onionmesh.descriptor.intro import LS_LEGACY_ID
+from onionmesh.descriptor.parse import parse_descriptor
+from onionmesh.errors import OnionmeshError
+from onionmesh.hsdir.timeperiod import period_length_minutes
+from onionmesh.node.service_health import CheckPolicy
+from onionmesh.node.settings import health_policy
+from onionmesh.publish.publisher import fetch_consensus
+from onionmesh.testnet import SocksError, TorClient, TorNetwork
+from onionmesh.testnet.backend import start_backend_process
+from onionmesh.testnet.node_cluster import NodeCluster
+from onionmesh.tor.control import TorController
+from onionmesh.tor.intro_circuits import CircuitChange, parse_circuit_line
+from onionmesh.tor.intro_points import fetch_descriptor, read_own_descriptor
+from tests.eventually import aeventually
+
+from .helpers import fetched_intro_keys, publisher_of, wait_healthy, wait_node_served
+
+pytestmark = [pytest.mark.tor, pytest.mark.tornet, pytest.mark.slow]
+
+UPLOAD_MARGIN = 30.0  # build + HSPOST + the HSDirs' answers (as in helpers.removal_bound)
+TOR_REPLACEMENT = 45.0  # tor picks a new intro point, builds and establishes its circuit
+
+
+@pytest.fixture(scope="module")
+def dcluster(tornet: TorNetwork) -> Iterator[NodeCluster]:
+    base = Path(tempfile.mkdtemp(prefix="omih-"))
+    nodes = NodeCluster(tornet, base, 3)  # default timings
+    try:
+        nodes.create()
+        nodes.start()
+        asyncio.run(wait_healthy(nodes, timeout=240))
+        yield nodes
+    finally:
+        nodes.stop()
+        leftovers = nodes.leftover_pids()
+        shutil.rmtree(base, ignore_errors=True)
+        assert not leftovers, f"cluster processes survived teardown: {leftovers}"
+
+
+def policy(cluster: NodeCluster) -> CheckPolicy:
+    return health_policy(load_config(cluster.nodes["n1"].config_path))
+
+
+def timing(cluster: NodeCluster, section: str, key: str) -> float:
+    return float(getattr(getattr(load_config(cluster.nodes["n1"].config_path), section), key))
+
+
+def publish_bound(cluster: NodeCluster) -> float:
+    """From a plan change on the publisher to the HSDirs serving it."""
+    return timing(cluster, "publishing", "min_publish_interval") + UPLOAD_MARGIN
+
+
+async def node_controller(cluster: NodeCluster, node_id: str) -> TorController:
+    sock = cluster.nodes[node_id].torrc_value("ControlSocket")
+    assert sock, f"{node_id} has no control socket"
+    return await TorController.connect(socket_path=sock)
+
+
+async def own_intro_points(cluster: NodeCluster, node_id: str, address: str):
+    """The intro points of the node's current descriptor (from its own tor)."""
+    controller = await node_controller(cluster, node_id)
+    try:
+        length = period_length_minutes(await fetch_consensus(controller))
+        text = await read_own_descriptor(controller, address)
+    finally:
+        await controller.close()
+    return [] if not text else list(parse_descriptor(text, address,
+                                                     period_length=length).intro_points)
+
+
+async def browser_gets(client: TorClient, master: str, count: int) -> tuple[list[str], int]:
+    """``count`` browser-like GETs, each allowed one retry (a fresh circuit again);
+    returns (who answered, first tries that failed). A GET failing twice fails the test."""
+    answered, retried = [], 0
+    for _ in range(count):
+        try:
+            response = await client.abrowser_get(master, timeout=30.0)
+        except SocksError:
+            retried += 1
+            response = await client.abrowser_get(master, timeout=30.0)
+        assert response.status == 200
+        answered.append(response.text.strip())
+    return answered, retried
+
+
+def log_lines_after(cluster: NodeCluster, node_id: str, pattern: str, since: float):
+    """(timestamp, line) of the node's log lines matching ``pattern`` logged after ``since``."""
+    found = []
+    for line in cluster.nodes[node_id].log_path.read_text(errors="replace").splitlines():
+        stamp = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", line)
+        if stamp is None or not re.search(pattern, line):
+            continue
+        at = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        if at >= since:
+            found.append((at, line))
+    return found
+
+
+def standby(docs) -> str:
+    pub = publisher_of(docs)
+    return max(n for n in docs if n != pub)
+
+
+async def test_stopped_backend_withdraws_the_node_and_it_returns(dcluster, tornet_client):
+    docs = await wait_healthy(dcluster)
+    pub, victim = publisher_of(docs), standby(docs)
+    node = dcluster.nodes[victim]
+    address = docs[victim]["node"]["onion_address"].removesuffix(".onion")
+    check = policy(dcluster)
+    master = dcluster.master_address
+
+    stopped_at = time.monotonic()
+    node.stop_backend()
+    docs = await dcluster.wait_until(
+        lambda d: victim in d and d[victim]["advertising"]["advertising"] is False
+        and pub in d and victim not in (d[pub].get("plan") or {}).get("per_node", {}),
+        check.withdraw_bound() + 2 * check.interval, f"{victim} withdraws (backend down)")
+    why = docs[victim]["advertising"]["withdrawn_because"]
+    assert why.startswith("service check failing") and "refused" in why.lower(), why
+    assert docs[victim]["cluster"]["role"] == "standby"  # it keeps heartbeating
+    assert docs[pub]["peers"][victim]["state"] == "alive"
+    assert log_lines_after(dcluster, victim, "withdrawing this node's intro points", 0)
+
+    # Clients stop landing there: the served master descriptor drops the node's keys.
+    victim_keys = {ip.auth_key for ip in await own_intro_points(dcluster, victim, address)}
+    remaining = check.withdraw_bound() + publish_bound(dcluster) - (time.monotonic() - stopped_at)
+
+    async def gone() -> bool:
+        return not victim_keys & await fetched_intro_keys(tornet_client, master)
+
+    await aeventually(gone, timeout=max(5.0, remaining), interval=2.0,
+                      what=f"{victim}'s intro points leave the served descriptor")
+    answered, _ = await browser_gets(tornet_client, master, 6)
+    assert victim not in answered, answered
+
+    # It recovers: advertised again within the return bound, and clients reach it.
+    node.backend = start_backend_process(victim, node.backend_port, node.root / "backend.log")
+    docs = await dcluster.wait_until(
+        lambda d: victim in d and d[victim]["advertising"]["advertising"] is True
+        and pub in d and victim in (d[pub].get("plan") or {}).get("per_node", {}),
+        check.return_bound() + 2 * check.interval, f"{victim} advertises again")
+    await wait_healthy(dcluster, timeout=publish_bound(dcluster) + 30.0)
+
+
+async def test_killed_tor_withdraws_restarts_and_readvertises(dcluster):
+    docs = await wait_healthy(dcluster)
+    victim = standby(docs)
+    node = dcluster.nodes[victim]
+    old_tor = node.tor_pid()
+    assert old_tor is not None
+    killed_at = time.time()
+    os.kill(old_tor, signal.SIGKILL)  # only the tor: the daemon lives on
+    await aeventually(lambda: log_lines_after(dcluster, victim, "tor is down", killed_at),
+                      timeout=10.0, interval=0.5, what="the daemon notices its tor died")
+    docs = await wait_healthy(dcluster, timeout=TOR_REPLACEMENT + publish_bound(dcluster))
+    assert node.tor_pid() not in (None, old_tor)
+    assert docs[victim]["node"]["pid"] == node.pid  # the same daemon process
+    assert docs[victim]["advertising"]["advertising"] is True
+    assert log_lines_after(dcluster, victim, "advertising intro points", killed_at)
+
+
+async def served_intro_points(client: TorClient, master: str):
+    """The intro points of the master descriptor a client fetches now (verified)."""
+    controller = await TorController.connect(port=client.control_port)
+    try:
+        length = period_length_minutes(await fetch_consensus(controller))
+        text = await fetch_descriptor(controller, master, timeout=30.0)
+    finally:
+        await controller.close()
+    return list(parse_descriptor(text, master, period_length=length).intro_points)
+
+
+async def node_keys(cluster: NodeCluster, client: TorClient, node_id: str, address: str):
+    """The node's intro keys in both its descriptors (its tor's current one + HSFETCH)."""
+    keys = {ip.auth_key for ip in await own_intro_points(cluster, node_id, address)}
+    with contextlib.suppress(OnionmeshError):
+        keys |= await fetched_intro_keys(client, address)
+    return keys
+
+
+async def test_killed_intro_relay_withdraws_that_point_and_the_replacement_appears(
+        dcluster, tornet, tornet_client):
+    docs = await wait_healthy(dcluster)
+    victim = standby(docs)
+    address = docs[victim]["node"]["onion_address"].removesuffix(".onion")
+    master = dcluster.master_address
+    relays = {n.fingerprint.upper(): n for n in tornet.nodes if n.fingerprint}
+    await wait_node_served(dcluster, tornet_client, victim, address)
+    # One of the victim's intro points that clients are served now, and its relay.
+    mine = await node_keys(dcluster, tornet_client, victim, address)
+    points = [ip for ip in await served_intro_points(tornet_client, master)
+              if ip.auth_key in mine]
+    assert points, "no intro point of the standby is served"
+    target = points[0]
+    fpr = next(s.data for s in target.link_specifiers if s.type == LS_LEGACY_ID).hex().upper()
+    relay = relays[fpr]
+    n_before = len(points)
+
+    stopped_at = time.monotonic()
+    relay.process.stop()  # the relay is gone (no supervisor restart) until the test ends
+    try:
+        gone_bound = publish_bound(dcluster)
+
+        async def served_now() -> set[bytes] | None:
+            # One HSFETCH asks one HSDir: it may be the stopped relay (an HSDir too).
+            with contextlib.suppress(OnionmeshError):
+                return await fetched_intro_keys(tornet_client, master)
+            return None
+
+        async def withdrawn() -> bool:
+            fetched = await served_now()
+            return fetched is not None and target.auth_key not in fetched
+
+        await aeventually(withdrawn, timeout=gone_bound, interval=1.0,
+                          what="the dead relay's intro point leaves the served descriptor")
+        gone_after = time.monotonic() - stopped_at
+        assert log_lines_after(dcluster, victim, "intro circuit .* closed", 0)
+        _, retried = await browser_gets(tornet_client, master, 4)
+        assert retried <= 1
+
+        replace_bound = TOR_REPLACEMENT + timing(dcluster, "service", "intro_poll_interval") \
+            + publish_bound(dcluster)
+
+        async def replaced() -> bool:
+            fetched = await served_now()
+            if fetched is None:
+                return False
+            keys = await node_keys(dcluster, tornet_client, victim, address)
+            return len(keys & fetched) >= n_before and target.auth_key not in fetched
+
+        await aeventually(replaced, timeout=replace_bound, interval=2.0,
+                          what="a replacement intro point of the node is served")
+        print(f"intro point withdrawn after {gone_after:.1f} s (bound {gone_bound:.0f} s), "
+              f"replaced after {time.monotonic() - stopped_at:.1f} s "
+              f"(bound {replace_bound:.0f} s)")
+    finally:
+        relay.process.start()
+        await relay.process.wait_control_ready(60.0)
+
+
+async def test_burst_of_intro_rotations_republishes_at_most_once_per_interval(dcluster):
+    """Last in the module: tor limits how many intro circuits a service launches per
+    5 minutes, so after a burst the node may rightly have no working intro point (and
+    advertise none) until that window ends."""
+    docs = await wait_healthy(dcluster)
+    pub, victim = publisher_of(docs), standby(docs)
+    interval = timing(dcluster, "publishing", "min_publish_interval")
+    address = docs[victim]["node"]["onion_address"].removesuffix(".onion")
+    since = time.time()
+    controller = await node_controller(dcluster, victim)
+    closed = 0
+    try:
+        for _ in range(3):  # a burst: close every established intro circuit, 3 times over
+            info = await controller.get_info("circuit-status")
+            for line in next(iter(info.values()), "").splitlines():
+                circ = parse_circuit_line(line.strip())
+                if circ is not None and circ.change is CircuitChange.ESTABLISHED and \
+                        circ.service in (None, address):
+                    await controller.request(f"CLOSECIRCUIT {circ.circuit_id}", check=False)
+                    closed += 1
+            await asyncio.sleep(6.0)  # the burst's pace (3 rounds > one publish window)
+    finally:
+        await controller.close()
+    last_close = time.time()
+    assert closed >= 3
+    # The withdrawals reach the publisher at once; the coalesced publish follows within
+    # one window after the last change.
+    await aeventually(
+        lambda: log_lines_after(dcluster, pub, "Publishing updated descriptor", last_close),
+        timeout=interval + 10.0, interval=0.5, what="a publish after the burst")
+    pubs = log_lines_after(dcluster, pub, "Publishing updated descriptor", since)
+    assert len(pubs) >= 2, "the burst changed the plan but nothing was republished"
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(pubs)]
+    assert all(g >= interval - 0.01 for g in gaps), gaps  # log stamps are to the ms
+    changes = log_lines_after(dcluster, victim, "intro points changed", since)
+    assert len(changes) > len(pubs)  # coalesced: many plan changes, few publishes
+    print(f"{closed} intro circuits closed in a burst; {len(changes)} changes shared, "
+          f"{len(pubs)} republishes, "
+          f"gaps {[round(g, 1) for g in gaps]} s (min_publish_interval {interval:g} s)")
