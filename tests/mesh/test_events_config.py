@@ -18,6 +18,7 @@ from onionmesh.mesh.events import (
 )
 from onionmesh.mesh.identity import NodeIdentity, PeerSeed
 from onionmesh.mesh.intro import IntroPointsError
+from onionmesh.mesh.vocabulary import RejectReason
 
 from .netloop import SECRET, identity
 
@@ -34,7 +35,7 @@ def test_peer_events_read_like_the_design():
         IntroPointsRequested("node-xyz").message == "Re-fetching intro points from recovered peer"
     )
     assert PeerDead("n", 1).message.endswith("removing 1 intro point")
-    assert "forged" in MessageRejected("forged", "1.2.3.4:5").message
+    assert "forged" in MessageRejected(RejectReason.FORGED, "bad signature", "1.2.3.4:5").message
     assert "nobody yet" in SteppedDown(4, "shutdown", None).message
 
 

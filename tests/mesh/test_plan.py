@@ -8,6 +8,7 @@ from collections import Counter
 from onionmesh.mesh.config import MeshConfig
 from onionmesh.mesh.events import PublishRequested
 from onionmesh.mesh.plan import Contribution, PublishPlan, PublishScheduler, select_intro_points
+from onionmesh.mesh.vocabulary import PublishTrigger
 
 from .netloop import Net, identity
 
@@ -56,17 +57,17 @@ def test_plan_message_uses_the_designs_words():
 
 def test_scheduler_coalesces_requests_into_one_per_window():
     s = PublishScheduler(min_interval=10.0, refresh_interval=3600.0)
-    s.request("first")
-    assert s.due(0.0) == "first"
+    s.request(PublishTrigger.NEW_PLAN)
+    assert s.due(0.0) == (PublishTrigger.NEW_PLAN, "")
     s.published(0.0)
     for t in range(1, 10):
-        s.request(f"change {t}")
+        s.request(PublishTrigger.MEMBERSHIP_CHANGE, f"+n{t}")
         assert s.due(float(t)) is None
     assert s.next_deadline() == 10.0
-    assert s.due(10.0) == "change 1"
+    assert s.due(10.0) == (PublishTrigger.MEMBERSHIP_CHANGE, "+n1")
     s.published(10.0)
     assert s.due(20.0) is None
-    assert s.due(3610.0) == "periodic refresh"
+    assert s.due(3610.0) == (PublishTrigger.PERIODIC_REFRESH, "")
 
 
 def _published(net: Net, node: str) -> list[tuple[float, PublishRequested]]:
@@ -98,7 +99,7 @@ def test_intro_rotation_reaches_the_plan_immediately_not_on_the_next_heartbeat()
     assert ("b", b"b-new") in plan.intro_points[1] and ("b", b"b-0") not in plan.intro_points[1]
     last_t, last = _published(net, "a")[-1]
     assert last_t <= t0 + 0.1 and ("b", b"b-new") in last.plan.intro_points[1]
-    assert last.reason == "intro-point rotation"
+    assert last.trigger is PublishTrigger.INTRO_POINT_ROTATION
 
 
 def test_rate_limit_coalesces_churn_and_publishes_the_latest_plan():
@@ -134,7 +135,7 @@ def test_dead_nodes_points_leave_the_plan_within_the_bound():
     assert t_removed <= kill_at + bound + CFG.heartbeat_interval
     assert ev.plan.count == 6 and ev.plan.previous_count == 9
     assert ev.message == (
-        "Publishing updated descriptor with 6 intro points (was 9) (membership change -c)"
+        "Publishing updated descriptor with 6 intro points (was 9) (membership change: -c)"
     )
 
 
@@ -187,5 +188,5 @@ def test_periodic_refresh_republishes_an_unchanged_plan():
     net.cores["a"].set_local_intro_points({1: [b"a"]}, 0.0)
     net.run_until(300)
     pubs = _published(net, "a")
-    assert [e.reason for _, e in pubs[1:]] == ["periodic refresh"] * (len(pubs) - 1)
+    assert [e.trigger for _, e in pubs[1:]] == [PublishTrigger.PERIODIC_REFRESH] * (len(pubs) - 1)
     assert len(pubs) >= 3 and len({e.plan.generation for _, e in pubs}) == 1

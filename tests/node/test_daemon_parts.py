@@ -255,17 +255,15 @@ async def test_a_peer_added_at_runtime_is_discovered():
             await driver.shutdown()
 
 
-@pytest.mark.parametrize(("reason", "label"), [
-    ("takeover: lease of n1 expired", "takeover"),
-    ("membership change -n3 +n4", "membership_change"),
-    ("intro-point rotation", "intro_point_rotation"),
-    ("periodic refresh", "periodic_refresh"),
-    ("something new", "other"),
-])
-def test_publish_reasons_become_bounded_metric_labels(reason: str, label: str):
-    from onionmesh.node.daemon import publish_reason_label
+def test_publish_triggers_are_bounded_distinct_metric_labels():
+    import re
 
-    assert publish_reason_label(reason) == label
+    from onionmesh.mesh.vocabulary import PublishTrigger
+
+    labels = [trigger.label for trigger in PublishTrigger]
+    assert len(set(labels)) == len(labels)
+    assert all(re.fullmatch(r"[a-z_]+", label) for label in labels)
+    assert PublishTrigger.INTRO_POINT_ROTATION.label == "intro_point_rotation"
 
 
 async def test_events_become_log_lines_alerts_and_metrics(tmp_path: Path, caplog):
@@ -280,6 +278,7 @@ async def test_events_become_log_lines_alerts_and_metrics(tmp_path: Path, caplog
         PeerDead,
         PeerRecovered,
     )
+    from onionmesh.mesh.vocabulary import ConflictKind, ConflictResolution, RejectReason
     from onionmesh.node.daemon import NodeDaemon
 
     from .helpers import make_cluster
@@ -293,8 +292,10 @@ async def test_events_become_log_lines_alerts_and_metrics(tmp_path: Path, caplog
     daemon._on_event(PeerDead("n2", 3))
     daemon._on_event(PeerRecovered("n2"))
     daemon._on_event(BecamePublisher(4, "lease of n2 expired"))
-    daemon._on_event(ConflictDetected("two_publishers", "n3", 6, 3, "keep"))
-    daemon._on_event(MessageRejected("bad_mac", "10.0.0.9:7443"))
+    daemon._on_event(ConflictDetected(ConflictKind.TWO_PUBLISHERS, "n3", 6, 3,
+                                      ConflictResolution.KEEP))
+    daemon._on_event(MessageRejected(RejectReason.UNKNOWN_CLUSTER, "cluster MAC does not verify",
+                                     "10.0.0.9:7443"))
     hsdir = "B" * 40
     for _ in range(3):
         daemon.uploads.observe(HsDescEvent("FAILED", MASTER.onion_address[:56], "NO_AUTH",
@@ -316,6 +317,6 @@ async def test_events_become_log_lines_alerts_and_metrics(tmp_path: Path, caplog
     assert "Peer n2 declared DEAD, removing 3 intro points" in caplog.text
     assert "Peer n2 came back! Adding to mesh" in caplog.text
     rejected = daemon.metrics.registry.get_sample_value(
-        "onionmesh_messages_rejected_total", {"reason": "bad_mac"})
+        "onionmesh_messages_rejected_total", {"reason": "unknown_cluster"})
     assert rejected == 1.0
     assert "Rejected datagram" not in caplog.text  # debug only: floods must not spam

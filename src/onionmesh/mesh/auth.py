@@ -48,6 +48,7 @@ from nacl.signing import SigningKey, VerifyKey
 from onionmesh.mesh.codec import decode_sealed, decode_signed, encode, encode_sealed
 from onionmesh.mesh.errors import MeshConfigError, RejectedDatagram
 from onionmesh.mesh.messages import WIRE_VERSION, Message, Sealed, Signed
+from onionmesh.mesh.vocabulary import RejectReason
 
 _SIG_CONTEXT = b"onionmesh/mesh/v1 signed\x00"
 _MAC_CONTEXT = b"onionmesh/mesh/v1 mac\x00"
@@ -159,20 +160,24 @@ class ReplayGuard:
         self._windows: dict[str, _SenderWindow] = {}
 
     def check(self, sender: str, boot: int, seq: int) -> ReplayToken:
-        """Raise ``RejectedDatagram('replayed')`` if this (boot, seq) was seen or is too old."""
+        """Raise ``RejectedDatagram(REPLAYED)`` if this (boot, seq) was seen or is too old."""
         w = self._windows.get(sender)
         if w is not None:
             if boot in w.retired:
-                raise RejectedDatagram("replayed", f"{sender}: boot {boot} is an earlier boot")
+                raise RejectedDatagram(
+                    RejectReason.REPLAYED, f"{sender}: boot {boot} is an earlier boot"
+                )
             if boot == w.boot:
                 if seq > w.top:
                     pass
                 elif w.top - seq >= REPLAY_WINDOW:
-                    raise RejectedDatagram("replayed", f"{sender}: seq {seq} below window")
+                    raise RejectedDatagram(
+                        RejectReason.REPLAYED, f"{sender}: seq {seq} below window"
+                    )
                 elif (w.bitmap >> (w.top - seq)) & 1:
-                    raise RejectedDatagram("replayed", f"{sender}: seq {seq} seen")
+                    raise RejectedDatagram(RejectReason.REPLAYED, f"{sender}: seq {seq} seen")
         if seq == 0:
-            raise RejectedDatagram("malformed", f"{sender}: sequence number 0")
+            raise RejectedDatagram(RejectReason.MALFORMED, f"{sender}: sequence number 0")
         return ReplayToken(sender, boot, seq)
 
     def commit(self, token: ReplayToken) -> bool:
@@ -224,15 +229,17 @@ class Verifier:
         """Return the authenticated message, or raise ``RejectedDatagram``."""
         sealed = decode_sealed(data)
         if not self._key.check(sealed.signed, sealed.signature, sealed.mac):
-            raise RejectedDatagram("unknown_cluster", "cluster MAC does not verify")
+            raise RejectedDatagram(RejectReason.UNKNOWN_CLUSTER, "cluster MAC does not verify")
         signed = decode_signed(sealed.signed)
         if signed.sender == own_id:
-            raise RejectedDatagram("own_id", "datagram claims to come from this node")
+            raise RejectedDatagram(RejectReason.OWN_ID, "datagram claims to come from this node")
         if signed.to and signed.to != own_id:
-            raise RejectedDatagram("misdirected", f"addressed to {signed.to}")
+            raise RejectedDatagram(RejectReason.MISDIRECTED, f"addressed to {signed.to}")
         expected = pinned_key(signed.sender)
         if expected is not None and not hmac.compare_digest(expected, signed.public_key):
-            raise RejectedDatagram("forged", f"{signed.sender}: public key differs from pinned")
+            raise RejectedDatagram(
+                RejectReason.FORGED, f"{signed.sender}: public key differs from pinned"
+            )
         vk = self._verify_keys.get(signed.public_key)
         if vk is None:
             vk = VerifyKey(signed.public_key)
@@ -241,9 +248,11 @@ class Verifier:
         try:
             vk.verify(_SIG_CONTEXT + sealed.signed, sealed.signature)
         except (CryptoError, ValueError, TypeError):
-            raise RejectedDatagram("forged", f"{signed.sender}: bad signature") from None
+            raise RejectedDatagram(RejectReason.FORGED, f"{signed.sender}: bad signature") from None
         if abs(signed.ts_ms - int(now * 1000)) > self._skew_ms:
-            raise RejectedDatagram("stale", f"{signed.sender}: timestamp outside skew window")
+            raise RejectedDatagram(
+                RejectReason.STALE, f"{signed.sender}: timestamp outside skew window"
+            )
         if not hmac.compare_digest(signed.echo, own_challenge):
             raise Unverified(signed)
         token = guard.check(signed.sender, signed.boot, signed.seq)

@@ -15,6 +15,7 @@ import msgspec
 
 from onionmesh.mesh.errors import RejectedDatagram
 from onionmesh.mesh.messages import WIRE_VERSION, Message, Sealed, Signed
+from onionmesh.mesh.vocabulary import RejectReason
 
 MAX_DATAGRAM = 60_000
 
@@ -32,20 +33,20 @@ def encode_sealed(sealed: Sealed) -> bytes:
     """Encode an envelope, refusing to produce one a peer would reject as oversized."""
     data = _encoder.encode(sealed)
     if len(data) > MAX_DATAGRAM:
-        raise RejectedDatagram("oversized", f"outgoing datagram of {len(data)} bytes")
+        raise RejectedDatagram(RejectReason.OVERSIZED, f"outgoing datagram of {len(data)} bytes")
     return data
 
 
 def decode_sealed(data: bytes) -> Sealed:
     """Decode the outer envelope; raise RejectedDatagram on any defect."""
     if len(data) > MAX_DATAGRAM:
-        raise RejectedDatagram("oversized", f"{len(data)} bytes > {MAX_DATAGRAM}")
+        raise RejectedDatagram(RejectReason.OVERSIZED, f"{len(data)} bytes > {MAX_DATAGRAM}")
     try:
         sealed = _sealed_decoder.decode(data)
     except (msgspec.MsgspecError, ValueError) as exc:  # ValueError: bad UTF-8 in a str
-        raise RejectedDatagram("malformed", f"envelope: {exc}") from None
+        raise RejectedDatagram(RejectReason.MALFORMED, f"envelope: {exc}") from None
     if sealed.version != WIRE_VERSION:
-        raise RejectedDatagram("unsupported_version", f"wire version {sealed.version}")
+        raise RejectedDatagram(RejectReason.UNSUPPORTED_VERSION, f"wire version {sealed.version}")
     return sealed
 
 
@@ -54,7 +55,7 @@ def decode_signed(data: bytes) -> Signed:
     try:
         return _signed_decoder.decode(data)
     except (msgspec.MsgspecError, ValueError) as exc:  # ValueError: bad UTF-8 in a str
-        raise RejectedDatagram("malformed", f"signed part: {exc}") from None
+        raise RejectedDatagram(RejectReason.MALFORMED, f"signed part: {exc}") from None
 
 
 def message_kind(msg: Message) -> str:

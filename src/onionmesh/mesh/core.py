@@ -71,16 +71,24 @@ from onionmesh.mesh.messages import (
     Signed,
 )
 from onionmesh.mesh.plan import Contribution, PublishPlan, PublishScheduler, select_intro_points
+from onionmesh.mesh.vocabulary import (
+    ConflictKind,
+    ConflictResolution,
+    ElectionOutcome,
+    PublishTrigger,
+    RejectReason,
+    Role,
+)
 
 _ADDRESS_RE = re.compile(r"[\x21-\x7e]{1,255}")  # printable, no spaces
 
 
-def _change_reason(old: PublishPlan | None, new: PublishPlan) -> str:
+def _change_reason(old: PublishPlan | None, new: PublishPlan) -> tuple[PublishTrigger, str]:
     """Why the plan changed, for the PublishRequested log line."""
     if old is None:
-        return "new plan"
+        return PublishTrigger.NEW_PLAN, ""
     if old.term != new.term:
-        return f"new term {new.term}"
+        return PublishTrigger.NEW_TERM, str(new.term)
 
     def nodes(plan: PublishPlan) -> set[str]:
         return {node for entries in plan.intro_points.values() for node, _ in entries}
@@ -88,8 +96,8 @@ def _change_reason(old: PublishPlan | None, new: PublishPlan) -> str:
     gone, came = sorted(nodes(old) - nodes(new)), sorted(nodes(new) - nodes(old))
     if gone or came:
         parts = [f"-{n}" for n in gone] + [f"+{n}" for n in came]
-        return "membership change " + " ".join(parts)
-    return "intro-point rotation"
+        return PublishTrigger.MEMBERSHIP_CHANGE, " ".join(parts)
+    return PublishTrigger.INTRO_POINT_ROTATION, ""
 
 
 class MeshCore:
@@ -219,16 +227,18 @@ class MeshCore:
                 data, now, self.node_id, self.challenge, self._pinned_key, self._guard
             )
             if signed.sender in self.membership.removed:
-                raise RejectedDatagram("removed", f"{signed.sender} was removed by the operator")
+                raise RejectedDatagram(
+                    RejectReason.REMOVED, f"{signed.sender} was removed by the operator"
+                )
             self._validate_body(signed.body)
         except Unverified as exc:
             self._note_unverified(exc.signed)
             self.rejections[exc.reason] += 1
-            self._events.append(MessageRejected(exc.reason, addr))
+            self._events.append(MessageRejected(exc.reason, exc.detail, addr))
             return
         except RejectedDatagram as exc:
             self.rejections[exc.reason] += 1
-            self._events.append(MessageRejected(exc.reason, addr))
+            self._events.append(MessageRejected(exc.reason, exc.detail, addr))
             return
         new_boot = self._guard.commit(token)
         self._handle(signed, addr, now, new_boot)
@@ -276,14 +286,16 @@ class MeshCore:
         ours = self._plan.count if self._plan is not None else 0
         if not self.election.is_publisher:
             self._events.append(
-                ConflictDetected("foreign_descriptor", "hsdir", ours, intro_count, "none")
+                ConflictDetected(ConflictKind.FOREIGN_DESCRIPTOR, "hsdir", ours, intro_count,
+                                 ConflictResolution.NONE)
             )
             return
         if intro_count > ours:
             # The other publisher sees more intro points: prefer it, and give it
             # two lease periods before we consider claiming again.
             self._events.append(
-                ConflictDetected("foreign_descriptor", "hsdir", ours, intro_count, "step_down")
+                ConflictDetected(ConflictKind.FOREIGN_DESCRIPTOR, "hsdir", ours, intro_count,
+                                 ConflictResolution.STEP_DOWN)
             )
             self._step_down(
                 now,
@@ -293,12 +305,13 @@ class MeshCore:
             )
         else:
             self._events.append(
-                ConflictDetected("foreign_descriptor", "hsdir", ours, intro_count, "keep")
+                ConflictDetected(ConflictKind.FOREIGN_DESCRIPTOR, "hsdir", ours, intro_count,
+                                 ConflictResolution.KEEP)
             )
             term = self.election.bump_term(now)
             self._broadcast(LeaseClaim(term, self.identity.priority, ours), now)
             self._plan_dirty = True
-            self._scheduler.request("conflict: superseding a foreign descriptor")
+            self._scheduler.request(PublishTrigger.CONFLICT, "superseding a foreign descriptor")
         self._after_input(now)
 
     def add_peer(self, seed: PeerSeed, now: float) -> None:
@@ -381,14 +394,18 @@ class MeshCore:
     def _validate_body(body: Message) -> None:
         """Checks the schema cannot express; raise before any state changes."""
         if isinstance(body, IntroPoints) and intro_digest(body.sets) != body.digest:
-            raise RejectedDatagram("malformed", "intro-point digest does not match the sets")
+            raise RejectedDatagram(
+                RejectReason.MALFORMED, "intro-point digest does not match the sets"
+            )
         if isinstance(body, (Heartbeat, PeerList)):
             addrs = (
                 [body.address] if isinstance(body, Heartbeat) else [p.address for p in body.peers]
             )
             for a in addrs:
                 if a and not _ADDRESS_RE.fullmatch(a):
-                    raise RejectedDatagram("malformed", "address has unprintable characters")
+                    raise RejectedDatagram(
+                        RejectReason.MALFORMED, "address has unprintable characters"
+                    )
 
     def _members(self) -> bytes:
         if self._members_digest is None:
@@ -406,7 +423,7 @@ class MeshCore:
         publishing = self.election.is_publisher
         plan_count = self._plan.count if publishing and self._plan is not None else 0
         return kind(
-            role="publisher" if publishing else "standby",
+            role=Role.PUBLISHER if publishing else Role.STANDBY,
             term=self.term,
             leader=self.election.publisher_id or "",
             priority=self.identity.priority,
@@ -550,7 +567,7 @@ class MeshCore:
         # A new boot advertising other intro points, or none: what we hold is stale.
         if stale and rec.clear_intro_points():
             self._plan_dirty = True
-        if hb.role == "publisher":
+        if hb.role is Role.PUBLISHER:
             self._on_publisher_signal(rec, hb.term, hb.priority, hb.plan_count, now)
         else:
             self.election.on_standby(rec.node_id, hb.term, now)
@@ -596,9 +613,10 @@ class MeshCore:
         if outcome is None:
             return
         seen_key = (rec.node_id, term)
-        if outcome == "step_down":
+        if outcome is ElectionOutcome.STEP_DOWN:
             self._events.append(
-                ConflictDetected("two_publishers", rec.node_id, own, plan_count, "step_down")
+                ConflictDetected(ConflictKind.TWO_PUBLISHERS, rec.node_id, own, plan_count,
+                                 ConflictResolution.STEP_DOWN)
             )
             old_term = self.term if self._plan is None else self._plan.term
             self._scheduler.reset()
@@ -612,7 +630,8 @@ class MeshCore:
         elif seen_key not in self._conflicts_seen:
             self._conflicts_seen.add(seen_key)
             self._events.append(
-                ConflictDetected("two_publishers", rec.node_id, own, plan_count, "keep")
+                ConflictDetected(ConflictKind.TWO_PUBLISHERS, rec.node_id, own, plan_count,
+                                 ConflictResolution.KEEP)
             )
             # Make sure the loser hears us now rather than at our next heartbeat.
             self._send(rec, self._heartbeat_body(Heartbeat), now)
@@ -632,7 +651,7 @@ class MeshCore:
         self._plan = None
         self._plan_dirty = True
         self._warm_until = now + self.config.heartbeat_interval
-        self._scheduler.request(f"takeover: {reason}")
+        self._scheduler.request(PublishTrigger.TAKEOVER, reason)
         self._refresh_plan(now)
         count = self._plan.count if self._plan is not None else 0
         self._broadcast(LeaseClaim(term, self.identity.priority, count), now)
@@ -675,7 +694,7 @@ class MeshCore:
         self._generation += 1
         old = self._plan
         self._plan = PublishPlan(term, self._generation, selected, self._published_count)
-        self._scheduler.request(_change_reason(old, self._plan))
+        self._scheduler.request(*_change_reason(old, self._plan))
 
     def _after_input(self, now: float) -> None:
         """Plan bookkeeping and publishing after any input (publisher only)."""
@@ -688,11 +707,11 @@ class MeshCore:
             return
         if now < self._warm_until and not self._warm():
             return
-        reason = self._scheduler.due(now)
-        if reason is None:
+        due = self._scheduler.due(now)
+        if due is None:
             return
         plan = replace(plan, previous_count=self._published_count)
         self._plan = plan
         self._scheduler.published(now)
         self._published_count = plan.count
-        self._events.append(PublishRequested(plan, reason))
+        self._events.append(PublishRequested(plan, *due))

@@ -8,7 +8,8 @@ Rules (each one exists because RustBalance's coordination lacked it):
 * Lease: the publisher's heartbeats renew its lease. A standby judges the
   lease on its *own* clock from when it last heard a renewal, never from
   timestamps in messages, and may claim only ``lease_duration + lease_grace``
-  after that. The best-ranked live candidate claims first; any other
+  after that (a leader that membership declares dead is no exception: its
+  lease simply runs out). The best-ranked live candidate claims first; any other
   candidate claims after one more ``lease_duration`` (the best one may be
   unable to hear us). A claim takes term = highest term known + 1.
 * No stealing: a better-ranked node never pre-empts a publisher whose lease
@@ -38,6 +39,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from onionmesh.mesh.config import MeshConfig
+from onionmesh.mesh.vocabulary import ElectionOutcome
 
 
 def rank_key(priority: int, node_id: str) -> tuple[int, str]:
@@ -110,10 +112,10 @@ class Election:
         plan_count: int,
         own_plan_count: int,
         now: float,
-    ) -> str | None:
+    ) -> ElectionOutcome | None:
         """A peer says it is publisher (heartbeat or claim).
 
-        Returns "step_down" if we were publisher and lose to it, "keep" if we were
+        Returns STEP_DOWN if we were publisher and lose to it, KEEP if we were
         publisher and win, None otherwise.
         """
         self.observe_term(term)
@@ -124,8 +126,8 @@ class Election:
             theirs = conflict_key(plan_count, term, priority, sender)
             if theirs > ours:
                 self.leader = incoming
-                return "step_down"
-            return "keep"
+                return ElectionOutcome.STEP_DOWN
+            return ElectionOutcome.KEEP
         cur = self.leader
         if cur is None or cur.node_id == sender:
             if cur is None or term >= cur.term:
@@ -152,13 +154,6 @@ class Election:
         self.on_standby(sender, term, now)
         if was_leader and self.leader is None and hold_off > 0:
             self.hold_off_until = max(self.hold_off_until, now + hold_off)
-
-    def leader_dead(self, node_id: str) -> None:
-        """Membership declared the leader dead: its lease cannot be renewed any more.
-
-        Nothing to do: the lease simply expires on our clock. Kept explicit so the
-        reader sees that death does not shortcut the lease (no stealing on a blip).
-        """
 
     # -- decisions ----------------------------------------------------------
 

@@ -7,6 +7,7 @@ identity objects, where a programming or operator error must be loud.
 """
 
 from onionmesh.errors import OnionmeshError
+from onionmesh.mesh.vocabulary import RejectReason
 
 
 class MeshError(OnionmeshError):
@@ -20,7 +21,7 @@ class MeshConfigError(MeshError):
 class RejectedDatagram(MeshError):
     """A received datagram was refused; ``reason`` is the counter key."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: RejectReason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail

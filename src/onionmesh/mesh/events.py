@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from onionmesh.mesh.vocabulary import ConflictKind, ConflictResolution, PublishTrigger, RejectReason
+
 if TYPE_CHECKING:
     from onionmesh.mesh.plan import PublishPlan
 
@@ -136,11 +138,11 @@ class SteppedDown:
 class ConflictDetected:
     """Two publishers at once, or a descriptor on the HSDirs that is not ours."""
 
-    kind: str  # "two_publishers" | "foreign_descriptor"
+    kind: ConflictKind
     other: str  # the other publisher's id, or "hsdir" for a foreign descriptor
     our_intro_count: int
     their_intro_count: int
-    resolution: str  # "keep" | "step_down"
+    resolution: ConflictResolution
 
     @property
     def message(self) -> str:
@@ -154,7 +156,13 @@ class ConflictDetected:
 @dataclass(frozen=True)
 class PublishRequested:
     plan: PublishPlan
-    reason: str
+    trigger: PublishTrigger
+    detail: str = ""  # e.g. which nodes joined or left, whose lease expired
+
+    @property
+    def reason(self) -> str:
+        """The trigger and its detail, as the log line shows them."""
+        return f"{self.trigger}: {self.detail}" if self.detail else str(self.trigger)
 
     @property
     def message(self) -> str:
@@ -163,12 +171,13 @@ class PublishRequested:
 
 @dataclass(frozen=True)
 class MessageRejected:
-    reason: str
+    reason: RejectReason
+    detail: str  # may quote what the sender claimed: shown escaped, truncated
     addr: str
 
     @property
     def message(self) -> str:
-        return f"Rejected datagram from {self.addr}: {self.reason}"
+        return f"Rejected datagram from {self.addr}: {self.reason} {self.detail!r:.200}"
 
 
 Event = (

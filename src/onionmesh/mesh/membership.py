@@ -33,8 +33,11 @@ from onionmesh.mesh.events import (
     PeerSuspect,
 )
 from onionmesh.mesh.intro import EMPTY_DIGEST, intro_digest
+from onionmesh.mesh.vocabulary import PeerState, Role
 
-UNKNOWN, ALIVE, SUSPECT, DEAD = "unknown", "alive", "suspect", "dead"
+# Short names for the states, used throughout membership and the core.
+UNKNOWN, ALIVE = PeerState.UNKNOWN, PeerState.ALIVE
+SUSPECT, DEAD = PeerState.SUSPECT, PeerState.DEAD
 IntroSets = Mapping[int, tuple[bytes, ...]]
 
 
@@ -52,12 +55,12 @@ class PeerView:
 
     node_id: str
     address: str
-    state: str  # unknown | alive | suspect | dead
+    state: PeerState
     last_seen: float | None  # local time the peer was last heard
     intro_count: int
     priority: int
     eligible: bool
-    role: str
+    role: Role
     term: int
 
 
@@ -68,7 +71,7 @@ class PeerRecord:
     node_id: str
     address: str
     public_key: bytes | None
-    state: str = UNKNOWN
+    state: PeerState = UNKNOWN
     last_heard: float | None = None
     missed_reported: int = 0
     dead_since: float | None = None
@@ -83,7 +86,7 @@ class PeerRecord:
     members_digest: bytes = b""
     priority: int = 0
     eligible: bool = False
-    role: str = "standby"
+    role: Role = Role.STANDBY
     term: int = 0
     plan_count: int = 0
     # Flap damping and resend rate limits.

@@ -19,10 +19,12 @@ Message kinds (tag):
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 from msgspec import Meta
+
+from onionmesh.mesh.vocabulary import Role
 
 WIRE_VERSION = 1
 MAX_INTRO_POINT_BYTES = 4096  # one encoded intro point is ~1 KB in practice
@@ -41,7 +43,6 @@ U63 = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 Priority = Annotated[int, Meta(ge=0, lt=2**31)]
 IntroPoint = Annotated[bytes, Meta(min_length=1, max_length=MAX_INTRO_POINT_BYTES)]
 IntroSet = Annotated[list[IntroPoint], Meta(max_length=MAX_INTRO_POINTS_PER_SET)]
-Role = Literal["publisher", "standby"]
 
 
 class _Msg(msgspec.Struct, array_like=True, forbid_unknown_fields=True, frozen=True):

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from onionmesh.descriptor.intro import LS_LEGACY_ID
 from onionmesh.mesh.relay import RelayKey, relay_keys
+from onionmesh.mesh.vocabulary import PublishTrigger
 
 
 @dataclass(frozen=True)
@@ -183,12 +184,12 @@ class PublishScheduler:
         self.min_interval = min_interval
         self.refresh_interval = refresh_interval
         self.last_publish_at: float | None = None
-        self.pending_reason: str | None = None
+        self.pending_reason: tuple[PublishTrigger, str] | None = None  # (trigger, detail)
 
-    def request(self, reason: str) -> None:
+    def request(self, trigger: PublishTrigger, detail: str = "") -> None:
         """Ask for a publish; the first reason in a window is the one reported."""
         if self.pending_reason is None:
-            self.pending_reason = reason
+            self.pending_reason = (trigger, detail)
 
     def reset(self) -> None:
         """Forget pending work (we stopped being publisher); keep the rate limit."""
@@ -199,14 +200,14 @@ class PublishScheduler:
             return float("-inf")
         return self.last_publish_at + self.min_interval
 
-    def due(self, now: float) -> str | None:
+    def due(self, now: float) -> tuple[PublishTrigger, str] | None:
         """The reason to publish now, or None (no request, or the window is closed)."""
         if (
             self.pending_reason is None
             and self.last_publish_at is not None
             and now >= self.last_publish_at + self.refresh_interval
         ):
-            self.pending_reason = "periodic refresh"
+            self.pending_reason = (PublishTrigger.PERIODIC_REFRESH, "")
         if self.pending_reason is None or now < self.window_opens_at():
             return None
         return self.pending_reason

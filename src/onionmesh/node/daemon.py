@@ -96,18 +96,6 @@ _LIVE = {("logging", "level"), ("alerts", "command"), ("alerts", "webhook"),
          ("coordination", "peers")}
 
 
-_REASON_LABELS = ("takeover", "conflict", "periodic refresh", "membership change",
-                  "intro-point rotation", "new term", "new plan")
-
-
-def publish_reason_label(reason: str) -> str:
-    """A bounded metrics label for a publish reason (the log keeps the full text)."""
-    for label in _REASON_LABELS:
-        if reason.startswith(label):
-            return label.replace(" ", "_").replace("-", "_")
-    return "other"
-
-
 class NodeDaemon:
     """One node: see the module docstring for the order of things."""
 
@@ -430,8 +418,7 @@ class NodeDaemon:
                 self._spawn(self.publisher_control.detach())
         elif isinstance(event, PublishRequested):
             counts = {p: len(v) for p, v in event.plan.intro_points.items()}
-            reason = publish_reason_label(event.reason)
-            self.metrics.record_publish(reason, counts, self.clock.now())
+            self.metrics.record_publish(event.trigger.label, counts, self.clock.now())
             if self.publisher_control is not None:
                 self.publisher_control.request(event.plan)
         if not isinstance(event, PeerSuspect):

@@ -1,0 +1,76 @@
+"""The mesh's closed vocabularies: every state, role, outcome and reason code is an enum.
+
+They are ``StrEnum``s so that the wire format, the status document and the log lines keep
+the plain strings they always had, while code (and metric labels) use the members. Events
+carry one of these as their kind plus a free-text detail for the log.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class PeerState(enum.StrEnum):
+    """What this node believes about a peer (membership.py moves it between these)."""
+
+    UNKNOWN = "unknown"  # configured or gossiped, never heard from
+    ALIVE = "alive"
+    SUSPECT = "suspect"  # missed heartbeats, not dead yet
+    DEAD = "dead"  # its intro points leave the plan after the removal grace
+
+
+class Role(enum.StrEnum):
+    """A node's role as its heartbeat announces it."""
+
+    PUBLISHER = "publisher"
+    STANDBY = "standby"
+
+
+class ElectionOutcome(enum.StrEnum):
+    """What a publisher does when another node claims to publish too."""
+
+    KEEP = "keep"  # we win the conflict and stay publisher
+    STEP_DOWN = "step_down"  # the other one wins
+
+
+class ConflictKind(enum.StrEnum):
+    TWO_PUBLISHERS = "two_publishers"  # another node's heartbeat says publisher
+    FOREIGN_DESCRIPTOR = "foreign_descriptor"  # the HSDirs hold a descriptor that is not ours
+
+
+class ConflictResolution(enum.StrEnum):
+    KEEP = "keep"
+    STEP_DOWN = "step_down"
+    NONE = "none"  # not publisher: nothing to resolve
+
+
+class RejectReason(enum.StrEnum):
+    """Why a received datagram was refused (the rejection counter and metric label)."""
+
+    OVERSIZED = "oversized"
+    MALFORMED = "malformed"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    REPLAYED = "replayed"
+    UNKNOWN_CLUSTER = "unknown_cluster"  # the cluster MAC does not verify
+    OWN_ID = "own_id"
+    MISDIRECTED = "misdirected"
+    FORGED = "forged"
+    STALE = "stale"  # timestamp outside the clock-skew window
+    REMOVED = "removed"  # the sender was removed by the operator
+
+
+class PublishTrigger(enum.StrEnum):
+    """Why the mesh asks for a publish (the publish reason of the log line and metric)."""
+
+    NEW_PLAN = "new plan"
+    NEW_TERM = "new term"
+    TAKEOVER = "takeover"
+    CONFLICT = "conflict"
+    MEMBERSHIP_CHANGE = "membership change"
+    INTRO_POINT_ROTATION = "intro-point rotation"
+    PERIODIC_REFRESH = "periodic refresh"
+
+    @property
+    def label(self) -> str:
+        """The metrics label: the value with only ``[a-z_]``."""
+        return self.value.replace(" ", "_").replace("-", "_")
