@@ -44,14 +44,27 @@ from onionmesh.crypto.keys import Ed25519Identity
 from onionmesh.descriptor.layers import b64_nopad
 from onionmesh.hsdir.hashring import responsible_hsdirs
 from onionmesh.hsdir.timeperiod import descriptor_periods, period_length_minutes
-from onionmesh.publish.master import merge_intro_points
+from onionmesh.mesh.plan import Contribution, select_intro_points
+from onionmesh.node.publishing import decode_intro_point, encode_intro_point
 from onionmesh.publish.publisher import Publisher, fetch_consensus
 from onionmesh.testnet import TorNetwork
 from onionmesh.tor.control import TorController
 from onionmesh.tor.control_protocol import parse_hs_desc_event
 from onionmesh.tor.intro_points import NodeIntroWatcher
+from onionmesh.tor_limits import MAX_INTRO_POINTS
 
 VENV_BIN = Path(sys.executable).parent
+
+
+def selected_intro_points(sets: list, period: int) -> list:
+    """The master's intro points for ``period`` from the nodes' sets (IntroSet or None),
+    chosen by the mesh's own selector as the daemon does."""
+    contributions = [
+        Contribution(f"n{i:03d}", {period: [encode_intro_point(p) for p in s.intro_points]}, {})
+        for i, s in enumerate(sets) if s is not None
+    ]
+    chosen = select_intro_points(contributions, MAX_INTRO_POINTS).get(period, ())
+    return [decode_intro_point(data) for _, data in chosen]
 
 
 class AcceptanceObserver:
@@ -168,8 +181,7 @@ async def onionmesh_runs(net: TorNetwork, runs: int, timeout: float) -> list[flo
         await asyncio.sleep(1.0)
 
     def source(period: int):
-        sets = [w.sets.best_for(period) for w in watchers]
-        return merge_intro_points([s.intro_points for s in sets if s is not None])
+        return selected_intro_points([w.sets.best_for(period) for w in watchers], period)
 
     results: list[float | None] = []
     for run in range(runs):

@@ -10,11 +10,24 @@ from dataclasses import dataclass, field
 from onionmesh.crypto.keys import Ed25519Identity
 from onionmesh.descriptor.intro import IntroPoint
 from onionmesh.hsdir.timeperiod import period_length_minutes
-from onionmesh.publish.master import merge_intro_points
+from onionmesh.mesh.plan import Contribution, select_intro_points
+from onionmesh.node.publishing import decode_intro_point, encode_intro_point
 from onionmesh.publish.publisher import Publisher, fetch_consensus
 from onionmesh.tor.control import TorController
 from onionmesh.tor.intro_points import NodeIntroWatcher
+from onionmesh.tor_limits import MAX_INTRO_POINTS
 from tests.eventually import aeventually
+
+
+def selected_intro_points(sets: list, period: int) -> list[IntroPoint]:
+    """The master's intro points for ``period`` from the nodes' sets (IntroSet or None),
+    chosen by the mesh's own selector as the daemon does."""
+    contributions = [
+        Contribution(f"n{i:03d}", {period: [encode_intro_point(p) for p in s.intro_points]}, {})
+        for i, s in enumerate(sets) if s is not None
+    ]
+    chosen = select_intro_points(contributions, MAX_INTRO_POINTS).get(period, ())
+    return [decode_intro_point(data) for _, data in chosen]
 
 
 @dataclass
@@ -30,8 +43,7 @@ class MasterDeployment:
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     def intro_source(self, period: int) -> list[IntroPoint]:
-        sets = [w.sets.best_for(period) for w in self.watchers]
-        return merge_intro_points([s.intro_points for s in sets if s is not None])
+        return selected_intro_points([w.sets.best_for(period) for w in self.watchers], period)
 
     async def close(self) -> None:
         await self.publisher.stop()

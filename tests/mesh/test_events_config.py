@@ -17,7 +17,7 @@ from onionmesh.mesh.events import (
     SteppedDown,
 )
 from onionmesh.mesh.identity import NodeIdentity, PeerSeed
-from onionmesh.mesh.intro import IntroPointsError
+from onionmesh.mesh.intro import IntroSetsError
 from onionmesh.mesh.vocabulary import RejectReason
 
 from .netloop import SECRET, identity
@@ -91,5 +91,5 @@ def test_identity_and_seed_validation():
 )
 def test_bad_local_intro_points_raise_a_typed_error(sets):
     core = MeshCore(MeshConfig(), identity("a"), SECRET, [], 0.0)
-    with pytest.raises(IntroPointsError):
+    with pytest.raises(IntroSetsError):
         core.set_local_intro_points(sets, 1.0)

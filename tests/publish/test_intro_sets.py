@@ -6,7 +6,6 @@ import pytest
 
 from onionmesh.crypto.keys import Ed25519Identity
 from onionmesh.descriptor.intro import IntroPoint, LinkSpecifier
-from onionmesh.publish.master import MAX_INTRO_POINTS, merge_intro_points
 from onionmesh.tor.intro_points import IntroPointsError, IntroSet, NodeIntroSets
 
 ADDR = Ed25519Identity.from_seed(b"\x01" * 32).onion_address.removesuffix(".onion")
@@ -49,13 +48,3 @@ def test_sets_of_another_node_are_refused():
     sets = NodeIntroSets(other)
     with pytest.raises(IntroPointsError):
         sets.update(iset(1, 1, 1))
-
-
-def test_merge_is_fair_across_nodes_and_capped_at_20():
-    a = [ip(n) for n in range(1, 16)]
-    b = [ip(n) for n in range(100, 115)]
-    merged = merge_intro_points([a, b])
-    assert len(merged) == MAX_INTRO_POINTS == 20
-    assert sum(1 for p in merged if p in a) == 10 and sum(1 for p in merged if p in b) == 10
-    assert merge_intro_points([a[:2], a[:2]]) == a[:2]  # duplicates counted once
-    assert merge_intro_points([]) == []

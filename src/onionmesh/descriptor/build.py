@@ -39,9 +39,9 @@ from onionmesh.descriptor.layers import (
     subcredential,
 )
 from onionmesh.descriptor.signer import FreshSigningKey
+from onionmesh.tor_limits import MAX_INTRO_POINTS
 
 SIGNATURE_PREFIX = b"Tor onion service descriptor sig v3"
-MAX_INTRO_POINTS = 20  # tor's HS_CONFIG_V3_MAX_INTRO_POINTS; clients reject more
 MAX_DESCRIPTOR_SIZE = 50_000  # HSV3MaxDescriptorSize default; tor refuses len >= this
 CERT_LIFETIME = 54 * 3600  # tor's HS_DESC_CERT_LIFETIME
 MAX_LIFETIME_MINUTES = 720  # tor's HS_DESC_MAX_LIFETIME (12 h)

@@ -28,12 +28,12 @@ from onionmesh.mesh.config import MeshConfig
 from onionmesh.mesh.core import MeshCore
 from onionmesh.mesh.errors import MeshConfigError, MeshError, RejectedDatagram
 from onionmesh.mesh.identity import NodeIdentity, PeerSeed
-from onionmesh.mesh.intro import IntroPointsError
+from onionmesh.mesh.intro import IntroSetsError
 from onionmesh.mesh.membership import PeerView
 from onionmesh.mesh.plan import PublishPlan
 
 __all__ = [
-    "IntroPointsError",
+    "IntroSetsError",
     "MeshConfig",
     "MeshConfigError",
     "MeshCore",

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, fields
 
 from onionmesh.mesh.errors import MeshConfigError
+from onionmesh.tor_limits import MAX_INTRO_POINTS
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class MeshConfig:
     min_publish_interval: float = 10.0  # at most one PublishRequested per this interval
     refresh_interval: float = 3600.0  # periodic republish of an unchanged plan
     clock_skew_tolerance: float = 30.0  # accepted |sender timestamp - our clock|
-    max_intro_points: int = 20  # tor clients reject descriptors with more
+    max_intro_points: int = MAX_INTRO_POINTS  # tor clients reject descriptors with more
     # Flap damping: a peer that came back `flap_threshold` times within
     # `flap_window` seconds must stay up `flap_hold` seconds before its intro
     # points re-enter the plan, so a bouncing node cannot cause a republish storm.
@@ -52,8 +53,9 @@ class MeshConfig:
                 raise MeshConfigError(f"MeshConfig.{name} must be an integer")
         if self.heartbeat_slack >= 1:
             raise MeshConfigError("MeshConfig.heartbeat_slack must be a fraction < 1")
-        if self.max_intro_points > 20:
-            raise MeshConfigError("MeshConfig.max_intro_points must be <= 20 (tor's client limit)")
+        if self.max_intro_points > MAX_INTRO_POINTS:
+            raise MeshConfigError(f"MeshConfig.max_intro_points must be <= {MAX_INTRO_POINTS} "
+                                  "(tor's client limit)")
         if self.lease_duration <= self.heartbeat_interval:
             raise MeshConfigError(
                 "MeshConfig.lease_duration must exceed heartbeat_interval, or every lease "

@@ -15,7 +15,7 @@ from onionmesh.mesh.messages import MAX_INTRO_POINT_BYTES, MAX_INTRO_POINTS_PER_
 EMPTY_DIGEST = hashlib.blake2b(b"", digest_size=16, person=b"onionmesh-intro").digest()
 
 
-class IntroPointsError(MeshError):
+class IntroSetsError(MeshError):
     """Intro-point sets the wire format cannot carry."""
 
 
@@ -37,19 +37,19 @@ def check_intro_sets(sets: Mapping[int, Sequence[bytes]]) -> dict[int, tuple[byt
     clean: dict[int, tuple[bytes, ...]] = {}
     for period, points in sets.items():
         if isinstance(period, bool) or not isinstance(period, int) or not 0 <= period < 2**32:
-            raise IntroPointsError(f"time period must be a 32-bit unsigned int: {period!r}")
+            raise IntroSetsError(f"time period must be a 32-bit unsigned int: {period!r}")
         pts = tuple(points)
         if len(pts) > MAX_INTRO_POINTS_PER_SET:
-            raise IntroPointsError(
+            raise IntroSetsError(
                 f"period {period}: {len(pts)} intro points > {MAX_INTRO_POINTS_PER_SET}"
             )
         for ip in pts:
             if not isinstance(ip, bytes) or not 1 <= len(ip) <= MAX_INTRO_POINT_BYTES:
-                raise IntroPointsError(
+                raise IntroSetsError(
                     f"period {period}: an intro point must be 1..{MAX_INTRO_POINT_BYTES} bytes"
                 )
         if pts:
             clean[period] = pts
     if len(clean) > MAX_PERIODS:
-        raise IntroPointsError(f"{len(clean)} time periods > {MAX_PERIODS}")
+        raise IntroSetsError(f"{len(clean)} time periods > {MAX_PERIODS}")
     return clean

@@ -25,10 +25,11 @@ import msgspec
 from msgspec import Meta
 
 from onionmesh.mesh.vocabulary import Role
+from onionmesh.tor_limits import MAX_INTRO_POINTS
 
 WIRE_VERSION = 1
 MAX_INTRO_POINT_BYTES = 4096  # one encoded intro point is ~1 KB in practice
-MAX_INTRO_POINTS_PER_SET = 20  # tor never has more per descriptor
+MAX_INTRO_POINTS_PER_SET = MAX_INTRO_POINTS  # a node's set is one of its descriptors
 MAX_PERIODS = 4  # tor has two (current and next); a little slack for rotation
 MAX_GOSSIP_PEERS = 512
 

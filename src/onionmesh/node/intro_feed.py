@@ -34,6 +34,7 @@ from onionmesh.node.publishing import encode_intro_point
 from onionmesh.tor.control import TorController
 from onionmesh.tor.control_protocol import ControlError, parse_hs_desc_event
 from onionmesh.tor.intro_points import IntroSet, NodeIntroWatcher, enable_events
+from onionmesh.tor_limits import MAX_INTRO_POINTS
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,8 @@ class IntroFeed:
                     chosen = candidate
                     break
             if chosen is not None:
-                result[period] = tuple(encode_intro_point(ip) for ip in chosen.intro_points[:20])
+                points = chosen.intro_points[:MAX_INTRO_POINTS]
+                result[period] = tuple(encode_intro_point(ip) for ip in points)
         return result
 
     def _fresh(self, fetched: IntroSet | None) -> IntroSet | None:

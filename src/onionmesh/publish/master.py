@@ -1,4 +1,4 @@
-"""The master descriptor itself: fair intro-point merge, revision counter, tor-compatible build.
+"""The master descriptor itself: revision counter, intro-point certificates, tor-compatible build.
 
 Pure functions (no I/O) used by the publisher shell.
 """
@@ -17,29 +17,7 @@ from onionmesh.descriptor.intro import IntroPoint, recertify
 from onionmesh.descriptor.signer import FreshSigningKey
 from onionmesh.hsdir.revision import revision_counter
 
-MAX_INTRO_POINTS = 20  # tor clients reject descriptors with more
-
 IntroSource = Callable[[int], Sequence[IntroPoint]]  # period number -> intro points
-
-
-def merge_intro_points(
-    per_node: Sequence[Sequence[IntroPoint]], limit: int = MAX_INTRO_POINTS
-) -> list[IntroPoint]:
-    """Round-robin over nodes so every node gets a fair share of the ``limit`` slots."""
-    merged: list[IntroPoint] = []
-    seen: set[bytes] = set()
-    queues = [list(points) for points in per_node]
-    while len(merged) < limit and any(queues):
-        for queue in queues:
-            while queue:
-                point = queue.pop(0)
-                if point.auth_key not in seen:
-                    seen.add(point.auth_key)
-                    merged.append(point)
-                    break
-            if len(merged) >= limit:
-                break
-    return merged
 
 
 def revision_for(blinded: BlindedKey, srv_start: int, now: float, last: int | None) -> int:

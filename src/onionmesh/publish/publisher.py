@@ -41,26 +41,19 @@ from onionmesh.hsdir.consensus import (
 from onionmesh.hsdir.hashring import responsible_hsdirs
 from onionmesh.hsdir.timeperiod import DescriptorPeriod, descriptor_periods
 from onionmesh.publish.errors import PublishTimeout
-from onionmesh.publish.master import (
-    MAX_INTRO_POINTS,
-    IntroSource,
-    MasterDescriptorBuilder,
-    merge_intro_points,
-    revision_for,
-)
+from onionmesh.publish.master import IntroSource, MasterDescriptorBuilder, revision_for
 from onionmesh.publish.republish import Action, Built, Decision, RepublishPolicy, Wanted
 from onionmesh.publish.uploads import Post, RetryPolicy, UploadStatus, UploadTracker
 from onionmesh.tor.control_protocol import ControlError, parse_hs_desc_event
 from onionmesh.tor.intro_points import enable_events
+from onionmesh.tor_limits import MAX_INTRO_POINTS
 
 if TYPE_CHECKING:
     from onionmesh.tor.control import EventSubscription, TorController
 
 log = logging.getLogger(__name__)
 
-# merge_intro_points is re-exported for callers that wire an intro source here.
-__all__ = ["MAX_INTRO_POINTS", "PeriodTarget", "Publisher", "fetch_consensus",
-           "merge_intro_points"]
+__all__ = ["PeriodTarget", "Publisher", "fetch_consensus"]
 
 async def fetch_consensus(controller: TorController) -> Consensus:
     """The microdesc consensus from tor, with ed25519 ids from ``md/all`` attached."""
