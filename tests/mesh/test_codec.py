@@ -12,6 +12,7 @@ from onionmesh.mesh.config import MeshConfig
 from onionmesh.mesh.core import MeshCore
 from onionmesh.mesh.errors import RejectedDatagram
 from onionmesh.mesh.messages import Heartbeat, IntroPoints, Sealed, Signed
+from onionmesh.mesh.vocabulary import RejectReason
 
 from .netloop import SECRET, identity
 
@@ -59,7 +60,7 @@ def test_wellformed_msgpack_of_the_wrong_shape_is_malformed(items):
     with pytest.raises(RejectedDatagram) as exc:
         codec.decode_sealed(data)
         codec.decode_signed(data)
-        raise RejectedDatagram("malformed", "both decoders accepted a random list")
+        raise RejectedDatagram(RejectReason.MALFORMED, "both decoders accepted a random list")
     assert exc.value.reason in {"malformed", "unsupported_version"}
 
 
