@@ -268,3 +268,23 @@ def test_a_forged_or_replayed_leave_changes_nothing():
         a.receive_datagram(data[:-1] + bytes([data[-1] ^ 1]), "c:7000", net.local("a"))
     assert a.peers()["c"].state == before == "alive"
     assert sum(a.rejections.values()) == rejected + 2 * len(to_a)
+
+
+def test_woken_publisher_steps_down_only_when_its_lease_may_have_lapsed():
+    short = Election(CFG, "a", 100, True, 0.0)
+    short.claim(0.0)
+    assert not short.resume_after_pause(12.0, 12.0, 6.0) and short.is_publisher
+    long = Election(CFG, "a", 100, True, 0.0)
+    long.claim(0.0)
+    assert long.resume_after_pause(60.0, 60.0, 6.0) and not long.is_publisher
+    # It claims nothing while it listens for a heartbeat round.
+    assert long.free_at() is not None and long.free_at() >= 66.0
+
+
+def test_woken_standby_moves_the_leaders_renewal_and_holds_off():
+    e = Election(CFG, "b", 100, True, 0.0)
+    e.on_publisher("a", 1, 100, 3, 0, 10.0)
+    assert not e.resume_after_pause(60.0, 70.0, 6.0)
+    assert e.leader is not None and e.leader.renewed_at == 70.0
+    assert e.free_at() == 70.0 + LISTEN
+

@@ -105,3 +105,12 @@ def test_unknown_peer_never_times_out_and_removed_peer_cannot_be_readded():
     assert m.tick(1e6) == ([], False) and m.peers["y"].state == "unknown"
     m.remove("y")
     assert m.add("y", "y:1", None) is None and "y" not in m.peers
+
+
+def test_pause_moves_every_live_timeline_by_the_gap():
+    """Silence we could not hear (SIGSTOP) is no evidence: nobody dies of it."""
+    m, rec = _table()
+    m.resume_after_pause(60.0)
+    assert m.tick(60.0)[0] == [] and rec.state == "alive"
+    ev, _ = m.tick(60.0 + 15.0 + SLACK)
+    assert ev == [PeerDead("x", 3)]  # dies on the usual schedule counted from the wake-up

@@ -15,7 +15,7 @@ import pytest
 
 from onionmesh.sim.__main__ import main as sim_main
 from onionmesh.sim.runner import make_factory, run_seed, soak, soak_jobs
-from onionmesh.sim.scenario import Heal, Kill, Partition, SimParams, Start
+from onionmesh.sim.scenario import Freeze, Heal, Kill, Partition, SimParams, Start, Thaw
 from onionmesh.sim.simulation import Simulation
 
 # Quick runs (no warm-up window, 5-heartbeat chaos window, then a checked
@@ -150,6 +150,86 @@ def test_clock_beyond_tolerance_isolates_only_that_node() -> None:
     plan = sim.by_id[pub].core.publish_plan()
     assert plan is not None
     assert all(nid != skewed.spec.node_id for e in plan.intro_points.values() for nid, _ in e)
+
+
+def _record_events(sim: Simulation) -> list[tuple[float, str, object]]:
+    """Every event any core emits from now on, as (sim time, node id, event)."""
+    seen: list[tuple[float, str, object]] = []
+    on_event = sim.checker.on_event
+
+    def spy(node, event) -> None:
+        seen.append((sim.t, node.spec.node_id, event))
+        on_event(node, event)
+
+    sim.checker.on_event = spy  # type: ignore[method-assign]
+    return seen
+
+
+@pytest.mark.parametrize("seconds", [12.0, 60.0])  # 12 and 60 heartbeats of the fast profile
+def test_frozen_publisher_wakes_without_unseating_the_new_one(seconds: float) -> None:
+    """SIGSTOP of the publisher, then SIGCONT: a standby takes over once; the woken node
+    steps down quietly, declares nobody dead and publishes nothing on its stale view."""
+    sim = _quiet_sim(4, seed=31)
+    sim.run_until(sim.bounds.stable_window)
+    [old] = _publishers(sim)
+    frozen = sim.by_id[old]
+    events = _record_events(sim)
+    sim.queue.schedule(sim.t + 0.01, "action", Freeze(frozen.index))
+    thaw_at = sim.t + 0.01 + seconds
+    sim.queue.schedule(thaw_at, "action", Thaw(frozen.index))
+    sim.run_until(thaw_at - 0.01)
+    [new] = [p for p in _publishers(sim) if p != old]
+    sim.run_until(thaw_at + sim.bounds.settle)
+    assert _publishers(sim) == [new]
+    woken = [(t, ev) for t, nid, ev in events if nid == old and t >= thaw_at]
+    names = [type(ev).__name__ for _, ev in woken]
+    assert names[0] == "WokeFromPause"
+    assert "SteppedDown" in names and "PeerDead" not in names and "PublishRequested" not in names
+    # Nobody else stepped down or became publisher after the thaw: no churn on its account.
+    after = [type(ev).__name__ for t, nid, ev in events if nid != old and t >= thaw_at]
+    assert "SteppedDown" not in after and "BecamePublisher" not in after
+    # Exactly one takeover during the freeze.
+    takeovers = [nid for t, nid, ev in events if type(ev).__name__ == "BecamePublisher"]
+    assert takeovers == [new]
+    assert all(v.state == "alive" for v in frozen.core.peers().values())
+
+
+def test_frozen_standby_declares_nobody_dead_and_claims_nothing() -> None:
+    sim = _quiet_sim(4, seed=32)
+    sim.run_until(sim.bounds.stable_window)
+    [pub] = _publishers(sim)
+    standby = next(n for n in sim.nodes if n.spec.node_id != pub)
+    events = _record_events(sim)
+    sim.queue.schedule(sim.t + 0.01, "action", Freeze(standby.index))
+    thaw_at = sim.t + 0.01 + 30.0
+    sim.queue.schedule(thaw_at, "action", Thaw(standby.index))
+    sim.run_until(thaw_at + sim.bounds.settle)
+    assert _publishers(sim) == [pub]
+    woken = [type(ev).__name__ for t, nid, ev in events
+             if nid == standby.spec.node_id and t >= thaw_at]
+    assert "WokeFromPause" in woken
+    assert not {"PeerDead", "BecamePublisher", "PublishRequested"} & set(woken)
+    others = [type(ev).__name__ for t, nid, ev in events
+              if nid != standby.spec.node_id and t >= thaw_at]
+    assert "SteppedDown" not in others and "BecamePublisher" not in others
+
+
+def test_short_freeze_keeps_the_publisher_but_holds_its_uploads() -> None:
+    """A pause shorter than a lease: nobody took over, so the woken publisher keeps its
+    role; it publishes nothing for one heartbeat round and declares nobody dead."""
+    sim = _quiet_sim(3, seed=33)
+    sim.run_until(sim.bounds.stable_window)
+    [pub] = _publishers(sim)
+    node = sim.by_id[pub]
+    events = _record_events(sim)
+    sim.queue.schedule(sim.t + 0.01, "action", Freeze(node.index))
+    thaw_at = sim.t + 0.01 + 2.2 * sim.timing.heartbeat_interval
+    sim.queue.schedule(thaw_at, "action", Thaw(node.index))
+    sim.run_until(thaw_at + sim.bounds.settle)
+    assert _publishers(sim) == [pub]
+    names = [type(ev).__name__ for t, nid, ev in events if t >= thaw_at]
+    assert "WokeFromPause" in names
+    assert not {"PeerDead", "SteppedDown", "BecamePublisher"} & set(names)
 
 
 def test_real_core_same_seed_same_trace() -> None:

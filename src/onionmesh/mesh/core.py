@@ -43,6 +43,7 @@ from onionmesh.mesh.events import (
     PeerRemoved,
     PublishRequested,
     SteppedDown,
+    WokeFromPause,
 )
 from onionmesh.mesh.handshake import HandshakeCache
 from onionmesh.mesh.identity import NodeIdentity, PeerSeed
@@ -149,6 +150,7 @@ class MeshCore:
         self._last_full_state: dict[str, float] = {}
         self._shut_down = False
         self._last_now = now  # the latest ``now`` any input carried
+        self._stale_until = float("-inf")  # after a pause: no publishing before this
         for seed in bootstrap_peers:
             if seed.node_id == self.node_id:
                 continue
@@ -213,7 +215,7 @@ class MeshCore:
             if t is not None:
                 if self._last_now < self._warm_until and not self._warm():
                     t = max(t, self._warm_until)
-                times.append(t)
+                times.append(max(t, self._stale_until))
         return min(times)
 
     # ------------------------------------------------------------------ inputs
@@ -222,6 +224,7 @@ class MeshCore:
         """Authenticate and apply one datagram; never raises for bad input."""
         if self._shut_down:
             return
+        self._notice_pause(now)
         try:
             signed, token = self._verifier.verify(
                 data, now, self.node_id, self.challenge, self._pinned_key, self._guard
@@ -247,6 +250,7 @@ class MeshCore:
     def handle_timer(self, now: float) -> None:
         if self._shut_down:
             return
+        self._notice_pause(now)
         events, changed = self.membership.tick(now)
         if events or changed:
             self._events.extend(events)
@@ -266,6 +270,8 @@ class MeshCore:
     def set_local_intro_points(self, sets: Mapping[int, Sequence[bytes]], now: float) -> None:
         """The intro points this node's tor has now, per time period; shared at once."""
         clean = check_intro_sets(sets)
+        if not self._shut_down:
+            self._notice_pause(now)
         digest = intro_digest(clean)
         if digest == self._local_digest:
             return
@@ -283,6 +289,7 @@ class MeshCore:
         """The publisher shell found a descriptor on the HSDirs that is not ours."""
         if self._shut_down:
             return
+        self._notice_pause(now)
         ours = self._plan.count if self._plan is not None else 0
         if not self.election.is_publisher:
             self._events.append(
@@ -347,6 +354,44 @@ class MeshCore:
         self._shut_down = True
 
     # ------------------------------------------------------------------ internals
+
+    def pause_threshold(self) -> float:
+        """A gap between two inputs longer than this means we did not run (SIGSTOP, VM pause).
+
+        The shell calls ``handle_timer`` at least once per heartbeat interval, so
+        two intervals without any input cannot be ordinary scheduling delay.
+        """
+        return 2 * self.config.heartbeat_interval
+
+    def _notice_pause(self, now: float) -> None:
+        """After a pause our view is stale: listen for one heartbeat round first.
+
+        Nothing was heard while we were stopped, so that silence declares nobody
+        dead (membership resumes as if no time had passed), nobody claims and we
+        do not publish before a full heartbeat round has been heard, and a
+        publisher whose lease may have lapsed meanwhile steps down quietly rather
+        than contesting the term a healthy node took over.
+        """
+        gap = now - self._last_now
+        if gap <= self.pause_threshold():
+            return
+        self._last_now = now
+        cfg = self.config
+        listen = cfg.heartbeat_interval * (1 + cfg.heartbeat_slack)
+        self._stale_until = now + listen
+        self.membership.resume_after_pause(gap)
+        term = self.term
+        self._events.append(WokeFromPause(gap, self._stale_until))
+        if self.election.resume_after_pause(gap, now, listen):
+            self._scheduler.reset()
+            self._plan = None
+            self._events.append(
+                SteppedDown(term, f"paused {gap:.0f} s: our lease may have lapsed", None)
+            )
+            # Say at once that we are standby, so no node compares our stale term.
+            self._broadcast(self._heartbeat_body(Heartbeat), now, include_dead=True)
+        self._plan_dirty = True
+
 
     def _learn_challenge(
         self, node_id: str, boot: int, challenge: bytes, address: str, verified: bool = False
@@ -705,6 +750,8 @@ class MeshCore:
         plan = self._plan
         if plan is None or plan.count == 0:
             return
+        if now < self._stale_until:
+            return  # woke from a pause: our view is not trusted yet
         if now < self._warm_until and not self._warm():
             return
         due = self._scheduler.due(now)

@@ -32,6 +32,10 @@ Rules (each one exists because RustBalance's coordination lacked it):
   lease periods, so our side does not keep re-electing publishers that would
   each hit the same conflict; otherwise we keep publishing and start a new
   term so the next upload supersedes it.
+* A node that did not run for a while (SIGSTOP, VM pause; see
+  ``MeshCore._notice_pause``) claims nothing for one heartbeat round; if it
+  was publisher and its lease may have lapsed on the others' clocks, it steps
+  down without contesting the term a healthy standby took over meanwhile.
 """
 
 from __future__ import annotations
@@ -201,6 +205,28 @@ class Election:
             self.leader = None
             self.released_at = now
         self.hold_off_until = now + hold_off
+
+    def resume_after_pause(self, gap: float, now: float, listen: float) -> bool:
+        """This node did not run for ``gap`` seconds; True if it must stop publishing.
+
+        A publisher whose lease may have run out on the others' clocks (someone
+        may have claimed meanwhile) stops quietly; it never contests the term that
+        a healthy node took over. A standby moves the leader's renewal forward by
+        the gap (it could not hear it) and nobody claims for ``listen`` seconds.
+        """
+        self.hold_off_until = max(self.hold_off_until, now + listen)
+        if self.leader is None:
+            return False
+        if not self.is_publisher:
+            self.leader.renewed_at += gap
+            return False
+        # Standbys may claim lease + grace after hearing our last renewal; the grace
+        # is left as margin for our first heartbeat to reach them.
+        if now - self.leader.renewed_at < self.config.lease_duration:
+            return False
+        self.leader = None
+        self.released_at = now
+        return True
 
     def bump_term(self, now: float) -> int:
         """Publisher starts a new term (after a foreign-descriptor conflict)."""

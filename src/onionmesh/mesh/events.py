@@ -135,6 +135,21 @@ class SteppedDown:
 
 
 @dataclass(frozen=True)
+class WokeFromPause:
+    """This node did not run for ``gap`` seconds (SIGSTOP, VM pause): its view is stale."""
+
+    gap: float
+    listen_until: float
+
+    @property
+    def message(self) -> str:
+        return (
+            f"Woke after {self.gap:.1f} s without running; view is stale: listening for a "
+            "heartbeat round before declaring peers dead, claiming or publishing"
+        )
+
+
+@dataclass(frozen=True)
 class ConflictDetected:
     """Two publishers at once, or a descriptor on the HSDirs that is not ours."""
 
@@ -191,6 +206,7 @@ Event = (
     | PeerDamped
     | BecamePublisher
     | SteppedDown
+    | WokeFromPause
     | ConflictDetected
     | PublishRequested
     | MessageRejected

@@ -220,6 +220,18 @@ class Membership:
             events.append(PeerSuspect(rec.node_id, missed, threshold - missed))
         return changed
 
+    def resume_after_pause(self, gap: float) -> None:
+        """This node did not run for ``gap`` seconds: for liveness, that time did not pass.
+
+        Silence we could not listen to is no evidence, so every alive or suspect
+        peer's timeline moves forward by the gap: a peer that really died is
+        declared dead after the usual number of missed heartbeats from now on.
+        """
+        for rec in self.peers.values():
+            if rec.state in (ALIVE, SUSPECT) and rec.last_heard is not None:
+                rec.last_heard += gap
+                self._touch(rec)
+
     def depart(self, rec: PeerRecord, now: float) -> list[Event]:
         """The peer announced a clean shutdown: dead at once, intro points out at once."""
         if rec.state == DEAD and not rec.intro_sets:

@@ -45,7 +45,7 @@ from onionmesh.mesh.relay import relay_keys, relay_label
 from onionmesh.mesh.vocabulary import RejectReason
 from onionmesh.sim.coreapi import event_name
 from onionmesh.sim.errors import InvariantViolation
-from onionmesh.sim.scenario import Action, Heal, Inject, Kill, Remove, Rotate, Start
+from onionmesh.sim.scenario import Action, Freeze, Heal, Inject, Kill, Remove, Rotate, Start, Thaw
 from onionmesh.sim.trace import describe
 
 if TYPE_CHECKING:
@@ -103,7 +103,9 @@ class InvariantChecker:
         if isinstance(action, Remove):
             self.removed_at[self.sim.nodes[action.node].spec.node_id] = self.sim.t
         keeps_guard = isinstance(action, Heal) or (
-            isinstance(action, Start | Kill | Remove) and action.node != self.guard
+            # A node that froze and woke must not unseat a healthy publisher either.
+            isinstance(action, Start | Kill | Remove | Freeze | Thaw)
+            and action.node != self.guard
         )
         if not keeps_guard:
             self.guard = None
@@ -142,10 +144,13 @@ class InvariantChecker:
                           f"{self.sim.nodes[self.guard].spec.node_id} held a healthy lease")
 
     def on_delivery(self, dst: SimNode, src: SimNode, src_beyond: bool, accepted: bool,
-                    rejected: Sequence[Any]) -> None:
-        """A genuine datagram reached ``dst``'s core."""
+                    rejected: Sequence[Any], waited: float = 0.0) -> None:
+        """A genuine datagram reached ``dst``'s core (after ``waited`` s in a frozen node's
+        socket buffer: old enough, it is rightly refused as stale)."""
         if accepted:
             self.last_heard[src.index] = self.sim.t
+        if waited > 0 and not accepted:
+            return
         if src_beyond == dst.beyond:
             if not accepted and not src_beyond:
                 reasons = [getattr(ev, "reason", None) for ev in rejected]

@@ -76,6 +76,23 @@ class Kill:
 
 
 @dataclass(frozen=True)
+class Freeze:
+    """Stop ``node``'s process without killing it (SIGSTOP, a VM pause) until a Thaw.
+
+    Its timers do not fire and datagrams to it wait in its socket buffer.
+    """
+
+    node: int
+
+
+@dataclass(frozen=True)
+class Thaw:
+    """Let a frozen ``node`` run again (SIGCONT): it gets its buffered datagrams and timer."""
+
+    node: int
+
+
+@dataclass(frozen=True)
 class Partition:
     """Split the nodes into groups that cannot talk to each other."""
 
@@ -128,8 +145,11 @@ class Inject:
     """The adversary injects one forged or replayed datagram (not a fault)."""
 
 
-Action = Start | Kill | Partition | Block | Isolate | Degrade | Heal | Remove | Rotate | Inject
-FAULTS = (Start, Kill, Partition, Block, Isolate, Degrade, Heal, Remove)
+Action = (
+    Start | Kill | Freeze | Thaw | Partition | Block | Isolate | Degrade | Heal | Remove | Rotate
+    | Inject
+)
+FAULTS = (Start, Kill, Freeze, Thaw, Partition, Block, Isolate, Degrade, Heal, Remove)
 
 # Reordering adds at most this much delay; the invariants' slack uses it.
 REORDER_EXTRA = 0.5
@@ -230,7 +250,7 @@ def build_schedule(
             rng.uniform(t, t + chaos) for _ in range(rng.randint(*params.faults_per_cycle))
         )
         for at in times:
-            _draw_fault(rng, at, n, alive, dead, removed, hb, out, start)
+            _draw_fault(rng, at, n, alive, dead, removed, hb, out, start, t + chaos)
         t += chaos
         out.append((t, Heal()))
         for node in sorted(dead):
@@ -263,16 +283,18 @@ def _draw_fault(
     hb: float,
     out: list[tuple[float, Action]],
     start: Callable[[float, int], None],
+    chaos_end: float,
 ) -> None:
     """Append one random fault at ``at``, keeping the alive/dead bookkeeping right."""
-    kinds = ["kill", "kill", "restart", "restart", "partition", "block", "isolate", "degrade"]
+    kinds = ["kill", "kill", "restart", "restart", "partition", "block", "isolate", "degrade",
+             "freeze"]
     if not removed and n > 3:
         kinds.append("remove")
     kind = rng.choice(kinds)
     live = sorted(alive)
     if kind == "restart" and not dead:
         kind = "kill"
-    if kind in ("kill", "remove", "isolate") and len(live) <= 1:
+    if kind in ("kill", "remove", "isolate", "freeze") and len(live) <= 1:
         kind = "degrade"
     if kind == "restart":
         start(at, rng.choice(sorted(dead)))
@@ -281,6 +303,11 @@ def _draw_fault(
         out.append((at, Kill(node, graceful=rng.random() < 0.3)))
         alive.discard(node)
         dead.add(node)
+    elif kind == "freeze":
+        # From a blip to longer than a lease; thawed by the end of the chaos window.
+        node = rng.choice(live)
+        out.append((at, Freeze(node)))
+        out.append((min(at + rng.uniform(hb, 14 * hb), chaos_end), Thaw(node)))
     elif kind == "remove":
         node = rng.choice(live)
         out.append((at, Remove(node)))

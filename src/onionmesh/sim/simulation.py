@@ -34,6 +34,7 @@ from onionmesh.sim.scenario import (
     Block,
     Bounds,
     Degrade,
+    Freeze,
     Heal,
     Inject,
     Isolate,
@@ -43,6 +44,7 @@ from onionmesh.sim.scenario import (
     Rotate,
     SimParams,
     Start,
+    Thaw,
     build_schedule,
 )
 from onionmesh.sim.trace import Trace, describe, payload_tag
@@ -70,6 +72,9 @@ class SimNode:
     intro_sets: dict[int, list[bytes]] = field(default_factory=dict)
     sets_changed_at: float = 0.0
     intro_given: int = 0
+    frozen: bool = False
+    # Datagrams that reached a frozen node: (payload, source, source address, beyond, when)
+    buffered: list[tuple[bytes, int, str, bool, float]] = field(default_factory=list)
 
     @property
     def alive(self) -> bool:
@@ -78,8 +83,8 @@ class SimNode:
 
     @property
     def in_main(self) -> bool:
-        """Alive, in clock tolerance and not removed: part of the cluster proper."""
-        return self.core is not None and not self.beyond and not self.removed
+        """Alive, running, in clock tolerance and not removed: part of the cluster proper."""
+        return self.core is not None and not self.beyond and not self.removed and not self.frozen
 
 
 @dataclass
@@ -241,6 +246,8 @@ class Simulation:
         node = self.nodes[index]
         if node.core is None or node.incarnation != incarnation or not node.core.is_publisher:
             return
+        if node.frozen:
+            return
         foreign = self.hsdir.foreign_for(index, incarnation)
         if foreign is None:
             return
@@ -256,6 +263,8 @@ class Simulation:
         node = self.nodes[index]
         if node.core is None or node.incarnation != incarnation or node.timer_token != token:
             return
+        if node.frozen:
+            return  # a stopped process runs no timers; Thaw fires it
         if node.spin_at == self.t:
             node.spin += 1
             if node.spin > MAX_TIMER_SPIN:
@@ -285,10 +294,14 @@ class Simulation:
             )
 
     def _deliver(
-        self, dst_index: int, payload: bytes, src_index: int, src_addr: str, src_beyond: bool
+        self, dst_index: int, payload: bytes, src_index: int, src_addr: str, src_beyond: bool,
+        sent_at: float | None = None,
     ) -> None:
         dst = self.nodes[dst_index]
         if dst.core is None:
+            return
+        if dst.frozen:
+            dst.buffered.append((payload, src_index, src_addr, src_beyond, self.t))
             return
         self.stats.delivered += 1
         dst.core.receive_datagram(payload, src_addr, self.local_now(dst))
@@ -303,7 +316,9 @@ class Simulation:
         if accepted:
             self.stats.accepted += 1
         # Liveness bookkeeping first: the events may be checked against it.
-        self.checker.on_delivery(dst, self.nodes[src_index], src_beyond, accepted, rejected)
+        waited = 0.0 if sent_at is None else self.t - sent_at
+        self.checker.on_delivery(dst, self.nodes[src_index], src_beyond, accepted, rejected,
+                                 waited)
         self._pump(dst, events)
         if accepted:
             self.adversary.overhear(Overheard(dst.index, dst.incarnation, payload, src_addr))
@@ -312,6 +327,8 @@ class Simulation:
         node = self.nodes[index]
         if node.core is None or node.incarnation != incarnation:
             return
+        if node.frozen:
+            return  # the shell is stopped too; Thaw passes the node's sets on
         node.sets_changed_at = self.t
         node.intro_given = node.incarnation
         self.checker.on_intro_points(node)
@@ -352,6 +369,11 @@ class Simulation:
             self._kill(self.nodes[action.node], action.graceful)
         elif isinstance(action, Remove):
             self._remove(self.nodes[action.node])
+        elif isinstance(action, Freeze):
+            node = self.nodes[action.node]
+            node.frozen = node.core is not None
+        elif isinstance(action, Thaw):
+            self._thaw(self.nodes[action.node])
         elif isinstance(action, Partition):
             self.network.partition([list(g) for g in action.groups])
         elif isinstance(action, Block):
@@ -386,6 +408,23 @@ class Simulation:
         delay = self.rng.uniform(0.0, self.timing.heartbeat_interval / 2)
         self.queue.schedule(self.t + delay, "intro", (node.index, node.incarnation))
 
+    def _thaw(self, node: SimNode) -> None:
+        """SIGCONT: buffered datagrams first (they wait in the socket), then the timer."""
+        if not node.frozen:
+            return
+        node.frozen = False
+        buffered, node.buffered = node.buffered, []
+        for payload, src_index, src_addr, beyond, arrived in buffered:
+            self._deliver(node.index, payload, src_index, src_addr, beyond, arrived)
+        if node.core is None:
+            return
+        # The shell re-reads its tor's intro points and the overdue timer fires.
+        self._give_intro_points(node.index, node.incarnation)
+        if node.core is not None:
+            node.timer_at = None
+            node.core.handle_timer(self.local_now(node))
+            self._pump(node)
+
     def _bootstrap_for(self, node: SimNode) -> list[NodeSpec]:
         """Up to two live peers (as an operator would configure) plus maybe a random one.
 
@@ -405,6 +444,7 @@ class Simulation:
         return [n.spec for n in picks]
 
     def _kill(self, node: SimNode, graceful: bool) -> None:
+        node.frozen, node.buffered = False, []
         if node.core is None:
             return
         if graceful:
@@ -443,7 +483,7 @@ class Simulation:
 
     # -- adversary ------------------------------------------------------------------
     def _inject(self) -> None:
-        live = [n for n in self.nodes if n.core is not None]
+        live = [n for n in self.nodes if n.core is not None and not n.frozen]
         if not live:
             return
         kind = self.rng.choice(KINDS)
