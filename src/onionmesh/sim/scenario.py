@@ -286,8 +286,7 @@ def _draw_fault(
     chaos_end: float,
 ) -> None:
     """Append one random fault at ``at``, keeping the alive/dead bookkeeping right."""
-    kinds = ["kill", "kill", "restart", "restart", "partition", "block", "isolate", "degrade",
-             "freeze"]
+    kinds = ["kill", "kill", "restart", "restart", "partition", "block", "isolate", "degrade"]
     if not removed and n > 3:
         kinds.append("remove")
     kind = rng.choice(kinds)
