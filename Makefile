@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 
 test: system-deps $(STAMP)
 	$(PY) -m ruff check src tests bench
+	$(PY) -m mypy
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Pure-code tests only (no tor, no namespaces): for a quick edit loop.
@@ -29,6 +30,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench
+	$(PY) -m mypy
 
 bench: system-deps $(STAMP)
 	$(PY) bench/descriptor.py

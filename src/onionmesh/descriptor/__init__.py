@@ -9,7 +9,7 @@ Public API:
 * errors (errors.py): ``DescriptorError`` and its subclasses.
 """
 
-from onionmesh.descriptor.build import MAX_DESCRIPTOR_SIZE, MAX_INTRO_POINTS, build_descriptor
+from onionmesh.descriptor.build import MAX_DESCRIPTOR_SIZE, build_descriptor
 from onionmesh.descriptor.errors import (
     BadCertificate,
     BadIntroPoint,
@@ -32,6 +32,7 @@ from onionmesh.descriptor.intro import (
 )
 from onionmesh.descriptor.parse import Descriptor, parse_descriptor
 from onionmesh.descriptor.signer import FreshSigningKey
+from onionmesh.tor_limits import MAX_INTRO_POINTS
 
 __all__ = [
     "MAX_DESCRIPTOR_SIZE",

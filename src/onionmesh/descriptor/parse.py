@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from onionmesh.crypto.address import decode_onion_address
 from onionmesh.crypto.blinding import blind_public_key
@@ -33,7 +34,7 @@ from onionmesh.crypto.certs import (
     parse_certificate,
 )
 from onionmesh.crypto.keys import verify_signature
-from onionmesh.descriptor.build import MAX_INTRO_POINTS, SIGNATURE_PREFIX
+from onionmesh.descriptor.build import SIGNATURE_PREFIX
 from onionmesh.descriptor.errors import (
     BadCertificate,
     BadSignature,
@@ -68,6 +69,7 @@ from onionmesh.descriptor.tokens import (
     parse_uint,
     tokenize,
 )
+from onionmesh.tor_limits import MAX_INTRO_POINTS
 
 MAX_LIFETIME_MINUTES = 720
 
@@ -212,7 +214,7 @@ def _joined_args(items: list[Item], keyword: str, what: str) -> str | None:
     return " ".join(item.args)
 
 
-def _parse_inner(text: str, signing_key: bytes, now: float) -> dict:
+def _parse_inner(text: str, signing_key: bytes, now: float) -> dict[str, Any]:
     what = "encrypted layer"
     header_text, blocks = _split_intro_blocks(text)
     items = tokenize(header_text, what)

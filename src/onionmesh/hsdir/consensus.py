@@ -175,7 +175,9 @@ def _parse_time(date: str, clock: str, where: object) -> int:
     if d is None or c is None:
         raise ConsensusError(f"{where}: time is not 'YYYY-MM-DD HH:MM:SS'")
     try:
-        moment = datetime(*(int(x) for x in d.groups()), *(int(x) for x in c.groups()))
+        year, month, day = (int(x) for x in d.groups())
+        hour, minute, second = (int(x) for x in c.groups())
+        moment = datetime(year, month, day, hour, minute, second)
     except ValueError as exc:
         raise ConsensusError(f"{where}: time is not a valid date") from exc
     return calendar.timegm(moment.timetuple())
@@ -325,7 +327,7 @@ def parse_consensus(text: str) -> Consensus:
     """
     if not isinstance(text, str):
         raise ConsensusError("consensus must be text")
-    header: dict[str, tuple[list[str], object]] = {}
+    header: dict[str, tuple[list[str], _Where]] = {}
     params: dict[str, int] = {}
     relays: list[Relay] = []
     seen_identities: set[bytes] = set()

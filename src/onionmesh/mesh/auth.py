@@ -95,7 +95,7 @@ class Unverified(RejectedDatagram):
     """
 
     def __init__(self, signed: Signed) -> None:
-        super().__init__("unverified", f"{signed.sender}: echo does not match this boot")
+        super().__init__(RejectReason.UNVERIFIED, f"{signed.sender}: echo does not match this boot")
         self.signed = signed
 
 

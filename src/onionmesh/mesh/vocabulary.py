@@ -56,6 +56,7 @@ class RejectReason(enum.StrEnum):
     MISDIRECTED = "misdirected"
     FORGED = "forged"
     STALE = "stale"  # timestamp outside the clock-skew window
+    UNVERIFIED = "unverified"  # authentic, but the echo does not prove it is of this boot
     REMOVED = "removed"  # the sender was removed by the operator
 
 
