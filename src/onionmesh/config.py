@@ -13,8 +13,8 @@ a name would block the event loop and let DNS steer the mesh.
 Paths are resolved relative to the file's directory so a config can be moved
 together with its keys.
 
-The ``[resilience]`` section carries exactly the options of the original design,
-with its defaults.
+The ``[resilience]`` section carries the failure-handling options of
+docs/scenarios.md, with their defaults.
 
 To add a key: add a field to its section's Struct (with an ``Annotated`` type
 for its limits); consumers read ``config.<section>.<key>``.
@@ -337,7 +337,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def hsdir_max_retries(self) -> int:
-        """``[publishing]`` overrides ``[resilience]`` (the design's place for it)."""
+        """``[publishing]`` overrides ``[resilience]`` (where docs/scenarios.md §3 puts it)."""
         if self.publishing.hsdir_max_retries is not None:
             return self.publishing.hsdir_max_retries
         return self.resilience.hsdir_max_retries

@@ -1,4 +1,4 @@
-"""Event wording (the design's words), config and identity validation."""
+"""Event wording (the log lines of docs/scenarios.md), config and identity validation."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from .netloop import SECRET, identity
 
 
 def test_peer_events_read_like_the_design():
-    # seeds/000, "Monitoring & Observability"
+    # the log lines of docs/scenarios.md
     assert (
         PeerSuspect("node-xyz", 2, 1).message
         == "Peer node-xyz missed 2 heartbeats, 1 more until dead"

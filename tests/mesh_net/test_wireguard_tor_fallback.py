@@ -1,4 +1,4 @@
-"""Scenario 5 (WireGuard tunnel failure) on 3 namespace hosts with real wireguard-go and
+"""docs/scenarios.md §5 (WireGuard tunnel failure) on 3 namespace hosts with real wireguard-go and
 real tor, at the default mesh timings: blocking one host's WireGuard port moves its
 heartbeats to tor within a bound, nobody is declared dead, the publisher stays, and
 WireGuard carries them again after unblocking."""

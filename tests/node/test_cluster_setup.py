@@ -45,7 +45,7 @@ def test_init_writes_private_files_the_checks_accept(tmp_path: Path, capsys):
     assert main(["keys", "check", "-c", str(config_path)]) == 0
     config = load_config(config_path)
     assert config.node_id == "alpha"
-    assert config.resilience.require_ntp_sync is True  # the seed's default
+    assert config.resilience.require_ntp_sync is True  # docs/scenarios.md §4 default
     master = load_secret_key(tmp_path / "n1" / "master" / "hs_ed25519_secret_key")
     assert config.master.address == master.onion_address
     # The token names this node and carries the secret, never the master key.

@@ -154,7 +154,7 @@ def test_single_node_publishes_serves_reloads_and_releases_on_sigterm(
         assert not status_socket_path(load_config(setup.files.config)).exists()
     finally:
         node.stop()
-    # The design's log lines come out in its words, and no secret reaches the log.
+    # The log lines of docs/scenarios.md come out as written; no secret reaches the log.
     log = node.text()
     assert "Publishing updated descriptor with" in log
     assert "Became publisher for term 1" in log
@@ -235,7 +235,8 @@ def test_existing_tor_with_its_own_node_service_publishes(
 
 
 def test_restart_after_sigkill_is_stateless_and_publishes_again(tmp_path: Path, tornet, backend):
-    """Scenario 4: killed hard, restarted from config and keys alone; its old tor is gone."""
+    """docs/scenarios.md §4: killed hard, restarted from config and keys alone; its old tor
+    is gone."""
     _, port = backend
     setup = _node_dir(tmp_path, tornet, port)
     first = Node(setup.files.config, tmp_path / "first.log")

@@ -19,7 +19,8 @@ membership.py      where peers become suspect and are declared DEAD; removal
                    grace, recovery, flap damping
 election.py        leases, terms, who may claim when, conflict resolution
 plan.py            which intro points are published, and the publish rate limit
-events.py          what the core reports, in the original design's words
+vocabulary.py      the enums: peer states, roles, outcomes, reject reasons, triggers
+events.py          what the core reports, with the log lines of docs/scenarios.md
 core.py            MeshCore: wires the above together, gossip, intro exchange
 =================  ==========================================================
 """

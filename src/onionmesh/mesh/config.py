@@ -1,6 +1,6 @@
 """MeshConfig: the timing and size knobs of the mesh core.
 
-Defaults follow the original design's ``[resilience]`` section
+Defaults are the ``[resilience]`` ones of docs/scenarios.md
 (``dead_threshold = 3``, ``removal_grace_period = 30``). Every value is
 validated on construction so a bad operator value fails at start-up, not
 hours later inside a timer.

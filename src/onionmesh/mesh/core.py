@@ -281,7 +281,7 @@ class MeshCore:
         self._local_sets, self._local_digest = clean, digest
         self._plan_dirty = True
         if not self._shut_down:
-            # Immediately, not on the next heartbeat (the design's scenario 2).
+            # Immediately, not on the next heartbeat (docs/scenarios.md §2).
             self._broadcast(self._intro_body(), now, verified_only=True)
             self._after_input(now)
 

@@ -18,8 +18,8 @@ Rules (each one exists because RustBalance's coordination lacked it):
   it has heard the current publisher if there is one.
 * Two publishers (a healed partition, or simultaneous claims): the conflict
   key is (intro points in the publish plan, term, priority, smaller node id),
-  larger wins. The original design prefers "the node that sees the most
-  intro points"; term, priority and id make the comparison total. Only the
+  larger wins. docs/scenarios.md §7 prefers the node that sees the most
+  intro points; term, priority and id make the comparison total. Only the
   two publishers act: the loser steps down without operator action and
   follows the winner. Both keep comparing on every heartbeat they hear from
   each other until one is left, so a comparison made on counts that were a

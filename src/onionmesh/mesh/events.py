@@ -1,8 +1,8 @@
-"""Events the core reports to its shell, each with a log line in the design's words.
+"""Events the core reports to its shell, each with its log line.
 
 The shell (or simulator) pops them with ``MeshCore.next_event()`` and logs
-``event.message``. The wording of the peer and publish events is the original
-design's (seeds/000, "Monitoring & Observability").
+``event.message``. The peer and publish lines are the ones operators know from
+docs/scenarios.md; keep their wording stable (alerts and dashboards match on it).
 """
 
 from __future__ import annotations

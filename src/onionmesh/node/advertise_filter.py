@@ -9,7 +9,7 @@ lets through, at once whenever that changes. Three loops feed the gate:
   polled every ``LIVENESS_POLL`` s; on every (re)connect the intro circuits
   tor has are read from ``GETINFO circuit-status`` (subscribed to CIRC first,
   so nothing falls between the two);
-* CIRC / CIRC_MINOR events of the service's intro circuits (design scenario 2).
+* CIRC / CIRC_MINOR events of the service's intro circuits (docs/scenarios.md §2).
 
 Gate events become log lines and, for withdrawing and returning, alerts.
 """

@@ -8,8 +8,8 @@ point only while
   the cluster as a standby with no intro points, and says why;
 * its tor is up (the control connection stands): a dead tor's intro points
   lead nowhere, so they are withdrawn until the restarted tor has new ones;
-* the intro circuit to that intro point's relay is established (the design's
-  scenario 2): when tor reports the circuit closed, that intro point is
+* the intro circuit to that intro point's relay is established
+  (docs/scenarios.md §2): when tor reports the circuit closed, that intro point is
   withdrawn at once, before tor re-uploads its own descriptor; tor's
   replacement passes as soon as its circuit is established and tor's
   descriptor lists it. Circuits are matched to intro points by the relay's

@@ -1,6 +1,6 @@
 """NodeDaemon: one onionmesh node, wired together (``onionmesh run``).
 
-Start order (the design's scenario 4; stateless from config and keys):
+Start order (docs/scenarios.md §4; stateless from config and keys):
 
 1. key integrity check, before anything touches the disk or the network
    (backup master key with a WARN log and an alert if the primary fails);

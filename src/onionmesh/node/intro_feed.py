@@ -6,7 +6,7 @@ Two readers of the node's descriptors (``NodeIntroWatcher``):
   ``[service] intro_poll_interval`` seconds and at once whenever tor reports
   an upload of the node's descriptor (``HS_DESC UPLOAD``/``UPLOADED``): that
   is when tor has rotated its intro points, so the cluster hears about a
-  rotation within one control-port round trip (the design's scenario 2);
+  rotation within one control-port round trip (docs/scenarios.md §2);
 * *fetched*: ``HSFETCH`` of the node address, slower, which over time also
   returns the node's *other* descriptor (tor shows only its current one). A
   fetched descriptor of a managed tor counts only after this run's tor has

@@ -11,7 +11,7 @@ _FORMAT = "%(asctime)s [%(levelname)s] %(name)s: %(message)s"
 
 
 def setup_logging(level: str = "info") -> None:
-    """Root logger to stderr; the design's log lines read ``[INFO]``/``[WARN]``."""
+    """Root logger to stderr; lines read ``[INFO]``/``[WARN]`` as in docs/scenarios.md."""
     logging.addLevelName(logging.WARNING, "WARN")
     root = logging.getLogger()
     for handler in list(root.handlers):

@@ -1,4 +1,4 @@
-"""Startup checks (the design's scenarios 4 and 8): keys first, then the clock.
+"""Startup checks (docs/scenarios.md §4 and §8): keys first, then the clock.
 
 ``check_keys`` runs before anything else touches the disk or the network. It
 loads the master key (falling back to ``[master] backup_key_path`` when the

@@ -49,7 +49,7 @@ class UploadStatus(enum.StrEnum):
 class RetryPolicy:
     """Retry settings: exponential backoff with jitter, bounded by ``max_retries``."""
 
-    max_retries: int = 3  # the seed's hsdir_max_retries: retries after the first attempt
+    max_retries: int = 3  # [resilience] hsdir_max_retries: retries after the first try
     base_delay: float = 2.0  # seconds before the first retry
     max_delay: float = 60.0  # cap of one backoff step
     jitter: float = 0.25  # each delay is scaled by uniform(1 - jitter, 1 + jitter)

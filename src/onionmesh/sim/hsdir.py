@@ -7,7 +7,7 @@ partitions are, so a publisher cut off from the cluster still uploads. Half
 a heartbeat after its own upload, a publisher's shell fetches the descriptor
 back; if the latest upload is not its own it reports it with
 ``report_foreign_descriptor`` (revision, intro-point count), which is what
-drives the design's "prefer the node with the most intro points" rule.
+drives the "prefer the node with the most intro points" rule (docs/scenarios.md §7).
 """
 
 from __future__ import annotations
