@@ -100,7 +100,7 @@ class MeshLab:
         for i in keys:
             sockets = self.root / f"h{i}"
             sockets.mkdir(mode=0o700)
-            tor = self.tornet.add_client(f"{self._tag}{os.getpid()}h{i}")
+            tor = self.tornet.add_client(f"{self.lab.prefix}h{i}")  # unique per lab
             run_coroutine(_unix_ports(tor, sockets), timeout=60)
             host = MeshHost(i, f"n{i}", tor, sockets, sockets / "node.json",
                             sockets / "status.json", sockets / "node.log")
@@ -139,6 +139,19 @@ class MeshLab:
         host.proc = self.lab.popen(index, [sys.executable, "-m", "onionmesh.testnet.meshnode",
                                            str(host.cfg_path)], stdout=log, stderr=log)
         log.close()
+
+    def restart_node(self, index: int, *, clock_offset: float | None = None) -> None:
+        """SIGTERM the node (a clean stop), optionally change its clock offset (the
+        ONIONMESH_CLOCK_OFFSET-style hook of the test clock) and start it again."""
+        host = self.hosts[index]
+        if host.proc is not None and host.proc.poll() is None:
+            host.proc.terminate()
+            host.proc.wait(30)
+        if clock_offset is not None:
+            cfg = json.loads(host.cfg_path.read_text())
+            cfg["clock_offset"] = clock_offset
+            host.cfg_path.write_text(json.dumps(cfg))
+        self.start_node(index)
 
     def status(self, index: int) -> dict[str, Any] | None:
         try:

@@ -10,6 +10,7 @@ Faults, all inside our namespaces (this kernel has no netem):
   block_udp_port(i, port)   nft table in host i: drop that UDP port both ways
   cut(i, j)                 nft bridge table in the switch: drop frames between i and j
   loss(i, percent, port)    nft numgen drop on host i's egress
+  delay(i, port, ms, loss)  NFQUEUE + nfq_delay in host i (delay, jitter, loss)
 Teardown (``down``): SIGTERM then SIGKILL what we started, SIGKILL whatever else is left
 in *our* namespaces (``ip netns pids``), delete them; the veths and bridge go with them.
 """
@@ -22,6 +23,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -51,7 +53,8 @@ def _run(argv: Sequence[str], stdin: str | None = None) -> str:
 
 def require_lab_tools() -> list[str]:
     """What is missing to run a lab (empty when all is there)."""
-    missing = [tool for tool in ("ip", "nft", "wg", "wireguard-go") if shutil.which(tool) is None]
+    missing = [tool for tool in ("ip", "nft", "iptables", "wg", "wireguard-go")
+               if shutil.which(tool) is None]
     if os.geteuid() != 0:
         missing.append("root (network namespaces)")
     return missing
@@ -68,6 +71,8 @@ class HostLab:
         self._namespaces: list[str] = []
         self._processes: list[subprocess.Popen[Any]] = []
         self._tables: set[tuple[str, str, str]] = set()  # (netns, family, table)
+        self._delayers: dict[tuple[int, int], subprocess.Popen[Any]] = {}
+        self._queue_rules: dict[tuple[int, int], int] = {}
 
     def ns(self, host: int) -> str:
         return f"{self.prefix}-h{host}"
@@ -199,14 +204,54 @@ class HostLab:
             raise LabError(f"loss must be 0-100 %, not {percent}")
         table = f"loss{udp_port}"
         self._drop_table(self.ns(host), "inet", table)
+        # numgen takes 0-99: 100 % is a plain drop.
+        chance = "" if percent == 100 else f"numgen random mod 100 < {percent} "
         self._nft(self.ns(host), (
             f"table inet {table} {{\n  chain out {{ type filter hook output priority 0; "
-            f"udp sport {udp_port} numgen random mod 100 < {percent} drop; "
-            f"udp dport {udp_port} numgen random mod 100 < {percent} drop; }}\n}}\n"))
+            f"udp sport {udp_port} {chance}drop; "
+            f"udp dport {udp_port} {chance}drop; }}\n}}\n"))
         self._tables.add((self.ns(host), "inet", table))
 
     def clear_loss(self, host: int, udp_port: int) -> None:
         self._drop_table(self.ns(host), "inet", f"loss{udp_port}")
+
+    def delay(self, host: int, udp_port: int, delay_ms: float, loss: float = 0.0,
+              jitter_ms: float = 0.0, queue: int = 7) -> None:
+        """Delay (and drop ``loss`` % of) host's outgoing datagrams from/to ``udp_port``
+        through NFQUEUE and ``nfq_delay`` running in the host's namespace."""
+        self.clear_delay(host, udp_port)
+        proc = self.popen(host, [sys.executable, "-m", "onionmesh.testnet.nfq_delay",
+                                 "--queue", str(queue), "--delay-ms", str(delay_ms),
+                                 "--jitter-ms", str(jitter_ms), "--loss", str(loss)],
+                          stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            proc.kill()
+            raise LabError("nfq_delay did not start (is fnfqueue installed?)")
+        self._delayers[(host, udp_port)] = proc
+        # This kernel has no nft `queue` expression (CONFIG_NFT_QUEUE): the xtables
+        # NFQUEUE target through iptables-nft does the same; `--queue-bypass` lets packets
+        # through undelayed if the delayer dies.
+        for direction in ("--sport", "--dport"):
+            self.run(host, ["iptables", "-I", "OUTPUT", "-p", "udp", direction, str(udp_port),
+                            "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass"])
+        self._queue_rules[(host, udp_port)] = queue
+
+    def clear_delay(self, host: int, udp_port: int) -> None:
+        queue = self._queue_rules.pop((host, udp_port), None)
+        if queue is not None:
+            for direction in ("--sport", "--dport"):
+                self.run(host, ["iptables", "-D", "OUTPUT", "-p", "udp", direction,
+                                str(udp_port), "-j", "NFQUEUE", "--queue-num", str(queue),
+                                "--queue-bypass"])
+        proc = self._delayers.pop((host, udp_port), None)
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
 
     def _drop_table(self, ns: str, family: str, table: str) -> None:
         if (ns, family, table) in self._tables:

@@ -65,6 +65,15 @@ def coordination_key(identity: Ed25519Identity) -> tuple[str, str]:
     return f"ED25519-V3:{blob}", identity.onion_address.removesuffix(".onion")
 
 
+def _service_id_of(onion_key: str) -> str:
+    _, _, blob = onion_key.partition(":")
+    try:
+        identity = Ed25519Identity.from_expanded(base64.b64decode(blob, validate=True))
+    except (ValueError, OnionmeshError):
+        raise TorChannelError("the coordination onion key is not an ED25519-V3 key") from None
+    return identity.onion_address.removesuffix(".onion")
+
+
 def client_auth_public(public_b64: str) -> str:
     """x25519 public key, base64 (WireGuard form) -> base32 without padding (tor's form)."""
     raw = decode_key(public_b64, "client authorization key")
@@ -133,6 +142,11 @@ class TorChannel:
                 return
             with contextlib.suppress(ControlError):
                 await self._controller.del_onion(self.service_id)
+        elif self.onion_key is not None:
+            # A detached service of ours may outlive a crash of this process in a tor
+            # that kept running: remove it, or ADD_ONION fails with a collision.
+            with contextlib.suppress(ControlError, OnionmeshError):
+                await self._controller.del_onion(_service_id_of(self.onion_key))
         key = self.onion_key or "NEW:ED25519-V3"
         try:
             result = await self._controller.add_onion(
