@@ -50,7 +50,7 @@ from onionmesh.errors import OnionmeshError
 from onionmesh.hsdir.timeperiod import period_length_minutes
 from onionmesh.publish.publisher import fetch_consensus
 from onionmesh.testnet import SocksError, TorClient, TorNetwork
-from onionmesh.testnet.node_cluster import FAST_PROFILE, NodeCluster
+from onionmesh.testnet.node_cluster import FAST_PROFILE, Docs, NodeCluster
 from onionmesh.testnet.nodes import ServiceInstance
 from onionmesh.tor.control import TorController
 from onionmesh.tor.control_protocol import parse_hs_desc_event
@@ -275,7 +275,7 @@ class ProfileResult:
     errors: list[str] = field(default_factory=list)
 
 
-def _ready(cluster: NodeCluster, docs: dict[str, dict[str, Any]]) -> bool:
+def _ready(cluster: NodeCluster, docs: Docs) -> bool:
     from onionmesh.testnet.node_cluster import cluster_ready
 
     return cluster_ready(cluster, docs)
@@ -286,13 +286,13 @@ async def restart_and_heal(cluster: NodeCluster, node_id: str, timeout: float = 
     await cluster.wait_until(lambda d: _ready(cluster, d), timeout, f"{node_id} back")
 
 
-async def node_keys(probe: HsdirProbe, cluster: NodeCluster, docs: dict[str, dict[str, Any]],
+async def node_keys(probe: HsdirProbe, cluster: NodeCluster, docs: Docs,
                     node_id: str) -> frozenset[bytes]:
     """A node's intro keys: its descriptor as clients fetch it now, plus the current one
     its own tor holds (the two time periods have different intro points)."""
     from onionmesh.tor.intro_points import read_own_descriptor
 
-    address = docs[node_id]["node"]["onion_address"].removesuffix(".onion")
+    address = (docs[node_id].node.onion_address or "").removesuffix(".onion")
     keys = set(await probe.keys_of(address))
     sock = cluster.nodes[node_id].torrc_value("ControlSocket") or "/nonexistent"
     with contextlib.suppress(OnionmeshError, OSError):

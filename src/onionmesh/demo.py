@@ -33,11 +33,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from onionmesh.errors import OnionmeshError
 from onionmesh.testnet import SocksError, TorClient, TorNetwork
-from onionmesh.testnet.node_cluster import FAST_PROFILE, NodeCluster, cluster_ready
+from onionmesh.testnet.node_cluster import FAST_PROFILE, Docs, NodeCluster, cluster_ready
 
 log = logging.getLogger(__name__)
 
@@ -94,25 +93,25 @@ async def visit(client: TorClient, master: str, names: set[str], min_gets: int,
     return seen
 
 
-def status_line(cluster: NodeCluster, docs: dict[str, dict[str, Any]]) -> str:
+def status_line(cluster: NodeCluster, docs: Docs) -> str:
     """Short live view: each node's role, what the descriptor carries, its age."""
     parts = []
     for node_id, node in cluster.nodes.items():
         doc = docs.get(node_id)
         if not node.running():
             parts.append(f"{node_id} DOWN")
-        elif doc is None or doc.get("cluster") is None:
+        elif doc is None or doc.role is None:
             parts.append(f"{node_id} starting")
         else:
-            parts.append(f"{node_id} {doc['cluster']['role']}")
+            parts.append(f"{node_id} {doc.role}")
     pubs = cluster.publishers(docs)
     line = " | ".join(parts)
     if len(pubs) == 1:
         doc = docs[next(iter(pubs))]
-        per_node = (doc.get("plan") or {}).get("per_node", {})
-        uploads = (doc.get("uploads") or {}).values()
-        ok = sum(1 for u in uploads if u["result"] == "uploaded")
-        age = doc.get("descriptor_age")
+        per_node = doc.plan.per_node if doc.plan is not None else {}
+        uploads = doc.uploads.values()
+        ok = sum(1 for u in uploads if u.result == "uploaded")
+        age = doc.descriptor_age
         carried = ", ".join(f"{k} {v}" for k, v in sorted(per_node.items())) or "nothing"
         line += (f" || descriptor intro points: {carried} | HSDirs ok {ok}/{len(uploads)} | "
                  f"age {'-' if age is None else f'{age:.0f} s'}")
@@ -134,7 +133,7 @@ class HealWatcher:
         self.publisher: str | None = None
         self.carried: tuple[str, ...] = ()
 
-    def update(self, docs: dict[str, dict[str, Any]]) -> None:
+    def update(self, docs: Docs) -> None:
         stamp = time.strftime("%H:%M:%S")
         for node_id, node in self.cluster.nodes.items():
             if not node.running() and node_id not in self.down_since:
@@ -148,11 +147,11 @@ class HealWatcher:
         if len(pubs) == 1:
             pub = next(iter(pubs))
             if pub != self.publisher:
-                term = docs[pub]["cluster"]["term"]
+                cluster = docs[pub].cluster
+                term = cluster.term if cluster is not None else "?"
                 self.say(f"{stamp} publisher is now {pub} (term {term})")
                 self.publisher = pub
-            carried = tuple(sorted(k for k, v in ((docs[pub].get("plan") or {})
-                                                  .get("per_node", {})).items() if v))
+            carried = tuple(sorted(docs[pub].carried_nodes()))
             if carried != self.carried:
                 self.say(f"{stamp} the descriptor now carries intro points of "
                          f"{', '.join(carried) or 'no node'}")
@@ -216,7 +215,8 @@ async def run_demo(network: TorNetwork, base_dir: Path, args: argparse.Namespace
         say("")
         say("Now kill a node and watch the cluster heal, for example:")
         for node_id, node in cluster.nodes.items():
-            role = docs.get(node_id, {}).get("cluster", {}).get("role", "?")
+            doc = docs.get(node_id)
+            role = (doc.role if doc is not None else None) or "?"
             say(f"  kill -9 {node.pid}    # {node_id} ({role})")
         say(f"Status of any node: {sys.executable} -m onionmesh.cli status -c "
             f"{n1.config_path}   (Ctrl-C stops the demo)")

@@ -6,19 +6,17 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from onionmesh.descriptor.parse import parse_descriptor
 from onionmesh.errors import OnionmeshError
 from onionmesh.hsdir.timeperiod import period_length_minutes
 from onionmesh.publish.publisher import fetch_consensus
+from onionmesh.status_document import StatusDocument
 from onionmesh.testnet import SocksError, TorClient
-from onionmesh.testnet.node_cluster import NodeCluster
+from onionmesh.testnet.node_cluster import Docs, NodeCluster
 from onionmesh.tor.control import TorController
 from onionmesh.tor.intro_points import fetch_descriptor
 from tests.eventually import aeventually
-
-Docs = dict[str, dict[str, Any]]
 
 
 def config_value(cluster: NodeCluster, section: str, key: str) -> float:
@@ -45,13 +43,13 @@ def takeover_bound(cluster: NodeCluster) -> float:
 
 
 def publisher_of(docs: Docs) -> str | None:
-    pubs = [nid for nid, d in docs.items() if d.get("cluster", {}).get("role") == "publisher"]
+    pubs = [nid for nid, d in docs.items() if d.is_publisher]
     return pubs[0] if len(pubs) == 1 else None
 
 
-def plan_nodes(doc: dict[str, Any]) -> set[str]:
+def plan_nodes(doc: StatusDocument) -> set[str]:
     """Nodes whose intro points the publisher's plan carries."""
-    return {nid for nid, n in (doc.get("plan") or {}).get("per_node", {}).items() if n}
+    return doc.carried_nodes()
 
 
 def healthy(cluster: NodeCluster, docs: Docs) -> bool:
@@ -62,10 +60,9 @@ def healthy(cluster: NodeCluster, docs: Docs) -> bool:
     pub = publisher_of(docs)
     if pub is None:
         return False
-    if any(d.get("cluster", {}).get("publisher") != pub for d in docs.values()):
+    if any(d.cluster is None or d.cluster.publisher != pub for d in docs.values()):
         return False
-    return plan_nodes(docs[pub]) == set(cluster.nodes) and docs[pub].get("descriptor_age") \
-        is not None
+    return plan_nodes(docs[pub]) == set(cluster.nodes) and docs[pub].descriptor_age is not None
 
 
 async def wait_healthy(cluster: NodeCluster, timeout: float = 120.0) -> Docs:
@@ -75,12 +72,9 @@ async def wait_healthy(cluster: NodeCluster, timeout: float = 120.0) -> Docs:
     return await cluster.wait_until(lambda d: healthy(cluster, d), timeout, "healthy cluster")
 
 
-def uploads_after(doc: dict[str, Any], since: float) -> tuple[int, int]:
+def uploads_after(doc: StatusDocument, since: float) -> tuple[int, int]:
     """(accepted, failed) HSDir results recorded after the wall-clock time ``since``."""
-    ups = (doc.get("uploads") or {}).values()
-    ok = sum(1 for u in ups if u["result"] == "uploaded" and u["at"] > since)
-    bad = sum(1 for u in ups if u["result"] == "failed" and u["at"] > since)
-    return ok, bad
+    return doc.uploads_since(since)
 
 
 async def fetched_intro_keys(client: TorClient, address: str) -> set[bytes]:

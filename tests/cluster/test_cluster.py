@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from onionmesh.mesh.vocabulary import PeerState, Role
 from onionmesh.node.errors import EXIT_CLOCK
 from onionmesh.testnet import TorClient
 from onionmesh.testnet.node_cluster import NodeCluster
@@ -56,8 +57,8 @@ async def observe_single_publisher(cluster: NodeCluster, seconds: float, expecte
         docs = {k: v for k, v in docs.items() if k in among}
         assert cluster.publishers(docs) <= {expected}, docs
         if expected in docs:
-            rejected = [u for u in (docs[expected].get("uploads") or {}).values()
-                        if u["at"] > since and u.get("reason") == "UPLOAD_REJECTED"]
+            rejected = [u for u in docs[expected].uploads.values()
+                        if u.at > since and u.reason == "UPLOAD_REJECTED"]
             assert not rejected, rejected
         polls += 1
         await asyncio.sleep(0.5)  # observation period between real checks
@@ -68,7 +69,7 @@ async def test_master_address_is_served_by_all_three_nodes(cluster, tornet_clien
     docs = await wait_healthy(cluster)
     pub = publisher_of(docs)
     assert pub in NODES
-    assert all(d["cluster"]["publisher"] == pub for d in docs.values())
+    assert all(d.cluster is not None and d.cluster.publisher == pub for d in docs.values())
     assert plan_nodes(docs[pub]) == NODES
 
     log = GetLog()
@@ -87,7 +88,7 @@ async def test_killed_standby_leaves_descriptor_clients_keep_working_and_it_retu
     docs = await wait_healthy(cluster)
     pub = publisher_of(docs)
     victim = max(NODES - {pub})
-    address = docs[victim]["node"]["onion_address"].removesuffix(".onion")
+    address = docs[victim].node.onion_address.removesuffix(".onion")
     victim_keys = await wait_node_served(cluster, tornet_client, victim, address)
 
     killed_at = time.time()
@@ -118,20 +119,20 @@ async def test_killed_standby_leaves_descriptor_clients_keep_working_and_it_retu
     cluster.nodes[victim].start()
     docs = await wait_healthy(cluster, timeout=150)
     assert victim in plan_nodes(docs[publisher_of(docs)])
-    assert docs[victim]["node"]["pid"] == cluster.nodes[victim].pid  # the restarted process
+    assert docs[victim].node.pid == cluster.nodes[victim].pid  # the restarted process
 
 
 async def test_killed_publisher_is_replaced_and_restarted_one_does_not_fight(
         cluster, tornet_client: TorClient):
     docs = await wait_healthy(cluster)
     old = publisher_of(docs)
-    old_term = docs[old]["cluster"]["term"]
+    old_term = docs[old].cluster.term
 
     killed_at = time.time()
     cluster.nodes[old].kill(signal.SIGKILL)
     docs = await cluster.wait_until(
         lambda d: (p := publisher_of(d)) is not None and p != old
-        and d[p]["cluster"]["term"] > old_term,
+        and d[p].cluster.term > old_term,
         takeover_bound(cluster), "a standby takes over within lease + grace")
     new = publisher_of(docs)
     await cluster.wait_until(lambda d: new in d and uploads_after(d[new], killed_at)[0] > 0,
@@ -145,8 +146,8 @@ async def test_killed_publisher_is_replaced_and_restarted_one_does_not_fight(
     restarted_at = time.time()
     cluster.nodes[old].start()
     docs = await cluster.wait_until(
-        lambda d: old in d and d[old].get("cluster", {}).get("publisher") == new
-        and d[old]["cluster"]["role"] == "standby", 120.0, f"restarted {old} follows {new}")
+        lambda d: old in d and d[old].cluster is not None and d[old].cluster.publisher == new
+        and d[old].role is Role.STANDBY, 120.0, f"restarted {old} follows {new}")
     lease = config_value(cluster, "coordination", "lease_duration")
     polls = await observe_single_publisher(cluster, 4 * lease, new, restarted_at)
     assert polls > 0
@@ -162,12 +163,12 @@ async def test_partitioned_publisher_no_dual_publishing_after_heal(cluster):
         # Both sides notice (real loss, no daemon flag): the connected majority elects a
         # publisher of its own and the isolated node no longer sees its peers alive.
         docs = await cluster.wait_until(
-            lambda d: any(d.get(n, {}).get("cluster", {}).get("role") == "publisher"
-                          for n in others)
+            lambda d: any(n in d and d[n].is_publisher for n in others)
             and isolated in d
-            and all(d[isolated]["peers"].get(n, {}).get("state") != "alive" for n in others),
+            and all(n not in d[isolated].peers or d[isolated].peers[n].state != PeerState.ALIVE
+                    for n in others),
             takeover_bound(cluster) + 10.0, "the partition is seen on both sides")
-        majority_pub = [n for n in others if docs[n]["cluster"]["role"] == "publisher"]
+        majority_pub = [n for n in others if docs[n].is_publisher]
         assert len(majority_pub) == 1
     healed_at = time.time()
     docs = await cluster.wait_until(lambda d: healthy(cluster, d), 60.0,
@@ -187,12 +188,11 @@ async def test_clock_skew_is_detected_and_handled_as_configured(cluster):
     try:
         skewed.start()
         docs = await cluster.wait_until(
-            lambda d: "n3" in d and d["n3"]["clock"]["verdict"] == "bad"
-            and d["n3"].get("cluster") is not None
-            and any(sum(d[p].get("rejected_messages", {}).values()) > 0
-                    for p in ("n1", "n2") if p in d),
+            lambda d: "n3" in d and d["n3"].clock.verdict == "bad"
+            and d["n3"].cluster is not None
+            and any(sum(d[p].rejected_messages.values()) > 0 for p in ("n1", "n2") if p in d),
             90.0, "n3 runs with a bad clock and its peers reject its messages")
-        assert docs["n3"]["clock"]["test_offset"] == CLOCK_OFFSET
+        assert docs["n3"].clock.test_offset == CLOCK_OFFSET
         pub = publisher_of({k: v for k, v in docs.items() if k != "n3"})
         assert pub in {"n1", "n2"}
         # The connected nodes keep one publisher and drop n3, whose datagrams they refuse.
@@ -201,8 +201,8 @@ async def test_clock_skew_is_detected_and_handled_as_configured(cluster):
         docs = cluster.statuses()
         assert "n3" not in plan_nodes(docs[pub])
         # n3 is alone (whatever role it gives itself) and never signs or uploads anything.
-        assert not docs["n3"].get("uploads") and docs["n3"].get("descriptor_age") is None
-        assert not (docs["n3"].get("publisher") or {}).get("builds")
+        assert not docs["n3"].uploads and docs["n3"].descriptor_age is None
+        assert docs["n3"].publisher is None or not docs["n3"].publisher.builds
 
         # A node configured with the default clock_check = "refuse" does not start at all.
         refusing = cluster.nodes[min({"n1", "n2"} - {pub})]
@@ -220,4 +220,4 @@ async def test_clock_skew_is_detected_and_handled_as_configured(cluster):
         if skewed.running():
             skewed.stop()
     docs = await wait_healthy(cluster, timeout=150)
-    assert docs["n3"]["clock"]["verdict"] != "bad"
+    assert docs["n3"].clock.verdict != "bad"

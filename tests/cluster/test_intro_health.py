@@ -135,20 +135,21 @@ async def test_stopped_backend_withdraws_the_node_and_it_returns(dcluster, torne
     docs = await wait_healthy(dcluster)
     pub, victim = publisher_of(docs), standby(docs)
     node = dcluster.nodes[victim]
-    address = docs[victim]["node"]["onion_address"].removesuffix(".onion")
+    address = docs[victim].node.onion_address.removesuffix(".onion")
     check = policy(dcluster)
     master = dcluster.master_address
 
     stopped_at = time.monotonic()
     node.stop_backend()
     docs = await dcluster.wait_until(
-        lambda d: victim in d and d[victim]["advertising"]["advertising"] is False
-        and pub in d and victim not in (d[pub].get("plan") or {}).get("per_node", {}),
+        lambda d: victim in d and d[victim].advertising is not None
+        and d[victim].advertising.advertising is False
+        and pub in d and victim not in d[pub].carried_nodes(),
         check.withdraw_bound() + 2 * check.interval, f"{victim} withdraws (backend down)")
-    why = docs[victim]["advertising"]["withdrawn_because"]
+    why = docs[victim].advertising.withdrawn_because
     assert why.startswith("service check failing") and "refused" in why.lower(), why
-    assert docs[victim]["cluster"]["role"] == "standby"  # it keeps heartbeating
-    assert docs[pub]["peers"][victim]["state"] == "alive"
+    assert docs[victim].role == "standby"  # it keeps heartbeating
+    assert docs[pub].peers[victim].state == "alive"
     assert log_lines_after(dcluster, victim, "withdrawing this node's intro points", 0)
 
     # Clients stop landing there: the served master descriptor drops the node's keys.
@@ -166,8 +167,9 @@ async def test_stopped_backend_withdraws_the_node_and_it_returns(dcluster, torne
     # It recovers: advertised again within the return bound, and clients reach it.
     node.backend = start_backend_process(victim, node.backend_port, node.root / "backend.log")
     docs = await dcluster.wait_until(
-        lambda d: victim in d and d[victim]["advertising"]["advertising"] is True
-        and pub in d and victim in (d[pub].get("plan") or {}).get("per_node", {}),
+        lambda d: victim in d and d[victim].advertising is not None
+        and d[victim].advertising.advertising is True
+        and pub in d and victim in d[pub].carried_nodes(),
         check.return_bound() + 2 * check.interval, f"{victim} advertises again")
     await wait_healthy(dcluster, timeout=publish_bound(dcluster) + 30.0)
 
@@ -184,8 +186,8 @@ async def test_killed_tor_withdraws_restarts_and_readvertises(dcluster):
                       timeout=10.0, interval=0.5, what="the daemon notices its tor died")
     docs = await wait_healthy(dcluster, timeout=TOR_REPLACEMENT + publish_bound(dcluster))
     assert node.tor_pid() not in (None, old_tor)
-    assert docs[victim]["node"]["pid"] == node.pid  # the same daemon process
-    assert docs[victim]["advertising"]["advertising"] is True
+    assert docs[victim].node.pid == node.pid  # the same daemon process
+    assert docs[victim].advertising.advertising is True
     assert log_lines_after(dcluster, victim, "advertising intro points", killed_at)
 
 
@@ -212,7 +214,7 @@ async def test_killed_intro_relay_withdraws_that_point_and_the_replacement_appea
         dcluster, tornet, tornet_client):
     docs = await wait_healthy(dcluster)
     victim = standby(docs)
-    address = docs[victim]["node"]["onion_address"].removesuffix(".onion")
+    address = docs[victim].node.onion_address.removesuffix(".onion")
     master = dcluster.master_address
     relays = {n.fingerprint.upper(): n for n in tornet.nodes if n.fingerprint}
     await wait_node_served(dcluster, tornet_client, victim, address)
@@ -275,7 +277,7 @@ async def test_burst_of_intro_rotations_republishes_at_most_once_per_interval(dc
     docs = await wait_healthy(dcluster)
     pub, victim = publisher_of(docs), standby(docs)
     interval = timing(dcluster, "publishing", "min_publish_interval")
-    address = docs[victim]["node"]["onion_address"].removesuffix(".onion")
+    address = docs[victim].node.onion_address.removesuffix(".onion")
     since = time.time()
     controller = await node_controller(dcluster, victim)
     closed = 0

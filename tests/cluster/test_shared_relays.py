@@ -58,7 +58,7 @@ async def test_descriptor_never_has_two_intro_points_on_one_relay_and_both_nodes
         docs = await wait_healthy(cluster, timeout=240)
         own = {}
         for node_id, doc in docs.items():
-            address = doc["node"]["onion_address"].removesuffix(".onion")
+            address = doc.node.onion_address.removesuffix(".onion")
             own[node_id] = await own_intro_points(cluster, node_id, address)
         shared = {relay(ip) for ip in own["n1"]} & {relay(ip) for ip in own["n2"]}
         assert shared, "the nodes' intro points share no relay: the test shows nothing"

@@ -4,6 +4,7 @@ the status document and the mesh driver over real UDP sockets."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from onionmesh.node.snapshot import format_status
 from onionmesh.node.startup import ClockGuard
 from onionmesh.node.uploads_view import STREAK_ALERT, UploadsView
 from onionmesh.publish.uploads import RetryPolicy
+from onionmesh.status_document import StatusDocumentError, decode_status
 from onionmesh.tor.control_protocol import HsDescEvent
 from tests.eventually import aeventually
 
@@ -146,11 +148,41 @@ def test_format_status_names_roles_peers_and_uploads():
         "uploads": {"A" * 40: {"result": "failed", "reason": "UPLOAD_REJECTED", "age": 2.0}},
         "descriptor_age": None, "clock": {"verdict": "ok", "message": "clock OK"},
     }
-    text = format_status(doc)
+    text = format_status(decode_status(doc))
     assert "role: publisher; publisher: n1 (term 3)" in text
     assert "n2" in text and "dead" in text
     assert "failed (UPLOAD_REJECTED)" in text
     assert "never published" in text
+
+
+def test_status_document_decodes_typed_ignores_new_sections_and_names_bad_keys(tmp_path: Path):
+    from onionmesh.config import load_config
+    from onionmesh.mesh.vocabulary import PeerState, Role
+    from onionmesh.node.daemon import NodeDaemon
+    from onionmesh.node.snapshot import build_snapshot
+
+    from .helpers import make_cluster
+
+    # What a daemon that has not started its mesh yet serves has the documented shape.
+    daemon = NodeDaemon(load_config(make_cluster(tmp_path / "n1").files.config))
+    early = decode_status(json.loads(json.dumps(build_snapshot(daemon))))
+    assert early.node.state == "starting" and early.cluster is None and early.role is None
+
+    doc = {
+        "node": {"id": "n1", "state": "running"}, "master_address": "m.onion",
+        "clock": {"verdict": "ok", "message": "clock OK"},
+        "cluster": {"role": "standby", "publisher": "n2", "term": 4},
+        "peers": {"n2": {"state": "alive", "role": "publisher", "address": "10.0.0.2:7443"}},
+        "plan": {"count": 2, "per_period": {"5": 2}, "per_node": {"n1": 2, "n2": 0}},
+        "a_section_from_a_newer_daemon": {"x": 1},
+    }
+    status = decode_status(doc)
+    assert status.role is Role.STANDBY and not status.is_publisher
+    assert status.peers["n2"].state is PeerState.ALIVE
+    assert status.carried_nodes() == {"n1"}
+    doc["peers"]["n2"]["state"] = "zombie"
+    with pytest.raises(StatusDocumentError, match=r"zombie.*\$\.peers\[\.\.\.\]\.state"):
+        decode_status(doc)
 
 
 async def test_two_drivers_find_each_other_and_one_publishes_then_releases():

@@ -16,7 +16,8 @@ import pytest
 from onionmesh.config import load_config
 from onionmesh.node.errors import EXIT_TOR
 from onionmesh.node.keyfiles import status_socket_path
-from onionmesh.status_socket import StatusUnavailable, query_status
+from onionmesh.status_document import StatusDocument, read_status
+from onionmesh.status_socket import StatusUnavailable
 from onionmesh.tor.process import pid_alive
 from tests.eventually import eventually
 
@@ -47,9 +48,9 @@ def test_sigterm_while_tor_bootstraps_exits_at_once_and_stops_tor(tmp_path: Path
         try:
             socket_path = status_socket_path(load_config(setup.files.config))
 
-            def status_while_tor_runs() -> dict | None:
+            def status_while_tor_runs() -> StatusDocument | None:
                 try:
-                    doc = query_status(socket_path, timeout=5)
+                    doc = read_status(socket_path, timeout=5)
                 except StatusUnavailable:
                     return None
                 return doc if _tor_pid(setup.files.root) else None
@@ -57,8 +58,8 @@ def test_sigterm_while_tor_bootstraps_exits_at_once_and_stops_tor(tmp_path: Path
             doc = eventually(status_while_tor_runs, timeout=60, what="status while tor starts",
                              context=log.read_text,
                              gave_up=lambda: proc.poll() is not None and "the daemon exited")
-            assert doc["node"]["state"] == "starting"
-            assert "cluster" not in doc  # no mesh before tor is ready
+            assert doc.node.state == "starting"
+            assert doc.cluster is None  # no mesh before tor is ready
             tor_pid = _tor_pid(setup.files.root)
             assert tor_pid is not None and pid_alive(tor_pid)
             shown = onionmesh("status", "--json", "-c", str(setup.files.config))

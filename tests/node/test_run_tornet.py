@@ -25,7 +25,8 @@ from onionmesh.config import load_config
 from onionmesh.node.errors import EXIT_CLOCK
 from onionmesh.node.keyfiles import status_socket_path
 from onionmesh.node.testnet_options import network_tor_options
-from onionmesh.status_socket import StatusUnavailable, query_status
+from onionmesh.status_document import StatusDocument, decode_status, read_status
+from onionmesh.status_socket import StatusUnavailable
 from onionmesh.testnet.backend import start_backend_process
 from onionmesh.tor.process import pid_alive
 from tests.eventually import eventually
@@ -51,9 +52,9 @@ class Node:
     def text(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def status(self) -> dict[str, Any] | None:
+    def status(self) -> StatusDocument | None:
         with contextlib.suppress(StatusUnavailable):
-            return query_status(status_socket_path(load_config(self.config)), timeout=5.0)
+            return read_status(status_socket_path(load_config(self.config)), timeout=5.0)
         return None
 
     def wait_for(self, what: str, check: Callable[[], Any], timeout: float) -> Any:
@@ -101,12 +102,12 @@ def test_single_node_publishes_serves_reloads_and_releases_on_sigterm(
     try:
         doc = node.wait_for(
             "an HSDir to accept the master descriptor",
-            lambda: (s := node.status()) and s.get("descriptor_age") is not None and s, 240,
+            lambda: (s := node.status()) and s.descriptor_age is not None and s, 240,
         )
-        assert doc["cluster"]["role"] == "publisher"
-        assert doc["cluster"]["publisher"] == "n1"
-        assert doc["node"]["master_key"] == "primary"
-        assert doc["intro_points"]["n1"] > 0
+        assert doc.role == "publisher"
+        assert doc.cluster.publisher == "n1"
+        assert doc.node.master_key == "primary"
+        assert doc.intro_points["n1"] > 0
 
         # A real tor client reaches the backend through the master address.
         response = tornet_client.http_get(setup.master_address, "/", timeout=30.0,
@@ -117,11 +118,11 @@ def test_single_node_publishes_serves_reloads_and_releases_on_sigterm(
         # The CLI shows it too (a separate process reading the unix socket).
         shown = onionmesh("status", "--json", "-c", str(setup.files.config))
         assert shown.returncode == 0, shown.stderr
-        status = json.loads(shown.stdout)
-        assert status["cluster"]["role"] == "publisher"
-        assert status["cluster"]["lease"]["holder"] == "n1"
-        assert any(u["result"] == "uploaded" for u in status["uploads"].values())
-        assert status["plan"]["count"] > 0
+        status = decode_status(json.loads(shown.stdout))  # the daemon's document, typed
+        assert status.role == "publisher"
+        assert status.cluster.lease.holder == "n1"
+        assert any(u.result == "uploaded" for u in status.uploads.values())
+        assert status.plan.count > 0
         human = onionmesh("status", "-c", str(setup.files.config))
         assert "role: publisher" in human.stdout
 
@@ -143,7 +144,7 @@ def test_single_node_publishes_serves_reloads_and_releases_on_sigterm(
         assert "SIGHUP: log level is now debug" in log
         assert "need a restart to apply: [coordination] heartbeat_interval" in log
 
-        tor_pid = status["node"]["tor_pid"]
+        tor_pid = status.node.tor_pid
         assert tor_pid and pid_alive(tor_pid)
         node.proc.send_signal(signal.SIGTERM)
         assert node.proc.wait(30) == 0
@@ -184,10 +185,10 @@ def test_skewed_clock_in_warn_mode_runs_but_never_signs(tmp_path: Path, tornet, 
                       lambda: "ClockRefused: not signing descriptors" in node.text(), 240)
         status = node.status()
         assert status is not None
-        assert status["clock"]["verdict"] == "bad"
-        assert status["cluster"]["role"] == "publisher"
-        assert status["publisher"] is None or status["publisher"]["builds"] == 0
-        assert status["descriptor_age"] is None
+        assert status.clock.verdict == "bad"
+        assert status.role == "publisher"
+        assert status.publisher is None or status.publisher.builds == 0
+        assert status.descriptor_age is None
         assert "behind the consensus valid-after" in node.text()
     finally:
         node.stop()
@@ -217,10 +218,10 @@ def test_existing_tor_with_its_own_node_service_publishes(
         try:
             doc = node.wait_for(
                 "an HSDir to accept the master descriptor",
-                lambda: (s := node.status()) and s.get("descriptor_age") is not None and s, 240,
+                lambda: (s := node.status()) and s.descriptor_age is not None and s, 240,
             )
-            assert doc["node"]["onion_address"] == service.onion_address + ".onion"
-            assert doc["node"]["tor_pid"] is None  # not ours
+            assert doc.node.onion_address == service.onion_address + ".onion"
+            assert doc.node.tor_pid is None  # not ours
             response = tornet_client.http_get(setup.master_address, "/", timeout=30.0,
                                               retry_for=120.0)
             assert response.status == 200
@@ -243,9 +244,9 @@ def test_restart_after_sigkill_is_stateless_and_publishes_again(tmp_path: Path, 
     try:
         doc = first.wait_for(
             "the first publish",
-            lambda: (s := first.status()) and s.get("descriptor_age") is not None and s, 240,
+            lambda: (s := first.status()) and s.descriptor_age is not None and s, 240,
         )
-        old_tor = doc["node"]["tor_pid"]
+        old_tor = doc.node.tor_pid
         first.proc.kill()  # SIGKILL: no lease release, no cleanup
         first.proc.wait(10)
     finally:
@@ -254,11 +255,11 @@ def test_restart_after_sigkill_is_stateless_and_publishes_again(tmp_path: Path, 
     try:
         doc = second.wait_for(
             "a publish by the restarted node",
-            lambda: (s := second.status()) and s["node"]["pid"] == second.proc.pid
-            and s.get("descriptor_age") is not None and s, 240,
+            lambda: (s := second.status()) and s.node.pid == second.proc.pid
+            and s.descriptor_age is not None and s, 240,
         )
-        assert doc["cluster"]["role"] == "publisher"
-        assert doc["node"]["tor_pid"] != old_tor
+        assert doc.role == "publisher"
+        assert doc.node.tor_pid != old_tor
         assert not pid_alive(old_tor)  # stopped by tor itself or by the new daemon
         assert "Became publisher for term 1" in second.text()
     finally:

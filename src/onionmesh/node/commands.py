@@ -238,13 +238,17 @@ def _run(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from onionmesh.node.keyfiles import status_socket_path
     from onionmesh.node.snapshot import format_status
+    from onionmesh.status_document import StatusDocumentError, decode_status
 
     config = load_config(args.config)
     try:
         doc = query_status(status_socket_path(config))
-    except StatusUnavailable as exc:
+        # --json prints what the daemon sent, sections this CLI does not know included.
+        text = json.dumps(doc, indent=2, sort_keys=True) if args.json else \
+            format_status(decode_status(doc))
+    except (StatusUnavailable, StatusDocumentError) as exc:
         return _fail(str(exc), EXIT_STATUS_UNAVAILABLE)
-    print(json.dumps(doc, indent=2, sort_keys=True) if args.json else format_status(doc))
+    print(text)
     return EXIT_OK
 
 

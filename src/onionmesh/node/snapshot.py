@@ -1,5 +1,7 @@
 """The status document ``onionmesh status`` reads from a running node (JSON).
 
+Its shape is :class:`onionmesh.status_document.StatusDocument`; readers decode it there.
+
 Sections: ``node`` (who am I), ``cluster`` (publisher, term, lease),
 ``peers`` (state, address, last heard, intro points, role), ``intro_points``
 (count per node: what each contributes), ``plan`` (on the publisher: what
@@ -13,10 +15,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from onionmesh.status_document import SCHEMA_VERSION, StatusDocument
+
 if TYPE_CHECKING:
     from onionmesh.node.daemon import NodeDaemon
-
-SCHEMA_VERSION = 1
 
 
 def _round(value: float | None, digits: int = 1) -> float | None:
@@ -110,45 +112,40 @@ def _per_node(intro_points: Any) -> dict[str, int]:
     return counts
 
 
-def format_status(doc: dict[str, Any]) -> str:
+def format_status(doc: StatusDocument) -> str:
     """Human-readable ``onionmesh status``."""
-    lines = []
-    node = doc.get("node", {})
-    lines.append(f"node {node.get('id')} ({node.get('state')}), master {doc.get('master_address')}")
-    cluster = doc.get("cluster")
-    if cluster:
-        lease = cluster.get("lease") or {}
+    lines = [f"node {doc.node.id} ({doc.node.state}), master {doc.master_address}"]
+    cluster = doc.cluster
+    if cluster is not None:
+        lease = cluster.lease
         lines.append(
-            f"role: {cluster['role']}; publisher: {cluster.get('publisher') or 'none'} "
-            f"(term {cluster.get('term')}); lease holder {lease.get('holder', '-')}, "
-            f"renewed {lease.get('renewed_ago', '-')} s ago"
+            f"role: {cluster.role}; publisher: {cluster.publisher or 'none'} "
+            f"(term {cluster.term}); lease holder {lease.holder if lease else '-'}, "
+            f"renewed {lease.renewed_ago if lease else '-'} s ago"
         )
-    peers = doc.get("peers", {})
-    lines.append(f"peers ({len(peers)}):")
-    for node_id, peer in peers.items():
+    lines.append(f"peers ({len(doc.peers)}):")
+    for node_id, peer in doc.peers.items():
         lines.append(
-            f"  {node_id:<16} {peer['state']:<8} {peer['role']:<9} {peer['address']:<22} "
-            f"intro points {peer['intro_points']:>2}  last heard {peer['last_seen_ago']} s ago"
+            f"  {node_id:<16} {peer.state:<8} {peer.role:<9} {peer.address:<22} "
+            f"intro points {peer.intro_points:>2}  last heard {peer.last_seen_ago} s ago"
         )
-    advertising = doc.get("advertising")
-    if advertising:
+    advertising = doc.advertising
+    if advertising is not None:
         lines.append(
-            "advertising intro points" if advertising.get("advertising") else
-            f"NOT advertising intro points (standby): {advertising.get('withdrawn_because')}"
+            "advertising intro points" if advertising.advertising else
+            f"NOT advertising intro points (standby): {advertising.withdrawn_because}"
         )
-    intro = doc.get("intro_points", {})
-    lines.append("intro points per node: " + ", ".join(f"{k}={v}" for k, v in intro.items()))
-    plan = doc.get("plan")
-    if plan:
-        lines.append(f"publishing {plan['count']} intro points (per period {plan['per_period']})")
-    uploads = doc.get("uploads", {})
-    if uploads:
+    lines.append("intro points per node: "
+                 + ", ".join(f"{k}={v}" for k, v in doc.intro_points.items()))
+    if doc.plan is not None:
+        lines.append(f"publishing {doc.plan.count} intro points "
+                     f"(per period {doc.plan.per_period})")
+    if doc.uploads:
         lines.append("last upload per HSDir:")
-        for fpr, up in uploads.items():
-            extra = f" ({up['reason']})" if up.get("reason") else ""
-            lines.append(f"  {fpr} {up['result']}{extra} {up['age']} s ago")
-    age = doc.get("descriptor_age")
+        for fpr, up in doc.uploads.items():
+            extra = f" ({up.reason})" if up.reason else ""
+            lines.append(f"  {fpr} {up.result}{extra} {up.age} s ago")
+    age = doc.descriptor_age
     lines.append(f"descriptor age: {'never published' if age is None else f'{age} s'}")
-    clock = doc.get("clock", {})
-    lines.append(f"clock: {clock.get('verdict')} ({clock.get('message')})")
+    lines.append(f"clock: {doc.clock.verdict} ({doc.clock.message})")
     return "\n".join(lines)

@@ -24,11 +24,14 @@ from typing import Any
 
 from onionmesh.config import load_config
 from onionmesh.node.testnet_options import network_tor_options
-from onionmesh.status_socket import StatusUnavailable, query_status
+from onionmesh.status_document import StatusDocument, StatusDocumentError, read_status
+from onionmesh.status_socket import StatusUnavailable
 from onionmesh.testnet.backend import start_backend_process
 from onionmesh.testnet.errors import ClusterError
 from onionmesh.testnet.network import TorNetwork
 from onionmesh.tor.process import log_tail, pid_alive, process_start_time, stop_pid
+
+Docs = dict[str, StatusDocument]  # status documents of the nodes that answer, by node id
 
 
 @dataclass
@@ -141,12 +144,14 @@ class ClusterNode:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.backend.wait(5.0)
 
-    def status(self, timeout: float = 5.0) -> dict[str, Any] | None:
+    def status(self, timeout: float = 5.0) -> StatusDocument | None:
         """The node's status document, or None when it does not answer."""
         try:
-            return query_status(self.status_socket, timeout)
+            return read_status(self.status_socket, timeout)
         except StatusUnavailable:
             return None
+        except StatusDocumentError as exc:
+            raise ClusterError(f"node {self.node_id}: {exc}") from None
 
     def log_tail(self, lines: int = 20) -> str:
         return log_tail(self.log_path, lines)
@@ -284,7 +289,7 @@ class NodeCluster:
                 pids.append(node.backend.pid)
         return pids
 
-    def statuses(self) -> dict[str, dict[str, Any]]:
+    def statuses(self) -> Docs:
         """Status documents of the nodes that answer, by node id."""
         out = {}
         for node_id, node in self.nodes.items():
@@ -294,10 +299,10 @@ class NodeCluster:
                     out[node_id] = doc
         return out
 
-    def publishers(self, docs: dict[str, dict[str, Any]] | None = None) -> set[str]:
+    def publishers(self, docs: Docs | None = None) -> set[str]:
         """Nodes that call themselves publisher right now."""
         docs = self.statuses() if docs is None else docs
-        return {nid for nid, d in docs.items() if d.get("cluster", {}).get("role") == "publisher"}
+        return {nid for nid, d in docs.items() if d.is_publisher}
 
     def check_dead(self) -> None:
         """A node that exited on its own is a failure worth its log tail."""
@@ -307,8 +312,8 @@ class NodeCluster:
                 raise ClusterError(f"node {node.node_id} exited with {node.proc.returncode}:\n"
                                 f"{node.log_tail()}")
 
-    async def wait_until(self, predicate: Callable[[dict[str, dict[str, Any]]], bool],
-                         timeout: float, what: str, poll: float = 0.5) -> dict[str, Any]:
+    async def wait_until(self, predicate: Callable[[Docs], bool],
+                         timeout: float, what: str, poll: float = 0.5) -> Docs:
         """Poll the status documents until ``predicate(docs)`` (bounded); returns the docs."""
         deadline = time.monotonic() + timeout
         while True:
@@ -322,32 +327,30 @@ class NodeCluster:
             await asyncio.sleep(poll)  # poll period between real checks
 
 
-def summarize(docs: dict[str, dict[str, Any]]) -> str:
+def summarize(docs: Docs) -> str:
     """One short line per node: role, publisher, peers by state, intro points, uploads."""
     lines = []
     for node_id, doc in sorted(docs.items()):
-        cluster = doc.get("cluster") or {}
-        peers = doc.get("peers") or {}
-        states = ", ".join(f"{p}:{v.get('state')}" for p, v in sorted(peers.items()))
-        plan = doc.get("plan") or {}
-        uploads = doc.get("uploads") or {}
-        ok = sum(1 for u in uploads.values() if u.get("result") == "uploaded")
-        age = doc.get("descriptor_age")
+        cluster = doc.cluster
+        states = ", ".join(f"{p}:{v.state}" for p, v in sorted(doc.peers.items()))
+        ok = sum(1 for u in doc.uploads.values() if u.result == "uploaded")
+        age = doc.descriptor_age
         lines.append(
-            f"{node_id}: {cluster.get('role', doc.get('node', {}).get('state'))}, "
-            f"publisher {cluster.get('publisher') or '-'} (term {cluster.get('term')}), "
-            f"peers [{states}], intro points {doc.get('intro_points', {})}, "
-            f"published {plan.get('per_node', {})}, HSDirs ok {ok}/{len(uploads)}, "
+            f"{node_id}: {doc.role or doc.node.state}, "
+            f"publisher {(cluster.publisher if cluster else None) or '-'} "
+            f"(term {cluster.term if cluster else None}), "
+            f"peers [{states}], intro points {doc.intro_points}, "
+            f"published {doc.plan.per_node if doc.plan else {}}, "
+            f"HSDirs ok {ok}/{len(doc.uploads)}, "
             f"descriptor age {'-' if age is None else f'{age:.0f} s'}"
         )
     return "\n".join(lines) or "(no node answers)"
 
 
-def cluster_ready(cluster: NodeCluster, docs: dict[str, dict[str, Any]]) -> bool:
+def cluster_ready(cluster: NodeCluster, docs: Docs) -> bool:
     """Every node answers, one publisher, its descriptor carries every node and was accepted."""
     pubs = cluster.publishers(docs)
     if set(docs) != set(cluster.nodes) or len(pubs) != 1:
         return False
     doc = docs[next(iter(pubs))]
-    carried = {k for k, v in ((doc.get("plan") or {}).get("per_node", {})).items() if v}
-    return carried == set(cluster.nodes) and doc.get("descriptor_age") is not None
+    return doc.carried_nodes() == set(cluster.nodes) and doc.descriptor_age is not None

@@ -1,0 +1,180 @@
+"""The status document a running node serves on its status socket, as one typed struct.
+
+``onionmesh.node.snapshot.build_snapshot`` assembles it (its output is checked against
+:class:`StatusDocument` in the tests); everyone who reads it (``onionmesh status``, the
+demo, the cluster harness and tests, the benchmarks) decodes it with
+:func:`decode_status` / :func:`read_status` and reads attributes instead of walking dicts.
+
+Readers ignore sections and keys they do not know, so a newer daemon's document still
+decodes; a known key with the wrong type is an error naming its path (``$.peers[...].state``).
+No key material and no cluster secret appear in it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from onionmesh.errors import OnionmeshError
+from onionmesh.mesh.vocabulary import PeerState, Role
+from onionmesh.status_socket import query_status
+
+SCHEMA_VERSION = 1
+
+
+class StatusDocumentError(OnionmeshError):
+    """A status document does not have the shape of :class:`StatusDocument`."""
+
+
+class _Section(msgspec.Struct):
+    """Common base of every section (required fields first, then the optional ones)."""
+
+
+class NodeStatus(_Section):
+    id: str
+    state: str  # starting | running | stopping | stopped
+    pid: int | None = None
+    uptime: float | None = None
+    priority: int = 0
+    eligible: bool = False  # holds the master key, so may publish
+    master_key: str = "none"  # where the master key came from (primary, backup, none)
+    coordination_address: str | None = None
+    onion_address: str | None = None  # the node's own service (private to the cluster)
+    tor_pid: int | None = None
+
+
+class ClockStatus(_Section):
+    verdict: str  # ok | bad | unknown (onionmesh.clock.ClockVerdict)
+    message: str
+    offset_hint: float | None = None
+    test_offset: float = 0.0
+
+
+class ServiceCheckStatus(_Section):
+    kind: str
+    state: str
+    last: str | None = None
+    last_ago: float | None = None
+
+
+class AdvertisingStatus(_Section):
+    """Whether this node shares its intro points, and why not (node/advertise_gate.py)."""
+
+    advertising: bool
+    withdrawn_because: str | None = None
+    service_check: ServiceCheckStatus | None = None
+    tor: str | None = None
+    intro_circuits_established: int = 0
+    intro_points_from_tor: int = 0
+    intro_points_advertised: int = 0
+
+
+class LeaseStatus(_Section):
+    holder: str
+    term: int = 0
+    renewed_ago: float | None = None
+    expires_in: float | None = None
+
+
+class ClusterStatus(_Section):
+    role: Role
+    publisher: str | None = None
+    term: int = 0
+    lease: LeaseStatus | None = None
+
+
+class PeerStatus(_Section):
+    state: PeerState
+    address: str
+    last_seen_ago: float | None = None
+    intro_points: int = 0
+    role: Role = Role.STANDBY
+    priority: int = 0
+    eligible: bool = False
+    term: int = 0
+
+
+class PlanStatus(_Section):
+    """On the publisher: what the master descriptors carry."""
+
+    count: int
+    per_period: dict[str, int]
+    term: int = 0
+    generation: int = 0
+    per_node: dict[str, int] = {}
+    last_requested_generation: int | None = None
+
+
+class HsdirUploadStatus(_Section):
+    """The last upload result at one HSDir (node/uploads_view.py)."""
+
+    result: str  # uploaded | failed
+    age: float
+    at: float = 0.0
+    reason: str | None = None
+    blinded_key: str | None = None
+    failures_in_a_row: int = 0
+
+
+class PublisherStatus(_Section):
+    builds: int = 0
+    periods: dict[str, dict[str, int]] = {}  # period -> upload status -> HSDirs
+    published: bool = False
+
+
+class StatusDocument(_Section):
+    node: NodeStatus
+    master_address: str
+    clock: ClockStatus
+    version: int = SCHEMA_VERSION
+    time: float = 0.0
+    advertising: AdvertisingStatus | None = None
+    # Absent until the mesh runs (tor not ready yet):
+    cluster: ClusterStatus | None = None
+    peers: dict[str, PeerStatus] = {}
+    intro_points: dict[str, int] = {}  # node id -> intro points it contributes
+    plan: PlanStatus | None = None
+    uploads: dict[str, HsdirUploadStatus] = {}  # HSDir fingerprint -> last result
+    descriptor_age: float | None = None  # seconds since an HSDir last accepted ours
+    publisher: PublisherStatus | None = None
+    rejected_messages: dict[str, int] = {}  # RejectReason -> count
+
+    @property
+    def role(self) -> Role | None:
+        """publisher / standby, or None before the mesh runs."""
+        return self.cluster.role if self.cluster is not None else None
+
+    @property
+    def is_publisher(self) -> bool:
+        return self.role is Role.PUBLISHER
+
+    def carried_nodes(self) -> set[str]:
+        """Nodes with intro points in the publish plan (empty on a standby)."""
+        if self.plan is None:
+            return set()
+        return {node for node, count in self.plan.per_node.items() if count}
+
+    def uploads_since(self, since: float) -> tuple[int, int]:
+        """(accepted, failed) HSDir results newer than ``since``."""
+        ups = self.uploads.values()
+        return (sum(1 for u in ups if u.result == "uploaded" and u.at > since),
+                sum(1 for u in ups if u.result == "failed" and u.at > since))
+
+
+def decode_status(raw: Any) -> StatusDocument:
+    """A status document (parsed JSON) as a :class:`StatusDocument`."""
+    try:
+        return msgspec.convert(raw, StatusDocument)
+    except msgspec.ValidationError as exc:
+        raise StatusDocumentError(f"status document: {exc}") from None
+
+
+def read_status(path: Path, timeout: float = 5.0) -> StatusDocument:
+    """Ask the node on status socket ``path`` and decode its answer.
+
+    Raises ``StatusUnavailable`` when nothing answers, ``StatusDocumentError`` when
+    the answer is not a status document.
+    """
+    return decode_status(query_status(path, timeout))
