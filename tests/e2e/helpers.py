@@ -86,7 +86,7 @@ async def deploy_master(tornet, prefix: str, n_nodes: int = 2, *, seed: int = 1,
     await aeventually(all_exposed, timeout=30, interval=1.0,
                       what="every node's intro points readable")
     for w in watchers:
-        w._on_change = publisher.intro_points_changed
+        w.on_change = publisher.intro_points_changed
         deployment.tasks.append(asyncio.create_task(w.run(5.0)))
     await publisher.start()
     return deployment

@@ -61,7 +61,7 @@ class Net:
         core = MeshCore(self.config, ident, SECRET, seeds, self.local(ident.node_id))
         self.cores[ident.node_id] = core
         self.events.setdefault(ident.node_id, [])
-        self._flush(ident.node_id)
+        self.flush(ident.node_id)
         return core
 
     def local(self, node_id: str) -> float:
@@ -88,7 +88,7 @@ class Net:
     def _addr_owner(self, addr: str) -> str:
         return addr.split(":")[0]
 
-    def _flush(self, node_id: str) -> None:
+    def flush(self, node_id: str) -> None:
         core = self.cores.get(node_id)
         if core is None:
             return
@@ -136,13 +136,13 @@ class Net:
                 last_fire = fire
                 assert repeats < 10, f"{timer_node}'s timer is stuck at {next_t}"
                 self.cores[timer_node].handle_timer(self.local(timer_node))
-                self._flush(timer_node)
+                self.flush(timer_node)
             else:
                 _, _, dst, data, src = heapq.heappop(self._queue)
                 core = self.cores.get(dst)
                 if core is not None:
                     core.receive_datagram(data, src, self.local(dst))
-                    self._flush(dst)
+                    self.flush(dst)
 
     def times(self, node_id: str, kind: type) -> list[float]:
         return [t for t, n, e in self.timeline if n == node_id and isinstance(e, kind)]

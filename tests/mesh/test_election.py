@@ -21,7 +21,7 @@ def _cluster(names="abc", priorities=None, intro=3, **kw) -> Net:
         net.cores[n].set_local_intro_points(
             {1: [f"{n}-{i}".encode() for i in range(intro)]}, net.local(n)
         )
-        net._flush(n)
+        net.flush(n)
     return net
 
 
@@ -152,7 +152,7 @@ def test_shutdown_releases_the_lease_for_a_fast_takeover():
     net.run_until(40)
     t0 = net.now
     net.cores["a"].shutdown(net.local("a"))
-    net._flush("a")
+    net.flush("a")
     assert [type(e) for e in net.events["a"][-1:]] == [SteppedDown]
     net.run_until(t0 + 30)
     (t,) = net.times("b", BecamePublisher)
@@ -177,7 +177,7 @@ def test_foreign_descriptor_with_more_intro_points_makes_us_step_down():
     net.run_until(40)
     a = net.cores["a"]
     a.report_foreign_descriptor(revision=99, intro_count=15, now=net.local("a"))
-    net._flush("a")
+    net.flush("a")
     assert not a.is_publisher
     assert isinstance(net.events["a"][-2], ConflictDetected)
     assert net.events["a"][-2].resolution == "step_down"
@@ -229,7 +229,7 @@ def test_a_standby_that_leaves_cleanly_is_dropped_at_once_and_can_return():
     assert planned("c") == {"c"}
     t0 = net.now
     net.cores["c"].shutdown(net.local("c"))
-    net._flush("c")
+    net.flush("c")
     net.kill("c")
     net.run_until(t0 + 1)
     # Gone from the plan within a second, not dead_threshold heartbeats + the grace.
@@ -242,7 +242,7 @@ def test_a_standby_that_leaves_cleanly_is_dropped_at_once_and_can_return():
     # It comes back like any recovered peer, and its intro points return.
     net.restart("c")
     net.cores["c"].set_local_intro_points({1: [b"c-new"]}, net.local("c"))
-    net._flush("c")
+    net.flush("c")
     net.run_until(net.now + 30)
     assert [e.node_id for e in net.events["a"] if isinstance(e, PeerRecovered)] == ["c"]
     assert planned("c") == {"c"}

@@ -46,7 +46,7 @@ def test_bootstrap_by_address_only_learns_the_id():
     net.skew["b"] = 0.0
     net.events["b"] = []
     net.cores["b"] = MeshCore(CFG, b, SECRET, [PeerSeed(None, "a:7000")], 0.0)
-    net._flush("b")
+    net.flush("b")
     net.run_until(12)
     assert net.cores["b"].peers()["a"].state == "alive"
     assert net.cores["a"].peers()["b"].state == "alive"
@@ -58,7 +58,7 @@ def test_removed_peer_stays_removed_despite_gossip_and_its_own_messages():
     assert _full_mesh(net)
     a = net.cores["n00"]
     a.remove_peer("n03", net.local("n00"))
-    net._flush("n00")
+    net.flush("n00")
     assert any(isinstance(e, PeerRemoved) for e in net.events["n00"])
     discovered_before = len(net.of("n00", PeerDiscovered))
     net.run_until(80)
@@ -91,11 +91,11 @@ def test_a_peer_added_at_runtime_joins_and_a_removed_one_stays_out():
     assert "b" not in net.cores["a"].peers()
     a = net.cores["a"]
     a.add_peer(PeerSeed(None, "b:7000", None), net.local("a"))
-    net._flush("a")
+    net.flush("a")
     net.run_until(20)
     assert a.peers()["b"].state == "alive"
     a.remove_peer("b", net.local("a"))
     a.add_peer(PeerSeed("b", "b:7000", None), net.local("a"))
-    net._flush("a")
+    net.flush("a")
     net.run_until(40)
     assert "b" not in a.peers()

@@ -82,7 +82,7 @@ def _cluster(names: str, intro: int = 3) -> Net:
         net.cores[n].set_local_intro_points(
             {1: [f"{n}-{i}".encode() for i in range(intro)]}, net.local(n)
         )
-        net._flush(n)
+        net.flush(n)
     net.run_until(40)
     assert net.publishers() == ["a"]
     return net
@@ -93,7 +93,7 @@ def test_intro_rotation_reaches_the_plan_immediately_not_on_the_next_heartbeat()
     net.run_until(52.5)  # mid-way between heartbeats, and the rate-limit window is open
     t0 = net.now
     net.cores["b"].set_local_intro_points({1: [b"b-new", b"b-1", b"b-2"]}, net.local("b"))
-    net._flush("b")
+    net.flush("b")
     net.run_until(t0 + 0.1)
     plan = net.cores["a"].publish_plan()
     assert ("b", b"b-new") in plan.intro_points[1] and ("b", b"b-0") not in plan.intro_points[1]
@@ -109,7 +109,7 @@ def test_rate_limit_coalesces_churn_and_publishes_the_latest_plan():
     t0 = net.now
     for k in range(20):  # 20 rotations in 4 s
         net.cores["c"].set_local_intro_points({1: [f"c-rot{k}".encode()]}, net.local("c"))
-        net._flush("c")
+        net.flush("c")
         net.run_until(net.now + 0.2)
     net.run_until(t0 + 2 * CFG.min_publish_interval + 1)
     pubs = _published(net, "a")[before:]
@@ -162,7 +162,7 @@ def test_restarted_peer_stale_points_are_dropped_until_it_resends():
     plan = net.cores["a"].publish_plan()
     assert all(n != "c" for n, _ in plan.intro_points[1])
     net.cores["c"].set_local_intro_points({1: [b"c-fresh"]}, net.local("c"))
-    net._flush("c")
+    net.flush("c")
     net.run_until(net.now + 1)
     assert ("c", b"c-fresh") in net.cores["a"].publish_plan().intro_points[1]
 
@@ -176,7 +176,7 @@ def test_standbys_have_no_plan_and_an_empty_plan_is_never_published():
     assert net.cores["b"].publish_plan() is None
     assert _published(net, "a") == []
     net.cores["b"].set_local_intro_points({7: [b"x"]}, net.local("b"))
-    net._flush("b")
+    net.flush("b")
     net.run_until(61)
     assert [e.plan.intro_points for _, e in _published(net, "a")] == [{7: (("b", b"x"),)}]
 

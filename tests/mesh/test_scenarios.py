@@ -19,7 +19,7 @@ def _cluster(names: str, net: Net, intro: int = 3) -> Net:
         net.cores[n].set_local_intro_points(
             {1: [f"{n}-{i}".encode() for i in range(intro)]}, net.local(n)
         )
-        net._flush(n)
+        net.flush(n)
     return net
 
 

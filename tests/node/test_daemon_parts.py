@@ -3,7 +3,6 @@ the status document and the mesh driver over real UDP sockets."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import time
@@ -321,13 +320,13 @@ async def test_events_become_log_lines_alerts_and_metrics(tmp_path: Path, caplog
                          settings={"alerts": {"command": [sys.executable, "-c", script]}})
     daemon = NodeDaemon(load_config(setup.files.config))
     caplog.set_level(logging.INFO, logger="onionmesh.node")
-    daemon._on_event(PeerDead("n2", 3))
-    daemon._on_event(PeerRecovered("n2"))
-    daemon._on_event(BecamePublisher(4, "lease of n2 expired"))
-    daemon._on_event(ConflictDetected(ConflictKind.TWO_PUBLISHERS, "n3", 6, 3,
-                                      ConflictResolution.KEEP))
-    daemon._on_event(MessageRejected(RejectReason.UNKNOWN_CLUSTER, "cluster MAC does not verify",
-                                     "10.0.0.9:7443"))
+    daemon.on_mesh_event(PeerDead("n2", 3))
+    daemon.on_mesh_event(PeerRecovered("n2"))
+    daemon.on_mesh_event(BecamePublisher(4, "lease of n2 expired"))
+    daemon.on_mesh_event(ConflictDetected(ConflictKind.TWO_PUBLISHERS, "n3", 6, 3,
+                                          ConflictResolution.KEEP))
+    daemon.on_mesh_event(MessageRejected(RejectReason.UNKNOWN_CLUSTER,
+                                         "cluster MAC does not verify", "10.0.0.9:7443"))
     hsdir = "B" * 40
     for _ in range(3):
         daemon.uploads.observe(HsDescEvent("FAILED", MASTER.onion_address[:56], "NO_AUTH",
@@ -338,7 +337,7 @@ async def test_events_become_log_lines_alerts_and_metrics(tmp_path: Path, caplog
     for _ in range(3):
         daemon.uploads.observe(HsDescEvent("FAILED", master, "NO_AUTH", hsdir, "id",
                                            "UPLOAD_REJECTED", None, None), time.time())
-    await asyncio.wait(list(daemon._alert_tasks), timeout=20)
+    await daemon.alerts_delivered(timeout=20)
     sent = [json.loads(line) for line in alerts.read_text().splitlines() if line]
     kinds = sorted(a["kind"] for a in sent)
     assert kinds == ["conflict", "node_dead", "node_recovered", "takeover",

@@ -231,7 +231,7 @@ class NodeDaemon:
             eligible=keys.master is not None, address=self.advertise,
         )
         core = MeshCore(mesh_cfg, identity, keys.cluster_secret, seeds, self.clock.now())
-        self.driver = MeshDriver(core, self.clock, self._on_event)
+        self.driver = MeshDriver(core, self.clock, self.on_mesh_event)
         try:
             await self.driver.start(str(config.coordination.listen))
         except TransportError as exc:
@@ -398,7 +398,8 @@ class NodeDaemon:
         else:
             log.info("%s", event.message)
 
-    def _on_event(self, event: Event) -> None:
+    def on_mesh_event(self, event: Event) -> None:
+        """The mesh core's events become log lines, alerts, metrics and publish requests."""
         if isinstance(event, MessageRejected):
             log.debug("%s", event.message)
             self.metrics.record_rejection(event.reason)
@@ -449,6 +450,11 @@ class NodeDaemon:
         except RuntimeError:
             return
         self._spawn(self.alerts.send(alert, time.time()))
+
+    async def alerts_delivered(self, timeout: float) -> None:
+        """Wait (bounded) until the alerts raised so far were handed to their hooks."""
+        if self._alert_tasks:
+            await asyncio.wait(list(self._alert_tasks), timeout=timeout)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -544,8 +550,7 @@ class NodeDaemon:
         if self._metrics_server is not None:
             with contextlib.suppress(Exception):
                 self._metrics_server.shutdown()
-        if self._alert_tasks:
-            await asyncio.wait(list(self._alert_tasks), timeout=5.0)
+        await self.alerts_delivered(timeout=5.0)
         self.state = "stopped"
 
 

@@ -263,7 +263,7 @@ class NodeIntroWatcher:
         self._period_length = period_length
         self._own = own
         self._fetcher = fetcher
-        self._on_change = on_change
+        self.on_change = on_change  # called after a poll that changed the sets
         self._fetch_timeout = fetch_timeout
         self._clock = clock
         self.errors = 0
@@ -292,8 +292,8 @@ class NodeIntroWatcher:
                 log.info("node %s…: period %d now has %d intro points (from %s, rev %d)",
                          self.sets.address[:12], new.period_number, len(new.intro_points),
                          source, new.revision)
-        if changed and self._on_change is not None:
-            self._on_change()
+        if changed and self.on_change is not None:
+            self.on_change()
         return changed
 
     async def run(self, interval: float = 5.0) -> None:
