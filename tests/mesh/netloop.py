@@ -17,8 +17,10 @@ from onionmesh.mesh.config import MeshConfig
 from onionmesh.mesh.core import MeshCore
 from onionmesh.mesh.events import Event
 from onionmesh.mesh.identity import NodeIdentity, PeerSeed
+from onionmesh.mesh.roster import AuthorityKey, MemberEntry, Roster
 
 SECRET = b"cluster-secret-for-tests-0123456789"
+AUTHORITY = AuthorityKey(hashlib.sha256(b"authority-key-for-tests").digest())
 
 
 def seed_for(node_id: str) -> bytes:
@@ -30,8 +32,17 @@ def identity(node_id: str, priority: int = 100, eligible: bool = True) -> NodeId
 
 
 class Net:
-    def __init__(self, config: MeshConfig, delay: float = 0.05, duplicate: bool = False) -> None:
+    def __init__(
+        self,
+        config: MeshConfig,
+        delay: float = 0.05,
+        duplicate: bool = False,
+        roster: bool = False,
+    ) -> None:
         self.config = config
+        # Roster mode: every node added becomes a member (may publish = eligible);
+        # the authority's roster is handed to each core as it starts (a copy, like a file).
+        self.roster: Roster | None = Roster(AUTHORITY.public_key) if roster else None
         self.delay = delay
         self.duplicate = duplicate  # deliver every datagram twice, the copy later
         self.now = 0.0
@@ -52,17 +63,33 @@ class Net:
     ) -> MeshCore:
         self.identities[ident.node_id] = ident
         self.skew[ident.node_id] = skew
+        if self.roster is not None and self.roster.key_of(ident.node_id) != ident.public_key:
+            self.admit(ident)
         names = list(self.identities) if bootstrap is None else list(bootstrap)
         seeds = [
             PeerSeed(n, self.identities[n].address, self.identities[n].public_key)
             for n in names
             if n != ident.node_id and n in self.identities
         ]
-        core = MeshCore(self.config, ident, SECRET, seeds, self.local(ident.node_id))
+        roster = self.roster.copy() if self.roster is not None else None
+        core = MeshCore(
+            self.config, ident, SECRET, seeds, self.local(ident.node_id), roster=roster
+        )
         self.cores[ident.node_id] = core
         self.events.setdefault(ident.node_id, [])
         self.flush(ident.node_id)
         return core
+
+    def admit(self, ident: NodeIdentity, added_at: int = 1) -> None:
+        """The authority signs a member entry; running cores learn it as from a sponsor."""
+        assert self.roster is not None
+        signed = AUTHORITY.sign_entry(
+            MemberEntry(ident.node_id, ident.public_key, ident.eligible, added_at)
+        )
+        self.roster.merge_entry(signed)
+        for node_id, core in self.cores.items():
+            core.add_roster_statements([signed], [], self.local(node_id))
+            self._flush(node_id)
 
     def local(self, node_id: str) -> float:
         return self.now + self.skew.get(node_id, 0.0)

@@ -145,11 +145,14 @@ def test_recovered_peer_is_refetched_and_returns_to_the_plan():
     net.run_until(120)
     assert all(n != "c" for n, _ in net.cores["a"].publish_plan().intro_points[1])
     net.heal()
-    net.run_until(121 + 2 * CFG.heartbeat_interval)
+    net.run_until(121 + 3 * CFG.heartbeat_interval)
     msgs = [e.message for e in net.events["a"]]
     assert "Peer c came back! Adding to mesh" in msgs
     assert "Re-fetching intro points from recovered peer" in msgs
-    assert sum(1 for n, _ in net.cores["a"].publish_plan().intro_points[1] if n == "c") == 3
+    # c elected itself during the split; whichever of a and c publishes after the
+    # heal (see test_election) carries c's intro points again.
+    (pub,) = net.publishers()
+    assert sum(1 for n, _ in net.cores[pub].publish_plan().intro_points[1] if n == "c") == 3
 
 
 def test_restarted_peer_stale_points_are_dropped_until_it_resends():

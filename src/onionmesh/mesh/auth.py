@@ -225,8 +225,14 @@ class Verifier:
         own_challenge: bytes,
         pinned_key: Callable[[str], bytes | None],
         guard: ReplayGuard,
+        *,
+        members_only: bool = False,
     ) -> tuple[Signed, ReplayToken]:
-        """Return the authenticated message, or raise ``RejectedDatagram``."""
+        """Return the authenticated message, or raise ``RejectedDatagram``.
+
+        ``members_only``: a sender ``pinned_key`` does not know is refused
+        (roster mode: keys come from the signed roster, never from a message).
+        """
         sealed = decode_sealed(data)
         if not self._key.check(sealed.signed, sealed.signature, sealed.mac):
             raise RejectedDatagram(RejectReason.UNKNOWN_CLUSTER, "cluster MAC does not verify")
@@ -236,6 +242,10 @@ class Verifier:
         if signed.to and signed.to != own_id:
             raise RejectedDatagram(RejectReason.MISDIRECTED, f"addressed to {signed.to}")
         expected = pinned_key(signed.sender)
+        if expected is None and members_only:
+            raise RejectedDatagram(
+                RejectReason.NOT_MEMBER, f"{signed.sender} is not in the roster"
+            )
         if expected is not None and not hmac.compare_digest(expected, signed.public_key):
             raise RejectedDatagram(
                 RejectReason.FORGED, f"{signed.sender}: public key differs from pinned"

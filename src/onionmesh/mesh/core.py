@@ -19,16 +19,47 @@ input. The one exception is documented in auth.py: an authentic, fresh but
 boot yet) records the sender's challenge in a bounded handshake cache, which
 only decides what we echo to that node, and the first one from a boot we
 have never seen is answered with one heartbeat; no view or timer changes.
+Nothing else escapes either: an unexpected error while applying an accepted
+message is counted as ``internal_error`` instead of reaching the shell.
+
+Roster mode (``roster=`` given; see roster.py and docs/security.md):
+  * only roster members are peers: a datagram is verified against the key the
+    roster names for its sender and refused as ``not_member`` otherwise; no
+    key is ever taken from a message, gossip or first contact. The peer table
+    and the handshake cache therefore hold at most the roster's members.
+  * ``RosterUpdate`` gossip carries authority-signed entries and revocations;
+    each is verified before it is merged (at most ``ROSTER_VERIFY_BUDGET``
+    signature checks per sender per heartbeat interval), new ones are passed
+    on at once, and a revoked key's node is dropped with its intro points
+    (``RosterChanged``: the shell persists ``core.roster``).
+  * a lease claim, or a heartbeat saying "publisher", from a member whose
+    entry may not publish is refused (``ineligible``); terms in such a
+    member's messages are ignored.
+Without a roster the core runs as before (keys pinned on first contact), for
+clusters not yet migrated; the bounds below apply in both modes.
+
+Bounds that hold for every sender, member or not:
+  * terms: never above ``MAX_TERM`` (refused as ``term_overflow``), and a
+    term more than ``TERM_AHEAD`` above the highest one this node knows is
+    taken as only ``TERM_AHEAD`` ahead, so no message can push terms far;
+  * a publisher's ``plan_count`` counts only up to what this node itself can
+    verify: the intro points it holds from live members (and its own);
+  * gossip: PeerLists and RosterUpdates are split to fit the datagram limit;
+    without a roster, the peer table is capped and each sender may introduce
+    only ``GOSSIP_ADDS_PER_SENDER`` peers;
+  * every datagram the core sends is first decoded and checked exactly as a
+    receiver would; one that would be refused is dropped (``SendRefused``).
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from onionmesh.mesh.auth import ClusterKey, ReplayGuard, Sealer, Unverified, Verifier
+from onionmesh.mesh.codec import decode_sealed, decode_signed, encode, message_kind
 from onionmesh.mesh.config import MeshConfig
 from onionmesh.mesh.election import Election
 from onionmesh.mesh.errors import RejectedDatagram
@@ -42,6 +73,8 @@ from onionmesh.mesh.events import (
     PeerRecovered,
     PeerRemoved,
     PublishRequested,
+    RosterChanged,
+    SendRefused,
     SteppedDown,
     WokeFromPause,
 )
@@ -59,6 +92,8 @@ from onionmesh.mesh.membership import (
     members_digest,
 )
 from onionmesh.mesh.messages import (
+    MAX_GOSSIP_PEERS,
+    MAX_TERM,
     Heartbeat,
     IntroPoints,
     IntroRequest,
@@ -69,9 +104,18 @@ from onionmesh.mesh.messages import (
     Message,
     PeerInfo,
     PeerList,
+    RosterUpdate,
     Signed,
 )
 from onionmesh.mesh.plan import Contribution, PublishPlan, PublishScheduler, select_intro_points
+from onionmesh.mesh.roster import (
+    MergeResult,
+    Roster,
+    RosterError,
+    RosterProblem,
+    SignedEntry,
+    SignedRevocation,
+)
 from onionmesh.mesh.vocabulary import (
     ConflictKind,
     ConflictResolution,
@@ -82,6 +126,12 @@ from onionmesh.mesh.vocabulary import (
 )
 
 _ADDRESS_RE = re.compile(r"[\x21-\x7e]{1,255}")  # printable, no spaces
+TERM_AHEAD = 16  # how far a peer's term may run ahead of ours in one message
+GOSSIP_BUDGET = 45_000  # bytes of PeerInfos / roster statements per datagram (limit 60,000)
+MAX_PEERS = 512  # without a roster: peer-table cap (a roster caps it by itself)
+GOSSIP_ADDS_PER_SENDER = 64  # without a roster: peers one sender may introduce
+MAX_STRANGERS = 64  # without a roster: handshake entries of nodes not in the peer table
+ROSTER_VERIFY_BUDGET = 64  # roster signature checks per sender per heartbeat interval
 
 
 def _change_reason(old: PublishPlan | None, new: PublishPlan) -> tuple[PublishTrigger, str]:
@@ -113,8 +163,12 @@ class MeshCore:
         now: float,
         *,
         boot_id: int | None = None,
+        roster: Roster | None = None,
     ) -> None:
+        """``roster``: the verified roster (roster mode); the core owns and updates it
+        from gossip and reports each change as ``RosterChanged``."""
         self.config = config
+        self.roster = roster
         self.identity = identity
         self.node_id = identity.node_id
         key = ClusterKey(cluster_secret)
@@ -129,10 +183,11 @@ class MeshCore:
         self._guard = ReplayGuard()
         self.membership = Membership(config)
         self.election = Election(
-            config, identity.node_id, identity.priority, identity.eligible, now
+            config, identity.node_id, identity.priority, self._may_publish_self(), now
         )
         self._scheduler = PublishScheduler(config.min_publish_interval, config.refresh_interval)
-        self.rejections: Counter[str] = Counter()
+        self.rejections: Counter[RejectReason] = Counter()
+        self.send_refused: Counter[RejectReason] = Counter()
         self._events: deque[Event] = deque()
         self._outbox: list[tuple[bytes, str]] = []
         self._local_sets: dict[int, tuple[bytes, ...]] = {}
@@ -151,13 +206,22 @@ class MeshCore:
         self._shut_down = False
         self._last_now = now  # the latest ``now`` any input carried
         self._stale_until = float("-inf")  # after a pause: no publishing before this
+        self._gossip_adds: Counter[str] = Counter()  # without a roster: peers added per sender
+        self._strangers: OrderedDict[str, None] = OrderedDict()  # handshake-only node ids
+        self._verify_budget: dict[str, tuple[float, int]] = {}  # sender -> (window start, used)
+        if roster is not None:
+            for member in roster.members():
+                if member.node_id != self.node_id:
+                    self.membership.add(member.node_id, "", member.node_key)
         for seed in bootstrap_peers:
             if seed.node_id == self.node_id:
                 continue
             if seed.node_id is None:
                 self._pending_addrs.add(seed.address)
-            else:
+            elif roster is None:
                 self.membership.add(seed.node_id, seed.address, seed.public_key)
+            elif (rec := self.membership.peers.get(seed.node_id)) is not None:
+                rec.address = rec.address or seed.address  # a seed outside the roster: ignored
         self._next_heartbeat = now + config.heartbeat_interval
         # Announce ourselves at once: the first message of a boot asks for full state.
         self._broadcast(self._heartbeat_body(Join), now, include_dead=True)
@@ -227,25 +291,43 @@ class MeshCore:
         self._notice_pause(now)
         try:
             signed, token = self._verifier.verify(
-                data, now, self.node_id, self.challenge, self._pinned_key, self._guard
+                data,
+                now,
+                self.node_id,
+                self.challenge,
+                self._pinned_key,
+                self._guard,
+                members_only=self.roster is not None,
             )
             if signed.sender in self.membership.removed:
                 raise RejectedDatagram(
                     RejectReason.REMOVED, f"{signed.sender} was removed by the operator"
                 )
             self._validate_body(signed.body)
+            self._check_rights(signed)
         except Unverified as exc:
-            self._note_unverified(exc.signed)
-            self.rejections[exc.reason] += 1
-            self._events.append(MessageRejected(exc.reason, exc.detail, addr))
+            self._reject(exc.reason, exc.detail, addr)
+            try:
+                self._note_unverified(exc.signed)
+            except Exception as bug:  # bad input must never reach the shell
+                self._reject(RejectReason.INTERNAL_ERROR, type(bug).__name__, addr)
             return
         except RejectedDatagram as exc:
-            self.rejections[exc.reason] += 1
-            self._events.append(MessageRejected(exc.reason, exc.detail, addr))
+            self._reject(exc.reason, exc.detail, addr)
+            return
+        except Exception as exc:  # a decoder or crypto surprise is a bad datagram
+            self._reject(RejectReason.MALFORMED, type(exc).__name__, addr)
             return
         new_boot = self._guard.commit(token)
-        self._handle(signed, addr, now, new_boot)
-        self._after_input(now)
+        try:
+            self._handle(signed, addr, now, new_boot)
+            self._after_input(now)
+        except Exception as bug:  # a bug here must not take the node down
+            self._reject(RejectReason.INTERNAL_ERROR, type(bug).__name__, addr)
+
+    def _reject(self, reason: RejectReason, detail: str, addr: str) -> None:
+        self.rejections[reason] += 1
+        self._events.append(MessageRejected(reason, detail, addr))
 
     def handle_timer(self, now: float) -> None:
         if self._shut_down:
@@ -432,12 +514,59 @@ class MeshCore:
                 )
 
     def _pinned_key(self, node_id: str) -> bytes | None:
+        if self.roster is not None:
+            return self.roster.key_of(node_id)
         rec = self.membership.peers.get(node_id)
         return None if rec is None else rec.public_key
+
+    def _may_publish_self(self) -> bool:
+        if self.roster is None:
+            return self.identity.eligible
+        return self.identity.eligible and self.roster.may_publish(self.node_id)
+
+    def _trusted_publisher(self, node_id: str) -> bool:
+        """Whether this peer's terms and publisher claims count (roster: may publish)."""
+        return self.roster is None or self.roster.may_publish(node_id)
+
+    def _bounded_term(self, node_id: str, term: int) -> int | None:
+        """The term to adopt from ``node_id``'s message, or None to ignore it.
+
+        A node that knows no term yet (just started) takes the first it hears; after
+        that a term may run at most TERM_AHEAD ahead per message, so a liar cannot
+        push everyone's terms far (and MAX_TERM caps them all: no overflow).
+        """
+        if not self._trusted_publisher(node_id):
+            return None
+        known = self.election.term
+        ceiling = MAX_TERM if known == 0 else min(MAX_TERM, known + TERM_AHEAD)
+        return min(term, ceiling)
+
+    def _plan_bound(self, now: float) -> int:
+        """The most intro points a plan can hold from what this node has verified itself."""
+        per_period: Counter[int] = Counter()
+        for period, points in self._local_sets.items():
+            per_period[period] += len(points)
+        for rec in self.membership.peers.values():
+            if rec.intro_sets and self.membership.contributes(rec, now):
+                for period, points in rec.intro_sets.items():
+                    per_period[period] += len(points)
+        return min(self.config.max_intro_points, max(per_period.values(), default=0))
+
+    def _check_rights(self, signed: Signed) -> None:
+        """What the sender's roster entry allows; raise before any state changes."""
+        body = signed.body
+        claims = isinstance(body, LeaseClaim) or (
+            isinstance(body, Heartbeat) and body.role == "publisher"
+        )
+        if claims and not self._trusted_publisher(signed.sender):
+            raise RejectedDatagram(RejectReason.INELIGIBLE, f"{signed.sender} may not publish")
 
     @staticmethod
     def _validate_body(body: Message) -> None:
         """Checks the schema cannot express; raise before any state changes."""
+        term = getattr(body, "term", None)
+        if term is not None and term > MAX_TERM:
+            raise RejectedDatagram(RejectReason.TERM_OVERFLOW, f"term {term} > {MAX_TERM}")
         if isinstance(body, IntroPoints) and intro_digest(body.sets) != body.digest:
             raise RejectedDatagram(
                 RejectReason.MALFORMED, "intro-point digest does not match the sets"
@@ -454,7 +583,11 @@ class MeshCore:
 
     def _members(self) -> bytes:
         if self._members_digest is None:
-            self._members_digest = members_digest([self.node_id, *self.membership.live_ids()])
+            ids = [self.node_id, *self.membership.live_ids()]
+            if self.roster is not None:
+                # Any roster difference shows as a digest mismatch: peers then resend.
+                ids.append("roster:" + self.roster.digest().hex())
+            self._members_digest = members_digest(ids)
         return self._members_digest
 
     def _candidates(self) -> list[tuple[int, str]]:
@@ -483,7 +616,8 @@ class MeshCore:
     def _intro_body(self) -> IntroPoints:
         return IntroPoints(self._local_digest, {p: list(v) for p, v in self._local_sets.items()})
 
-    def _peer_list_body(self) -> PeerList:
+    def _peer_list_bodies(self) -> list[PeerList]:
+        """Our view of the members, split so every PeerList fits one datagram."""
         me = PeerInfo(
             self.node_id,
             self.identity.address,
@@ -497,7 +631,53 @@ class MeshCore:
                 hs = self._handshake.get(rec.node_id)
                 boot, challenge = (hs.boot, hs.challenge) if hs else (0, bytes(16))
                 infos.append(PeerInfo(rec.node_id, rec.address, rec.public_key, boot, challenge))
-        return PeerList(infos[:512])
+        bodies: list[PeerList] = []
+        part: list[PeerInfo] = []
+        size = 0
+        for info in infos:
+            n = len(encode(info))
+            if part and (size + n > GOSSIP_BUDGET or len(part) >= MAX_GOSSIP_PEERS):
+                bodies.append(PeerList(part))
+                part, size = [], 0
+            part.append(info)
+            size += n
+        bodies.append(PeerList(part))
+        return bodies
+
+    def _roster_bodies(
+        self,
+        entries: Sequence[SignedEntry] | None = None,
+        revocations: Sequence[SignedRevocation] | None = None,
+    ) -> list[RosterUpdate]:
+        """Roster statements (all, or the given ones), split to fit the datagram limit."""
+        if self.roster is None:
+            return []
+        if entries is None:
+            entries = self.roster.signed_entries()
+        if revocations is None:
+            revocations = self.roster.signed_revocations()
+        bodies: list[RosterUpdate] = []
+        es: list[SignedEntry] = []
+        rs: list[SignedRevocation] = []
+        size = 0
+        for item in [*revocations, *entries]:
+            n = len(item.body) + 80
+            if size + n > GOSSIP_BUDGET:
+                bodies.append(RosterUpdate(es, rs))
+                es, rs, size = [], [], 0
+            (es if isinstance(item, SignedEntry) else rs).append(item)  # type: ignore[arg-type]
+            size += n
+        if es or rs:
+            bodies.append(RosterUpdate(es, rs))
+        return bodies
+
+    def _send_members(self, rec: PeerRecord, now: float) -> None:
+        """Gossip our member view (and the roster) to one peer."""
+        for body in self._peer_list_bodies():
+            self._send(rec, body, now)
+        for update in self._roster_bodies():
+            self._send(rec, update, now)
+        rec.last_peerlist_sent = now
 
     def _broadcast(
         self, body: Message, now: float, include_dead: bool = False, verified_only: bool = False
@@ -521,8 +701,17 @@ class MeshCore:
             self._send_to("", addr, body, now, b"")
 
     def _send_to(self, node_id: str, address: str, body: Message, now: float, echo: bytes) -> None:
-        if address:
-            self._outbox.append((self._sealer.seal(body, now, node_id, echo), address))
+        if not address:
+            return
+        try:
+            data = self._sealer.seal(body, now, node_id, echo)
+            # Decode and check it exactly as a receiver would: never send what peers refuse.
+            self._validate_body(decode_signed(decode_sealed(data).signed).body)
+        except RejectedDatagram as exc:
+            self.send_refused[exc.reason] += 1
+            self._events.append(SendRefused(message_kind(body), exc.reason))
+            return
+        self._outbox.append((data, address))
 
     def _send(self, rec: PeerRecord, body: Message, now: float) -> None:
         self._send_to(rec.node_id, rec.address, body, now, self._handshake.echo_for(rec.node_id))
@@ -536,19 +725,22 @@ class MeshCore:
         self._send(rec, self._heartbeat_body(Heartbeat), now)
         if self._local_sets:
             self._send(rec, self._intro_body(), now)
-        self._send(rec, self._peer_list_body(), now)
-        rec.last_peerlist_sent = now
+        self._send_members(rec, now)
 
     def _handle(self, signed: Signed, addr: str, now: float, new_boot: bool) -> None:
         sender, body = signed.sender, signed.body
         rec = self.membership.peers.get(sender)
         if rec is None:
+            if self.roster is None and len(self.membership.peers) >= MAX_PEERS:
+                self._reject(RejectReason.PEER_TABLE_FULL, sender, addr)
+                return
             rec = self.membership.add(sender, addr, signed.public_key)
             if rec is None:  # removed (checked earlier; kept for type narrowing)
                 return
             self._events.append(PeerDiscovered(sender, addr))
-        if rec.public_key is None:
-            rec.public_key = signed.public_key  # pin on first contact
+        if rec.public_key is None and self.roster is None:
+            rec.public_key = signed.public_key  # pin on first contact (no roster only)
+        self._strangers.pop(sender, None)
         self._learn_challenge(sender, signed.boot, signed.challenge, rec.address, verified=True)
         self._pending_addrs.discard(addr)
         self._pending_addrs.discard(rec.address)
@@ -582,9 +774,13 @@ class MeshCore:
         elif isinstance(body, LeaseClaim):
             self._on_publisher_signal(rec, body.term, body.priority, body.plan_count, now)
         elif isinstance(body, LeaseRelease):
-            self.election.on_release(sender, body.term, now, body.hold_off)
+            term = self._bounded_term(sender, body.term)
+            if term is not None:
+                self.election.on_release(sender, term, now, body.hold_off)
         elif isinstance(body, PeerList):
-            self._on_peer_list(body, now)
+            self._on_peer_list(body, now, sender)
+        elif isinstance(body, RosterUpdate):
+            self._on_roster_update(sender, body, now)
         if recovered:
             self._events.append(IntroPointsRequested(sender))
             self._send(rec, IntroRequest(rec.intro_digest), now)
@@ -593,8 +789,9 @@ class MeshCore:
     def _on_leave(self, rec: PeerRecord, body: Leave, now: float) -> None:
         """A clean shutdown: the peer stops being a candidate and its intro points go now,
         so a standby takes over after one heartbeat instead of a lease period."""
-        if self.election.publisher_id == rec.node_id:
-            self.election.on_release(rec.node_id, body.term, now)
+        term = self._bounded_term(rec.node_id, body.term)
+        if self.election.publisher_id == rec.node_id and term is not None:
+            self.election.on_release(rec.node_id, term, now)
         events = self.membership.depart(rec, now)
         if events:
             self._events.extend(events)
@@ -605,8 +802,10 @@ class MeshCore:
         self, rec: PeerRecord, hb: Heartbeat, addr: str, now: float, restarted: bool
     ) -> None:
         rec.address = hb.address or addr
-        rec.priority, rec.eligible, rec.role = hb.priority, hb.eligible, hb.role
-        rec.term, rec.plan_count = hb.term, hb.plan_count
+        eligible = hb.eligible if self.roster is None else self.roster.may_publish(rec.node_id)
+        rec.priority, rec.eligible, rec.role = hb.priority, eligible, hb.role
+        term = self._bounded_term(rec.node_id, hb.term)
+        rec.term, rec.plan_count = term or 0, min(hb.plan_count, self._plan_bound(now))
         rec.advertised_digest, rec.advertised_count = hb.intro_digest, hb.intro_count
         stale = (restarted and not rec.intro_synced) or hb.intro_count == 0
         # A new boot advertising other intro points, or none: what we hold is stale.
@@ -614,28 +813,43 @@ class MeshCore:
             self._plan_dirty = True
         if hb.role is Role.PUBLISHER:
             self._on_publisher_signal(rec, hb.term, hb.priority, hb.plan_count, now)
-        else:
-            self.election.on_standby(rec.node_id, hb.term, now)
+        elif term is not None:
+            self.election.on_standby(rec.node_id, term, now)
         if not rec.intro_synced and now - rec.last_intro_request >= self.config.resend_interval:
             rec.last_intro_request = now
             self._send(rec, IntroRequest(rec.intro_digest), now)
         if hb.members_digest != self._members() and (
             now - rec.last_peerlist_sent >= self.config.resend_interval
         ):
-            rec.last_peerlist_sent = now
-            self._send(rec, self._peer_list_body(), now)
+            self._send_members(rec, now)
 
-    def _on_peer_list(self, body: PeerList, now: float) -> None:
+    def _on_peer_list(self, body: PeerList, now: float, sender: str) -> None:
         for info in body.peers:
             if info.node_id == self.node_id or info.node_id in self.membership.removed:
                 continue
             rec = self.membership.peers.get(info.node_id)
+            if self.roster is not None:
+                # Hearsay may tell us where a member is and which boot to echo, never its key.
+                if rec is None or self.roster.key_of(info.node_id) != info.public_key:
+                    continue
+                if rec.state == UNKNOWN and not rec.address and info.address:
+                    rec.address = info.address
+                    self._learn_challenge(info.node_id, info.boot, info.challenge, rec.address)
+                    self._send(rec, self._heartbeat_body(Join), now)
+                else:
+                    self._learn_challenge(info.node_id, info.boot, info.challenge, rec.address)
+                continue
             if rec is None:
-                if not info.address:
+                if (
+                    not info.address
+                    or len(self.membership.peers) >= MAX_PEERS
+                    or self._gossip_adds[sender] >= GOSSIP_ADDS_PER_SENDER
+                ):
                     continue
                 rec = self.membership.add(info.node_id, info.address, info.public_key)
                 if rec is None:
                     continue
+                self._gossip_adds[sender] += 1
                 self._learn_challenge(info.node_id, info.boot, info.challenge, rec.address)
                 self._events.append(PeerDiscovered(info.node_id, info.address))
                 self._send(rec, self._heartbeat_body(Join), now)
@@ -647,9 +861,126 @@ class MeshCore:
             if rec.public_key == info.public_key:
                 self._learn_challenge(info.node_id, info.boot, info.challenge, rec.address)
 
+    # ------------------------------------------------------------------ roster
+
+    def add_roster_statements(
+        self,
+        entries: Sequence[SignedEntry],
+        revocations: Sequence[SignedRevocation],
+        now: float,
+    ) -> list[str]:
+        """Statements from the operator or a join (no budget); return refusal reasons.
+
+        New ones are applied at once (a revoked node is dropped now) and gossiped.
+        """
+        if self.roster is None:
+            return ["no_roster"] * (len(entries) + len(revocations))
+        refused, _ = self._merge_statements(entries, revocations, now, budget=None)
+        self._after_input(now)
+        return refused
+
+    def _on_roster_update(self, sender: str, body: RosterUpdate, now: float) -> None:
+        if self.roster is None:
+            return
+        start, used = self._verify_budget.get(sender, (now, 0))
+        if now - start >= self.config.heartbeat_interval:
+            start, used = now, 0
+        _, checked = self._merge_statements(
+            body.entries, body.revocations, now, budget=ROSTER_VERIFY_BUDGET - used
+        )
+        self._verify_budget[sender] = (start, used + checked)
+
+    def _merge_statements(
+        self,
+        entries: Sequence[SignedEntry],
+        revocations: Sequence[SignedRevocation],
+        now: float,
+        budget: int | None,
+    ) -> tuple[list[str], int]:
+        """Verify and merge statements not yet in effect; gossip the new ones on.
+
+        Returns the refusal reasons and how many signatures were checked
+        (at most ``budget``, when given: the rest is dropped and counted).
+        """
+        assert self.roster is not None
+        refused: list[str] = []
+        new_entries: list[SignedEntry] = []
+        new_revocations: list[SignedRevocation] = []
+        checked = 0
+        # Revocations first: an entry for a key revoked in the same message never counts.
+        for item in [*revocations, *entries]:
+            if self.roster.holds(item):
+                continue
+            if budget is not None and checked >= budget:
+                self.rejections[RejectReason.GOSSIP_LIMIT] += 1
+                break
+            checked += 1
+            try:
+                if isinstance(item, SignedRevocation):
+                    self.roster.merge_revocation(item)
+                    new_revocations.append(item)
+                elif self.roster.merge_entry(item) is MergeResult.ADDED:
+                    new_entries.append(item)
+            except RosterError as exc:
+                refused.append(exc.reason)
+                self.rejections[
+                    RejectReason.ROSTER_REVOKED
+                    if exc.reason == RosterProblem.REVOKED
+                    else RejectReason.ROSTER_INVALID
+                ] += 1
+        if new_entries or new_revocations:
+            self._sync_members(now)
+            for update in self._roster_bodies(new_entries, new_revocations):
+                self._broadcast(update, now, verified_only=True)
+        return refused, checked
+
+    def _sync_members(self, now: float) -> None:
+        """Make the peer table match the roster after it changed."""
+        assert self.roster is not None
+        added: list[str] = []
+        removed: list[str] = []
+        for node_id, rec in list(self.membership.peers.items()):
+            key = self.roster.key_of(node_id)
+            if key != rec.public_key:  # revoked, or re-added under a new key
+                self._forget_peer(node_id, now)
+                removed.append(node_id)
+        for member in self.roster.members():
+            if member.node_id != self.node_id and member.node_id not in self.membership.peers:
+                self.membership.add(member.node_id, "", member.node_key)
+                added.append(member.node_id)
+        may_publish = self._may_publish_self()
+        if self.election.eligible != may_publish:
+            self.election.eligible = may_publish
+            if not may_publish and self.election.is_publisher:
+                self._step_down(now, "this node's roster entry may no longer publish", None)
+        self._members_digest = None
+        self._plan_dirty = True
+        self._events.append(
+            RosterChanged(
+                len(self.roster), len(self.roster.revoked_keys()), tuple(added), tuple(removed)
+            )
+        )
+
+    def _forget_peer(self, node_id: str, now: float) -> None:
+        """Drop every trace of a peer (its key is no longer in the roster)."""
+        self.membership.peers.pop(node_id, None)
+        self._guard.forget(node_id)
+        self._handshake.drop(node_id)
+        self._intro_seq.pop(node_id, None)
+        self._last_full_state.pop(node_id, None)
+        self._verify_budget.pop(node_id, None)
+        self._events.append(PeerRemoved(node_id))
+        if self.election.publisher_id == node_id:
+            self.election.on_release(node_id, self.election.term, now)
+
     def _on_publisher_signal(
         self, rec: PeerRecord, term: int, priority: int, plan_count: int, now: float
     ) -> None:
+        bounded = self._bounded_term(rec.node_id, term)
+        if bounded is None:
+            return
+        term = bounded
+        plan_count = min(plan_count, self._plan_bound(now))
         was_publisher = self.election.is_publisher
         if was_publisher:
             self._refresh_plan(now)
@@ -673,6 +1004,8 @@ class MeshCore:
             # holds a valid lease and standbys must not start an election).
             self._broadcast(self._heartbeat_body(Heartbeat), now, include_dead=False)
         elif seen_key not in self._conflicts_seen:
+            if len(self._conflicts_seen) >= 256:
+                self._conflicts_seen.clear()  # only dedupes log lines: bounded, not exact
             self._conflicts_seen.add(seen_key)
             self._events.append(
                 ConflictDetected(ConflictKind.TWO_PUBLISHERS, rec.node_id, own, plan_count,

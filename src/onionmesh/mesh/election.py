@@ -43,6 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from onionmesh.mesh.config import MeshConfig
+from onionmesh.mesh.messages import MAX_TERM
 from onionmesh.mesh.vocabulary import ElectionOutcome
 
 
@@ -101,7 +102,7 @@ class Election:
     # -- inputs -------------------------------------------------------------
 
     def observe_term(self, term: int) -> None:
-        self.term = max(self.term, term)
+        self.term = min(MAX_TERM, max(self.term, term))
 
     def renew_own(self, now: float) -> None:
         """Our own heartbeat went out: renew our lease."""
@@ -193,8 +194,8 @@ class Election:
         return free_at
 
     def claim(self, now: float) -> int:
-        """Become publisher with a new term; return it."""
-        self.term += 1
+        """Become publisher with a new term; return it (saturates at MAX_TERM, never overflows)."""
+        self.term = min(self.term + 1, MAX_TERM)
         self.leader = LeaderInfo(self.node_id, self.term, self.priority, 0, now)
         self.released_at = None
         return self.term
@@ -231,7 +232,7 @@ class Election:
     def bump_term(self, now: float) -> int:
         """Publisher starts a new term (after a foreign-descriptor conflict)."""
         assert self.is_publisher and self.leader is not None
-        self.term += 1
+        self.term = min(self.term + 1, MAX_TERM)
         self.leader.term = self.term
         self.leader.renewed_at = now
         return self.term

@@ -195,6 +195,38 @@ class MessageRejected:
         return f"Rejected datagram from {self.addr}: {self.reason} {self.detail!r:.200}"
 
 
+@dataclass(frozen=True)
+class RosterChanged:
+    """The roster gained members or revocations (from gossip or the operator):
+    the shell persists ``MeshCore.roster`` so a restart keeps them."""
+
+    members: int
+    revoked: int
+    added: tuple[str, ...]  # node ids added or re-keyed
+    removed: tuple[str, ...]  # node ids whose key was revoked or replaced
+
+    @property
+    def message(self) -> str:
+        parts = [f"+{n}" for n in self.added] + [f"-{n}" for n in self.removed]
+        change = " ".join(parts) if parts else "no member change"
+        return (
+            f"Roster updated ({change}): {_plural(self.members, 'member')}, "
+            f"{_plural(self.revoked, 'revoked key')}"
+        )
+
+
+@dataclass(frozen=True)
+class SendRefused:
+    """The core built a message its peers would reject; it was not sent."""
+
+    kind: str
+    reason: RejectReason
+
+    @property
+    def message(self) -> str:
+        return f"Not sending {self.kind}: {self.reason} (a peer would reject it)"
+
+
 Event = (
     PeerSuspect
     | PeerDead
@@ -210,4 +242,6 @@ Event = (
     | ConflictDetected
     | PublishRequested
     | MessageRejected
+    | RosterChanged
+    | SendRefused
 )

@@ -57,6 +57,7 @@ answered again (a different one is refused).
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 from collections.abc import Callable
@@ -99,10 +100,40 @@ _Digest = Annotated[bytes, Meta(min_length=32, max_length=32)]
 _Small = Annotated[bytes, Meta(max_length=1024)]
 
 
-class JoinError(MeshError):
-    """The exchange failed; ``reason`` is a short key (never holds secrets)."""
+class JoinProblem(enum.StrEnum):
+    """Why the exchange failed on this side (``JoinError.reason``)."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    BAD_ANSWER = "bad_answer"
+    BAD_REQUEST = "bad_request"
+    ENTROPY = "entropy"
+    MALFORMED = "malformed"
+    OVERSIZED = "oversized"
+    REFUSED = "refused"
+    WRONG_AUTHORITY = "wrong_authority"
+
+
+class JoinRefusal(enum.StrEnum):
+    """Why a sponsor refused a request: for its log only, never sent."""
+
+    BAD_NODE_PROOF = "bad_node_proof"
+    BAD_TOKEN_PROOF = "bad_token_proof"
+    EXPIRED_TOKEN = "expired_token"
+    MALFORMED = "malformed"
+    NODE_ID_TAKEN = "node_id_taken"
+    NODE_KEY_TAKEN = "node_key_taken"
+    REVOKED_KEY = "revoked_key"
+    STALE_REQUEST = "stale_request"
+    UNEXPECTED_MESSAGE = "unexpected_message"
+    UNKNOWN_TOKEN = "unknown_token"
+    USED_TOKEN = "used_token"
+    WRONG_NODE_ID = "wrong_node_id"
+    ROSTER = "roster"  # the roster refused the entry
+
+
+class JoinError(MeshError):
+    """The exchange failed; ``reason`` says which way (never holds secrets)."""
+
+    def __init__(self, reason: JoinProblem, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -171,20 +202,20 @@ def is_join_datagram(data: bytes) -> bool:
 def encode_message(msg: JoinMessage) -> bytes:
     data = MAGIC + _encoder.encode(msg)
     if len(data) > MAX_JOIN_DATAGRAM:
-        raise JoinError("oversized", f"join datagram of {len(data)} bytes")
+        raise JoinError(JoinProblem.OVERSIZED, f"join datagram of {len(data)} bytes")
     decode_message(data)  # never send what the other side must refuse
     return data
 
 
 def decode_message(data: bytes) -> JoinMessage:
     if len(data) > MAX_JOIN_DATAGRAM:
-        raise JoinError("oversized", f"{len(data)} bytes")
+        raise JoinError(JoinProblem.OVERSIZED, f"{len(data)} bytes")
     if not is_join_datagram(data):
-        raise JoinError("malformed", "not a join datagram")
+        raise JoinError(JoinProblem.MALFORMED, "not a join datagram")
     try:
-        return _decoder.decode(data[len(MAGIC):])
+        return _decoder.decode(data[len(MAGIC) :])
     except (msgspec.MsgspecError, ValueError) as exc:
-        raise JoinError("malformed", f"join message: {exc}") from None
+        raise JoinError(JoinProblem.MALFORMED, f"join message: {exc}") from None
 
 
 def request_digest(body: bytes) -> bytes:
@@ -210,7 +241,8 @@ def _roster_chunks(roster: Roster) -> list[tuple[list[SignedEntry], list[SignedR
     chunks: list[tuple[list[SignedEntry], list[SignedRevocation]]] = [([], [])]
     size = 0
     items: list[SignedEntry | SignedRevocation] = [
-        *roster.signed_revocations(), *roster.signed_entries()
+        *roster.signed_revocations(),
+        *roster.signed_entries(),
     ]
     for item in items:
         n = len(item.body) + 80
@@ -244,7 +276,7 @@ class JoinDecision:
     replies: list[bytes]
     accepted: SignedEntry | None = None  # the new member's entry: merge, persist, gossip
     request_digest: bytes | None = None  # mark the token used by this request
-    refused: str | None = None  # why, for the sponsor's log only
+    refused: JoinRefusal | None = None  # why, for the sponsor's log only
     join_key: bytes | None = None  # which token the request named (when decodable)
 
 
@@ -260,13 +292,13 @@ class JoinSponsor:
         clock_skew_tolerance: float = 30.0,
     ) -> None:
         if roster.authority_key != authority.public_key:
-            raise JoinError("wrong_authority", "the roster belongs to another authority")
+            raise JoinError(JoinProblem.WRONG_AUTHORITY, "the roster belongs to another authority")
         self._authority = authority
         self.roster = roster
         self._secret = cluster_secret or b""
         self._skew = clock_skew_tolerance
 
-    def _refuse(self, reason: str, join_key: bytes | None = None) -> JoinDecision:
+    def _refuse(self, reason: JoinRefusal, join_key: bytes | None = None) -> JoinDecision:
         return JoinDecision([encode_message(JoinRefused())], refused=reason, join_key=join_key)
 
     def handle(
@@ -279,42 +311,44 @@ class JoinSponsor:
         """Check a JoinRequest and answer it; never raises for bad input."""
         try:
             msg = decode_message(data)
-        except JoinError as exc:
-            return JoinDecision([], refused=exc.reason)  # not worth an answer
+        except JoinError:
+            return JoinDecision([], refused=JoinRefusal.MALFORMED)  # not worth an answer
         if not isinstance(msg, JoinRequest):
-            return JoinDecision([], refused="unexpected_message")
+            return JoinDecision([], refused=JoinRefusal.UNEXPECTED_MESSAGE)
         try:
             body = _request_decoder.decode(msg.body)
         except (msgspec.MsgspecError, ValueError):
-            return JoinDecision([], refused="malformed")
+            return JoinDecision([], refused=JoinRefusal.MALFORMED)
         digest = request_digest(msg.body)
         grant = grant_for(body.join_key)
         if grant is None:
-            return self._refuse("unknown_token", body.join_key)
+            return self._refuse(JoinRefusal.UNKNOWN_TOKEN, body.join_key)
         if not _verify(body.join_key, TOKEN_CONTEXT, msg.body, msg.token_signature):
-            return self._refuse("bad_token_proof", body.join_key)
+            return self._refuse(JoinRefusal.BAD_TOKEN_PROOF, body.join_key)
         if not _verify(body.node_key, NODE_CONTEXT, msg.body, msg.node_signature):
-            return self._refuse("bad_node_proof", body.join_key)
+            return self._refuse(JoinRefusal.BAD_NODE_PROOF, body.join_key)
         if now >= grant.expires_at:
-            return self._refuse("expired_token", body.join_key)
+            return self._refuse(JoinRefusal.EXPIRED_TOKEN, body.join_key)
         if grant.used_by is not None and not hmac.compare_digest(grant.used_by, digest):
-            return self._refuse("used_token", body.join_key)
+            return self._refuse(JoinRefusal.USED_TOKEN, body.join_key)
         if abs(body.ts - now) > self._skew:
-            return self._refuse("stale_request", body.join_key)
+            return self._refuse(JoinRefusal.STALE_REQUEST, body.join_key)
         if grant.node_id is not None and grant.node_id != body.node_id:
-            return self._refuse("wrong_node_id", body.join_key)
+            return self._refuse(JoinRefusal.WRONG_NODE_ID, body.join_key)
         if self.roster.is_revoked(body.node_key):
-            return self._refuse("revoked_key", body.join_key)
+            return self._refuse(JoinRefusal.REVOKED_KEY, body.join_key)
         current = self.roster.member(body.node_id)
         if current is not None and current.node_key != body.node_key:
-            return self._refuse("node_id_taken", body.join_key)
-        if any(m.node_key == body.node_key and m.node_id != body.node_id
-               for m in self.roster.members()):
-            return self._refuse("node_key_taken", body.join_key)
+            return self._refuse(JoinRefusal.NODE_ID_TAKEN, body.join_key)
+        if any(
+            m.node_key == body.node_key and m.node_id != body.node_id for m in self.roster.members()
+        ):
+            return self._refuse(JoinRefusal.NODE_KEY_TAKEN, body.join_key)
         if len(entropy) < 32:
-            raise JoinError("entropy", "the sponsor needs 32 random bytes per answer")
-        entry = MemberEntry(body.node_id, body.node_key, grant.may_publish, int(now),
-                            body.wg_key, body.coord_onion)
+            raise JoinError(JoinProblem.ENTROPY, "the sponsor needs 32 random bytes per answer")
+        entry = MemberEntry(
+            body.node_id, body.node_key, grant.may_publish, int(now), body.wg_key, body.coord_onion
+        )
         existing = self.roster.signed_entry(body.node_id)
         if existing is not None and grant.used_by is not None:
             signed = existing  # a resent request that already succeeded: same entry again
@@ -323,24 +357,28 @@ class JoinSponsor:
         after = self.roster.copy()
         try:
             after.merge_entry(signed)
-        except RosterError as exc:
-            return self._refuse(exc.reason, body.join_key)
+        except RosterError:
+            return self._refuse(JoinRefusal.ROSTER, body.join_key)
         chunks = _roster_chunks(after)
         eph = PrivateKey(entropy[:32])
         boxed = (
             Box(eph, PublicKey(body.box_key)).encrypt(self._secret, _box_nonce(digest)).ciphertext
-            if self._secret else b""
+            if self._secret
+            else b""
         )
-        accept = AcceptBody(digest, signed, boxed, bytes(eph.public_key), after.digest(),
-                            len(chunks))
+        accept = AcceptBody(
+            digest, signed, boxed, bytes(eph.public_key), after.digest(), len(chunks)
+        )
         accept_bytes = _encoder.encode(accept)
         signature = SigningKey(self._authority.seed).sign(ACCEPT_CONTEXT + accept_bytes).signature
         replies = [encode_message(JoinAccept(accept_bytes, signature))]
         for i, (entries, revocations) in enumerate(chunks):
-            replies.append(encode_message(JoinRosterChunk(
-                digest, i, after.authority_key, entries, revocations)))
-        return JoinDecision(replies, accepted=signed, request_digest=digest,
-                            join_key=body.join_key)
+            replies.append(
+                encode_message(
+                    JoinRosterChunk(digest, i, after.authority_key, entries, revocations)
+                )
+            )
+        return JoinDecision(replies, accepted=signed, request_digest=digest, join_key=body.join_key)
 
 
 # -- joiner -----------------------------------------------------------------------
@@ -379,26 +417,37 @@ class Joiner:
         coord_onion: str = "",
     ) -> None:
         if len(entropy) < 48:
-            raise JoinError("entropy", "the joiner needs 48 random bytes")
+            raise JoinError(JoinProblem.ENTROPY, "the joiner needs 48 random bytes")
         self._authority_key = authority_key
         self._box = PrivateKey(entropy[:32])
         node = SigningKey(node_seed)
         join = SigningKey(join_seed)
-        body = RequestBody(bytes(join.verify_key), node_id, bytes(node.verify_key), wg_key,
-                           coord_onion, bytes(self._box.public_key), max(0, int(now)),
-                           entropy[32:48])
+        body = RequestBody(
+            bytes(join.verify_key),
+            node_id,
+            bytes(node.verify_key),
+            wg_key,
+            coord_onion,
+            bytes(self._box.public_key),
+            max(0, int(now)),
+            entropy[32:48],
+        )
         try:
             raw = _encoder.encode(body)
             _request_decoder.decode(raw)
         except (msgspec.MsgspecError, ValueError) as exc:
-            raise JoinError("bad_request", f"cannot build a join request: {exc}") from None
+            raise JoinError(
+                JoinProblem.BAD_REQUEST, f"cannot build a join request: {exc}"
+            ) from None
         self._body = body
         self._digest = request_digest(raw)
-        self._request = encode_message(JoinRequest(
-            raw,
-            join.sign(TOKEN_CONTEXT + raw).signature,
-            node.sign(NODE_CONTEXT + raw).signature,
-        ))
+        self._request = encode_message(
+            JoinRequest(
+                raw,
+                join.sign(TOKEN_CONTEXT + raw).signature,
+                node.sign(NODE_CONTEXT + raw).signature,
+            )
+        )
         self._pending = _Pending()
         self.result: JoinResult | None = None
 
@@ -409,7 +458,7 @@ class Joiner:
     def receive(self, data: bytes, now: float) -> JoinResult | None:
         """Feed one answer datagram; the result once complete.
 
-        ``JoinError("refused", ...)`` when the sponsor refused; anything that
+        ``JoinError(JoinProblem.REFUSED, ...)`` when the sponsor refused; anything that
         does not belong to this exchange is ignored (returns None).
         """
         if self.result is not None:
@@ -419,11 +468,13 @@ class Joiner:
         except JoinError:
             return None
         if isinstance(msg, JoinRefused):
-            raise JoinError("refused", "the sponsor refused the token (unknown, used or "
-                                       "expired), or this node's id or key")
+            raise JoinError(
+                JoinProblem.REFUSED,
+                "the sponsor refused the token (unknown, used or "
+                "expired), or this node's id or key",
+            )
         if isinstance(msg, JoinAccept):
-            if not _verify(self._authority_key, ACCEPT_CONTEXT, msg.body,
-                           msg.authority_signature):
+            if not _verify(self._authority_key, ACCEPT_CONTEXT, msg.body, msg.authority_signature):
                 return None
             try:
                 accept = _accept_decoder.decode(msg.body)
@@ -447,26 +498,34 @@ class Joiner:
             return None
         roster = Roster(self._authority_key)
         # Invalid statements are simply not merged: the digest check below fails then.
-        roster.merge_document(RosterDocument(
-            ROSTER_VERSION, self._authority_key,
-            [e for c in chunks if c is not None for e in c.entries],
-            [r for c in chunks if c is not None for r in c.revocations],
-        ))
+        roster.merge_document(
+            RosterDocument(
+                ROSTER_VERSION,
+                self._authority_key,
+                [e for c in chunks if c is not None for e in c.entries],
+                [r for c in chunks if c is not None for r in c.revocations],
+            )
+        )
         try:
             entry = roster.verify_entry(accept.entry)
         except RosterError:
-            raise JoinError("bad_answer", "the entry is not signed by the authority") from None
+            raise JoinError(
+                JoinProblem.BAD_ANSWER, "the entry is not signed by the authority"
+            ) from None
         b = self._body
         if (entry.node_id, entry.node_key) != (b.node_id, b.node_key):
-            raise JoinError("bad_answer", "the entry names another node or key")
+            raise JoinError(JoinProblem.BAD_ANSWER, "the entry names another node or key")
         if roster.digest() != accept.roster_digest or roster.member(b.node_id) != entry:
-            raise JoinError("bad_answer", "the roster does not match its signed digest")
+            raise JoinError(JoinProblem.BAD_ANSWER, "the roster does not match its signed digest")
         secret: bytes | None = None
         if accept.boxed_secret:
             try:
                 secret = Box(self._box, PublicKey(accept.sponsor_box_key)).decrypt(
-                    accept.boxed_secret, _box_nonce(self._digest))
+                    accept.boxed_secret, _box_nonce(self._digest)
+                )
             except (CryptoError, ValueError, TypeError):
-                raise JoinError("bad_answer", "the cluster secret does not decrypt") from None
+                raise JoinError(
+                    JoinProblem.BAD_ANSWER, "the cluster secret does not decrypt"
+                ) from None
         self.result = JoinResult(entry, accept.entry, roster, secret)
         return self.result

@@ -15,6 +15,12 @@ Message kinds (tag):
   6 LeaseRelease  the sender stops publishing (shutdown or step-down)
   7 PeerList      gossip: the members the sender knows (sent on a digest mismatch)
   8 Leave         the sender is shutting down cleanly: drop it and its intro points now
+  9 RosterUpdate  gossip: authority-signed roster entries and revocations (roster.py);
+                  nodes of a cluster without a roster refuse it as malformed, harmlessly
+
+Terms: the schema allows 63 bits (what version 1 always carried) but a core
+never sends or adopts a term above ``MAX_TERM``, so ``term + 1`` can never
+leave the schema (see election.py).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from onionmesh.mesh.roster import MAX_MEMBERS, MAX_REVOCATIONS, SignedEntry, SignedRevocation
 from onionmesh.mesh.vocabulary import Role
 from onionmesh.tor_limits import MAX_INTRO_POINTS
 
@@ -32,6 +39,7 @@ MAX_INTRO_POINT_BYTES = 4096  # one encoded intro point is ~1 KB in practice
 MAX_INTRO_POINTS_PER_SET = MAX_INTRO_POINTS  # a node's set is one of its descriptors
 MAX_PERIODS = 4  # tor has two (current and next); a little slack for rotation
 MAX_GOSSIP_PEERS = 512
+MAX_TERM = 2**62  # far below the schema's 2**63 - 1: a claim's term + 1 always fits
 
 NodeId = Annotated[str, Meta(pattern=r"^[a-z0-9._-]{1,64}$")]
 OptNodeId = Annotated[str, Meta(pattern=r"^([a-z0-9._-]{1,64})?$")]
@@ -108,8 +116,23 @@ class Leave(_Msg, tag=8):
     term: U63  # highest term the sender knows
 
 
+class RosterUpdate(_Msg, tag=9):
+    """Roster statements, each verified on its own under the authority key."""
+
+    entries: Annotated[list[SignedEntry], Meta(max_length=MAX_MEMBERS)]
+    revocations: Annotated[list[SignedRevocation], Meta(max_length=MAX_REVOCATIONS)]
+
+
 Message = (
-    Heartbeat | Join | IntroPoints | IntroRequest | LeaseClaim | LeaseRelease | PeerList | Leave
+    Heartbeat
+    | Join
+    | IntroPoints
+    | IntroRequest
+    | LeaseClaim
+    | LeaseRelease
+    | PeerList
+    | Leave
+    | RosterUpdate
 )
 
 

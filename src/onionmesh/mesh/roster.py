@@ -84,16 +84,33 @@ _Sig = Annotated[bytes, Meta(min_length=64, max_length=64)]
 _Body = Annotated[bytes, Meta(min_length=1, max_length=MAX_ENTRY_BYTES)]
 
 
-class RosterError(MeshError):
-    """A roster statement or file is invalid; ``reason`` is a short counter key."""
+class RosterProblem(enum.StrEnum):
+    """Why a roster statement or file was refused (``RosterError.reason``)."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    BAD_KEY = "bad_key"
+    BAD_SIGNATURE = "bad_signature"
+    FULL = "full"
+    INVALID_STATEMENT = "invalid_statement"
+    MALFORMED = "malformed"
+    OVERSIZED = "oversized"
+    REVOKED = "revoked"
+    UNREADABLE = "unreadable"
+    UNSAFE_FILE = "unsafe_file"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    UNWRITABLE = "unwritable"
+    WRONG_AUTHORITY = "wrong_authority"
+
+
+class RosterError(MeshError):
+    """A roster statement or file is invalid; ``reason`` says which way."""
+
+    def __init__(self, reason: RosterProblem, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
 
 
-class MergeResult(enum.Enum):
+class MergeResult(enum.StrEnum):
     ADDED = "added"  # a new member, or a newer entry for a member (e.g. a new key)
     UNCHANGED = "unchanged"  # already known, or older than what we hold
     REVOKED = "revoked"  # a revocation that removed or pre-empted something
@@ -151,9 +168,11 @@ def _decode_entry(body: bytes) -> MemberEntry:
     try:
         entry = _entry_decoder.decode(body)
     except (msgspec.MsgspecError, ValueError) as exc:
-        raise RosterError("malformed", f"member entry: {exc}") from None
+        raise RosterError(RosterProblem.MALFORMED, f"member entry: {exc}") from None
     if len(entry.wg_key) not in (0, 32):
-        raise RosterError("malformed", "member entry: WireGuard key must be empty or 32 bytes")
+        raise RosterError(
+            RosterProblem.MALFORMED, "member entry: WireGuard key must be empty or 32 bytes"
+        )
     return entry
 
 
@@ -161,7 +180,7 @@ def _decode_revocation(body: bytes) -> Revocation:
     try:
         return _revocation_decoder.decode(body)
     except (msgspec.MsgspecError, ValueError) as exc:
-        raise RosterError("malformed", f"revocation: {exc}") from None
+        raise RosterError(RosterProblem.MALFORMED, f"revocation: {exc}") from None
 
 
 class AuthorityKey:
@@ -169,7 +188,7 @@ class AuthorityKey:
 
     def __init__(self, seed: bytes) -> None:
         if not isinstance(seed, bytes) or len(seed) != 32:
-            raise RosterError("bad_key", "an authority key seed is 32 bytes")
+            raise RosterError(RosterProblem.BAD_KEY, "an authority key seed is 32 bytes")
         self._key = SigningKey(seed)
         self.public_key = bytes(self._key.verify_key)
 
@@ -205,12 +224,14 @@ class Roster:
 
     def __init__(self, authority_key: bytes) -> None:
         if not isinstance(authority_key, bytes) or len(authority_key) != 32:
-            raise RosterError("bad_key", "an authority public key is 32 bytes")
+            raise RosterError(RosterProblem.BAD_KEY, "an authority public key is 32 bytes")
         self.authority_key = authority_key
         try:
             self._verify_key = VerifyKey(authority_key)
         except (CryptoError, ValueError, TypeError):
-            raise RosterError("bad_key", "authority public key is not a valid point") from None
+            raise RosterError(
+                RosterProblem.BAD_KEY, "authority public key is not a valid point"
+            ) from None
         self._entries: dict[str, tuple[SignedEntry, MemberEntry]] = {}
         self._revoked: dict[bytes, SignedRevocation] = {}
         self._digest: bytes | None = None
@@ -268,24 +289,39 @@ class Roster:
             self._digest = h.digest()
         return self._digest
 
+    def holds(self, statement: SignedEntry | SignedRevocation) -> bool:
+        """Whether this exact statement is already in effect (no signature check needed:
+        a statement equal to one we verified is that one). Cheap, for gossip."""
+        try:
+            if isinstance(statement, SignedEntry):
+                node_id = _decode_entry(statement.body).node_id
+                item = self._entries.get(node_id)
+                return item is not None and item[0] == statement
+            key = _decode_revocation(statement.body).node_key
+            return self._revoked.get(key) == statement
+        except RosterError:
+            return False
+
     # -- verification and merging -------------------------------------------
 
     def _verify(self, context: bytes, body: bytes, signature: bytes) -> None:
         try:
             self._verify_key.verify(context + body, signature)
         except (CryptoError, ValueError, TypeError):
-            raise RosterError("bad_signature", "not signed by this cluster's authority") from None
+            raise RosterError(
+                RosterProblem.BAD_SIGNATURE, "not signed by this cluster's authority"
+            ) from None
 
     def verify_entry(self, signed: SignedEntry) -> MemberEntry:
         """Decode and check one signed entry without merging it."""
         if not isinstance(signed, SignedEntry):
-            raise RosterError("malformed", "not a signed member entry")
+            raise RosterError(RosterProblem.MALFORMED, "not a signed member entry")
         self._verify(ENTRY_CONTEXT, signed.body, signed.signature)
         return _decode_entry(signed.body)
 
     def verify_revocation(self, signed: SignedRevocation) -> Revocation:
         if not isinstance(signed, SignedRevocation):
-            raise RosterError("malformed", "not a signed revocation")
+            raise RosterError(RosterProblem.MALFORMED, "not a signed revocation")
         self._verify(REVOCATION_CONTEXT, signed.body, signed.signature)
         return _decode_revocation(signed.body)
 
@@ -293,13 +329,13 @@ class Roster:
         """Add or update a member from a signed entry; ``RosterError`` if invalid."""
         entry = self.verify_entry(signed)
         if entry.node_key in self._revoked:
-            raise RosterError("revoked", f"{entry.node_id}: its key was revoked")
+            raise RosterError(RosterProblem.REVOKED, f"{entry.node_id}: its key was revoked")
         old = self._entries.get(entry.node_id)
         if old is not None:
             if old[0] == signed or not _newer(signed, entry, *old):
                 return MergeResult.UNCHANGED
         elif len(self._entries) >= MAX_MEMBERS:
-            raise RosterError("full", f"roster already has {MAX_MEMBERS} members")
+            raise RosterError(RosterProblem.FULL, f"roster already has {MAX_MEMBERS} members")
         self._entries[entry.node_id] = (signed, entry)
         self._digest = None
         return MergeResult.ADDED
@@ -311,7 +347,9 @@ class Roster:
         if key in self._revoked:
             return MergeResult.UNCHANGED
         if len(self._revoked) >= MAX_REVOCATIONS:
-            raise RosterError("full", f"roster already has {MAX_REVOCATIONS} revocations")
+            raise RosterError(
+                RosterProblem.FULL, f"roster already has {MAX_REVOCATIONS} revocations"
+            )
         self._revoked[key] = signed
         for node_id, (_, entry) in list(self._entries.items()):
             if entry.node_key == key:
@@ -319,11 +357,13 @@ class Roster:
         self._digest = None
         return MergeResult.REVOKED
 
-    def merge_document(self, doc: RosterDocument) -> list[str]:
+    def merge_document(self, doc: RosterDocument) -> list[RosterProblem]:
         """Merge every statement of ``doc``; return the reasons of those refused."""
         if doc.authority_key != self.authority_key:
-            raise RosterError("wrong_authority", "roster belongs to another cluster authority")
-        refused: list[str] = []
+            raise RosterError(
+                RosterProblem.WRONG_AUTHORITY, "roster belongs to another cluster authority"
+            )
+        refused: list[RosterProblem] = []
         # Revocations first, so an entry for a revoked key never counts, in any order.
         for r in doc.revocations:
             try:
@@ -351,23 +391,24 @@ class Roster:
     def from_document(cls, doc: RosterDocument) -> Roster:
         """A roster from a document; every statement must verify (strict)."""
         if doc.version != ROSTER_VERSION:
-            raise RosterError("unsupported_version", f"roster version {doc.version}")
+            raise RosterError(RosterProblem.UNSUPPORTED_VERSION, f"roster version {doc.version}")
         roster = cls(doc.authority_key)
         refused = roster.merge_document(doc)
         if refused:
             raise RosterError(
-                "invalid_statement", f"{len(refused)} statement(s) refused ({refused[0]})"
+                RosterProblem.INVALID_STATEMENT,
+                f"{len(refused)} statement(s) refused ({refused[0]})",
             )
         return roster
 
     @classmethod
     def decode(cls, data: bytes) -> Roster:
         if len(data) > MAX_ROSTER_FILE_BYTES:
-            raise RosterError("oversized", f"roster of {len(data)} bytes")
+            raise RosterError(RosterProblem.OVERSIZED, f"roster of {len(data)} bytes")
         try:
             doc = _document_decoder.decode(data)
         except (msgspec.MsgspecError, ValueError) as exc:
-            raise RosterError("malformed", f"roster: {exc}") from None
+            raise RosterError(RosterProblem.MALFORMED, f"roster: {exc}") from None
         return cls.from_document(doc)
 
     def copy(self) -> Roster:
@@ -377,8 +418,11 @@ class Roster:
         return other
 
 
-def roster_from(authority_key: bytes, entries: Iterable[SignedEntry],
-                revocations: Iterable[SignedRevocation] = ()) -> Roster:
+def roster_from(
+    authority_key: bytes,
+    entries: Iterable[SignedEntry],
+    revocations: Iterable[SignedRevocation] = (),
+) -> Roster:
     """A roster from signed statements (strict: every one must verify)."""
     return Roster.from_document(
         RosterDocument(ROSTER_VERSION, authority_key, list(entries), list(revocations))
@@ -393,21 +437,24 @@ def _read_private(path: Path, limit: int, what: str, *, secret: bool = False) ->
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as exc:
-        raise RosterError("unreadable", f"{what} {path}: {exc.strerror}") from None
+        raise RosterError(RosterProblem.UNREADABLE, f"{what} {path}: {exc.strerror}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise RosterError("unsafe_file", f"{what} {path} is not a regular file")
+            raise RosterError(RosterProblem.UNSAFE_FILE, f"{what} {path} is not a regular file")
         if st.st_mode & 0o022:
             raise RosterError(
-                "unsafe_file", f"{what} {path} is group- or world-writable (chmod 600 it)"
+                RosterProblem.UNSAFE_FILE,
+                f"{what} {path} is group- or world-writable (chmod 600 it)",
             )
         if secret and st.st_mode & 0o077:
             raise RosterError(
-                "unsafe_file", f"{what} {path} is readable by others (chmod 600 it)"
+                RosterProblem.UNSAFE_FILE, f"{what} {path} is readable by others (chmod 600 it)"
             )
         if st.st_size > limit:
-            raise RosterError("oversized", f"{what} {path} is larger than {limit} bytes")
+            raise RosterError(
+                RosterProblem.OVERSIZED, f"{what} {path} is larger than {limit} bytes"
+            )
         with os.fdopen(fd, "rb", closefd=False) as handle:
             return handle.read(limit + 1)
     finally:
@@ -419,7 +466,7 @@ def save_roster(path: str | os.PathLike[str], roster: Roster) -> None:
     try:
         atomic_write(path, roster.encode(), mode=0o600, overwrite=True)
     except SecureFileError as exc:
-        raise RosterError("unwritable", str(exc)) from None
+        raise RosterError(RosterProblem.UNWRITABLE, str(exc)) from None
 
 
 def load_roster(path: str | os.PathLike[str], expected_authority: bytes | None = None) -> Roster:
@@ -431,7 +478,9 @@ def load_roster(path: str | os.PathLike[str], expected_authority: bytes | None =
     except RosterError as exc:
         raise RosterError(exc.reason, f"roster file {p}: {exc.detail}") from None
     if expected_authority is not None and roster.authority_key != expected_authority:
-        raise RosterError("wrong_authority", f"roster file {p} is of another cluster authority")
+        raise RosterError(
+            RosterProblem.WRONG_AUTHORITY, f"roster file {p} is of another cluster authority"
+        )
     return roster
 
 
@@ -440,13 +489,14 @@ def save_authority_key(path: str | os.PathLike[str], key: AuthorityKey) -> None:
     try:
         atomic_write(path, AUTHORITY_FILE_HEADER + key.seed, mode=0o600, overwrite=False)
     except SecureFileError as exc:
-        raise RosterError("unwritable", str(exc)) from None
+        raise RosterError(RosterProblem.UNWRITABLE, str(exc)) from None
 
 
 def load_authority_key(path: str | os.PathLike[str]) -> AuthorityKey:
     p = Path(path)
     data = _read_private(p, 256, "authority key file", secret=True)
     if len(data) != len(AUTHORITY_FILE_HEADER) + 32 or not data.startswith(AUTHORITY_FILE_HEADER):
-        raise RosterError("malformed", f"authority key file {p} is not an onionmesh authority key")
-    return AuthorityKey(data[len(AUTHORITY_FILE_HEADER):])
-
+        raise RosterError(
+            RosterProblem.MALFORMED, f"authority key file {p} is not an onionmesh authority key"
+        )
+    return AuthorityKey(data[len(AUTHORITY_FILE_HEADER) :])

@@ -58,6 +58,14 @@ class RejectReason(enum.StrEnum):
     STALE = "stale"  # timestamp outside the clock-skew window
     UNVERIFIED = "unverified"  # authentic, but the echo does not prove it is of this boot
     REMOVED = "removed"  # the sender was removed by the operator
+    NOT_MEMBER = "not_member"  # roster mode: the sender is not in the roster (or revoked)
+    INELIGIBLE = "ineligible"  # a publisher claim from a member that may not publish
+    TERM_OVERFLOW = "term_overflow"  # a term above MAX_TERM
+    PEER_TABLE_FULL = "peer_table_full"  # no roster: the peer table is at its cap
+    GOSSIP_LIMIT = "gossip_limit"  # roster statements beyond the sender's verify budget
+    ROSTER_REVOKED = "roster_revoked"  # a gossiped entry for a revoked key
+    ROSTER_INVALID = "roster_invalid"  # a gossiped roster statement that does not verify
+    INTERNAL_ERROR = "internal_error"  # a bug while applying an accepted message (contained)
 
 
 class PublishTrigger(enum.StrEnum):
