@@ -360,3 +360,18 @@ def test_receive_datagram_never_raises() -> None:
     for data in (b"", b"\x94", b"\x94" + b"\x00" * 10, bytes(60_001)):
         a.receive_datagram(data, "c:7000", net.local("a"))
     assert a.rejections["internal_error"] == 0
+
+
+def test_gossiped_boots_cannot_poison_the_handshake() -> None:
+    """Hearsay of a 'new boot' for a live member would make its peers echo a wrong
+    challenge, so the member refuses their messages and sees them die. Found by the
+    stateful test; gossip now only updates members we do not hear ourselves."""
+    net = cluster()
+    before = snapshot(net)
+    b_key = identity("b").public_key
+    for k in range(8 * int(CFG.heartbeat_interval)):
+        attack(net, PeerList([PeerInfo("b", "b:7000", b_key, 1000 + k, bytes([k % 256]) * 16)]),
+               targets=("a",))
+        net.run_until(net.now + 1)
+    assert net.cores["b"].rejections["unverified"] <= 1
+    assert_undisturbed(net, before)

@@ -834,10 +834,10 @@ class MeshCore:
                     continue
                 if rec.state == UNKNOWN and not rec.address and info.address:
                     rec.address = info.address
-                    self._learn_challenge(info.node_id, info.boot, info.challenge, rec.address)
+                    self._learn_hearsay(rec, info)
                     self._send(rec, self._heartbeat_body(Join), now)
                 else:
-                    self._learn_challenge(info.node_id, info.boot, info.challenge, rec.address)
+                    self._learn_hearsay(rec, info)
                 continue
             if rec is None:
                 if (
@@ -859,7 +859,19 @@ class MeshCore:
             if rec.state == UNKNOWN and not rec.address:
                 rec.address = info.address
             if rec.public_key == info.public_key:
-                self._learn_challenge(info.node_id, info.boot, info.challenge, rec.address)
+                self._learn_hearsay(rec, info)
+
+    def _learn_hearsay(self, rec: PeerRecord, info: PeerInfo) -> None:
+        """A boot and challenge for ``rec`` from someone else's gossip.
+
+        Only for a peer we do not currently hear from ourselves: for a live peer
+        its own signed messages tell us its boot, and a gossiped "newer boot"
+        (which nobody can check: a challenge is keyed by the node's secret) would
+        make us echo a wrong challenge, so that peer would refuse our messages.
+        """
+        if rec.state in (ALIVE, SUSPECT):
+            return
+        self._learn_challenge(info.node_id, info.boot, info.challenge, rec.address)
 
     # ------------------------------------------------------------------ roster
 

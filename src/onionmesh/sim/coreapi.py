@@ -104,14 +104,38 @@ class CoreFactory(Protocol):
 
 
 class MeshCoreFactory:
-    """Builds real ``onionmesh.mesh.MeshCore`` instances."""
+    """Builds real ``onionmesh.mesh.MeshCore`` instances.
 
-    def __init__(self, config: Any = None, **overrides: Any) -> None:
+    With ``roster=True`` (the default) the cores run in roster mode: ``prepare``
+    (called by the simulation once it knows every node) has an authority derived
+    from the cluster secret sign an entry for each node (may publish = eligible),
+    and every core of that cluster starts with a copy of that roster. A core made
+    with another cluster secret (the adversary's rogues) gets none.
+    """
+
+    def __init__(self, config: Any = None, *, roster: bool = True, **overrides: Any) -> None:
         from onionmesh.mesh import config as mesh_config
 
         if config is None:
             config = mesh_config.MeshConfig(**overrides)
         self.config = config
+        self.use_roster = roster
+        self._roster: tuple[bytes, Any] | None = None  # (cluster secret, Roster)
+
+    def prepare(self, specs: Sequence[NodeSpec], cluster_secret: bytes) -> None:
+        """Sign the cluster's roster (deterministic: no randomness consumed)."""
+        if not self.use_roster:
+            return
+        from onionmesh.mesh import roster as mesh_roster
+
+        authority = mesh_roster.AuthorityKey(
+            hashlib.blake2b(cluster_secret, digest_size=32, person=b"sim-authority").digest()
+        )
+        roster = mesh_roster.Roster(authority.public_key)
+        for spec in specs:
+            roster.merge_entry(authority.sign_entry(mesh_roster.MemberEntry(
+                spec.node_id, spec.public_key, spec.eligible, 1)))
+        self._roster = (cluster_secret, roster)
 
     def make_core(
         self,
@@ -134,7 +158,10 @@ class MeshCoreFactory:
             mesh_identity.PeerSeed(node_id=b.node_id, address=b.address, public_key=b.public_key)
             for b in bootstrap
         ]
-        return mesh_core.MeshCore(self.config, identity, cluster_secret, seeds, now)
+        roster = None
+        if self._roster is not None and self._roster[0] == cluster_secret:
+            roster = self._roster[1].copy()
+        return mesh_core.MeshCore(self.config, identity, cluster_secret, seeds, now, roster=roster)
 
 
 def event_name(event: Any) -> str:

@@ -132,6 +132,9 @@ class Simulation:
         self.hsdir = HsdirModel()
         self.cluster_secret = self.rng.randbytes(32)
         self.nodes = [self._make_node(i) for i in range(params.nodes)]
+        prepare = getattr(factory, "prepare", None)
+        if callable(prepare):  # e.g. the real core's factory signs the cluster's roster
+            prepare([n.spec for n in self.nodes], self.cluster_secret)
         self.by_address = {n.spec.address: n for n in self.nodes}
         self.by_id = {n.spec.node_id: n for n in self.nodes}
         self.period_base = 19000 + self.rng.randrange(1000)
