@@ -50,6 +50,24 @@ def test_ci_soak() -> None:
     assert rejected.get("stale", 0) > 0  # beyond-tolerance clocks were refused
 
 
+ROSTER_SEEDS = int(os.environ.get("ONIONMESH_SIM_ROSTER_SEEDS", "300"))
+
+
+# ~1 minute on an idle 2-core machine (400 seeds took 12 minutes under a load of 12).
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_roster_soak() -> None:
+    """The same chaos with every core in roster mode (signed membership)."""
+    jobs = soak_jobs(range(ROSTER_SEEDS), 3, 15, "fast-roster", cycles=1, quick=True)
+    results = list(soak(jobs, workers=2))
+    failures = [r for r in results if not r.ok]
+    assert not failures, f"{len(failures)} failing seeds:\n" + "\n".join(
+        r.summary() for r in failures[:25]
+    )
+    assert sum(r.checks["settled"] for r in results) > ROSTER_SEEDS * 5
+    assert sum(r.checks["injected"] for r in results) > ROSTER_SEEDS * 3
+
+
 def test_cli_run_replays_a_seed(capsys) -> None:
     assert sim_main(["run", "--seed", "3", "--nodes", "4"]) == 0
     first = capsys.readouterr().out

@@ -106,14 +106,14 @@ class CoreFactory(Protocol):
 class MeshCoreFactory:
     """Builds real ``onionmesh.mesh.MeshCore`` instances.
 
-    With ``roster=True`` (the default) the cores run in roster mode: ``prepare``
+    With ``roster=True`` (profile ``fast-roster``) the cores run in roster mode: ``prepare``
     (called by the simulation once it knows every node) has an authority derived
     from the cluster secret sign an entry for each node (may publish = eligible),
     and every core of that cluster starts with a copy of that roster. A core made
     with another cluster secret (the adversary's rogues) gets none.
     """
 
-    def __init__(self, config: Any = None, *, roster: bool = True, **overrides: Any) -> None:
+    def __init__(self, config: Any = None, *, roster: bool = False, **overrides: Any) -> None:
         from onionmesh.mesh import config as mesh_config
 
         if config is None:

@@ -36,6 +36,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "resend_interval": 0.4,
     },
 }
+# The same timings with every core in roster mode (signed membership, issue 9).
+PROFILES["fast-roster"] = {**PROFILES["fast"], "roster": True}
 
 
 def parse_range(text: str) -> tuple[int, int]:
