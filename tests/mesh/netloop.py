@@ -89,7 +89,7 @@ class Net:
         self.roster.merge_entry(signed)
         for node_id, core in self.cores.items():
             core.add_roster_statements([signed], [], self.local(node_id))
-            self._flush(node_id)
+            self.flush(node_id)
 
     def local(self, node_id: str) -> float:
         return self.now + self.skew.get(node_id, 0.0)

@@ -48,7 +48,7 @@ def cluster(roster: bool = True, thief_may_publish: bool = False) -> Net:
         net.cores[n].set_local_intro_points(
             {1: [f"{n}-{i}".encode() for i in range(3)]}, net.local(n)
         )
-        net._flush(n)
+        net.flush(n)
     net.run_until(40)
     assert net.publishers() == ["a"]
     return net
@@ -224,7 +224,7 @@ def test_revoked_node_is_refused_within_one_heartbeat_and_after_restarts() -> No
     # The operator's remove-node reaches one node (b); gossip does the rest.
     t0 = net.now
     net.cores["b"].add_roster_statements([], [revocation], net.local("b"))
-    net._flush("b")
+    net.flush("b")
     net.run_until(t0 + CFG.heartbeat_interval)
     for n in HONEST:
         core = net.cores[n]
