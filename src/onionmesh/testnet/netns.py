@@ -12,7 +12,8 @@ Faults, all inside our namespaces (this kernel has no netem):
   loss(i, percent, port)    nft numgen drop on host i's egress
   delay(i, port, ms, loss)  NFQUEUE + nfq_delay in host i (delay, jitter, loss)
 Teardown (``down``): SIGTERM then SIGKILL what we started, SIGKILL whatever else is left
-in *our* namespaces (``ip netns pids``), delete them; the veths and bridge go with them.
+in *our* namespaces (``ip netns pids``), delete them (the veths and bridge go with them),
+and remove the UAPI sockets of the interface names ``iface()`` handed out.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from onionmesh.errors import OnionmeshError
+from onionmesh.wireguard.names import UAPI_DIR
 
 UNDERLAY = "10.231.0.{}"
 UNDERLAY_PREFIX = 24
@@ -73,6 +75,7 @@ class HostLab:
         self._tables: set[tuple[str, str, str]] = set()  # (netns, family, table)
         self._delayers: dict[tuple[int, int], subprocess.Popen[Any]] = {}
         self._queue_rules: dict[tuple[int, int], int] = {}
+        self._ifaces: list[str] = []  # names handed out by iface(): their UAPI sockets
 
     def ns(self, host: int) -> str:
         return f"{self.prefix}-h{host}"
@@ -89,6 +92,7 @@ class HostLab:
         name = f"o{os.getpid() % 100000}{what}{next(_counter)}h{host}"
         if len(name) > 15:
             raise LabError(f"interface name {name!r} too long")
+        self._ifaces.append(name)
         return name
 
     # --- lifecycle ---
@@ -149,6 +153,10 @@ class HostLab:
                 _run(["ip", "netns", "del", ns])
         self._namespaces.clear()
         self._tables.clear()
+        # A SIGKILLed wireguard-go leaves its UAPI socket behind (the path is global).
+        for name in self._ifaces:
+            with contextlib.suppress(FileNotFoundError):
+                (UAPI_DIR / f"{name}.sock").unlink()
 
     def pids(self, ns: str) -> list[int]:
         try:
