@@ -52,7 +52,9 @@ def rank_key(priority: int, node_id: str) -> tuple[int, str]:
     return (-priority, node_id)
 
 
-def conflict_key(plan_count: int, term: int, priority: int, node_id: str) -> tuple:
+def conflict_key(
+    plan_count: int, term: int, priority: int, node_id: str
+) -> tuple[int, int, int, tuple[int, ...]]:
     """Larger wins when two publishers meet."""
     # Negated code points make a smaller node id compare larger.
     return (plan_count, term, priority, tuple(-ord(c) for c in node_id))

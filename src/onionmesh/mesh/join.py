@@ -143,7 +143,7 @@ class _Strict(msgspec.Struct, array_like=True, forbid_unknown_fields=True, froze
     pass
 
 
-class RequestBody(_Strict):
+class RequestBody(_Strict, frozen=True):
     join_key: _Key  # public half of the token's one-time join key
     node_id: _NodeId
     node_key: _Key
@@ -154,7 +154,7 @@ class RequestBody(_Strict):
     nonce: Annotated[bytes, Meta(min_length=16, max_length=16)]
 
 
-class AcceptBody(_Strict):
+class AcceptBody(_Strict, frozen=True):
     request_digest: _Digest
     entry: SignedEntry
     boxed_secret: _Small  # Box(sponsor ephemeral, joiner box_key) of the cluster secret
@@ -163,18 +163,18 @@ class AcceptBody(_Strict):
     chunks: Annotated[int, Meta(ge=1, le=MAX_CHUNKS)]
 
 
-class JoinRequest(_Strict, tag=1):
+class JoinRequest(_Strict, tag=1, frozen=True):
     body: Annotated[bytes, Meta(max_length=1024)]
     token_signature: _Sig
     node_signature: _Sig
 
 
-class JoinAccept(_Strict, tag=2):
+class JoinAccept(_Strict, tag=2, frozen=True):
     body: Annotated[bytes, Meta(max_length=8192)]
     authority_signature: _Sig
 
 
-class JoinRosterChunk(_Strict, tag=3):
+class JoinRosterChunk(_Strict, tag=3, frozen=True):
     request_digest: _Digest
     index: Annotated[int, Meta(ge=0, lt=MAX_CHUNKS)]
     authority_key: _Key
@@ -182,7 +182,7 @@ class JoinRosterChunk(_Strict, tag=3):
     revocations: Annotated[list[SignedRevocation], Meta(max_length=4096)]
 
 
-class JoinRefused(_Strict, tag=4):
+class JoinRefused(_Strict, tag=4, frozen=True):
     pass
 
 

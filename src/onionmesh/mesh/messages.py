@@ -58,7 +58,7 @@ class _Msg(msgspec.Struct, array_like=True, forbid_unknown_fields=True, frozen=T
     """Common base: compact array encoding, strict decoding."""
 
 
-class Heartbeat(_Msg, tag=1):
+class Heartbeat(_Msg, tag=1, frozen=True):
     role: Role
     term: U63  # highest term the sender knows (its own lease term when publisher)
     leader: OptNodeId  # whom the sender follows as publisher ("" = nobody)
@@ -71,33 +71,33 @@ class Heartbeat(_Msg, tag=1):
     plan_count: U32  # intro points in the sender's publish plan (publishers only)
 
 
-class Join(Heartbeat, tag=2):
+class Join(Heartbeat, tag=2, frozen=True):
     """Same fields as a Heartbeat; asks the receiver to send its full state."""
 
 
-class IntroPoints(_Msg, tag=3):
+class IntroPoints(_Msg, tag=3, frozen=True):
     digest: Digest
     sets: Annotated[dict[U32, IntroSet], Meta(max_length=MAX_PERIODS)]
 
 
-class IntroRequest(_Msg, tag=4):
+class IntroRequest(_Msg, tag=4, frozen=True):
     have: Digest  # the digest the requester currently holds for the sender
 
 
-class LeaseClaim(_Msg, tag=5):
+class LeaseClaim(_Msg, tag=5, frozen=True):
     term: U63
     priority: Priority
     plan_count: U32
 
 
-class LeaseRelease(_Msg, tag=6):
+class LeaseRelease(_Msg, tag=6, frozen=True):
     term: U63
     # Seconds nobody should claim (a publisher yielding to a foreign descriptor
     # that sees more intro points); 0 for an ordinary release.
     hold_off: Annotated[int, Meta(ge=0, le=3600)]
 
 
-class PeerInfo(_Msg):
+class PeerInfo(_Msg, frozen=True):
     node_id: NodeId
     address: Address
     public_key: PublicKey
@@ -105,11 +105,11 @@ class PeerInfo(_Msg):
     challenge: Digest  # that boot's challenge, so a newcomer's first message is verifiable
 
 
-class PeerList(_Msg, tag=7):
+class PeerList(_Msg, tag=7, frozen=True):
     peers: Annotated[list[PeerInfo], Meta(max_length=MAX_GOSSIP_PEERS)]
 
 
-class Leave(_Msg, tag=8):
+class Leave(_Msg, tag=8, frozen=True):
     """A clean shutdown: unlike a crash, nothing is gained by waiting for missed
     heartbeats and the removal grace (its tor is stopping with it)."""
 
@@ -136,7 +136,7 @@ Message = (
 )
 
 
-class Signed(_Msg):
+class Signed(_Msg, frozen=True):
     """The signed part of an envelope: who, which boot/sequence, when, to whom, what."""
 
     sender: NodeId
@@ -150,7 +150,7 @@ class Signed(_Msg):
     body: Message
 
 
-class Sealed(_Msg):
+class Sealed(_Msg, frozen=True):
     """The outer envelope: version, signed bytes, ed25519 signature, cluster MAC."""
 
     version: int

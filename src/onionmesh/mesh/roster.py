@@ -120,7 +120,7 @@ class _Strict(msgspec.Struct, array_like=True, forbid_unknown_fields=True, froze
     pass
 
 
-class MemberEntry(_Strict):
+class MemberEntry(_Strict, frozen=True):
     """One member of the cluster, as the authority signed it."""
 
     node_id: _NodeId
@@ -131,7 +131,7 @@ class MemberEntry(_Strict):
     coord_onion: _OptOnion = ""  # coordination onion address (later issue); empty = none
 
 
-class Revocation(_Strict):
+class Revocation(_Strict, frozen=True):
     """A node key refused from now on (``node_id`` only for logs and operators)."""
 
     node_id: _NodeId
@@ -139,17 +139,17 @@ class Revocation(_Strict):
     revoked_at: _U63  # unix seconds
 
 
-class SignedEntry(_Strict):
+class SignedEntry(_Strict, frozen=True):
     body: _Body  # the exact msgpack bytes of a MemberEntry
     signature: _Sig
 
 
-class SignedRevocation(_Strict):
+class SignedRevocation(_Strict, frozen=True):
     body: _Body  # the exact msgpack bytes of a Revocation
     signature: _Sig
 
 
-class RosterDocument(_Strict):
+class RosterDocument(_Strict, frozen=True):
     """The roster file (and the roster part of a join answer)."""
 
     version: int
