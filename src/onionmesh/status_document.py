@@ -12,6 +12,7 @@ No key material and no cluster secret appear in it.
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,23 @@ from onionmesh.status_socket import query_status
 SCHEMA_VERSION = 1
 
 
+class NodeState(enum.StrEnum):
+    """Where the daemon is in its life (``node.state``)."""
+
+    STARTING = "starting"  # key and clock checks, tor bootstrap: no mesh yet
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class MasterKeySource(enum.StrEnum):
+    """Which master key the node loaded (``node.master_key``)."""
+
+    PRIMARY = "primary"
+    BACKUP = "backup"  # the primary failed a check; [master] backup_key_path passed them all
+    NONE = "none"  # no master key: shares intro points, never publishes
+
+
 class StatusDocumentError(OnionmeshError):
     """A status document does not have the shape of :class:`StatusDocument`."""
 
@@ -34,12 +52,12 @@ class _Section(msgspec.Struct):
 
 class NodeStatus(_Section):
     id: str
-    state: str  # starting | running | stopping | stopped
+    state: NodeState
     pid: int | None = None
     uptime: float | None = None
     priority: int = 0
     eligible: bool = False  # holds the master key, so may publish
-    master_key: str = "none"  # where the master key came from (primary, backup, none)
+    master_key: MasterKeySource = MasterKeySource.NONE
     coordination_address: str | None = None
     onion_address: str | None = None  # the node's own service (private to the cluster)
     tor_pid: int | None = None

@@ -84,6 +84,7 @@ from onionmesh.node.startup import ClockGuard, KeyMaterial, check_keys
 from onionmesh.node.tor_instance import NodeTor
 from onionmesh.node.uploads_view import UploadsView
 from onionmesh.publish.uploads import RetryPolicy
+from onionmesh.status_document import MasterKeySource, NodeState
 from onionmesh.status_socket import StatusServer, StatusUnavailable, query_status
 from onionmesh.tor.control_protocol import ControlError, parse_hs_desc_event
 from onionmesh.transport.udp import TransportError
@@ -102,10 +103,10 @@ class NodeDaemon:
     def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or Clock()
-        self.state = "starting"
+        self.state = NodeState.STARTING
         self.started_at = self.clock.now()
         self.keys: KeyMaterial | None = None
-        self.master_key_source = "none"
+        self.master_key_source = MasterKeySource.NONE
         self.advertise = ""
         self.tor: NodeTor | None = None
         self.driver: MeshDriver | None = None
@@ -186,7 +187,8 @@ class NodeDaemon:
             log.warning("%s", warning)
             self._alert(Alert("key_problem", str(config.master.key_path), warning))
         self.master_key_source = (
-            "none" if keys.master is None else ("backup" if keys.used_backup else "primary")
+            MasterKeySource.NONE if keys.master is None
+            else MasterKeySource.BACKUP if keys.used_backup else MasterKeySource.PRIMARY
         )
         if keys.master is None:
             log.warning("no [master] key_path: this node shares intro points but never publishes")
@@ -267,7 +269,7 @@ class NodeDaemon:
         self._watch(self.driver.task, "mesh timer loop")
         self._watch(asyncio.create_task(self._consensus_loop(), name="consensus"), "consensus")
         self._watch(asyncio.create_task(self._uploads_loop(), name="uploads"), "upload events")
-        self.state = "running"
+        self.state = NodeState.RUNNING
         log.info("node %s running (master %s)", config.node_id, config.master.address)
 
     @staticmethod
@@ -525,7 +527,7 @@ class NodeDaemon:
     # ------------------------------------------------------------------ shutdown
 
     async def shutdown(self) -> None:
-        self.state = "stopping"
+        self.state = NodeState.STOPPING
         await cancel_and_wait(*self._tasks)
         self._tasks = []
         if self.feed is not None:
@@ -551,7 +553,7 @@ class NodeDaemon:
             with contextlib.suppress(Exception):
                 self._metrics_server.shutdown()
         await self.alerts_delivered(timeout=5.0)
-        self.state = "stopped"
+        self.state = NodeState.STOPPED
 
 
 async def run_node(config_path: Path, environ: Mapping[str, str] = os.environ) -> int:
