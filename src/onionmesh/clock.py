@@ -3,7 +3,8 @@
 A wrong clock breaks an onion service quietly: descriptor-signing certs expire
 early or start in the future, revision counters (seconds since the SRV run
 started) go backwards so HSDirs refuse uploads, and the node picks the wrong
-time period. The seed asks for a clock check on startup and before signing.
+time period. So the clock is checked on startup and before signing
+(docs/scenarios.md §8).
 
 Two independent signals are used:
 
