@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from onionmesh.status_socket import StatusServer, StatusUnavailable, query_status
+from tests.eventually import aeventually
 
 
 async def test_client_reads_the_snapshot(tmp_path: Path):
@@ -80,11 +81,8 @@ async def test_an_unread_answer_is_abandoned_after_the_write_timeout(tmp_path: P
         writer.write(b'{"command": "status"}\n')
         await writer.drain()
         # Never read: the server must give up, not hold 8 MB and a task forever.
-        await asyncio.sleep(0.1)
-        for _ in range(40):
-            if server.timeouts:
-                break
-            await asyncio.sleep(0.1)
+        await aeventually(lambda: server.timeouts, timeout=4, interval=0.1,
+                          what="the server gives up on the unread answer")
         assert server.timeouts == 1 and server.active == 0
         writer.close()
     finally:

@@ -4,8 +4,6 @@ streams per peer, and an outsider cannot even get its descriptor."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,16 +14,9 @@ from onionmesh.transport.frames import Frame, FrameKind
 from onionmesh.transport.socks import SocksFailure, socks_open
 from onionmesh.transport.tor_channel import COORD_PORT, TorChannel, TorPeer
 from onionmesh.wireguard.keys import WireGuardKeyPair
+from tests.eventually import aeventually
 
 pytestmark = [pytest.mark.tor, pytest.mark.tornet]
-
-
-async def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def test_frames_flow_both_ways_and_outsiders_are_kept_out(
@@ -60,7 +51,8 @@ async def test_frames_flow_both_ways_and_outsiders_are_kept_out(
         assert channels["b"].send("a", mesh)
         assert channels["a"].send("b", Frame(FrameKind.PROBE, b"12345678"))
         assert not channels["a"].send("nobody", mesh)
-        await eventually(lambda: got["a"] and got["b"], 180, "frames over tor both ways")
+        await aeventually(lambda: got["a"] and got["b"], timeout=180,
+                         what="frames over tor both ways")
         assert got["a"] == [("b", mesh)]
         assert got["b"] == [("a", Frame(FrameKind.PROBE, b"12345678"))]
         status = channels["a"].stream_status()["b"]

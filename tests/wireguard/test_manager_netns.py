@@ -6,14 +6,12 @@ namespace through ``ip netns exec`` (what the daemon does when it runs there its
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -22,6 +20,7 @@ from onionmesh.wireguard.keys import WireGuardKeyPair
 from onionmesh.wireguard.manager import Backend, WireGuardManager
 from onionmesh.wireguard.names import uapi_socket
 from onionmesh.wireguard.spec import InterfaceSpec, PeerSpec
+from tests.eventually import aeventually
 
 pytestmark = pytest.mark.netns
 PORT = 51820
@@ -58,19 +57,6 @@ class Mesh:
         address = ipaddress.ip_interface(f"{tunnel_ip(host)}/24")
         return InterfaceSpec(self.names[host], PORT, address, self.keys[host].public_key, 1,
                              peers)
-
-
-async def wait_for(check: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def handshaken(manager: WireGuardManager, node: str) -> bool:
@@ -110,8 +96,8 @@ async def test_three_hosts_converge_repair_and_clean_up(lab: HostLab) -> None:
         for host, manager in mesh.managers.items():
             for other in (1, 2, 3):
                 if other != host:
-                    await wait_for(lambda m=manager, o=other: handshaken(m, f"n{o}"), 10,
-                                   f"handshake {host}->{other}")
+                    await aeventually(lambda m=manager, o=other: handshaken(m, f"n{o}"),
+                                      timeout=10, what=f"handshake {host}->{other}")
         assert udp_echo(lab, 1, 2) == b"olleh"
         assert udp_echo(lab, 3, 1) == b"olleh"
         report = await mesh.managers[1].repair()
@@ -122,7 +108,7 @@ async def test_three_hosts_converge_repair_and_clean_up(lab: HostLab) -> None:
         old_pid = one.userspace_pid
         assert old_pid is not None
         os.kill(old_pid, signal.SIGKILL)
-        await wait_for(lambda: not one.userspace_running, 5, "wireguard-go to die")
+        await aeventually(lambda: not one.userspace_running, timeout=5, what="wireguard-go to die")
         report = await one.repair()
         assert "create interface" in report.applied and report.problems == ()
         assert one.userspace_pid not in (None, old_pid)
