@@ -77,7 +77,7 @@ def test_tor_testing_network_period_vectors():
 
 def test_period_length_real_and_testing():
     assert period_length_minutes(consensus_at(ts(2026, 1, 1, 0, 0, 0))) == 1440
-    # design.md: 20 s voting interval -> 8 minute periods; never hard-code 1440.
+    # docs/testnet.md §4: 20 s voting interval -> 8 minute periods; never hard-code 1440.
     assert period_length_minutes(consensus_at(ts(2026, 1, 1, 0, 0, 0), vi=20)) == 8
     assert (
         period_length_minutes(consensus_at(ts(2026, 1, 1, 0, 0, 0), vi=20), testing=False) == 1440

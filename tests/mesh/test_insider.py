@@ -1,4 +1,4 @@
-"""Insider attacks against real cores (issue 9): a captured standby holds its node key
+"""Insider attacks against real cores (docs/security.md): a captured standby holds its node key
 and the cluster secret and sends whatever it likes. After each attack the cluster is
 undisturbed: same publisher, same intro points, nobody dead.
 

@@ -89,7 +89,7 @@ async def test_own_descriptor_and_watcher_see_both_sources(tornet, tornet_client
                                     now=time.time(), source="own")
             return mine if mine.intro_points else None
 
-        # tor first exposes a 0-intro-point descriptor (reference §6)
+        # tor first exposes a 0-intro-point descriptor (docs/testnet.md §5)
         mine = await aeventually(own_set_with_intro_points, timeout=10, interval=0.5,
                                  what="own descriptor with intro points")
         assert mine.period_number in periods and mine.intro_points

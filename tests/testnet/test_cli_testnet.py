@@ -36,7 +36,7 @@ async def _newnym(control_port: int) -> None:
 
 
 def get_with_retries(client: dict, host: str, within: float) -> str:
-    """GET through the CLI-started client; NEWNYM between failed attempts (reference §8)."""
+    """GET through the CLI-started client; NEWNYM between failed attempts (docs/testnet.md §6)."""
     deadline = time.monotonic() + within
     while True:
         try:

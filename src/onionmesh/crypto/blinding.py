@@ -16,7 +16,8 @@ Why PyNaCl's low-level libsodium bindings: both ``A' = h*A`` (a point times an
 arbitrary scalar, no clamping applied by the library) and ``a' = h*a mod l`` need
 scalar and point arithmetic, which ``cryptography`` does not expose at all. The
 libsodium routines are constant-time and about 40 times faster than stem's
-pure-Python big-integer code (measured in shared/reference, section 6.4).
+pure-Python big-integer code (blinding costs about 0.2 ms per descriptor here:
+bench/RESULTS.md, descriptor build breakdown).
 
 Signing with ``a'`` derives each nonce from a *secret* prefix (see
 ``ed25519.sign_expanded``); it is never constant or public. Tor uses ``prefix'``

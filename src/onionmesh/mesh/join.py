@@ -31,7 +31,7 @@ from mesh envelopes, which are msgpack arrays starting 0x94)::
   look the same); the reason stays in the sponsor's log via
   ``JoinDecision.refused``.
 
-API for the shells (issue 9, helper i9b)::
+API for the shells::
 
     # sponsor (a node holding the authority key)
     sponsor = JoinSponsor(authority, roster, cluster_secret, clock_skew_tolerance=30.0)

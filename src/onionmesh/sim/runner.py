@@ -36,7 +36,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "resend_interval": 0.4,
     },
 }
-# The same timings with every core in roster mode (signed membership, issue 9).
+# The same timings with every core in roster mode (signed membership, docs/security.md).
 PROFILES["fast-roster"] = {**PROFILES["fast"], "roster": True}
 
 

@@ -2,7 +2,7 @@
 
 This is deliberately not a general directory parser (the hsdir package owns that): it reads
 the ``r``/``s``/``m`` lines of a microdesc consensus and splits ``md/all`` into
-microdescriptors to compare digests. Phase-1 readiness (reference §3) is: every authority's
+microdescriptors to compare digests. Phase-1 readiness (docs/testnet.md §2) is: every authority's
 consensus lists all relays with ``Running Valid HSDir Guard V2Dir`` and the authority holds every
 microdescriptor that consensus names.
 """
@@ -85,7 +85,7 @@ def split_microdescriptors(md_all: str) -> list[str]:
     """Split ``GETINFO md/all`` into microdescriptors, each ending in a newline.
 
     The control protocol strips the final newline of the data block, so it is put back
-    before splitting (reference §5: otherwise the last microdescriptor hashes wrong).
+    before splitting (docs/testnet.md §5: otherwise the last microdescriptor hashes wrong).
     Every microdescriptor starts with an ``onion-key`` line (dir-spec §3.3).
     """
     if not isinstance(md_all, str):

@@ -5,7 +5,7 @@ namespace it is started in: its WireGuard interface (``WireGuardManager``), its
 coordination onion and per-peer tor streams (``TorChannel``, to a tor reached over unix
 sockets, which work across namespaces), the path selection (``MultipathTransport``) and
 a real ``MeshCore`` driven by the daemon's ``MeshDriver``. It does not publish
-descriptors (the daemon does; see the report of issue 12). Every 0.2 s it writes its
+descriptors (the daemon does). Every 0.2 s it writes its
 view to ``status_path`` (JSON, atomically): each peer's mesh state, path, and the
 events it logged, which is what the tests and ``bench/mesh_net.py`` read.
 

@@ -1,6 +1,6 @@
 """A private Tor network on 127.0.0.1: authorities, clients and onion services.
 
-Bring-up follows the measured recipe (shared/reference/tor-private-network.md §3, §10):
+Bring-up follows the measured recipe of docs/testnet.md (§1, §2):
 
 1. reserve a block of free loopback ports; generate authority keys (tor-gencert) and relay
    fingerprints (tor --list-fingerprint) in parallel;
@@ -12,7 +12,7 @@ Bring-up follows the measured recipe (shared/reference/tor-private-network.md §
    when tor wrote ``hostname`` and reported ``HS_DESC UPLOADED`` for both descriptors).
 
 Clients started before a consensus exists back off exponentially, which is why phase 2 waits.
-Every authority is also an HSDir relay: plain relays join far more slowly (reference §3).
+Every authority is also an HSDir relay: plain relays join far more slowly (docs/testnet.md §1).
 All waits are bounded and raise :class:`TestnetTimeout` with the tail of the tor's notice log.
 Teardown is by PID only, through :class:`onionmesh.tor.process.TorProcess`.
 """
@@ -57,7 +57,7 @@ DIR_OFFSET = 20
 CONTROL_OFFSET = 40
 DYNAMIC_OFFSET = 60
 
-PHASE1_TIMEOUT = 180.0  # reference §8: use >= 120 s (a rare 50 s stall was observed)
+PHASE1_TIMEOUT = 180.0  # docs/testnet.md §6: >= 120 s (a rare 50 s stall was observed)
 CLIENT_TIMEOUT = 120.0
 SERVICE_TIMEOUT = 120.0
 POLL_INTERVAL = 1.0
@@ -103,7 +103,7 @@ class TorNetwork:
         if isinstance(n_authorities, bool) or not isinstance(n_authorities, int):
             raise TestnetError(f"n_authorities must be an integer, got {n_authorities!r}")
         if not 4 <= n_authorities <= MAX_AUTHORITIES:
-            # 3 relays cannot build the 3-hop onion circuits (reference §1).
+            # 3 relays cannot build the 3-hop onion circuits (docs/testnet.md §1).
             raise TestnetError(
                 f"n_authorities must be in 4..{MAX_AUTHORITIES}, got {n_authorities}"
             )
@@ -522,7 +522,7 @@ class TorNetwork:
         controller = await TorController.connect(port=service.control_port)
         descriptor_ids: set[str] = set()
         try:
-            # Subscribe at once: tor uploads ~5 s after start (reference §3), long after this.
+            # Subscribe at once: tor uploads ~5 s after start (docs/testnet.md §2), long after this.
             events = controller.subscribe("HS_DESC")
             await controller.set_events("HS_DESC")
             hostname_file = service.hs_dir / "hostname"

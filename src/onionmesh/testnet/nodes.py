@@ -142,7 +142,7 @@ class TorClient(TorNode):
                         exc.code,
                     ) from exc
             # A failed onion fetch leaves "no more HSDirs to query" state behind; NEWNYM
-            # clears it so the next attempt fetches the descriptor again (reference §8).
+            # clears it so the next attempt fetches the descriptor again (docs/testnet.md §6).
             self.newnym()
 
     def browser_get(self, onion_host: str, path: str = "/", *,

@@ -2,7 +2,7 @@
 
 Everything here is pure (no processes, no sockets) except the two small writers at the end
 (``write_ob_config`` and ``write_hs_secret_key``), so the generated text can be unit-tested.
-The option sets follow the measured recipe in ``shared/reference/tor-private-network.md`` §2:
+The option sets follow the measured recipe in docs/testnet.md §3:
 every tor gets ``TestingTorNetwork 1``, the full list of ``DirAuthority`` lines, a loopback
 control port with cookie authentication, and a notice log inside its data directory.
 
@@ -129,7 +129,7 @@ def _path(path: Path, label: str) -> str:
 
 
 def common_options(node: NodeBase) -> list[tuple[str, str | int]]:
-    """The head every torrc of the network starts with (reference §2)."""
+    """The head every torrc of the network starts with (docs/testnet.md §3)."""
     data_dir = _path(node.data_dir, "data_dir")
     options: list[tuple[str, str | int]] = [
         ("TestingTorNetwork", 1),
@@ -165,7 +165,7 @@ def authority_torrc(
         ("V3AuthoritativeDirectory", 1),
         ("ContactInfo", f"{node.nickname}@test.invalid"),
         # The initial interval must equal the normal one, or the HS time period length
-        # changes after the first consensus (reference §7).
+        # changes after the first consensus (docs/testnet.md §3, §4).
         ("TestingV3AuthInitialVotingInterval", voting_interval),
         ("V3AuthVotingInterval", voting_interval),
         ("TestingV3AuthInitialVoteDelay", vote_delay),
@@ -194,7 +194,7 @@ def check_voting(voting_interval: int, vote_delay: int) -> None:
 
 
 def relay_torrc(node: NodeBase, *, or_port: int) -> str:
-    """Torrc of a plain (non-exit) relay; slower to join than an authority (reference §3)."""
+    """Torrc of a plain (non-exit) relay; slower to join than an authority (docs/testnet.md §1)."""
     check_port(or_port, "or_port")
     return render(common_options(node) + _relay_options(or_port))
 
