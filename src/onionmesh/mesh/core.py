@@ -660,7 +660,8 @@ class MeshCore:
         es: list[SignedEntry] = []
         rs: list[SignedRevocation] = []
         size = 0
-        for item in [*revocations, *entries]:
+        statements: list[SignedEntry | SignedRevocation] = [*revocations, *entries]
+        for item in statements:
             n = len(item.body) + 80
             if size + n > GOSSIP_BUDGET:
                 bodies.append(RosterUpdate(es, rs))
@@ -920,7 +921,8 @@ class MeshCore:
         new_revocations: list[SignedRevocation] = []
         checked = 0
         # Revocations first: an entry for a key revoked in the same message never counts.
-        for item in [*revocations, *entries]:
+        statements: list[SignedEntry | SignedRevocation] = [*revocations, *entries]
+        for item in statements:
             if self.roster.holds(item):
                 continue
             if budget is not None and checked >= budget:

@@ -116,7 +116,7 @@ class Leave(_Msg, tag=8, frozen=True):
     term: U63  # highest term the sender knows
 
 
-class RosterUpdate(_Msg, tag=9):
+class RosterUpdate(_Msg, tag=9, frozen=True):
     """Roster statements, each verified on its own under the authority key."""
 
     entries: Annotated[list[SignedEntry], Meta(max_length=MAX_MEMBERS)]
