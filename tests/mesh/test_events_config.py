@@ -18,7 +18,7 @@ from onionmesh.mesh.events import (
 )
 from onionmesh.mesh.identity import NodeIdentity, PeerSeed
 from onionmesh.mesh.intro import IntroSetsError
-from onionmesh.mesh.vocabulary import RejectReason
+from onionmesh.mesh.vocabulary import RejectReason, StepDownCause
 
 from .netloop import SECRET, identity
 
@@ -36,7 +36,7 @@ def test_peer_events_read_like_the_design():
     )
     assert PeerDead("n", 1).message.endswith("removing 1 intro point")
     assert "forged" in MessageRejected(RejectReason.FORGED, "bad signature", "1.2.3.4:5").message
-    assert "nobody yet" in SteppedDown(4, "shutdown", None).message
+    assert "nobody yet" in SteppedDown(4, StepDownCause.SHUTDOWN, "shutdown", None).message
 
 
 @pytest.mark.parametrize(

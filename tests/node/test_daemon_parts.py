@@ -309,7 +309,12 @@ async def test_events_become_log_lines_alerts_and_metrics(tmp_path: Path, caplog
         PeerDead,
         PeerRecovered,
     )
-    from onionmesh.mesh.vocabulary import ConflictKind, ConflictResolution, RejectReason
+    from onionmesh.mesh.vocabulary import (
+        ConflictKind,
+        ConflictResolution,
+        RejectReason,
+        TakeoverCause,
+    )
     from onionmesh.node.daemon import NodeDaemon
 
     from .helpers import make_cluster
@@ -322,7 +327,7 @@ async def test_events_become_log_lines_alerts_and_metrics(tmp_path: Path, caplog
     caplog.set_level(logging.INFO, logger="onionmesh.node")
     daemon.on_mesh_event(PeerDead("n2", 3))
     daemon.on_mesh_event(PeerRecovered("n2"))
-    daemon.on_mesh_event(BecamePublisher(4, "lease of n2 expired"))
+    daemon.on_mesh_event(BecamePublisher(4, TakeoverCause.LEASE_EXPIRED, "lease of n2 expired"))
     daemon.on_mesh_event(ConflictDetected(ConflictKind.TWO_PUBLISHERS, "n3", 6, 3,
                                           ConflictResolution.KEEP))
     daemon.on_mesh_event(MessageRejected(RejectReason.UNKNOWN_CLUSTER,

@@ -123,6 +123,8 @@ from onionmesh.mesh.vocabulary import (
     PublishTrigger,
     RejectReason,
     Role,
+    StepDownCause,
+    TakeoverCause,
 )
 
 _ADDRESS_RE = re.compile(r"[\x21-\x7e]{1,255}")  # printable, no spaces
@@ -388,6 +390,7 @@ class MeshCore:
             )
             self._step_down(
                 now,
+                StepDownCause.FOREIGN_DESCRIPTOR,
                 f"foreign descriptor (revision {revision}) has more intro points",
                 None,
                 hold_off=2 * self.config.lease_duration,
@@ -431,7 +434,7 @@ class MeshCore:
         if self._shut_down:
             return
         if self.election.is_publisher:
-            self._step_down(now, "shutdown", None)
+            self._step_down(now, StepDownCause.SHUTDOWN, "shutdown", None)
         self._broadcast(Leave(self.election.term), now, verified_only=True)
         self._shut_down = True
 
@@ -468,7 +471,8 @@ class MeshCore:
             self._scheduler.reset()
             self._plan = None
             self._events.append(
-                SteppedDown(term, f"paused {gap:.0f} s: our lease may have lapsed", None)
+                SteppedDown(term, StepDownCause.PAUSED,
+                            f"paused {gap:.0f} s: our lease may have lapsed", None)
             )
             # Say at once that we are standby, so no node compares our stale term.
             self._broadcast(self._heartbeat_body(Heartbeat), now, include_dead=True)
@@ -966,7 +970,8 @@ class MeshCore:
         if self.election.eligible != may_publish:
             self.election.eligible = may_publish
             if not may_publish and self.election.is_publisher:
-                self._step_down(now, "this node's roster entry may no longer publish", None)
+                self._step_down(now, StepDownCause.NOT_ALLOWED,
+                                "this node's roster entry may no longer publish", None)
         self._members_digest = None
         self._plan_dirty = True
         self._events.append(
@@ -1012,7 +1017,8 @@ class MeshCore:
             self._scheduler.reset()
             self._plan = None
             self._events.append(
-                SteppedDown(old_term, f"{rec.node_id} wins the publisher conflict", rec.node_id)
+                SteppedDown(old_term, StepDownCause.LOST_CONFLICT,
+                            f"{rec.node_id} wins the publisher conflict", rec.node_id)
             )
             # Tell everyone at once that we are standby now (no release: the winner
             # holds a valid lease and standbys must not start an election).
@@ -1031,15 +1037,15 @@ class MeshCore:
     def _claim(self, now: float) -> None:
         leader = self.election.leader
         if leader is not None:
-            reason = f"lease of {leader.node_id} expired"
+            cause, reason = TakeoverCause.LEASE_EXPIRED, f"lease of {leader.node_id} expired"
         elif self.election.released_at is not None:
-            reason = "previous publisher released the lease"
+            cause, reason = TakeoverCause.LEASE_RELEASED, "previous publisher released the lease"
         else:
-            reason = "no publisher heard"
+            cause, reason = TakeoverCause.NO_PUBLISHER, "no publisher heard"
         # "was N" in the first publish log line refers to the old publisher's plan.
         self._published_count = leader.plan_count if leader is not None else 0
         term = self.election.claim(now)
-        self._events.append(BecamePublisher(term, reason))
+        self._events.append(BecamePublisher(term, cause, reason))
         self._plan = None
         self._plan_dirty = True
         self._warm_until = now + self.config.heartbeat_interval
@@ -1049,13 +1055,14 @@ class MeshCore:
         self._broadcast(LeaseClaim(term, self.identity.priority, count), now)
 
     def _step_down(
-        self, now: float, reason: str, new_publisher: str | None, hold_off: float = 0.0
+        self, now: float, cause: StepDownCause, reason: str, new_publisher: str | None,
+        hold_off: float = 0.0,
     ) -> None:
         term = self.term
         self.election.step_down(now, hold_off)
         self._scheduler.reset()
         self._plan = None
-        self._events.append(SteppedDown(term, reason, new_publisher))
+        self._events.append(SteppedDown(term, cause, reason, new_publisher))
         self._broadcast(LeaseRelease(term, min(3600, round(hold_off))), now)
 
     def _warm(self) -> bool:

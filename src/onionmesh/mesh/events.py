@@ -10,7 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from onionmesh.mesh.vocabulary import ConflictKind, ConflictResolution, PublishTrigger, RejectReason
+from onionmesh.mesh.vocabulary import (
+    ConflictKind,
+    ConflictResolution,
+    PublishTrigger,
+    RejectReason,
+    StepDownCause,
+    TakeoverCause,
+)
 
 if TYPE_CHECKING:
     from onionmesh.mesh.plan import PublishPlan
@@ -115,7 +122,8 @@ class PeerDamped:
 @dataclass(frozen=True)
 class BecamePublisher:
     term: int
-    reason: str
+    cause: TakeoverCause
+    reason: str  # the detail for the log line, e.g. whose lease expired
 
     @property
     def message(self) -> str:
@@ -125,7 +133,8 @@ class BecamePublisher:
 @dataclass(frozen=True)
 class SteppedDown:
     term: int
-    reason: str
+    cause: StepDownCause
+    reason: str  # the detail for the log line
     new_publisher: str | None
 
     @property

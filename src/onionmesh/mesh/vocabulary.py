@@ -33,6 +33,24 @@ class ElectionOutcome(enum.StrEnum):
     STEP_DOWN = "step_down"  # the other one wins
 
 
+class TakeoverCause(enum.StrEnum):
+    """Why this node claimed the lease (``BecamePublisher``)."""
+
+    LEASE_EXPIRED = "lease_expired"  # the publisher stopped renewing (dead, partitioned)
+    LEASE_RELEASED = "lease_released"  # the publisher let go (clean shutdown, step-down)
+    NO_PUBLISHER = "no_publisher"  # none heard since this node started listening
+
+
+class StepDownCause(enum.StrEnum):
+    """Why this node stopped publishing (``SteppedDown``)."""
+
+    SHUTDOWN = "shutdown"
+    LOST_CONFLICT = "lost_conflict"  # another publisher won the comparison
+    FOREIGN_DESCRIPTOR = "foreign_descriptor"  # the HSDirs hold a better one that is not ours
+    PAUSED = "paused"  # this process did not run for longer than a lease
+    NOT_ALLOWED = "not_allowed"  # the roster no longer lets this node publish
+
+
 class ConflictKind(enum.StrEnum):
     TWO_PUBLISHERS = "two_publishers"  # another node's heartbeat says publisher
     FOREIGN_DESCRIPTOR = "foreign_descriptor"  # the HSDirs hold a descriptor that is not ours
