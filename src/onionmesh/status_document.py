@@ -158,6 +158,7 @@ class StatusDocument(_Section):
     descriptor_age: float | None = None  # seconds since an HSDir last accepted ours
     publisher: PublisherStatus | None = None
     rejected_messages: dict[str, int] = {}  # RejectReason -> count
+    error: str | None = None  # the daemon could not build the rest (a bug; see its log)
 
     @property
     def role(self) -> Role | None:

@@ -154,7 +154,8 @@ def test_format_status_names_roles_peers_and_uploads():
     assert "never published" in text
 
 
-def test_status_document_decodes_typed_ignores_new_sections_and_names_bad_keys(tmp_path: Path):
+def test_status_document_decodes_typed_ignores_new_sections_and_names_bad_keys(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from onionmesh.config import load_config
     from onionmesh.mesh.vocabulary import PeerState, Role
     from onionmesh.node.daemon import NodeDaemon
@@ -166,6 +167,16 @@ def test_status_document_decodes_typed_ignores_new_sections_and_names_bad_keys(t
     daemon = NodeDaemon(load_config(make_cluster(tmp_path / "n1").files.config))
     early = decode_status(json.loads(json.dumps(build_snapshot(daemon))))
     assert early.node.state == "starting" and early.cluster is None and early.role is None
+    # A bug while building it still gives a document the CLI can show, naming the error.
+    import onionmesh.node.daemon as daemon_module
+
+    def broken(_daemon: object) -> dict:
+        raise KeyError("plan")
+
+    monkeypatch.setattr(daemon_module, "build_snapshot", broken)
+    failed = decode_status(json.loads(json.dumps(daemon.snapshot())))
+    assert failed.error == "KeyError: 'plan'"
+    assert "STATUS INCOMPLETE: KeyError: 'plan'" in format_status(failed)
 
     doc = {
         "node": {"id": "n1", "state": "running"}, "master_address": "m.onion",

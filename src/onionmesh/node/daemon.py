@@ -471,6 +471,8 @@ class NodeDaemon:
         except Exception as exc:  # a status bug must never take the daemon down
             log.exception("building the status document failed")
             return {"version": 1, "node": {"id": self.config.node_id, "state": self.state},
+                    "master_address": self.config.master.address,
+                    "clock": {"verdict": "unknown", "message": "status document failed"},
                     "error": f"{type(exc).__name__}: {exc}"}
 
     def clock_status(self) -> dict[str, Any]:

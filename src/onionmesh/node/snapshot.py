@@ -115,6 +115,8 @@ def _per_node(intro_points: Any) -> dict[str, int]:
 def format_status(doc: StatusDocument) -> str:
     """Human-readable ``onionmesh status``."""
     lines = [f"node {doc.node.id} ({doc.node.state}), master {doc.master_address}"]
+    if doc.error:
+        lines.append(f"STATUS INCOMPLETE: {doc.error}")
     cluster = doc.cluster
     if cluster is not None:
         lease = cluster.lease
