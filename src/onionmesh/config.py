@@ -252,6 +252,21 @@ class PublishingSection(_Section):
     hsdir_max_retries: Retries | None = None  # overrides [resilience] when set
 
 
+class MembershipSection(_Section):
+    """The signed roster (docs/security.md). ``roster_path`` set: only roster members are
+    peers, with the keys the roster names. Unset: a cluster not yet moved to the roster."""
+
+    roster_path: Path | None = None
+    # Only on nodes that admit (`add-node`, join answers) and remove nodes.
+    authority_key_path: Path | None = None
+    join_tokens_path: Path | None = None  # default <state_dir>/join_tokens
+    token_lifetime: _seconds(60, 7 * 86400) = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.authority_key_path is not None and self.roster_path is None:
+            raise _Invalid("authority_key_path", "needs roster_path (the roster it signs)")
+
+
 class ResilienceSection(_Section):
     dead_threshold: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
     removal_grace_period: _seconds(0, 86400) = 30.0
@@ -325,6 +340,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     tor: TorSection = TorSection()
     coordination: CoordinationSection = CoordinationSection()
     publishing: PublishingSection = PublishingSection()
+    membership: MembershipSection = MembershipSection()
     resilience: ResilienceSection = ResilienceSection()
     metrics: MetricsSection = MetricsSection()
     alerts: AlertsSection = AlertsSection()

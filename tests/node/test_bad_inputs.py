@@ -108,7 +108,7 @@ def test_bad_key_files_refuse_to_start_and_change_nothing(
         for secret in secrets:
             assert secret not in output
     assert tree_snapshot(tmp_path) == before  # bytes, mtimes and modes
-    assert not (root / "state").exists()  # stopped before creating anything
+    assert not (root / "state" / "tor").exists()  # stopped before creating anything
 
 
 CONFIG_CASES = [

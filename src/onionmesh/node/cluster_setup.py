@@ -1,14 +1,19 @@
 """Cluster material for operators: ``init`` (a new cluster), ``add-node`` (a join token
-for one more node) and ``join`` (a node's config and key from a token).
+for one more node) and ``join`` (a node's config and keys through the join exchange).
 
-The join token carries what a joining node needs to reach and authenticate
-to the cluster: the cluster secret, the master address, the inviting node's
-id, coordination address and public key (pinned by the joiner), and the
-cluster's timing settings (every node must use the same ones). It does NOT
-carry the master key: that moves only as the operator's own copy of the
-key file (``join --master-key``). The token is a secret (anyone holding it
-can speak in the cluster), so it is printed with a warning, never logged,
-and never part of an error message.
+``init`` makes the master key, the cluster secret, the first node's key, the
+cluster's *authority key* and the roster signed by it, listing the first node
+(files 0600). ``add-node`` (on a node with the authority key) records a fresh
+one-time join key in the node's token bookkeeping and prints a token
+(``join_tokens``): it holds no long-lived secret. ``join`` reads the token from
+stdin or a file, makes the new node's key, and runs the join exchange with
+the sponsor named in the token (its running daemon answers on its
+coordination port): the answer carries the node's authority-signed roster
+entry, the roster and the cluster secret boxed to this node. Only then is
+anything written, so a refused join leaves nothing behind.
+
+The master key never travels in a token: it moves only as the operator's own
+copy of the key file (``join --master-key``).
 
 Nothing here overwrites a file: every target is checked before the first
 write, and the key writers refuse existing files anyway.
@@ -16,14 +21,15 @@ write, and the key writers refuse existing files anyway.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from nacl.signing import SigningKey
 
 from onionmesh.config import Config, ConfigError, parse_config
 from onionmesh.crypto.keys import (
@@ -35,18 +41,31 @@ from onionmesh.crypto.keys import (
 )
 from onionmesh.mesh.errors import MeshConfigError
 from onionmesh.mesh.identity import check_node_id
+from onionmesh.mesh.join import Joiner, JoinError, JoinResult
+from onionmesh.mesh.roster import (
+    AuthorityKey,
+    MemberEntry,
+    Roster,
+    RosterError,
+    load_roster,
+    save_authority_key,
+    save_roster,
+)
 from onionmesh.node.errors import SetupError, TokenError
+from onionmesh.node.join_tokens import (
+    JoinTokenBody,
+    TokenStore,
+    decode_token,
+    encode_token,
+)
 from onionmesh.node.keyfiles import (
     cluster_secret_path,
-    load_cluster_secret,
-    load_node_key,
     new_cluster_secret,
     write_cluster_secret,
 )
+from onionmesh.node.membership import load_authority, tokens_path
 from onionmesh.node.startup import load_master_key_file
 
-TOKEN_PREFIX = "onionmesh-join-1."
-MAX_TOKEN_CHARS = 4096  # a real token is a few hundred characters
 CONFIG_NAME = "onionmesh.toml"
 # The settings every node of a cluster must share; the token carries them.
 SHARED_TIMING = {
@@ -55,76 +74,15 @@ SHARED_TIMING = {
     "resilience": ("dead_threshold", "removal_grace_period"),
 }
 TOKEN_WARNING = (
-    "This join token is a SECRET: it holds the cluster secret. Pass it to the new node "
-    "over a private channel only; never paste it into logs, tickets or chat."
+    "This join token admits one node, once, until it expires. Until then it is a secret: "
+    "pass it to the new node over a private channel and feed it to `onionmesh join` on "
+    "stdin or from a file (never on the command line, where other users can read it)."
 )
 MASTER_KEY_NOTE = (
     "The master key is not in the token. Copy the master key file to nodes that may publish "
     "yourself (e.g. scp, mode 0600) and pass it to `onionmesh join --master-key`."
 )
-
-
-@dataclass(frozen=True)
-class JoinToken:
-    cluster_secret: bytes
-    master_address: str
-    inviter_id: str
-    inviter_address: str
-    inviter_public_key: bytes
-    timing: Mapping[str, Mapping[str, Any]]
-
-    def __repr__(self) -> str:  # never show the secret
-        return f"JoinToken(master={self.master_address!r}, inviter={self.inviter_id!r})"
-
-    def encode(self) -> str:
-        body = {
-            "v": 1,
-            "cluster_secret": self.cluster_secret.hex(),
-            "master": self.master_address,
-            "inviter": {"id": self.inviter_id, "address": self.inviter_address,
-                        "public_key": self.inviter_public_key.hex()},
-            "timing": {s: dict(v) for s, v in self.timing.items()},
-        }
-        raw = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
-        return TOKEN_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_token(text: str) -> JoinToken:
-    """Parse a join token; TokenError names the problem, never the token."""
-    text = text.strip()
-    if len(text) > MAX_TOKEN_CHARS:
-        raise TokenError(f"join token is longer than {MAX_TOKEN_CHARS} characters; copy it again")
-    if not text.startswith(TOKEN_PREFIX):
-        raise TokenError(f"not an onionmesh join token (it must start with {TOKEN_PREFIX!r})")
-    payload = text[len(TOKEN_PREFIX):]
-    try:
-        raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
-        body = json.loads(raw)
-    except (binascii.Error, ValueError, RecursionError):
-        raise TokenError("join token is damaged (not base64 JSON); copy it again") from None
-    if not isinstance(body, dict):
-        raise TokenError("join token is damaged (its payload is not a JSON object)")
-    try:
-        if body.get("v") != 1:
-            raise TokenError(f"join token version {body.get('v')!r} is not supported")
-        secret = bytes.fromhex(body["cluster_secret"])
-        inviter = body["inviter"]
-        public_key = bytes.fromhex(inviter["public_key"])
-        token = JoinToken(secret, str(body["master"]), check_node_id(inviter["id"]),
-                          str(inviter["address"]), public_key, dict(body["timing"]))
-    except TokenError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError, MeshConfigError):
-        raise TokenError("join token is incomplete or has fields of the wrong type") from None
-    for section, keys in token.timing.items():
-        if not isinstance(keys, dict) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in keys.values()
-        ):
-            raise TokenError(f"join token timing for [{section}] is not a table of numbers")
-    if len(token.cluster_secret) < 16 or len(token.inviter_public_key) != 32:
-        raise TokenError("join token carries a short cluster secret or a bad public key")
-    # The rest is checked by validating the config the token produces.
-    return token
+JoinExchange = Callable[[Joiner, JoinTokenBody], JoinResult]
 
 
 # -- TOML ------------------------------------------------------------------------------------
@@ -194,6 +152,14 @@ class NodeFiles:
     def state_dir(self) -> Path:
         return self.root / "state"
 
+    @property
+    def roster(self) -> Path:
+        return self.root / "roster"
+
+    @property
+    def authority_key(self) -> Path:
+        return self.root / "authority_key"
+
 
 def _refuse_existing(paths: Sequence[Path]) -> None:
     existing = [str(p) for p in paths if p.exists() or p.is_symlink()]
@@ -213,8 +179,8 @@ def _prepare_dir(root: Path) -> None:
 def node_sections(
     *, node_id: str, master_address: str, listen: str, advertise: str | None,
     priority: int, master_key: Path | None, peers: Sequence[str] = (),
-    peer_keys: Mapping[str, str] | None = None, timing: Mapping[str, Mapping[str, Any]] | None
-    = None, tor_options: Sequence[str] = (), service_ports: Sequence[str] = (),
+    timing: Mapping[str, Mapping[str, Any]] | None = None, tor_options: Sequence[str] = (),
+    service_ports: Sequence[str] = (), authority: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """The config sections ``init`` and ``join`` write (paths relative to the config)."""
     sections: dict[str, dict[str, Any]] = {
@@ -225,8 +191,9 @@ def node_sections(
         "service": {"ports": list(service_ports) or ["80 127.0.0.1:8080"]},
         "tor": {"managed": True, "extra_torrc": list(tor_options)},
         "coordination": {"listen": listen, "advertise": advertise, "peers": list(peers),
-                         "peer_keys": dict(peer_keys or {}),
                          "cluster_secret_path": "cluster_secret"},
+        "membership": {"roster_path": "roster",
+                       "authority_key_path": "authority_key" if authority else None},
         "resilience": {"require_ntp_sync": True, "clock_check": "refuse"},
         "logging": {"level": "info"},
     }
@@ -265,32 +232,40 @@ def init_cluster(root: Path, *, node_id: str = "n1", listen: str = "127.0.0.1:74
                  advertise: str | None = None, priority: int = 100,
                  tor_options: Sequence[str] = (), service_ports: Sequence[str] = (),
                  settings: Mapping[str, Mapping[str, Any]] | None = None) -> InitResult:
-    """A new cluster in ``root``: master key, cluster secret, node key, first node config.
+    """A new cluster in ``root``: master key, cluster secret, node key, authority key, the
+    signed roster listing this node, the first node's config, and a first join token.
 
     ``settings`` (``{section: {key: value}}``) override or add config keys, e.g. a fast
     heartbeat profile for tests.
     """
     files = NodeFiles(root)
-    _refuse_existing([files.config, files.node_key, files.cluster_secret, files.master_key])
+    _refuse_existing([files.config, files.node_key, files.cluster_secret, files.master_key,
+                      files.roster, files.authority_key])
     master = Ed25519Identity.generate()
     node = Ed25519Identity.generate()
+    authority = AuthorityKey.generate()
     sections = node_sections(
         node_id=node_id, master_address=master.onion_address, listen=listen,
         advertise=advertise, priority=priority, master_key=Path("master") / SECRET_KEY_FILE,
-        tor_options=tor_options, service_ports=service_ports,
+        tor_options=tor_options, service_ports=service_ports, authority=True,
     )
     _merge(sections, settings)
     text = render_config(sections)
     config = _validated(text, files.config)
+    roster = Roster(authority.public_key)
+    roster.merge_entry(authority.sign_entry(
+        MemberEntry(node_id, node.public_key, True, int(time.time()))))
     _prepare_dir(root)
     try:
         save_hidden_service_dir(master, files.master_dir)
         save_pem(node, files.node_key)
-    except KeyFileError as exc:
+        save_authority_key(files.authority_key, authority)
+        save_roster(files.roster, roster)
+    except (KeyFileError, RosterError) as exc:
         raise SetupError(str(exc)) from None
     write_cluster_secret(files.cluster_secret, new_cluster_secret())
     _write_config(files.config, text)
-    return InitResult(files, master.onion_address, make_token(config))
+    return InitResult(files, master.onion_address, issue_token(config))
 
 
 def _write_config(path: Path, text: str) -> None:
@@ -304,36 +279,73 @@ def _write_config(path: Path, text: str) -> None:
         handle.write(text)
 
 
-def make_token(config: Config) -> str:
-    """``add-node``: a join token naming this node (from its config and keys) as the inviter."""
+def issue_token(config: Config, *, node_id: str | None = None, may_publish: bool = True,
+                lifetime: float | None = None, now: float | None = None) -> str:
+    """``add-node``: a single-use join token with this node as the sponsor.
+
+    The token's one-time join key is recorded (public half only) in this node's
+    token bookkeeping, which its running daemon consults to answer the join.
+    """
     from onionmesh.node.settings import advertise_address
 
-    secret = load_cluster_secret(config)
-    node = load_node_key(config)
+    if node_id is not None:
+        try:
+            check_node_id(node_id)
+        except MeshConfigError as exc:
+            raise SetupError(str(exc)) from None
+    authority = load_authority(config)
+    assert config.membership.roster_path is not None  # the config requires it with a key
+    try:
+        roster = load_roster(config.membership.roster_path,
+                             expected_authority=authority.public_key)
+    except RosterError as exc:
+        raise SetupError(exc.detail) from None
+    if node_id is not None and node_id in roster:
+        raise SetupError(f"node {node_id!r} is already in the roster")
+    issued = time.time() if now is None else now
+    lifetime = config.membership.token_lifetime if lifetime is None else lifetime
+    join_seed = os.urandom(32)
+    TokenStore(tokens_path(config)).issue(
+        bytes(SigningKey(join_seed).verify_key), issued, lifetime, may_publish=may_publish,
+        node_id=node_id,
+    )
     timing = {s: {k: getattr(getattr(config, s), k) for k in keys}
               for s, keys in SHARED_TIMING.items()}
-    return JoinToken(secret, config.master.address, config.node_id,
-                     advertise_address(config), node.public_key, timing).encode()
+    return encode_token(JoinTokenBody(
+        join_seed, authority.public_key, config.master.address, config.node_id,
+        advertise_address(config), issued + lifetime, timing,
+    ))
+
+
+def udp_exchange(joiner: Joiner, token: JoinTokenBody) -> JoinResult:
+    """The join exchange over UDP with the sponsor's running daemon."""
+    from onionmesh.node.join_udp import join_over_udp
+
+    return join_over_udp(joiner, token.sponsor_address)
 
 
 def join_cluster(token_text: str, root: Path, *, node_id: str, listen: str,
                  advertise: str | None = None, priority: int = 100,
                  master_key: Path | None = None, tor_options: Sequence[str] = (),
                  service_ports: Sequence[str] = (),
-                 settings: Mapping[str, Mapping[str, Any]] | None = None) -> InitResult:
-    """A joining node's config, node key and cluster secret in ``root``, from a token.
+                 settings: Mapping[str, Mapping[str, Any]] | None = None,
+                 exchange: JoinExchange = udp_exchange) -> InitResult:
+    """A joining node's config, keys, roster and cluster secret in ``root``, from a token.
 
-    ``settings`` as for ``init_cluster`` (applied after the token's timing).
+    ``settings`` as for ``init_cluster`` (applied after the token's timing). Nothing is
+    written unless the sponsor admits the node.
     """
     token = decode_token(token_text)
     try:
         check_node_id(node_id)
     except MeshConfigError as exc:
         raise SetupError(str(exc)) from None
-    if node_id == token.inviter_id:
+    if node_id == token.sponsor_id:
         raise SetupError(f"node id {node_id!r} is the inviting node's; pick another")
+    if time.time() >= token.expires_at:
+        raise TokenError("this join token has expired; ask for a new one (`onionmesh add-node`)")
     files = NodeFiles(root)
-    targets = [files.config, files.node_key, files.cluster_secret]
+    targets = [files.config, files.node_key, files.cluster_secret, files.roster]
     master: Ed25519Identity | None = None
     if master_key is not None:
         master = load_master_key_file(master_key, token.master_address)
@@ -343,8 +355,7 @@ def join_cluster(token_text: str, root: Path, *, node_id: str, listen: str,
         node_id=node_id, master_address=token.master_address, listen=listen,
         advertise=advertise, priority=priority,
         master_key=Path("master") / SECRET_KEY_FILE if master is not None else None,
-        peers=[f"{token.inviter_id}@{token.inviter_address}"],
-        peer_keys={token.inviter_id: token.inviter_public_key.hex()}, timing=token.timing,
+        peers=[f"{token.sponsor_id}@{token.sponsor_address}"], timing=token.timing,
         tor_options=tor_options, service_ports=service_ports,
     )
     _merge(sections, settings)
@@ -354,13 +365,53 @@ def join_cluster(token_text: str, root: Path, *, node_id: str, listen: str,
     }
     text = render_config(sections, comments)
     config = _validated(text, files.config)
+    node = Ed25519Identity.generate()
+    assert node.seed is not None
+    joiner = Joiner(token.join_seed, token.authority_key, node_id, node.seed, time.time(),
+                    entropy=os.urandom(64))
+    result = exchange(joiner, token)
+    if result.cluster_secret is None:
+        raise SetupError("the sponsor sent no cluster secret")
     _prepare_dir(root)
     try:
         if master is not None:
             save_hidden_service_dir(master, files.master_dir)
-        save_pem(Ed25519Identity.generate(), files.node_key)
-    except KeyFileError as exc:
+        save_pem(node, files.node_key)
+        save_roster(files.roster, result.roster)
+    except (KeyFileError, RosterError) as exc:
         raise SetupError(str(exc)) from None
-    write_cluster_secret(cluster_secret_path(config), token.cluster_secret)
+    write_cluster_secret(cluster_secret_path(config), result.cluster_secret)
     _write_config(files.config, text)
     return InitResult(files, token.master_address)
+
+
+def local_exchange(sponsor_config: Config) -> JoinExchange:
+    """The sponsor's answer computed in this process, for setting up nodes offline (tests,
+    the demo) while the sponsor's daemon is not running: the same ``JoinService`` the
+    daemon runs, with its token bookkeeping; only the carrier differs. The sponsor's
+    roster file gets the new entry."""
+    from onionmesh.node.join_service import JoinService
+    from onionmesh.node.keyfiles import load_node_key
+    from onionmesh.node.membership import load_node_roster, make_sponsor
+
+    def run(joiner: Joiner, token: JoinTokenBody) -> JoinResult:
+        roster = load_node_roster(sponsor_config, load_node_key(sponsor_config).public_key)
+        assert roster is not None and sponsor_config.membership.roster_path is not None
+        path = sponsor_config.membership.roster_path
+
+        def admitted(entry: Any) -> None:
+            roster.merge_entry(entry)
+            save_roster(path, roster)
+
+        service = JoinService(make_sponsor(sponsor_config, roster), TokenStore(
+            tokens_path(sponsor_config)), time.time, admitted)
+        for reply in service.handle(joiner.request(), "local"):
+            try:
+                result = joiner.receive(reply, time.time())
+            except JoinError:
+                break
+            if result is not None:
+                return result
+        raise SetupError("the sponsor refused the join (token unknown, used or expired)")
+
+    return run

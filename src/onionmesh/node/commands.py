@@ -17,6 +17,7 @@ from pathlib import Path
 
 from onionmesh.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 from onionmesh.errors import OnionmeshError
+from onionmesh.mesh.errors import MeshError
 from onionmesh.node.errors import EXIT_CONFIG, EXIT_OK, NodeError
 from onionmesh.status_socket import StatusUnavailable, query_status
 
@@ -54,11 +55,20 @@ def add_node_parsers(subparsers: argparse._SubParsersAction) -> None:
     _node_args(init)
     init.add_argument("--node-id", default="n1", help="this node's id (default n1)")
 
-    add = subparsers.add_parser("add-node", help="print a join token for one more node")
+    add = subparsers.add_parser("add-node", help="print a single-use join token for one more "
+                                                 "node (on a node with the authority key)")
     _config_arg(add)
+    add.add_argument("--node-id", default=None,
+                     help="reserve the token for this node id (default: any new id)")
+    add.add_argument("--no-publish", action="store_true",
+                     help="the new node's roster entry may not publish (a standby only)")
+    add.add_argument("--lifetime", type=float, default=None, metavar="SECONDS",
+                     help="token lifetime (default [membership] token_lifetime, 3600)")
 
-    join = subparsers.add_parser("join", help="set up a node from a join token")
-    join.add_argument("token", help="the join token, or '-' to read it from stdin")
+    join = subparsers.add_parser("join", help="set up a node through the join exchange")
+    join.add_argument("--token-file", default="-", metavar="PATH",
+                      help="file holding the join token (default '-': read it from stdin; "
+                           "never pass a token on the command line)")
     _node_args(join)
     join.add_argument("--node-id", required=True, help="the new node's id")
     join.add_argument("--master-key", type=Path, default=None,
@@ -94,6 +104,26 @@ def add_node_parsers(subparsers: argparse._SubParsersAction) -> None:
     client_remove.add_argument("name")
     _config_arg(client_actions.add_parser("list", help="list the authorized clients"))
 
+    remove = subparsers.add_parser(
+        "remove-node", help="revoke a node's key (signed; the running daemon gossips it)")
+    _config_arg(remove)
+    remove.add_argument("node_id", metavar="ID", help="the node to remove")
+
+    roster = subparsers.add_parser("roster", help="signed roster tools")
+    roster_actions = roster.add_subparsers(dest="roster_command", metavar="ACTION",
+                                           required=True)
+    roster_init = roster_actions.add_parser(
+        "init", help="move a cluster made before rosters to one: new authority key and a "
+                     "roster of this node and the --member nodes")
+    _config_arg(roster_init)
+    roster_init.add_argument("--member", action="append", default=[], metavar="ID=HEXKEY",
+                             help="another node and its node public key (from `onionmesh "
+                                  "keys check` there); append ':standby' if it may not "
+                                  "publish (repeatable)")
+    roster_init.add_argument("--dir", type=Path, default=None,
+                             help="where to write roster and authority_key (default: the "
+                                  "config's directory)")
+
     keys = subparsers.add_parser("keys", help="key tools")
     keys_actions = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     _config_arg(keys_actions.add_parser("check", help="run the startup key integrity check"))
@@ -118,10 +148,15 @@ def run_node_command(args: argparse.Namespace) -> int:
         if args.command == "init":
             return _init(args)
         if args.command == "add-node":
-            from onionmesh.node.cluster_setup import make_token
+            from onionmesh.node.cluster_setup import issue_token
 
-            _print_token(make_token(load_config(args.config)))
+            _print_token(issue_token(load_config(args.config), node_id=args.node_id,
+                                     may_publish=not args.no_publish, lifetime=args.lifetime))
             return EXIT_OK
+        if args.command == "remove-node":
+            return _remove_node(args)
+        if args.command == "roster":
+            return _roster_init(args)
         if args.command == "join":
             return _join(args)
         if args.command == "run":
@@ -141,6 +176,8 @@ def run_node_command(args: argparse.Namespace) -> int:
         return _fail(str(exc), EXIT_CONFIG)
     except NodeError as exc:
         return _fail(str(exc), exc.exit_code)
+    except MeshError as exc:  # a roster or join statement refused
+        return _fail(str(exc), 1)
     return _fail(f"unknown command {args.command}", 2)
 
 
@@ -211,8 +248,9 @@ def _init(args: argparse.Namespace) -> int:
 
 def _join(args: argparse.Namespace) -> int:
     from onionmesh.node.cluster_setup import join_cluster
+    from onionmesh.node.join_tokens import read_token_text
 
-    token = sys.stdin.readline() if args.token == "-" else args.token
+    token = read_token_text(args.token_file)
     result = join_cluster(
         token, args.dir, node_id=args.node_id, listen=args.listen, advertise=args.advertise,
         priority=args.priority, master_key=args.master_key, tor_options=args.tor_option,
@@ -224,6 +262,52 @@ def _join(args: argparse.Namespace) -> int:
         print("no master key given: this node will not publish (see the config comment)",
               file=sys.stderr)
     print(f"start the node with: onionmesh run -c {result.files.config}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _remove_node(args: argparse.Namespace) -> int:
+    from onionmesh.node.keyfiles import status_socket_path
+    from onionmesh.node.membership import (
+        merge_into_roster_file,
+        sign_revocation,
+        statements_request,
+    )
+    from onionmesh.status_socket import send_request
+
+    config = load_config(args.config)
+    revocation = sign_revocation(config, args.node_id)
+    try:
+        answer = send_request(status_socket_path(config), statements_request(
+            revocations=[revocation]))
+    except StatusUnavailable:
+        merge_into_roster_file(config, revocations=[revocation])
+        print(f"removed {args.node_id}: revocation written to "
+              f"{config.membership.roster_path} (no daemon runs here; it applies and "
+              "gossips it when started)", file=sys.stderr)
+        return EXIT_OK
+    if answer.get("error") or answer.get("refused"):
+        return _fail(f"the daemon did not apply the revocation: "
+                     f"{answer.get('error') or answer.get('refused')}", 1)
+    print(f"removed {args.node_id}: the running daemon applied the revocation, saved the "
+          "roster and gossips it to every node", file=sys.stderr)
+    return EXIT_OK
+
+
+def _roster_init(args: argparse.Namespace) -> int:
+    from onionmesh.node.membership import create_roster, parse_member
+
+    config = load_config(args.config)
+    if config.membership.roster_path is not None:
+        return _fail(f"{config.path}: [membership] roster_path is already set", EXIT_CONFIG)
+    members = [parse_member(text) for text in args.member]
+    directory = args.dir or config.path.parent
+    roster = create_roster(config, members, directory / "roster", directory / "authority_key",
+                           may_publish_self=config.master.key_path is not None)
+    print(f"roster with {len(roster)} nodes: {directory / 'roster'}; authority key: "
+          f"{directory / 'authority_key'} (keep it on this node only; back it up)",
+          file=sys.stderr)
+    print("next, per node, one at a time (docs/operator.md, 'Moving to the signed roster'): "
+          "copy the roster file, add [membership] roster_path, restart", file=sys.stderr)
     return EXIT_OK
 
 
@@ -271,5 +355,6 @@ def _keys_check(args: argparse.Namespace) -> int:
     master = "no master key (never publishes)" if keys.master is None else (
         f"master key {keys.master_path} is {keys.master.onion_address}"
     )
-    print(f"keys OK: {master}; node key {keys.node.onion_address}; cluster secret present")
+    print(f"keys OK: {master}; node key {keys.node.onion_address} "
+          f"(public key {keys.node.public_key.hex()}); cluster secret present")
     return EXIT_OK

@@ -41,6 +41,7 @@ from onionmesh.crypto.keys import (
     load_secret_key,
 )
 from onionmesh.hsdir.consensus import Consensus
+from onionmesh.mesh.roster import Roster
 from onionmesh.node.errors import ClockRefused, KeyCheckError
 from onionmesh.node.keyfiles import (
     check_private_mode,
@@ -61,6 +62,7 @@ class KeyMaterial:
     node: Ed25519Identity
     cluster_secret: bytes = field(repr=False)
     warnings: tuple[str, ...] = ()  # e.g. "using the backup master key because ..."
+    roster: Roster | None = field(default=None, repr=False)  # None: no roster configured
 
     @property
     def used_backup(self) -> bool:
@@ -145,7 +147,10 @@ def check_keys(config: Config, *, managed_tor: bool | None = None) -> KeyMateria
             raise KeyCheckError("service-dir", f"{hs_dir}: {exc}") from None
     if master is not None and master.public_key == node.public_key:
         raise KeyCheckError("node-key-file", "the node key must not be the master key")
-    return KeyMaterial(master, master_path, node, secret, warnings)
+    from onionmesh.node.membership import load_node_roster
+
+    roster = load_node_roster(config, node.public_key)
+    return KeyMaterial(master, master_path, node, secret, warnings, roster)
 
 
 class ClockGuard:
