@@ -46,6 +46,7 @@ from onionmesh.mesh.events import (
     PeerRecovered,
     PeerSuspect,
     PublishRequested,
+    RosterChanged,
     SteppedDown,
 )
 from onionmesh.mesh.identity import NodeIdentity
@@ -66,9 +67,11 @@ from onionmesh.node.errors import (
 from onionmesh.node.intro_feed import IntroFeed
 from onionmesh.node.keyfiles import ensure_private_dir, status_socket_path
 from onionmesh.node.logsetup import set_level
+from onionmesh.node.membership import ROSTER_COMMAND
 from onionmesh.node.mesh_driver import MeshDriver
 from onionmesh.node.path_safety import UnsafePath
 from onionmesh.node.publishing import PublisherControl
+from onionmesh.node.roster_keeper import RosterKeeper
 from onionmesh.node.service_probe import service_targets
 from onionmesh.node.settings import (
     CLOCK_OFFSET_ENV,
@@ -110,6 +113,7 @@ class NodeDaemon:
         self.advertise = ""
         self.tor: NodeTor | None = None
         self.driver: MeshDriver | None = None
+        self.roster_keeper: RosterKeeper | None = None
         self.feed: IntroFeed | None = None
         self.advertising: AdvertiseFilter | None = None
         self.publisher_control: PublisherControl | None = None
@@ -209,7 +213,8 @@ class NodeDaemon:
             raise NodeConfigError(f"status socket directory: {exc}") from None
         self._refuse_if_running(status_path)
         try:
-            self.status_server = StatusServer(status_path, self.snapshot)
+            self.status_server = StatusServer(status_path, self.snapshot,
+                                              commands={ROSTER_COMMAND: self._roster_command})
             await self.status_server.start()
         except OSError as exc:
             raise NodeConfigError(
@@ -232,8 +237,12 @@ class NodeDaemon:
             config.node_id, keys.node.seed or b"", config.node.priority,
             eligible=keys.master is not None, address=self.advertise,
         )
-        core = MeshCore(mesh_cfg, identity, keys.cluster_secret, seeds, self.clock.now())
+        core = MeshCore(mesh_cfg, identity, keys.cluster_secret, seeds, self.clock.now(),
+                        roster=keys.roster)
         self.driver = MeshDriver(core, self.clock, self.on_mesh_event)
+        if keys.roster is not None:
+            self.roster_keeper = RosterKeeper(config, core, self.clock, self.driver.flush)
+            self.driver.join_handler = self.roster_keeper.join_handler()
         try:
             await self.driver.start(str(config.coordination.listen))
         except TransportError as exc:
@@ -400,8 +409,15 @@ class NodeDaemon:
         else:
             log.info("%s", event.message)
 
+    async def _roster_command(self, request: dict[str, Any]) -> Mapping[str, Any]:
+        if self.roster_keeper is None:
+            return {"error": "this node runs without a roster ([membership] roster_path)"}
+        return await self.roster_keeper.apply_request(request)
+
     def on_mesh_event(self, event: Event) -> None:
         """The mesh core's events become log lines, alerts, metrics and publish requests."""
+        if isinstance(event, RosterChanged) and self.roster_keeper is not None:
+            self.roster_keeper.persist()
         if isinstance(event, MessageRejected):
             log.debug("%s", event.message)
             self.metrics.record_rejection(event.reason)

@@ -19,6 +19,7 @@ from onionmesh.clock import Clock
 from onionmesh.mesh.core import MeshCore
 from onionmesh.mesh.events import Event
 from onionmesh.mesh.identity import PeerSeed
+from onionmesh.mesh.join import is_join_datagram
 from onionmesh.transport.udp import UdpTransport
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ class MeshDriver:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.datagrams_in = 0
+        # Join datagrams (mesh.join.MAGIC) go here, not to the core; the answers go back
+        # to the sender. None: this node answers no joins (no authority key).
+        self.join_handler: Callable[[bytes, str], Sequence[bytes]] | None = None
 
     async def start(self, listen: str, open_transport: TransportOpener | None = None) -> None:
         """Open the transport (UDP, or e.g. WireGuard+tor via ``open_transport``) and go."""
@@ -62,6 +66,12 @@ class MeshDriver:
 
     def _on_datagram(self, data: bytes, addr: str) -> None:
         self.datagrams_in += 1
+        if is_join_datagram(data):
+            if self.join_handler is not None and self.transport is not None:
+                for reply in self.join_handler(data, addr):
+                    self.transport.send(reply, addr)
+                self.flush()  # an admitted node's entry is gossiped at once
+            return
         self.core.receive_datagram(data, addr, self.clock.now())
         self.flush()
         self._wake.set()
