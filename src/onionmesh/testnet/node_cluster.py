@@ -209,8 +209,11 @@ class NodeCluster:
 
     def __init__(self, network: TorNetwork, base_dir: Path, n_nodes: int = 3, *,
                  settings: dict[str, dict[str, Any]] | None = None,
-                 node_settings: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
+                 node_settings: dict[str, dict[str, dict[str, Any]]] | None = None,
+                 legacy: bool = False) -> None:
+        """``legacy``: nodes as made before the signed roster (for the upgrade test)."""
         self.network = network
+        self.legacy = legacy
         self.base_dir = Path(base_dir)
         self.n_nodes = n_nodes
         self.settings = _merged(TESTNET_SETTINGS, settings)
@@ -220,7 +223,12 @@ class NodeCluster:
 
     def create(self) -> None:
         """Write every node's config and keys, start every backend (nothing runs yet)."""
-        from onionmesh.node.cluster_setup import init_cluster, join_cluster, make_token
+        from onionmesh.node.cluster_setup import (
+            init_cluster,
+            issue_token,
+            join_cluster,
+            local_exchange,
+        )
 
         tor_options = network_tor_options(self.network)
         self.base_dir.mkdir(parents=True, exist_ok=True)
@@ -237,16 +245,44 @@ class NodeCluster:
                 self.master_address = result.master_address
                 first_key = result.files.master_key
             else:
-                token = make_token(load_config(self.nodes["n1"].config_path))
-                join_cluster(token, node.root, node_id=node_id, listen=node.listen,
-                             master_key=first_key, tor_options=tor_options,
-                             service_ports=ports, settings=settings)
+                # add-node + join, the sponsor's answer computed here (n1 is not running).
+                sponsor = load_config(self.nodes["n1"].config_path)
+                join_cluster(issue_token(sponsor), node.root, node_id=node_id,
+                             listen=node.listen, master_key=first_key, tor_options=tor_options,
+                             service_ports=ports, settings=settings,
+                             exchange=local_exchange(sponsor))
             node.backend = start_backend_process(node_id, node.backend_port,
                                                  node.root / "backend.log")
             self.nodes[node_id] = node
         # Full mesh of configured peers: every node can find every other at once, even
         # when the inviter (n1) is the one that is down.
         self._add_all_peers()
+        if self.legacy:
+            self._make_legacy()
+
+    def _make_legacy(self) -> None:
+        """Turn the nodes into what `init`/`join` made before the signed roster: no roster,
+        no authority key, no token bookkeeping, peer keys pinned in the config."""
+        from onionmesh.node.keyfiles import load_node_key
+
+        keys = {nid: load_node_key(load_config(n.config_path)).public_key.hex()
+                for nid, n in self.nodes.items()}
+        for nid, node in self.nodes.items():
+            for name in ("roster", "authority_key", "state/join_tokens",
+                         "state/join_tokens.lock"):
+                (node.root / name).unlink(missing_ok=True)
+            lines, skip = [], False
+            for line in node.config_path.read_text().splitlines():
+                if line.startswith("["):
+                    skip = line == "[membership]"
+                if skip:
+                    continue
+                lines.append(line)
+                if line.startswith("peers = "):
+                    pinned = ", ".join(f'{o} = "{keys[o]}"' for o in self.nodes if o != nid)
+                    lines.append("peer_keys = { " + pinned + " }")
+            node.config_path.write_text("\n".join(lines) + "\n")
+            load_config(node.config_path)  # still valid
 
     def _add_all_peers(self) -> None:
         from onionmesh.node.keyfiles import load_node_key
