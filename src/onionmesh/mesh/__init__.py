@@ -9,6 +9,9 @@ Where to look:
 =================  ==========================================================
 config.py          MeshConfig: intervals, thresholds, limits (validated)
 identity.py        NodeIdentity (who this node is), PeerSeed (bootstrap peers)
+roster.py          the signed roster: authority-signed member entries and
+                   revocations, merge rules, 0600 files (docs/security.md)
+join.py            the join exchange as pure sponsor/joiner state machines
 messages.py        the versioned wire schema (msgspec Structs, msgpack arrays)
 codec.py           strict decoding and the 60,000-byte datagram limit
 auth.py            cluster MAC, ed25519 signatures, replay windows, timestamp
@@ -21,7 +24,8 @@ election.py        leases, terms, who may claim when, conflict resolution
 plan.py            which intro points are published, and the publish rate limit
 vocabulary.py      the enums: peer states, roles, outcomes, reject reasons, triggers
 events.py          what the core reports, with the log lines of docs/scenarios.md
-core.py            MeshCore: wires the above together, gossip, intro exchange
+core.py            MeshCore: wires the above together, gossip, intro exchange,
+                   roster mode and the bounds on what any peer can make it do
 =================  ==========================================================
 """
 

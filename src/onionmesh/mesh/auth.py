@@ -250,6 +250,13 @@ class Verifier:
             raise RejectedDatagram(
                 RejectReason.FORGED, f"{signed.sender}: public key differs from pinned"
             )
+        # Stateless checks on the claimed fields before the costly signature: a replay
+        # or a stale copy is refused for the price of a MAC (flood resistance).
+        if abs(signed.ts_ms - int(now * 1000)) > self._skew_ms:
+            raise RejectedDatagram(
+                RejectReason.STALE, f"{signed.sender}: timestamp outside skew window"
+            )
+        token = guard.check(signed.sender, signed.boot, signed.seq)
         vk = self._verify_keys.get(signed.public_key)
         if vk is None:
             vk = VerifyKey(signed.public_key)
@@ -259,11 +266,6 @@ class Verifier:
             vk.verify(_SIG_CONTEXT + sealed.signed, sealed.signature)
         except (CryptoError, ValueError, TypeError):
             raise RejectedDatagram(RejectReason.FORGED, f"{signed.sender}: bad signature") from None
-        if abs(signed.ts_ms - int(now * 1000)) > self._skew_ms:
-            raise RejectedDatagram(
-                RejectReason.STALE, f"{signed.sender}: timestamp outside skew window"
-            )
         if not hmac.compare_digest(signed.echo, own_challenge):
             raise Unverified(signed)
-        token = guard.check(signed.sender, signed.boot, signed.seq)
         return signed, token
