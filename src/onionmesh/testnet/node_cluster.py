@@ -210,10 +210,13 @@ class NodeCluster:
     def __init__(self, network: TorNetwork, base_dir: Path, n_nodes: int = 3, *,
                  settings: dict[str, dict[str, Any]] | None = None,
                  node_settings: dict[str, dict[str, dict[str, Any]]] | None = None,
-                 legacy: bool = False) -> None:
-        """``legacy``: nodes as made before the signed roster (for the upgrade test)."""
+                 legacy: bool = False, standbys: Sequence[str] = ()) -> None:
+        """``legacy``: nodes as made before the signed roster (for the upgrade test).
+        ``standbys``: nodes that join without the master key, so their roster entry
+        may not publish (``n1`` always has it)."""
         self.network = network
         self.legacy = legacy
+        self.standbys = set(standbys)
         self.base_dir = Path(base_dir)
         self.n_nodes = n_nodes
         self.settings = _merged(TESTNET_SETTINGS, settings)
@@ -247,8 +250,11 @@ class NodeCluster:
             else:
                 # add-node + join, the sponsor's answer computed here (n1 is not running).
                 sponsor = load_config(self.nodes["n1"].config_path)
-                join_cluster(issue_token(sponsor), node.root, node_id=node_id,
-                             listen=node.listen, master_key=first_key, tor_options=tor_options,
+                publishes = node_id not in self.standbys
+                join_cluster(issue_token(sponsor, may_publish=publishes), node.root,
+                             node_id=node_id, listen=node.listen,
+                             master_key=first_key if publishes else None,
+                             tor_options=tor_options,
                              service_ports=ports, settings=settings,
                              exchange=local_exchange(sponsor))
             node.backend = start_backend_process(node_id, node.backend_port,
