@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from nacl.exceptions import CryptoError
@@ -56,29 +56,50 @@ REPLAY_WINDOW = 64
 RETIRED_BOOTS = 16  # a sender restarting more often than this within a skew window is absurd
 
 
-class ClusterKey:
-    """The MAC key derived from the cluster secret (the secret is not kept)."""
+def _mac_key(cluster_secret: bytes) -> bytes:
+    if not isinstance(cluster_secret, bytes) or len(cluster_secret) < 16:
+        raise MeshConfigError("cluster secret must be at least 16 bytes")
+    return hashlib.blake2b(cluster_secret, digest_size=32, person=b"onionmesh-mac-k1").digest()
 
-    def __init__(self, cluster_secret: bytes) -> None:
-        if not isinstance(cluster_secret, bytes) or len(cluster_secret) < 16:
-            raise MeshConfigError("cluster secret must be at least 16 bytes")
-        self._key = hashlib.blake2b(
-            cluster_secret, digest_size=32, person=b"onionmesh-mac-k1"
-        ).digest()
+
+class ClusterKey:
+    """The MAC key derived from the cluster secret (the secret is not kept).
+
+    During a secret rotation (``onionmesh rotate-secret``) a node also accepts MACs
+    made with the other secret of the rotation (``accepted``), while it makes its own
+    with the current one, so nodes at different steps keep hearing each other.
+    """
+
+    def __init__(self, cluster_secret: bytes, accepted: Sequence[bytes] = ()) -> None:
+        self.set(cluster_secret, accepted)
+
+    def set(self, cluster_secret: bytes, accepted: Sequence[bytes] = ()) -> None:
+        """Replace the secrets (all checked before anything changes)."""
+        key = _mac_key(cluster_secret)
+        others = tuple(_mac_key(secret) for secret in accepted)
+        self._key = key
+        self._accepted = tuple(k for k in others if k != key)
 
     def __repr__(self) -> str:
         return "ClusterKey(<redacted>)"
 
     def tag(self, signed: bytes, signature: bytes) -> bytes:
         """MAC over the version, the signed bytes and the signature."""
-        h = hashlib.blake2b(key=self._key, digest_size=32)
+        return self._tag(self._key, signed, signature)
+
+    @staticmethod
+    def _tag(key: bytes, signed: bytes, signature: bytes) -> bytes:
+        h = hashlib.blake2b(key=key, digest_size=32)
         h.update(_MAC_CONTEXT + bytes([WIRE_VERSION]))
         h.update(len(signed).to_bytes(4, "big") + signed + signature)
         return h.digest()
 
     def check(self, signed: bytes, signature: bytes, mac: bytes) -> bool:
-        """Constant-time MAC comparison."""
-        return hmac.compare_digest(self.tag(signed, signature), mac)
+        """Constant-time MAC comparison (against each accepted secret too)."""
+        ok = hmac.compare_digest(self._tag(self._key, signed, signature), mac)
+        for key in self._accepted:
+            ok |= hmac.compare_digest(self._tag(key, signed, signature), mac)
+        return ok
 
 
 def boot_challenge(signing_seed: bytes, boot: int) -> bytes:

@@ -173,7 +173,7 @@ class MeshCore:
         self.roster = roster
         self.identity = identity
         self.node_id = identity.node_id
-        key = ClusterKey(cluster_secret)
+        key = self._cluster_key = ClusterKey(cluster_secret)
         # The boot id orders this core's messages after those of any earlier
         # core with the same identity (a restart): microseconds of its start.
         self.boot_id = boot_id if boot_id is not None else max(1, int(now * 1_000_000))
@@ -405,6 +405,13 @@ class MeshCore:
             self._plan_dirty = True
             self._scheduler.request(PublishTrigger.CONFLICT, "superseding a foreign descriptor")
         self._after_input(now)
+
+    def set_cluster_secrets(self, current: bytes, accepted: Sequence[bytes] = ()) -> None:
+        """A cluster-secret rotation step: MAC with ``current``, also accept ``accepted``.
+
+        Raises MeshConfigError for a secret that is too short (nothing changes then).
+        """
+        self._cluster_key.set(current, accepted)
 
     def add_peer(self, seed: PeerSeed, now: float) -> None:
         """A peer the operator added at runtime (config reload): greeted like a bootstrap peer."""

@@ -109,6 +109,15 @@ def add_node_parsers(subparsers: argparse._SubParsersAction) -> None:
     _config_arg(remove)
     remove.add_argument("node_id", metavar="ID", help="the node to remove")
 
+    rotate = subparsers.add_parser(
+        "rotate-secret", help="replace the cluster secret without downtime, in three steps "
+                              "(docs/operator.md, 'Rotating the cluster secret')")
+    rotate.add_argument("step", choices=["begin", "commit", "finish", "reload"],
+                        help="begin: on one node, add a new secret (copy the file to every "
+                             "node, then `reload` there); commit: on every node, send with "
+                             "the new one; finish: on every node, drop the old one")
+    _config_arg(rotate)
+
     roster = subparsers.add_parser("roster", help="signed roster tools")
     roster_actions = roster.add_subparsers(dest="roster_command", metavar="ACTION",
                                            required=True)
@@ -157,6 +166,8 @@ def run_node_command(args: argparse.Namespace) -> int:
             return _remove_node(args)
         if args.command == "roster":
             return _roster_init(args)
+        if args.command == "rotate-secret":
+            return _rotate_secret(args)
         if args.command == "join":
             return _join(args)
         if args.command == "run":
@@ -290,6 +301,53 @@ def _remove_node(args: argparse.Namespace) -> int:
                      f"{answer.get('error') or answer.get('refused')}", 1)
     print(f"removed {args.node_id}: the running daemon applied the revocation, saved the "
           "roster and gossips it to every node", file=sys.stderr)
+    return EXIT_OK
+
+
+def _rotate_secret(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    from onionmesh.node.keyfiles import (
+        cluster_secret_path,
+        load_cluster_secrets,
+        new_cluster_secret,
+        replace_cluster_secrets,
+        status_socket_path,
+    )
+
+    config = load_config(args.config)
+    path = cluster_secret_path(config)
+    current, accepted = load_cluster_secrets(config)
+    if args.step == "begin":
+        if accepted:
+            return _fail(f"{path} already holds two secrets: a rotation is in progress "
+                         "(commit, then finish it)", 1)
+        replace_cluster_secrets(path, current, new_cluster_secret())
+        note = (f"copy {path} (mode 0600) to every other node, run `onionmesh rotate-secret "
+                "reload` there; then `commit` on every node")
+    elif args.step == "commit":
+        if not accepted:
+            return _fail(f"{path} holds one secret: run `begin` first (or copy its file)", 1)
+        replace_cluster_secrets(path, accepted[0], current)
+        note = "when every node has committed, run `finish` on every node"
+    elif args.step == "finish":
+        replace_cluster_secrets(path, current)
+        note = "this node now knows only the secret it sends with"
+    else:
+        note = "the daemon re-read the secret file"
+    try:
+        doc = query_status(status_socket_path(config))
+        pid = doc.get("node", {}).get("pid") if isinstance(doc.get("node"), dict) else None
+    except StatusUnavailable:
+        pid = None
+    if isinstance(pid, int) and pid > 0:
+        os.kill(pid, signal.SIGHUP)  # the daemon re-reads the secret file on SIGHUP
+        print(f"rotate-secret {args.step}: done; daemon (pid {pid}) reloads it; {note}",
+              file=sys.stderr)
+    else:
+        print(f"rotate-secret {args.step}: done (no daemon runs here; it applies at start); "
+              f"{note}", file=sys.stderr)
     return EXIT_OK
 
 

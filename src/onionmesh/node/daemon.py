@@ -37,6 +37,7 @@ from onionmesh.clock import Clock, ClockVerdict
 from onionmesh.config import Config, ConfigError, load_config
 from onionmesh.errors import OnionmeshError
 from onionmesh.mesh.core import MeshCore
+from onionmesh.mesh.errors import MeshError
 from onionmesh.mesh.events import (
     BecamePublisher,
     ConflictDetected,
@@ -65,7 +66,11 @@ from onionmesh.node.errors import (
     TransportFailed,
 )
 from onionmesh.node.intro_feed import IntroFeed
-from onionmesh.node.keyfiles import ensure_private_dir, status_socket_path
+from onionmesh.node.keyfiles import (
+    ensure_private_dir,
+    load_cluster_secrets,
+    status_socket_path,
+)
 from onionmesh.node.logsetup import set_level
 from onionmesh.node.membership import ROSTER_COMMAND
 from onionmesh.node.mesh_driver import MeshDriver
@@ -240,6 +245,9 @@ class NodeDaemon:
         core = MeshCore(mesh_cfg, identity, keys.cluster_secret, seeds, self.clock.now(),
                         roster=keys.roster)
         self.driver = MeshDriver(core, self.clock, self.on_mesh_event)
+        if keys.accepted_secrets:
+            core.set_cluster_secrets(keys.cluster_secret, keys.accepted_secrets)
+            log.info("cluster secret rotation in progress: also accepting the other secret")
         if keys.roster is not None:
             self.roster_keeper = RosterKeeper(config, core, self.clock, self.driver.flush)
             self.driver.join_handler = self.roster_keeper.join_handler()
@@ -505,6 +513,20 @@ class NodeDaemon:
     def _on_sighup(self) -> None:
         self._spawn(self.reload())
 
+    def _reload_cluster_secrets(self, config: Config) -> None:
+        """A step of ``onionmesh rotate-secret``: the secret file may have changed."""
+        if self.driver is None:
+            return
+        try:
+            current, accepted = load_cluster_secrets(config)
+            self.driver.core.set_cluster_secrets(current, accepted)
+        except (NodeError, MeshError) as exc:
+            log.error("SIGHUP: cluster secret not reloaded, keeping the running one: %s", exc)
+            return
+        log.info("SIGHUP: cluster secret reloaded (%s)",
+                 "rotation in progress: also accepting the other secret" if accepted
+                 else "one secret")
+
     async def reload(self) -> None:
         """SIGHUP: apply what can change live, name what needs a restart."""
         try:
@@ -513,6 +535,7 @@ class NodeDaemon:
         except (ConfigError, NodeError) as exc:
             log.error("SIGHUP: config reload failed, keeping the running config: %s", exc)
             return
+        self._reload_cluster_secrets(new)
         old = self.config
         restart_needed = []
         for section, key in new.changed_keys(old):

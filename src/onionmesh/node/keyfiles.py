@@ -106,24 +106,35 @@ def load_node_key(config: Config) -> Ed25519Identity:
     return identity
 
 
-def encode_cluster_secret(secret: bytes) -> bytes:
-    return secret.hex().encode("ascii") + b"\n"
+def encode_cluster_secret(secret: bytes, *accepted: bytes) -> bytes:
+    """One hex line per secret: the one this node sends with, then those it also accepts
+    (only during a rotation, ``onionmesh rotate-secret``)."""
+    return b"".join(s.hex().encode("ascii") + b"\n" for s in (secret, *accepted))
+
+
+def decode_cluster_secrets(data: bytes, where: str) -> tuple[bytes, tuple[bytes, ...]]:
+    """(the secret to send with, the other secret of a rotation if any)."""
+    try:
+        lines = [line.strip() for line in data.decode("ascii").splitlines() if line.strip()]
+        secrets = [bytes.fromhex(line) for line in lines]
+    except (UnicodeDecodeError, ValueError):
+        raise KeyCheckError("cluster-secret", f"{where} is not hex text") from None
+    if not 1 <= len(secrets) <= 2:
+        raise KeyCheckError("cluster-secret", f"{where} must hold one secret (two during a "
+                                              f"rotation), not {len(secrets)}")
+    for secret in secrets:
+        if len(secret) < 16:
+            raise KeyCheckError(
+                "cluster-secret", f"{where} holds {len(secret)} bytes; at least 16 are needed"
+            )
+    return secrets[0], tuple(secrets[1:])
 
 
 def decode_cluster_secret(data: bytes, where: str) -> bytes:
-    try:
-        text = data.decode("ascii").strip()
-        secret = bytes.fromhex(text)
-    except (UnicodeDecodeError, ValueError):
-        raise KeyCheckError("cluster-secret", f"{where} is not hex text") from None
-    if len(secret) < 16:
-        raise KeyCheckError(
-            "cluster-secret", f"{where} holds {len(secret)} bytes; at least 16 are needed"
-        )
-    return secret
+    return decode_cluster_secrets(data, where)[0]
 
 
-def load_cluster_secret(config: Config) -> bytes:
+def _read_cluster_secret_file(config: Config) -> tuple[Path, bytes]:
     path = cluster_secret_path(config)
     check_private_mode(path, "cluster-secret")
     try:
@@ -133,13 +144,30 @@ def load_cluster_secret(config: Config) -> bytes:
         raise KeyCheckError("cluster-secret", f"{path} cannot be read: {exc.strerror}") from None
     if len(data) > _MAX_SECRET_FILE:
         raise KeyCheckError("cluster-secret", f"{path} is too large to be a cluster secret")
-    return decode_cluster_secret(data, str(path))
+    return path, data
+
+
+def load_cluster_secret(config: Config) -> bytes:
+    return load_cluster_secrets(config)[0]
+
+
+def load_cluster_secrets(config: Config) -> tuple[bytes, tuple[bytes, ...]]:
+    path, data = _read_cluster_secret_file(config)
+    return decode_cluster_secrets(data, str(path))
 
 
 def write_cluster_secret(path: Path, secret: bytes) -> None:
     """Write the secret (0600); an existing file is never replaced."""
     try:
         atomic_write(path, encode_cluster_secret(secret), mode=0o600, overwrite=False)
+    except SecureFileError as exc:
+        raise KeyCheckError("cluster-secret", str(exc)) from None
+
+
+def replace_cluster_secrets(path: Path, secret: bytes, *accepted: bytes) -> None:
+    """A rotation step: rewrite the file atomically (0600)."""
+    try:
+        atomic_write(path, encode_cluster_secret(secret, *accepted), mode=0o600, overwrite=True)
     except SecureFileError as exc:
         raise KeyCheckError("cluster-secret", str(exc)) from None
 

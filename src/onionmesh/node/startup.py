@@ -45,7 +45,7 @@ from onionmesh.mesh.roster import Roster
 from onionmesh.node.errors import ClockRefused, KeyCheckError
 from onionmesh.node.keyfiles import (
     check_private_mode,
-    load_cluster_secret,
+    load_cluster_secrets,
     load_node_key,
     service_dir,
 )
@@ -63,6 +63,8 @@ class KeyMaterial:
     cluster_secret: bytes = field(repr=False)
     warnings: tuple[str, ...] = ()  # e.g. "using the backup master key because ..."
     roster: Roster | None = field(default=None, repr=False)  # None: no roster configured
+    # The other secret of a cluster-secret rotation in progress (accepted, never sent).
+    accepted_secrets: tuple[bytes, ...] = field(default=(), repr=False)
 
     @property
     def used_backup(self) -> bool:
@@ -132,7 +134,7 @@ def check_keys(config: Config, *, managed_tor: bool | None = None) -> KeyMateria
     """Every key check the daemon needs, reading only; KeyCheckError names the failed one."""
     master, master_path, warnings = load_master_key(config)
     node = load_node_key(config)
-    secret = load_cluster_secret(config)
+    secret, accepted = load_cluster_secrets(config)
     if managed_tor is None:
         managed_tor = bool(config.tor.managed)
     hs_dir = service_dir(config)
@@ -150,7 +152,7 @@ def check_keys(config: Config, *, managed_tor: bool | None = None) -> KeyMateria
     from onionmesh.node.membership import load_node_roster
 
     roster = load_node_roster(config, node.public_key)
-    return KeyMaterial(master, master_path, node, secret, warnings, roster)
+    return KeyMaterial(master, master_path, node, secret, warnings, roster, accepted)
 
 
 class ClockGuard:
