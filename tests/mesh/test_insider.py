@@ -375,3 +375,20 @@ def test_gossiped_boots_cannot_poison_the_handshake() -> None:
         net.run_until(net.now + 1)
     assert net.cores["b"].rejections["unverified"] <= 1
     assert_undisturbed(net, before)
+
+
+def test_invented_ids_cannot_fill_the_handshake_cache_without_a_roster() -> None:
+    """Legacy: anyone with the cluster secret can sign as new ids; they share a small
+    pool of handshake entries, so a real joiner still gets its handshake."""
+    net = cluster(roster=False)
+    a = net.cores["a"]
+    for i in range(300):
+        ghost = MeshCore(CFG, identity(f"ghost{i}"), SECRET, [PeerSeed("a", "a:7000")],
+                         net.local("a"))
+        for data, addr in ghost.datagrams_to_send(net.local("a")):
+            if addr.startswith("a:"):
+                a.receive_datagram(data, f"ghost{i}:7000", net.local("a"))
+    assert len(list(a._handshake.items())) <= 3 + 64
+    net.add(identity("d", 10))
+    net.run_until(net.now + 3 * CFG.heartbeat_interval)
+    assert a.peers()["d"].state == "alive"

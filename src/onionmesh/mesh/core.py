@@ -508,6 +508,14 @@ class MeshCore:
         address = rec.address if rec is not None and rec.address else ""
         if not address and isinstance(body, Heartbeat):
             address = body.address
+        if rec is None:
+            # Without a roster any holder of the cluster secret can invent node ids:
+            # those not (yet) in the peer table share MAX_STRANGERS entries, oldest out.
+            self._strangers[signed.sender] = None
+            self._strangers.move_to_end(signed.sender)
+            while len(self._strangers) > MAX_STRANGERS:
+                oldest, _ = self._strangers.popitem(last=False)
+                self._handshake.drop(oldest)
         if self._learn_challenge(signed.sender, signed.boot, signed.challenge, address):
             # First word from a boot we have never seen: answer with one heartbeat
             # echoing its challenge, so the handshake takes one round trip rather
