@@ -267,6 +267,88 @@ class MembershipSection(_Section):
             raise _Invalid("authority_key_path", "needs roster_path (the roster it signs)")
 
 
+InterfaceName = _text(r"[A-Za-z0-9_=+.-]{1,15}",
+                     "1-15 characters of A-Z, a-z, 0-9, '_', '=', '+', '.' or '-' "
+                     "(a Linux interface name)", 15)
+IpLiteral = _text(r"[0-9A-Fa-f:.]{2,45}", "an IPv4 or IPv6 address (no brackets, no port)", 45)
+IpInterface = _text(r"[0-9A-Fa-f:.]{2,45}/[0-9]{1,3}",
+                    "an address with its prefix length ('10.77.0.1/24')", 49)
+
+
+class WireGuardPeer(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Where a member's tunnel ends: its underlay endpoint and its tunnel address.
+
+    Its WireGuard public key and coordination onion come from the signed roster.
+    """
+
+    endpoint: HostPort
+    tunnel_ip: IpLiteral
+
+
+class WireGuardSection(_Section):
+    """Coordination over WireGuard with tor as the fallback (docs/coordination.md).
+
+    ``enabled`` off: the mesh runs over plain UDP on ``[coordination] listen``.
+    """
+
+    enabled: bool = False
+    # Default: "om" + a hash of node id and state directory (unique machine-wide, as
+    # wireguard-go's UAPI socket path is).
+    interface: InterfaceName | None = None
+    listen_port: Port = 51820
+    address: IpInterface | None = None  # this node's tunnel address, with prefix
+    persistent_keepalive: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 5
+    key_path: Path | None = None  # default <state_dir>/wireguard.key (0600, made at init/join)
+    coordination_key_path: Path | None = None  # default <state_dir>/coordination_onion.key
+    # Path selection; unset: derived from the heartbeat (transport/paths.py).
+    probe_interval: _seconds(0.05, 600) | None = None
+    fallback_after: _seconds(0.05, 3600) | None = None
+    backoff_cap: _seconds(0.1, 86400) = 60.0
+    repair_interval: _seconds(0.5, 3600) = 10.0
+    peers: Annotated[dict[NodeId, WireGuardPeer], msgspec.Meta(max_length=MAX_LIST_ITEMS)] = {}
+
+    def __post_init__(self) -> None:
+        if self.enabled and self.address is None:
+            raise _Invalid("address", "required when enabled = true (this node's tunnel "
+                                      "address, e.g. '10.77.0.1/24')")
+        if self.interface is not None and self.interface in (".", ".."):
+            raise _Invalid("interface", "must be a Linux interface name")
+        network = None
+        if self.address is not None:
+            try:
+                own = ipaddress.ip_interface(self.address)
+            except ValueError:
+                raise _Invalid("address", f"{self.address!r} is not an address with a "
+                                          "prefix length") from None
+            network = own.network
+        seen: dict[str, str] = {}
+        for node_id, peer in self.peers.items():
+            try:
+                _check_host_port("peers", peer.endpoint, f"{node_id}: endpoint: ")
+                tunnel_ip = ipaddress.ip_address(peer.tunnel_ip)
+            except ValueError:
+                raise _Invalid("peers", f"{node_id}: tunnel_ip {peer.tunnel_ip!r} is not an "
+                                        "IP address") from None
+            if network is not None:
+                if tunnel_ip not in network:
+                    raise _Invalid("peers", f"{node_id}: tunnel_ip {tunnel_ip} is outside "
+                                            f"this node's tunnel network {network}")
+                if tunnel_ip == own.ip:
+                    raise _Invalid("peers", f"{node_id}: tunnel_ip {tunnel_ip} is this node's "
+                                            "own tunnel address")
+            if str(tunnel_ip) in seen:
+                raise _Invalid("peers", f"{node_id} and {seen[str(tunnel_ip)]} share the "
+                                        f"tunnel_ip {tunnel_ip}")
+            seen[str(tunnel_ip)] = node_id
+        if self.probe_interval is not None and self.backoff_cap < self.probe_interval:
+            raise _Invalid("backoff_cap", f"must be at least probe_interval "
+                                          f"({self.probe_interval:g} s)")
+
+    @property
+    def tunnel_address(self) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface | None:
+        return None if self.address is None else ipaddress.ip_interface(self.address)
+
+
 class ResilienceSection(_Section):
     dead_threshold: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 3
     removal_grace_period: _seconds(0, 86400) = 30.0
@@ -342,6 +424,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     publishing: PublishingSection = PublishingSection()
     membership: MembershipSection = MembershipSection()
     resilience: ResilienceSection = ResilienceSection()
+    wireguard: WireGuardSection = WireGuardSection()
     metrics: MetricsSection = MetricsSection()
     alerts: AlertsSection = AlertsSection()
     logging: LoggingSection = LoggingSection()
@@ -452,12 +535,39 @@ _Section_T = TypeVar("_Section_T", bound=_Section)
 def _section(name: str, schema: type[_Section_T], raw: Any, path: Path, base: Path) -> _Section_T:
     if not isinstance(raw, dict):
         raise ConfigError(path, f"[{name}] must be a table, got {type(raw).__name__}")
+    _check_tables(name, schema, raw, path)
     try:
         return msgspec.convert(raw, schema, strict=True, dec_hook=_decode_path(base))
     except msgspec.ValidationError as exc:
         raise _explain(name, schema, raw, path, exc) from None
     except _Invalid as exc:
         raise ConfigError(path, exc.problem, name, exc.key) from None
+
+
+# Keys whose value is a table of tables: (section, key) -> the inner Struct. Each inner
+# table is checked on its own first, so an error names its entry ("peers: n2: endpoint").
+_TABLES_OF_TABLES: dict[tuple[str, str], type[msgspec.Struct]] = {
+    ("wireguard", "peers"): WireGuardPeer,
+}
+
+
+def _check_tables(name: str, schema: type[_Section], raw: dict[str, Any], path: Path) -> None:
+    for (section, key), inner in _TABLES_OF_TABLES.items():
+        value = raw.get(key) if section == name else None
+        if not isinstance(value, dict):
+            continue
+        for entry, table in list(value.items())[:MAX_LIST_ITEMS + 1]:
+            label = str(entry)[:64]
+            if not isinstance(table, dict):
+                raise ConfigError(path, f"{label}: must be a table", section, key)
+            try:
+                msgspec.convert(table, inner, strict=True)
+            except msgspec.ValidationError as exc:
+                inner_error = _explain(section, inner, table, path, exc)  # type: ignore[arg-type]
+                problem = inner_error.problem
+                if inner_error.key:
+                    problem = f"{inner_error.key}: {problem}"
+                raise ConfigError(path, f"{label}: {problem}", section, key) from None
 
 
 def parse_config(text: str, path: Path | str = "<string>") -> Config:
@@ -503,6 +613,17 @@ def _check_consistency(config: Config) -> None:
         raise ConfigError(
             path, "set control_socket or control_port, not both", "tor", "control_port"
         )
+    wireguard, coordination = config.wireguard, config.coordination
+    if wireguard.enabled and wireguard.tunnel_address is not None:
+        # Mesh datagrams travel inside the tunnel: peers reach this node at its tunnel
+        # address, and a socket on the underlay would bypass WireGuard.
+        key = "advertise" if coordination.advertise is not None else "listen"
+        mesh_address = str(coordination.advertise or coordination.listen)
+        host = mesh_address.rpartition(":")[0].strip("[]")
+        if ipaddress.ip_address(host) != wireguard.tunnel_address.ip:
+            raise ConfigError(
+                path, f"must be on this node's tunnel address {wireguard.tunnel_address.ip} "
+                f"when [wireguard] enabled = true, got {mesh_address}", "coordination", key)
 
 
 def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> Config:

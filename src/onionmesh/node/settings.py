@@ -6,6 +6,7 @@ matter for running a node (``config check`` runs them too).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import math
 import os
@@ -19,6 +20,7 @@ from onionmesh.mesh.errors import MeshConfigError
 from onionmesh.mesh.identity import PeerSeed
 from onionmesh.node.errors import NodeConfigError
 from onionmesh.node.service_health import CheckPolicy
+from onionmesh.transport.paths import PathConfig, PathConfigError
 
 CLOCK_OFFSET_ENV = "ONIONMESH_CLOCK_OFFSET"
 
@@ -55,6 +57,30 @@ def mesh_config(config: Config) -> MeshConfig:
         )
     except MeshConfigError as exc:
         raise NodeConfigError(f"{config.path}: mesh settings: {exc}") from None
+
+
+def path_config(config: Config) -> PathConfig:
+    """Per-peer path selection timings (``[wireguard]``, ``[resilience]
+    tor_fallback_enabled``): derived from the heartbeat unless set, and refused when a
+    blocked tunnel would make a peer dead before its heartbeats could arrive over tor."""
+    mesh = mesh_config(config)
+    wireguard = config.wireguard
+    dead_after = (mesh.dead_threshold + mesh.heartbeat_slack) * mesh.heartbeat_interval
+    try:
+        paths = PathConfig.for_heartbeat(mesh.heartbeat_interval, dead_after,
+                                         config.resilience.tor_fallback_enabled)
+        overrides: dict[str, float] = {"backoff_cap": wireguard.backoff_cap}
+        if wireguard.probe_interval is not None:
+            overrides["probe_interval"] = overrides["probe_timeout"] = wireguard.probe_interval
+        if wireguard.fallback_after is not None:
+            overrides["fallback_after"] = wireguard.fallback_after
+        overrides["backoff_cap"] = max(overrides["backoff_cap"],
+                                       overrides.get("probe_interval", paths.probe_interval))
+        paths = dataclasses.replace(paths, **overrides)
+        paths.check_timing(dead_after)
+    except PathConfigError as exc:
+        raise NodeConfigError(f"{config.path}: [wireguard] path timings: {exc}") from None
+    return paths
 
 
 def health_policy(config: Config) -> CheckPolicy:
@@ -99,6 +125,8 @@ def check_runnable(config: Config) -> None:
     advertise_address(config)
     peer_seeds(config)
     mesh_config(config)
+    if config.wireguard.enabled:
+        path_config(config)
     if config.alerts.webhook is not None:
         try:
             AlertSink(config.node_id, webhook=config.alerts.webhook)
