@@ -614,6 +614,12 @@ def _check_consistency(config: Config) -> None:
             path, "set control_socket or control_port, not both", "tor", "control_port"
         )
     wireguard, coordination = config.wireguard, config.coordination
+    if wireguard.enabled and config.resilience.tor_fallback_enabled and not tor.managed \
+            and not tor.socks_port:
+        raise ConfigError(
+            path, "required with an existing tor when [wireguard] enabled = true and "
+            "[resilience] tor_fallback_enabled = true (the tor fallback's streams)",
+            "tor", "socks_port")
     if wireguard.enabled and wireguard.tunnel_address is not None:
         # Mesh datagrams travel inside the tunnel: peers reach this node at its tunnel
         # address, and a socket on the underlay would bypass WireGuard.

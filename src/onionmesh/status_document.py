@@ -21,6 +21,7 @@ import msgspec
 from onionmesh.errors import OnionmeshError
 from onionmesh.mesh.vocabulary import PeerState, Role
 from onionmesh.status_socket import query_status
+from onionmesh.transport.paths import Path as MeshPath
 
 SCHEMA_VERSION = 1
 
@@ -142,6 +143,43 @@ class PublisherStatus(_Section):
     published: bool = False
 
 
+class TorStreamStatus(_Section):
+    """This node's stream to a peer's coordination onion (transport/tor_channel.py)."""
+
+    connected: bool = False
+    connects: int = 0
+    failures: int = 0
+    last_error: str | None = None
+
+
+class PeerPathStatus(_Section):
+    """How mesh datagrams reach one peer when WireGuard is on (transport/paths.py)."""
+
+    path: MeshPath
+    fallback_since: float | None = None  # unix time (node clock) it moved to tor; None: not
+    last_wireguard_ack_age: float | None = None
+    last_handshake_age: float | None = None  # seconds since the last WireGuard handshake
+    rtt_wireguard: float | None = None
+    rtt_tor: float | None = None
+    fallbacks: int = 0
+    tor_stream: TorStreamStatus | None = None
+
+
+class CoordinationStatus(_Section):
+    """The coordination link (``[wireguard]``): absent when the mesh runs over plain UDP."""
+
+    interface: str
+    tunnel_address: str
+    tor_fallback: bool
+    backend: str | None = None  # kernel | userspace (wireguard-go), None before it is up
+    coordination_onion: str | None = None
+    problems: list[str] = []  # what the last WireGuard repair could not fix
+    missing_peers: list[str] = []  # roster members without a WireGuard peer, and why
+    peers: dict[str, PeerPathStatus] = {}
+    sent: dict[str, int] = {}  # mesh frames per path
+    received: dict[str, int] = {}
+
+
 class StatusDocument(_Section):
     node: NodeStatus
     master_address: str
@@ -159,6 +197,7 @@ class StatusDocument(_Section):
     publisher: PublisherStatus | None = None
     rejected_messages: dict[str, int] = {}  # RejectReason -> count
     error: str | None = None  # the daemon could not build the rest (a bug; see its log)
+    coordination: CoordinationStatus | None = None
 
     @property
     def role(self) -> Role | None:

@@ -116,7 +116,7 @@ CONFIG_CASES = [
      "[coordination] listen_addr: unknown key"),
     ("bad value", "[resilience]\ndead_threshold = 0\n",
      "[resilience] dead_threshold: must be an integer >= 1, got 0"),
-    ("unknown section", "[wireguard]\n", "unknown section [wireguard]"),
+    ("unknown section", "[wirguard]\n", "unknown section [wirguard]"),
     ("wildcard listen without advertise", "[coordination]\nlisten = \"0.0.0.0:7443\"\n",
      "[coordination] advertise: required"),
     ("bad peer", "[coordination]\npeers = [\"Bad Id@1.2.3.4:5\"]\n", "[coordination] peers"),

@@ -41,11 +41,6 @@ def interface_name(config: Config) -> str:
         config.node_id, Path(state_dir(config)).resolve())
 
 
-def socks_socket_path(config: Config) -> Path:
-    """The managed tor's SOCKS socket for the tor channel (unix: no local TCP port)."""
-    return unix_socket_path(config, "tor-socks.sock")
-
-
 class CoordinationLink:
     def __init__(self, config: Config, keys: CoordinationKeys, clock: Clock,
                  controller: TorController, socks: tuple[str, int] | str,
@@ -138,9 +133,22 @@ class CoordinationLink:
         return str(ipaddress.ip_interface(self.spec.address).ip)
 
     def status(self) -> dict[str, object]:
-        if self.transport is None:
-            return {}
-        return self.transport.status()
+        """The status document's ``coordination`` section (CoordinationStatus)."""
+        view: dict[str, object] = self.transport.status() if self.transport else {}
+        report = (self.transport.last_repair if self.transport else None) or self.first_repair
+        service_id = self.channel.service_id if self.channel is not None else None
+        return {
+            "interface": self.spec.name,
+            "tunnel_address": str(self.spec.address),
+            "tor_fallback": self.channel is not None,
+            "backend": self.manager.backend.value if self.manager.backend else None,
+            "coordination_onion": f"{service_id}.onion" if service_id else None,
+            "problems": list(report.problems) if report is not None else [],
+            "missing_peers": list(self.peers.missing),
+            "peers": view.get("peers", {}),
+            "sent": view.get("sent", {}),
+            "received": view.get("received", {}),
+        }
 
     async def close(self) -> None:
         # The transport is closed by the mesh driver (after the lease release went out).

@@ -33,7 +33,7 @@ def _mesh_ports(config: Config) -> dict[str, int]:
     """Mesh ports named in ``[coordination] peers`` (``node_id@IP:port``)."""
     ports: dict[str, int] = {}
     for entry in config.coordination.peers:
-        node_id, sep, address = entry.rpartition("@")
+        node_id, sep, address = str(entry).rpartition("@")
         if sep:
             ports[node_id] = int(address.rpartition(":")[2])
     return ports

@@ -54,6 +54,8 @@ from onionmesh.mesh.identity import NodeIdentity
 from onionmesh.metrics import NodeMetrics
 from onionmesh.node.advertise_filter import AdvertiseFilter
 from onionmesh.node.advertise_gate import GateEvent, GateEventKind
+from onionmesh.node.coordination_keys import CoordinationKeys, load_coordination_keys
+from onionmesh.node.coordination_link import CoordinationLink
 from onionmesh.node.errors import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -73,7 +75,7 @@ from onionmesh.node.keyfiles import (
 )
 from onionmesh.node.logsetup import set_level
 from onionmesh.node.membership import ROSTER_COMMAND
-from onionmesh.node.mesh_driver import MeshDriver
+from onionmesh.node.mesh_driver import MeshDriver, TransportOpener
 from onionmesh.node.path_safety import UnsafePath
 from onionmesh.node.publishing import PublisherControl
 from onionmesh.node.roster_keeper import RosterKeeper
@@ -94,7 +96,10 @@ from onionmesh.node.uploads_view import UploadsView
 from onionmesh.publish.uploads import RetryPolicy
 from onionmesh.status_document import MasterKeySource, NodeState
 from onionmesh.status_socket import StatusServer, StatusUnavailable, query_status
+from onionmesh.tor.control import TorController
 from onionmesh.tor.control_protocol import ControlError, parse_hs_desc_event
+from onionmesh.transport.paths import FellBackToTor, PathEvent, WireGuardDown, WireGuardRestored
+from onionmesh.transport.tor_channel import TorChannelError
 from onionmesh.transport.udp import TransportError
 
 log = logging.getLogger("onionmesh.node")
@@ -119,6 +124,8 @@ class NodeDaemon:
         self.tor: NodeTor | None = None
         self.driver: MeshDriver | None = None
         self.roster_keeper: RosterKeeper | None = None
+        self.coordination_keys: CoordinationKeys | None = None
+        self.link: CoordinationLink | None = None  # [wireguard] enabled: WireGuard + tor
         self.feed: IntroFeed | None = None
         self.advertising: AdvertiseFilter | None = None
         self.publisher_control: PublisherControl | None = None
@@ -202,6 +209,8 @@ class NodeDaemon:
         if keys.master is None:
             log.warning("no [master] key_path: this node shares intro points but never publishes")
         self.advertise = advertise_address(config)
+        if config.wireguard.enabled:
+            self.coordination_keys = load_coordination_keys(config)
         seeds = peer_seeds(config)
         mesh_cfg = mesh_config(config)
         if self.clock.offset:
@@ -251,8 +260,9 @@ class NodeDaemon:
         if keys.roster is not None:
             self.roster_keeper = RosterKeeper(config, core, self.clock, self.driver.flush)
             self.driver.join_handler = self.roster_keeper.join_handler()
+        opener = await self._start_link(controller, core) if config.wireguard.enabled else None
         try:
-            await self.driver.start(str(config.coordination.listen))
+            await self.driver.start(str(config.coordination.listen), opener)
         except TransportError as exc:
             raise TransportFailed(str(exc)) from None
         log.info("mesh: node %s at %s (priority %d, %s), %d configured peers",
@@ -288,6 +298,32 @@ class NodeDaemon:
         self._watch(asyncio.create_task(self._uploads_loop(), name="uploads"), "upload events")
         self.state = NodeState.RUNNING
         log.info("node %s running (master %s)", config.node_id, config.master.address)
+
+    async def _start_link(self, controller: TorController, core: MeshCore) -> TransportOpener:
+        """WireGuard up with a peer per roster member, the coordination onion on our tor;
+        the mesh driver then sends through the multipath transport."""
+        assert self.tor is not None and self.coordination_keys is not None
+        if core.roster is None:
+            raise NodeConfigError(
+                f"{self.config.path}: [wireguard] enabled = true needs the signed roster "
+                "([membership] roster_path): the members' WireGuard keys and coordination "
+                "onions come from it")
+        self.link = CoordinationLink(self.config, self.coordination_keys, self.clock,
+                                     controller, self.tor.channel_socks(), self._on_path_event)
+        try:
+            await self.link.start(core.roster.members())
+        except (TorChannelError, ControlError, OnionmeshError) as exc:
+            raise TransportFailed(f"coordination link: {exc}") from None
+        return self.link.open_transport
+
+    def _on_path_event(self, event: PathEvent) -> None:
+        """The transport logged it already; alerts for the operator."""
+        if isinstance(event, FellBackToTor):
+            self._alert(Alert("tor_fallback", event.node_id, event.message))
+        elif isinstance(event, WireGuardRestored):
+            self._alert(Alert("wireguard_restored", event.node_id, event.message))
+        elif isinstance(event, WireGuardDown):
+            self._alert(Alert("wireguard_down", event.node_id, event.message))
 
     @staticmethod
     def _refuse_if_running(status_path: Path) -> None:
@@ -426,6 +462,9 @@ class NodeDaemon:
         """The mesh core's events become log lines, alerts, metrics and publish requests."""
         if isinstance(event, RosterChanged) and self.roster_keeper is not None:
             self.roster_keeper.persist()
+        if isinstance(event, RosterChanged) and self.link is not None \
+                and self.driver is not None and self.driver.core.roster is not None:
+            self._spawn(self.link.update_members(self.driver.core.roster.members()))
         if isinstance(event, MessageRejected):
             log.debug("%s", event.message)
             self.metrics.record_rejection(event.reason)
@@ -584,6 +623,8 @@ class NodeDaemon:
                          "take over at once", term)
             else:
                 log.info("Left the mesh (this node held no lease)")
+        if self.link is not None:
+            await self.link.close()  # after the lease release went out over it
         if self.publisher_control is not None:
             await self.publisher_control.stop()
         if self.status_server is not None:

@@ -65,6 +65,11 @@ def unix_socket_path(config: Config, name: str) -> Path:
     return short / name
 
 
+def socks_socket_path(config: Config) -> Path:
+    """The managed tor's SOCKS socket for the tor channel (unix: no local TCP port)."""
+    return unix_socket_path(config, "tor-socks.sock")
+
+
 def ensure_private_dir(directory: Path) -> None:
     """Create ``directory`` with mode 0700 (tor insists on it for control sockets);
     one that is a symlink or another user's is refused (``UnsafePath``)."""

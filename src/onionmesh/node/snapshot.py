@@ -7,12 +7,14 @@ Sections: ``node`` (who am I), ``cluster`` (publisher, term, lease),
 (count per node: what each contributes), ``plan`` (on the publisher: what
 the master descriptors carry), ``uploads`` (last result per HSDir),
 ``descriptor_age`` (seconds since an HSDir last accepted our master
-descriptor), ``clock``. No key material, no cluster secret.
+descriptor), ``clock``, ``coordination`` (with ``[wireguard]`` on: each peer's path,
+last handshake and fallback since when). No key material, no cluster secret.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from onionmesh.status_document import SCHEMA_VERSION, StatusDocument
@@ -101,6 +103,7 @@ def build_snapshot(daemon: NodeDaemon) -> dict[str, Any]:
         "published": publisher.published(),
     }
     doc["rejected_messages"] = dict(core.rejections)
+    doc["coordination"] = daemon.link.status() if daemon.link is not None else None
     return doc
 
 
@@ -110,6 +113,10 @@ def _per_node(intro_points: Any) -> dict[str, int]:
         for node_id, _ in points:
             counts[node_id] = counts.get(node_id, 0) + 1
     return counts
+
+
+def _utc(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(at))
 
 
 def format_status(doc: StatusDocument) -> str:
@@ -147,6 +154,20 @@ def format_status(doc: StatusDocument) -> str:
         for fpr, up in doc.uploads.items():
             extra = f" ({up.reason})" if up.reason else ""
             lines.append(f"  {fpr} {up.result}{extra} {up.age} s ago")
+    link = doc.coordination
+    if link is not None:
+        lines.append(f"coordination: WireGuard {link.interface} ({link.backend or 'not up'}) "
+                     f"at {link.tunnel_address}, tor fallback "
+                     f"{'on' if link.tor_fallback else 'off'}")
+        for node_id, path in link.peers.items():
+            since = "" if path.fallback_since is None else \
+                f" since {_utc(path.fallback_since)} ({path.fallbacks} fallbacks)"
+            handshake = "never" if path.last_handshake_age is None else \
+                f"{path.last_handshake_age:.0f} s ago"
+            lines.append(f"  {node_id:<16} over {path.path.value:<9} last handshake "
+                         f"{handshake}{since}")
+        for problem in link.problems + link.missing_peers:
+            lines.append(f"  ! {problem}")
     age = doc.descriptor_age
     lines.append(f"descriptor age: {'never published' if age is None else f'{age} s'}")
     lines.append(f"clock: {doc.clock.verdict} ({doc.clock.message})")

@@ -39,6 +39,7 @@ from onionmesh.node.errors import NodeConfigError, TorUnusable
 from onionmesh.node.keyfiles import (
     ensure_private_dir,
     service_dir,
+    socks_socket_path,
     state_dir,
     unix_socket_path,
 )
@@ -86,8 +87,13 @@ def managed_torrc(config: Config, data_dir: Path, hs_dir: Path, control_socket: 
         ("ControlSocket", str(control_socket)),
         ("CookieAuthentication", 1),
         ("SocksPort", str(tor.socks_port) if tor.socks_port else "0"),
-        ("HiddenServiceDir", str(hs_dir)),
     ]
+    if config.wireguard.enabled and config.resilience.tor_fallback_enabled:
+        # The tor channel's streams to the other members' coordination onions: a unix
+        # socket (no local TCP port for other users), tor's extended SOCKS errors, and
+        # one circuit per SOCKS username (IsolateSOCKSAuth is tor's default).
+        options.append(("SocksPort", f"unix:{socks_socket_path(config)} ExtendedErrors"))
+    options.append(("HiddenServiceDir", str(hs_dir)))
     options += [("HiddenServicePort", _port_option(p)) for p in config.service.ports]
     options.append(("HiddenServiceOnionbalanceInstance", 1))
     options += [_extra_option(line) for line in tor.extra_torrc]
@@ -120,6 +126,13 @@ class NodeTor:
         # an existing tor, whose uploads happened before we came.
         self.uploaded: dict[str, float] | None = None
         self._upload_task: asyncio.Task[None] | None = None
+
+    def channel_socks(self) -> tuple[str, int] | str:
+        """Where the tor channel opens its streams: the managed tor's unix SOCKS socket,
+        or an existing tor's ``[tor] socks_port`` (config check requires it)."""
+        if self.managed:
+            return str(socks_socket_path(self.config))
+        return ("127.0.0.1", int(self.config.tor.socks_port))
 
     # -- lifecycle ----------------------------------------------------------------------
 

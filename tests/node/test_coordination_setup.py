@@ -1,0 +1,125 @@
+"""The daemon's coordination link, pure parts: keys, roster -> peers, torrc, status."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from onionmesh.config import Config, parse_config
+from onionmesh.crypto.keys import Ed25519Identity
+from onionmesh.mesh.roster import MemberEntry
+from onionmesh.node.coordination_keys import (
+    coordination_key_path,
+    ensure_coordination_keys,
+    load_coordination_keys,
+    wireguard_key_path,
+)
+from onionmesh.node.coordination_peers import coordination_peers
+from onionmesh.node.errors import KeyCheckError
+from onionmesh.node.snapshot import format_status
+from onionmesh.node.tor_instance import managed_torrc
+from onionmesh.status_document import PeerPathStatus, decode_status
+from onionmesh.transport.paths import PathConfig, PathSelector
+from onionmesh.wireguard.keys import WireGuardKeyPair, decode_key
+
+MASTER = "a" * 56 + ".onion"
+
+
+def _config(tmp_path: Path, extra: str = "") -> Config:
+    text = (f'[node]\nid = "n1"\nstate_dir = "{tmp_path}"\n[master]\naddress = "{MASTER}"\n'
+            '[coordination]\nlisten = "10.77.0.1:7443"\npeers = ["n3@10.77.0.3:7500"]\n'
+            + extra +
+            '[wireguard]\nenabled = true\naddress = "10.77.0.1/24"\n'
+            'peers = { n2 = { endpoint = "10.231.0.2:51820", tunnel_ip = "10.77.0.2" }, '
+            'n3 = { endpoint = "10.231.0.3:51820", tunnel_ip = "10.77.0.3" } }\n')
+    return parse_config(text, tmp_path / "onionmesh.toml")
+
+
+def _member(node_id: str, wg: bool = True, onion: bool = True) -> MemberEntry:
+    return MemberEntry(node_id, os.urandom(32), True, 1,
+                       decode_key(WireGuardKeyPair.generate().public_key) if wg else b"",
+                       Ed25519Identity.generate().onion_address if onion else "")
+
+
+def test_keys_are_made_once_private_and_never_overwritten(tmp_path: Path):
+    config = _config(tmp_path)
+    keys = ensure_coordination_keys(config)
+    for path in (wireguard_key_path(config), coordination_key_path(config)):
+        assert path.stat().st_mode & 0o777 == 0o600
+    again = ensure_coordination_keys(config)
+    assert again.wireguard.public_key == keys.wireguard.public_key
+    assert again.onion_address == keys.onion_address
+    assert len(keys.wg_public_raw) == 32 and keys.onion_address.endswith(".onion")
+    assert keys.onion_address != "" and "private" not in repr(keys)
+    wireguard_key_path(config).chmod(0o644)
+    with pytest.raises(KeyCheckError, match=r"wireguard-key-file.*chmod 600"):
+        load_coordination_keys(config)
+    wireguard_key_path(config).chmod(0o600)
+    coordination_key_path(config).write_bytes(b"not a key")
+    with pytest.raises(KeyCheckError, match="coordination-key-file"):
+        load_coordination_keys(config)
+
+
+def test_roster_members_become_wireguard_peers_and_tor_peers(tmp_path: Path):
+    config = _config(tmp_path)
+    n2, n3, n4 = _member("n2"), _member("n3", onion=False), _member("n4")
+    peers = coordination_peers(config, [_member("n1"), n2, n3, n4])
+    assert [p.node_id for p in peers.wireguard] == ["n2", "n3"]
+    assert peers.wireguard[0].public_key == base64.b64encode(n2.wg_key).decode()
+    assert peers.wireguard[0].endpoint == "10.231.0.2:51820"
+    links = {p.node_id: p for p in peers.links}
+    # Mesh port: the one [coordination] peers names for n3, else our own.
+    assert links["n2"].address == "10.77.0.2:7443" and links["n3"].address == "10.77.0.3:7500"
+    assert links["n2"].tor is not None
+    assert links["n2"].tor.onion == n2.coord_onion.removesuffix(".onion")
+    assert links["n3"].tor is None
+    assert peers.missing == (
+        "n3: its roster entry has no coordination onion (no tor fallback for it)",
+        "n4: no [wireguard] peers entry (endpoint, tunnel_ip)",
+    )
+    keyless = MemberEntry("n2", os.urandom(32), True, 1)
+    only = coordination_peers(config, [keyless])
+    assert only.wireguard == () and only.missing == (
+        "n2: its roster entry has no WireGuard key",)
+
+
+def test_managed_tor_gets_a_unix_socks_port_for_the_fallback_only(tmp_path: Path):
+    on = managed_torrc(_config(tmp_path), tmp_path / "tor", tmp_path / "hs",
+                       tmp_path / "c.sock")
+    assert "tor-socks.sock ExtendedErrors" in on
+    off = managed_torrc(_config(tmp_path, "[resilience]\ntor_fallback_enabled = false\n"),
+                        tmp_path / "tor", tmp_path / "hs", tmp_path / "c.sock")
+    assert "tor-socks.sock" not in off
+
+
+def test_status_shows_each_peers_path_handshake_and_fallback(tmp_path: Path):
+    selector = PathSelector(PathConfig(), 1000.0)
+    selector.set_peers(["n2"], 1000.0)
+    view = selector.status(1001.0)["n2"]
+    assert msgspec.convert(view, PeerPathStatus).path.value == "wireguard"
+    doc = decode_status({
+        "node": {"id": "n1", "state": "running"}, "master_address": MASTER,
+        "clock": {"verdict": "ok", "message": "clock OK"},
+        "coordination": {
+            "interface": "om0123456789", "tunnel_address": "10.77.0.1/24",
+            "tor_fallback": True, "backend": "userspace",
+            "missing_peers": ["n4: no [wireguard] peers entry (endpoint, tunnel_ip)"],
+            "peers": {
+                "n2": {**view, "path": "tor", "fallback_since": 1_800_000_000.0,
+                       "last_handshake_age": 190.0, "fallbacks": 1,
+                       "tor_stream": {"connected": True, "connects": 1}},
+                "n3": {"path": "wireguard", "last_handshake_age": 3.0},
+            },
+        },
+    })
+    assert doc.coordination is not None
+    assert doc.coordination.peers["n2"].tor_stream.connected
+    text = format_status(doc)
+    assert "coordination: WireGuard om0123456789 (userspace) at 10.77.0.1/24" in text
+    assert "n2               over tor       last handshake 190 s ago since 2027-01-15" in text
+    assert "n3               over wireguard last handshake 3 s ago" in text
+    assert "! n4: no [wireguard] peers entry" in text
