@@ -630,6 +630,10 @@ def _check_consistency(config: Config) -> None:
             raise ConfigError(
                 path, f"must be on this node's tunnel address {wireguard.tunnel_address.ip} "
                 f"when [wireguard] enabled = true, got {mesh_address}", "coordination", key)
+    if wireguard.enabled and config.membership.roster_path is None:
+        raise ConfigError(
+            path, "needs [membership] roster_path: the members' WireGuard keys and "
+            "coordination onions come from the signed roster", "wireguard", "enabled")
 
 
 def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> Config:

@@ -9,7 +9,7 @@ from onionmesh.node.errors import NodeConfigError
 from onionmesh.node.settings import check_runnable, path_config
 
 MINIMAL = '[node]\nid = "n1"\n[master]\naddress = "' + "a" * 56 + '.onion"\n'
-ON = ('[coordination]\nlisten = "10.77.0.1:7443"\n'
+ON = ('[coordination]\nlisten = "10.77.0.1:7443"\n[membership]\nroster_path = "roster"\n'
       '[wireguard]\nenabled = true\naddress = "10.77.0.1/24"\n')
 PEER = 'peers = { n2 = { endpoint = "10.231.0.2:51820", tunnel_ip = "10.77.0.2" } }\n'
 
@@ -31,6 +31,8 @@ def test_enabled_section_with_a_peer():
 
 @pytest.mark.parametrize(("extra", "problem"), [
     ('[wireguard]\nenabled = true\n', "[wireguard] address: required when enabled = true"),
+    (ON.replace('[membership]\nroster_path = "roster"\n', ""),
+     "[wireguard] enabled: needs [membership] roster_path"),
     ('[wireguard]\nenabled = true\naddress = "10.77.0.1/24"\n',
      "[coordination] listen: must be on this node's tunnel address 10.77.0.1"),
     (ON.replace("/24", "/99"), "[wireguard] address: '10.77.0.1/99' is not an address"),
@@ -55,6 +57,8 @@ def test_enabled_section_with_a_peer():
      "[wireguard] backoff_cap: must be at least probe_interval"),
     ('[wireguard]\nenabled = "yes"\n', "[wireguard] enabled: must be true or false"),
     ('[wireguard]\nmtu = 1400\n', "[wireguard] mtu: unknown key"),
+    ("[tor]\nmanaged = false\ncontrol_port = 9051\n" + ON, "[tor] socks_port: required with "
+                                                          "an existing tor"),
 ])
 def test_bad_values_are_one_line_errors(extra, problem):
     with pytest.raises(ConfigError) as excinfo:

@@ -32,6 +32,7 @@ MASTER = "a" * 56 + ".onion"
 def _config(tmp_path: Path, extra: str = "") -> Config:
     text = (f'[node]\nid = "n1"\nstate_dir = "{tmp_path}"\n[master]\naddress = "{MASTER}"\n'
             '[coordination]\nlisten = "10.77.0.1:7443"\npeers = ["n3@10.77.0.3:7500"]\n'
+            '[membership]\nroster_path = "roster"\n'
             + extra +
             '[wireguard]\nenabled = true\naddress = "10.77.0.1/24"\n'
             'peers = { n2 = { endpoint = "10.231.0.2:51820", tunnel_ip = "10.77.0.2" }, '
