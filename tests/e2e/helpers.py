@@ -12,6 +12,7 @@ from onionmesh.descriptor.intro import IntroPoint
 from onionmesh.hsdir.timeperiod import period_length_minutes
 from onionmesh.mesh.plan import Contribution, select_intro_points
 from onionmesh.node.publishing import decode_intro_point, encode_intro_point
+from onionmesh.publish.period_sets import sets_for_master_period
 from onionmesh.publish.publisher import Publisher, fetch_consensus
 from onionmesh.tor.control import TorController
 from onionmesh.tor.intro_points import NodeIntroWatcher
@@ -43,7 +44,13 @@ class MasterDeployment:
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     def intro_source(self, period: int) -> list[IntroPoint]:
-        return selected_intro_points([w.sets.best_for(period) for w in self.watchers], period)
+        """The production rule (``publish.period_sets``): each node's set for exactly
+        ``period``, or the previous period's as a bridge while no node's is known."""
+        periods = {q for w in self.watchers for q in w.sets.periods()}
+        chosen = {q: selected_intro_points([w.sets.for_period(q) for w in self.watchers], q)
+                  for q in periods}
+        found = sets_for_master_period(period, chosen)
+        return list(found[1]) if found is not None else []
 
     async def close(self) -> None:
         await self.publisher.stop()
@@ -81,7 +88,8 @@ async def deploy_master(tornet, prefix: str, n_nodes: int = 2, *, seed: int = 1,
     async def all_exposed() -> bool:
         for w in watchers:
             await w.poll_once()
-        return all(w.sets.best_for(0) is not None for w in watchers)
+        return all(any(w.sets.for_period(q).intro_points for q in w.sets.periods())
+                   for w in watchers)
 
     await aeventually(all_exposed, timeout=30, interval=1.0,
                       what="every node's intro points readable")

@@ -101,7 +101,7 @@ def test_intro_points_travel_as_tor_text_and_come_back_equal():
         decode_intro_point(b"\xff\xfe")
 
 
-def test_intro_source_uses_the_requested_plan_and_the_nearest_period():
+def test_intro_source_takes_exactly_the_period_and_bridges_only_a_period_nobody_has():
     control = PublisherControl(object(), MASTER, Clock(),  # type: ignore[arg-type]
                                ClockGuard(Clock()), RetryPolicy())
     assert control.intro_source(10) == []
@@ -111,7 +111,15 @@ def test_intro_source_uses_the_requested_plan_and_the_nearest_period():
                11: (("n1", encode_intro_point(b)), ("n2", encode_intro_point(c)))}, 0)
     assert control.intro_source(10) == [a]  # the undecodable one is skipped
     assert control.intro_source(11) == [b, c]
-    assert control.intro_source(12) == [b, c]  # no set for 12: the nearest period's
+    # Nobody's set for 12 is known (the second descriptor before its period starts):
+    # the period-11 sets bridge it, as they stay alive until the middle of 12.
+    assert control.intro_source(12) == [b, c]
+    assert control.intro_source(9) == []  # never a later period's, never further back
+    assert control.intro_source(13) == []
+    control.plan = PublishPlan(1, 2, {11: (("n1", encode_intro_point(b)),),
+                                      12: (("n2", encode_intro_point(c)),)}, 0)
+    control._decoded = {}
+    assert control.intro_source(12) == [c]  # n1's set for 12 unknown: n1 is left out
 
 
 def test_uploads_view_alerts_once_per_failure_streak_and_tracks_the_age():
@@ -231,6 +239,16 @@ async def test_two_drivers_find_each_other_and_one_publishes_then_releases():
 
 
 
+def _consensus_at(valid_after: int):
+    """A test-network consensus (20 s voting: 8-minute periods) valid from ``valid_after``."""
+    from onionmesh.hsdir.consensus import parse_consensus
+
+    from ..hsdir.netdocs import ConsensusSpec, make_consensus
+
+    start = valid_after - valid_after % 20
+    return parse_consensus(make_consensus(ConsensusSpec(valid_after=start, voting_interval=20)))
+
+
 def _feed_with_sets(uploaded: dict[str, float] | None):
     from onionmesh.descriptor.layers import b64_nopad
     from onionmesh.node.intro_feed import IntroFeed
@@ -254,11 +272,12 @@ def test_a_fetched_descriptor_counts_only_after_this_tors_upload():
     uploaded: dict[str, float] = {}
     feed, shared, blinded_id, own_point, new_point, addr = _feed_with_sets(uploaded)
     own = encode_intro_point(own_point)
-    # No upload seen yet: the fetched set may be an earlier tor's, so period 11 takes
-    # the node's own current set.
-    assert feed.current_sets() == {10: (own,), 11: (own,)}
+    # No upload seen yet: the fetched set may be an earlier tor's, so the node shares
+    # nothing for period 11 (never its period-10 set, whose intro points die first).
+    assert feed.current_sets() == {10: (own,)}
+    assert feed.missing_periods() == [11]
     uploaded[blinded_id] = 60.0
-    assert feed.current_sets()[11] == (own,)  # fetched at 50, before the upload at 60
+    assert feed.current_sets() == {10: (own,)}  # fetched at 50, before the upload at 60
     feed.fetched.sets.update(IntroSet(addr, 11, b"m" * 32, 4, (new_point,), "hsfetch", 70.0))
     assert feed.current_sets() == {10: (own,), 11: (encode_intro_point(new_point),)}
     feed._share()
@@ -271,6 +290,37 @@ def test_an_existing_tor_uses_fetched_descriptors_as_they_come():
     sets = feed.current_sets()
     assert sets[10] == (encode_intro_point(own_point),)
     assert sets[11] != sets[10]
+
+
+def test_own_and_fetched_sets_of_one_period_take_tors_newer_revision():
+    from onionmesh.tor.intro_points import IntroSet
+
+    feed, _, _, _, new_point, addr = _feed_with_sets(None)
+    feed.fetched.sets.update(IntroSet(addr, 10, b"k" * 32, 6, (new_point,), "hsfetch", 90.0))
+    assert feed.current_sets()[10] == (encode_intro_point(new_point),)  # rev 6 > own rev 5
+
+
+def test_a_new_time_period_triggers_a_fetch_and_tracks_the_fetchable_blinded_key():
+    from onionmesh.crypto.address import decode_onion_address
+    from onionmesh.crypto.blinding import blind_public_key
+    from onionmesh.descriptor.layers import b64_nopad
+    from onionmesh.hsdir.timeperiod import fetch_period
+    from onionmesh.node.intro_feed import IntroFeed
+
+    node = Ed25519Identity.generate().onion_address
+    feed = IntroFeed(object(), node, lambda s: None)  # type: ignore[arg-type]
+    consensus = _consensus_at(1_700_000_000)
+    feed.note_consensus(consensus)
+    period, _ = fetch_period(consensus, consensus.valid_after + 1)
+    assert feed.fetch_period == period and feed._fetch_now.is_set()
+    key = decode_onion_address(node.removesuffix(".onion"))
+    assert feed._fetch_key == b64_nopad(blind_public_key(key, period, feed.period_length))
+    feed._fetch_now.clear()
+    feed.note_consensus(consensus)  # same period: no extra fetch
+    assert not feed._fetch_now.is_set()
+    later = _consensus_at(consensus.valid_after + feed.period_length * 60)
+    feed.note_consensus(later)
+    assert feed.fetch_period == period + 1 and feed._fetch_now.is_set()
 
 
 async def test_a_peer_added_at_runtime_is_discovered():

@@ -12,6 +12,7 @@ import random
 import pytest
 
 from onionmesh.crypto.keys import Ed25519Identity
+from onionmesh.publish.period_sets import sets_for_master_period
 from onionmesh.publish.publisher import PeriodTarget, Publisher
 from onionmesh.publish.uploads import RetryPolicy, UploadStatus
 from onionmesh.tor.control import TorController
@@ -62,7 +63,7 @@ async def test_refusing_hsdir_is_retried_and_others_are_not_reposted(tornet, tor
         retry = RetryPolicy(max_retries=2, base_delay=0.5, max_delay=2.0, jitter=0.2)
         publisher = GhostPublisher(
             ctl, Ed25519Identity.generate(),
-            lambda p: watcher.sets.best_for(p).intro_points, retry=retry,
+            lambda p: node_points(watcher, p), retry=retry,
             rng=random.Random(5),
         )
         _record_posts(publisher, posts)
@@ -106,10 +107,17 @@ async def test_refusing_hsdir_is_retried_and_others_are_not_reposted(tornet, tor
         await ctl.close()
 
 
+def node_points(watcher: NodeIntroWatcher, period: int) -> tuple:
+    """The node's intro points for master ``period`` by the production rule."""
+    found = sets_for_master_period(
+        period, {q: watcher.sets.for_period(q).intro_points for q in watcher.sets.periods()})
+    return found[1] if found is not None else ()
+
+
 async def wait_for_intro(watcher: NodeIntroWatcher) -> None:
     async def exposed() -> bool:
         await watcher.poll_once()
-        return watcher.sets.best_for(0) is not None
+        return any(watcher.sets.for_period(q).intro_points for q in watcher.sets.periods())
 
     await aeventually(exposed, timeout=20, interval=0.5, what="node exposes intro points")
 
@@ -135,7 +143,7 @@ async def test_unreachable_hsdir_times_out_is_retried_and_others_are_not_reposte
         posts: list[tuple[str, int]] = []
         retry = RetryPolicy(max_retries=1, base_delay=0.5, max_delay=1.0, jitter=0.1,
                             upload_timeout=8.0)
-        publisher = Publisher(ctl, master, lambda p: watcher.sets.best_for(p).intro_points,
+        publisher = Publisher(ctl, master, lambda p: node_points(watcher, p),
                               retry=retry, rng=random.Random(9))
         _record_posts(publisher, posts)
         await publisher.start()

@@ -98,6 +98,7 @@ from onionmesh.status_document import MasterKeySource, NodeState
 from onionmesh.status_socket import StatusServer, StatusUnavailable, query_status
 from onionmesh.tor.control import TorController
 from onionmesh.tor.control_protocol import ControlError, parse_hs_desc_event
+from onionmesh.tor.intro_points import enable_events
 from onionmesh.transport.paths import FellBackToTor, PathEvent, WireGuardDown, WireGuardRestored
 from onionmesh.transport.tor_channel import TorChannelError
 from onionmesh.transport.udp import TransportError
@@ -379,9 +380,26 @@ class NodeDaemon:
         task.add_done_callback(done)
 
     async def _consensus_loop(self) -> None:
-        assert self.tor is not None
+        assert self.tor is not None and self.tor.controller is not None
+        controller = self.tor.controller
+        # NEWCONSENSUS wakes us as soon as tor has a new consensus: at a time-period
+        # boundary the intro feed must fetch the node's new descriptor within seconds
+        # (clients refetch the master descriptor then). The poll is the fallback.
+        events = controller.subscribe("NEWCONSENSUS", maxsize=4)
+        try:
+            await enable_events(controller, "NEWCONSENSUS")
+        except (ControlError, OSError) as exc:
+            log.warning("cannot subscribe to new consensuses (polling every %.0f s): %s",
+                        CONSENSUS_POLL, exc)
         while True:
-            await asyncio.sleep(CONSENSUS_POLL)  # polling period
+            try:
+                async with asyncio.timeout(CONSENSUS_POLL):  # polling period
+                    await anext(events)
+            except TimeoutError:
+                pass
+            except StopAsyncIteration:  # control connection replaced: subscribe again
+                await asyncio.sleep(1.0)
+                events = controller.subscribe("NEWCONSENSUS", maxsize=4)
             try:
                 consensus = await self.tor.consensus()
             except (ControlError, OnionmeshError, OSError) as exc:

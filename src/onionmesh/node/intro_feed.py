@@ -7,14 +7,22 @@ Two readers of the node's descriptors (``NodeIntroWatcher``):
   an upload of the node's descriptor (``HS_DESC UPLOAD``/``UPLOADED``): that
   is when tor has rotated its intro points, so the cluster hears about a
   rotation within one control-port round trip (docs/scenarios.md §2);
-* *fetched*: ``HSFETCH`` of the node address, slower, which over time also
-  returns the node's *other* descriptor (tor shows only its current one). A
-  fetched descriptor of a managed tor counts only after this run's tor has
+* *fetched*: ``HSFETCH`` of the node address. tor fetches the descriptor of
+  the fetching tor's *current time period* (from its consensus), which is
+  the node's second descriptor in the first half of a period and its first
+  (= the GETINFO one) in the second half. It runs every ``FETCH_INTERVAL``,
+  at once when the consensus enters a new time period (the node's new set
+  must reach the master within seconds: clients refetch then), and at once,
+  from that HSDir (``SERVER=``), when tor reports that an HSDir accepted a
+  new upload of that period's descriptor, so the answer is tor's newest one.
+  A fetched descriptor of a managed tor counts only after this run's tor has
   uploaded one with that blinded key: until then HSDirs may serve an earlier
   tor's descriptor, whose intro points died with it.
 
 Per time period of the master's two descriptors the node shares its set for
-exactly that period, or else its newest non-empty set.
+exactly that period and nothing else (``onionmesh.publish.period_sets``): the
+second descriptor's set of the second half of a period cannot be read before
+that period starts, so until then the node shares nothing for it.
 """
 
 from __future__ import annotations
@@ -26,14 +34,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from onionmesh.aio import cancel_and_wait
+from onionmesh.crypto.address import decode_onion_address
+from onionmesh.crypto.blinding import blind_public_key
 from onionmesh.descriptor.layers import b64_nopad
 from onionmesh.errors import OnionmeshError
 from onionmesh.hsdir.consensus import Consensus
-from onionmesh.hsdir.timeperiod import descriptor_periods, period_length_minutes
+from onionmesh.hsdir.timeperiod import descriptor_periods, fetch_period, period_length_minutes
 from onionmesh.node.publishing import encode_intro_point
 from onionmesh.tor.control import TorController
 from onionmesh.tor.control_protocol import ControlError, parse_hs_desc_event
 from onionmesh.tor.intro_points import IntroSet, NodeIntroWatcher, enable_events
+from onionmesh.tor.upload_events import UploadMatcher
 from onionmesh.tor_limits import MAX_INTRO_POINTS
 
 log = logging.getLogger(__name__)
@@ -62,6 +73,8 @@ class IntroFeed:
         self.poll_interval = poll_interval
         self.period_length = 1440
         self.periods: tuple[int, ...] = ()
+        self.fetch_period: int | None = None  # the period HSFETCH brings (tor's current)
+        self._fetch_key = ""  # its blinded key, base64 as in HS_DESC events
         self.own = NodeIntroWatcher(
             self.node_address, period_length=lambda: self.period_length, own=controller,
             clock=clock,
@@ -71,6 +84,9 @@ class IntroFeed:
             fetch_timeout=20.0, clock=clock,
         )
         self._wake = asyncio.Event()
+        self._fetch_now = asyncio.Event()
+        self._fetch_from: set[str] = set()  # HSDirs that just accepted tor's new upload
+        self._matcher = UploadMatcher(self.node_address)
         self._tasks: list[asyncio.Task[None]] = []
         self.last_shared: dict[int, tuple[bytes, ...]] = {}
         # blinded key (base64, as in HS_DESC) -> when this run's tor first uploaded it;
@@ -84,13 +100,27 @@ class IntroFeed:
             # Periods follow from the consensus alone; its own time keeps a skewed local
             # clock from moving them.
             periods = descriptor_periods(consensus, float(consensus.valid_after) + 1)
+            current, _ = fetch_period(consensus, float(consensus.valid_after) + 1)
         except OnionmeshError as exc:
             log.warning("cannot place descriptor periods from tor's consensus: %s", exc)
             return
         numbers = tuple(p.period_number for p in periods)
         if numbers != self.periods:
             self.periods = numbers
+            keep = {*numbers, current}
+            self.own.sets.prune(keep)
+            self.fetched.sets.prune(keep)
             self._wake.set()
+        if current != self.fetch_period:
+            # A new time period: clients refetch the master descriptor now, and HSFETCH
+            # now brings the node's descriptor for it. Fetch at once, not in 30 s.
+            self.fetch_period = current
+            self._fetch_key = self._blinded_b64(current)
+            self._fetch_now.set()
+
+    def _blinded_b64(self, period: int) -> str:
+        key = decode_onion_address(self.node_address)
+        return b64_nopad(blind_public_key(key, period, self.period_length))
 
     async def start(self) -> None:
         await enable_events(self.controller, "HS_DESC")
@@ -105,23 +135,31 @@ class IntroFeed:
         self._tasks = []
 
     def current_sets(self) -> dict[int, tuple[bytes, ...]]:
-        """Per master period: the node's matching set, else its newest non-empty one."""
+        """Per master period: the node's set for exactly that period, if known and not empty.
+
+        Own (GETINFO) and fetched sets of one period come from the same tor; the
+        higher revision is tor's newer descriptor.
+        """
         periods = self.periods or tuple(
             sorted(set(self.own.sets.periods()) | set(self.fetched.sets.periods()))
         )
         result: dict[int, tuple[bytes, ...]] = {}
         for period in periods:
-            chosen: IntroSet | None = None
-            fetched = self._fresh(self.fetched.sets.for_period(period))
-            for candidate in (self.own.sets.for_period(period), fetched,
-                              self.own.sets.best_for(period)):
-                if candidate is not None and candidate.intro_points:
-                    chosen = candidate
-                    break
-            if chosen is not None:
+            candidates = [
+                c for c in (self.own.sets.for_period(period),
+                            self._fresh(self.fetched.sets.for_period(period)))
+                if c is not None and c.intro_points
+            ]
+            if candidates:
+                chosen = max(candidates, key=lambda c: (c.revision, c.received_at))
                 points = chosen.intro_points[:MAX_INTRO_POINTS]
                 result[period] = tuple(encode_intro_point(ip) for ip in points)
         return result
+
+    def missing_periods(self) -> list[int]:
+        """Master periods this node shares nothing for (its set is not known yet)."""
+        sets = self.current_sets()
+        return [p for p in self.periods if p not in sets]
 
     def _fresh(self, fetched: IntroSet | None) -> IntroSet | None:
         """A fetched set counts only once this run's tor has uploaded that descriptor.
@@ -156,12 +194,18 @@ class IntroFeed:
 
     async def _fetch_loop(self) -> None:
         while True:
+            self._fetch_now.clear()
+            servers, self._fetch_from = sorted(self._fetch_from), set()
             try:
-                if await self.fetched.poll_once():
+                if await self.fetched.poll_once(servers):
                     self._share()
             except (OnionmeshError, ControlError, OSError) as exc:
                 log.debug("HSFETCH of this node's address failed: %s", exc)
-            await asyncio.sleep(FETCH_INTERVAL)  # polling period, not a readiness wait
+            if self._fetch_from:
+                continue  # another HSDir accepted a new upload meanwhile
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(FETCH_INTERVAL):  # polling period
+                    await self._fetch_now.wait()
 
     async def _event_loop(self) -> None:
         while True:
@@ -170,8 +214,13 @@ class IntroFeed:
                     parsed = parse_hs_desc_event(event)
                 except ControlError:
                     continue
-                if parsed.address == self.node_address and parsed.action in (
-                    "UPLOAD", "UPLOADED"
-                ):
-                    self._wake.set()
+                if parsed.address != self.node_address:
+                    continue
+                if parsed.action in ("UPLOAD", "UPLOADED"):
+                    self._wake.set()  # tor's current descriptor may have changed: GETINFO
+                done = self._matcher.observe(parsed)
+                if done is not None and done.blinded_key == self._fetch_key:
+                    # tor's newest descriptor of the fetchable period is on that HSDir.
+                    self._fetch_from.add(done.hsdir)
+                    self._fetch_now.set()
             await asyncio.sleep(1.0)  # the subscription ended (tor reconnecting): resubscribe

@@ -25,6 +25,7 @@ from onionmesh.descriptor.intro import IntroPoint, parse_intro_point
 from onionmesh.errors import OnionmeshError
 from onionmesh.mesh.plan import PublishPlan
 from onionmesh.node.startup import ClockGuard
+from onionmesh.publish.period_sets import sets_for_master_period
 from onionmesh.publish.publisher import Publisher
 from onionmesh.publish.uploads import RetryPolicy
 from onionmesh.tor.control import TorController
@@ -149,19 +150,26 @@ class PublisherControl:
                 await publisher.stop()
 
     def intro_source(self, period: int) -> Sequence[IntroPoint]:
-        """The intro points of the requested plan for ``period`` (nearest period if absent)."""
+        """The intro points of the requested plan for master ``period``.
+
+        Only the nodes' sets for exactly ``period`` (see ``publish.period_sets``: the
+        previous period's only as a bridge while no node's set for it is known).
+        """
         plan = self.plan
         if plan is None or not plan.intro_points:
             return []
         cached = self._decoded.get(period)
         if cached is not None:
             return cached
-        sets = {p: v for p, v in plan.intro_points.items() if v}
-        if not sets:
+        found = sets_for_master_period(period, plan.intro_points)
+        if found is None:
             return []
-        chosen = period if period in sets else min(sets, key=lambda p: (abs(p - period), -p))
+        source, entries = found
+        if source != period:
+            log.info("period %d: no node's intro points for it are known yet; bridging "
+                     "with their period-%d sets until they are", period, source)
         points: list[IntroPoint] = []
-        for node_id, data in sets[chosen]:
+        for node_id, data in entries:
             try:
                 points.append(decode_intro_point(data))
             except OnionmeshError as exc:

@@ -56,6 +56,7 @@ from onionmesh.tor.process import (
     process_start_time,
     stop_pid,
 )
+from onionmesh.tor.upload_events import UploadMatcher
 
 log = logging.getLogger(__name__)
 
@@ -159,13 +160,14 @@ class NodeTor:
 
     async def _collect_uploads(self, subscription: EventSubscription) -> None:
         assert self.uploaded is not None and self.controller is not None
+        # UPLOADED names no descriptor: the matcher takes it from the UPLOAD before it.
+        matcher = UploadMatcher(self.node_address)
         while True:
             async for event in subscription:
                 with contextlib.suppress(ControlError):
-                    parsed = parse_hs_desc_event(event)
-                    if (parsed.action == "UPLOADED" and parsed.address == self.node_address
-                            and parsed.descriptor_id):
-                        self.uploaded.setdefault(parsed.descriptor_id, self.now())
+                    done = matcher.observe(parse_hs_desc_event(event))
+                    if done is not None:
+                        self.uploaded.setdefault(done.blinded_key, self.now())
             await asyncio.sleep(1.0)  # subscription ended (tor reconnecting): resubscribe
             subscription = self.controller.subscribe("HS_DESC")
 

@@ -2,9 +2,11 @@
 
 A node's tor picks and rotates its own intro points and gives each of its two
 descriptors (tor's "first" and "second", i.e. two time periods) its OWN set.
-The master descriptor for time period P must carry each node's set for P, so
+The master descriptor for time period P must carry each node's set for P and
+no other (tor closes a descriptor's intro circuits when it drops that
+descriptor at the SRV rotation; see docs/architecture.md, "Time periods"), so
 the sets are kept by time period, identified from the descriptor's blinded
-key (blind(node key, P)).
+key (blind(node key, P)), and looked up only by exact period.
 
 Two ways to get a node descriptor, both decoded and fully verified with our
 own parser using the node's address:
@@ -127,15 +129,6 @@ class NodeIntroSets:
 
     def for_period(self, period: int) -> IntroSet | None:
         return self._sets.get(period)
-
-    def best_for(self, period: int) -> IntroSet | None:
-        """The set for ``period``, else the newest one we have (intro points stay usable
-        while the node's tor keeps that descriptor's circuits), skipping empty sets."""
-        exact = self._sets.get(period)
-        if exact is not None and exact.intro_points:
-            return exact
-        others = [s for s in self._sets.values() if s.intro_points]
-        return max(others, key=lambda s: (s.period_number, s.received_at), default=None)
 
     def prune(self, keep: Iterable[int]) -> None:
         keep_set = set(keep)
@@ -268,8 +261,9 @@ class NodeIntroWatcher:
         self._clock = clock
         self.errors = 0
 
-    async def poll_once(self) -> bool:
-        """Read every source once; True when the node's intro points changed."""
+    async def poll_once(self, servers: Iterable[str] = ()) -> bool:
+        """Read every source once (HSFETCH from ``servers`` if given, else from any
+        responsible HSDir); True when the node's intro points changed."""
         changed = False
         length = self._period_length()
         texts: list[tuple[str, str]] = []
@@ -280,7 +274,8 @@ class NodeIntroWatcher:
         if self._fetcher is not None:
             try:
                 texts.append(("hsfetch", await fetch_descriptor(
-                    self._fetcher, self.sets.address, timeout=self._fetch_timeout)))
+                    self._fetcher, self.sets.address, timeout=self._fetch_timeout,
+                    servers=servers)))
             except IntroPointsError as exc:
                 self.errors += 1
                 log.debug("HSFETCH of node %s…: %s", self.sets.address[:12], exc)
