@@ -124,6 +124,18 @@ class PlanStatus(_Section):
     generation: int = 0
     per_node: dict[str, int] = {}
     last_requested_generation: int | None = None
+    # period -> live nodes left out of it: their set for exactly that period is not
+    # known yet (docs/time-periods.md); never filled in with another period's
+    left_out: dict[str, list[str]] = {}
+
+
+class OwnPeriodsStatus(_Section):
+    """This node's intro-point sets against the master's time periods."""
+
+    master_periods: list[int] = []
+    fetchable_period: int | None = None  # the period HSFETCH brings (tor's current)
+    shared: list[int] = []  # periods this node shares a set for
+    not_known_yet: list[int] = []  # master periods it shares nothing for yet
 
 
 class HsdirUploadStatus(_Section):
@@ -191,6 +203,7 @@ class StatusDocument(_Section):
     cluster: ClusterStatus | None = None
     peers: dict[str, PeerStatus] = {}
     intro_points: dict[str, int] = {}  # node id -> intro points it contributes
+    own_periods: OwnPeriodsStatus | None = None
     plan: PlanStatus | None = None
     uploads: dict[str, HsdirUploadStatus] = {}  # HSDir fingerprint -> last result
     descriptor_age: float | None = None  # seconds since an HSDir last accepted ours

@@ -151,7 +151,7 @@ def test_format_status_names_roles_peers_and_uploads():
         "peers": {"n2": {"state": "dead", "role": "standby", "address": "10.0.0.2:7443",
                          "intro_points": 3, "last_seen_ago": 12.0}},
         "intro_points": {"n1": 3, "n2": 3},
-        "plan": {"count": 3, "per_period": {"5": 3}},
+        "plan": {"count": 3, "per_period": {"5": 3}, "left_out": {"6": ["n2"]}},
         "uploads": {"A" * 40: {"result": "failed", "reason": "UPLOAD_REJECTED", "age": 2.0}},
         "descriptor_age": None, "clock": {"verdict": "ok", "message": "clock OK"},
     }
@@ -160,6 +160,7 @@ def test_format_status_names_roles_peers_and_uploads():
     assert "n2" in text and "dead" in text
     assert "failed (UPLOAD_REJECTED)" in text
     assert "never published" in text
+    assert "left out of period 6: n2" in text
 
 
 def test_status_document_decodes_typed_ignores_new_sections_and_names_bad_keys(

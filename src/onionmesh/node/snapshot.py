@@ -83,6 +83,16 @@ def build_snapshot(daemon: NodeDaemon) -> dict[str, Any]:
         counts[node_id] = view.intro_count
     doc["peers"] = peers
     doc["intro_points"] = counts
+    feed = daemon.feed
+    if feed is not None:
+        # The master descriptor for a period takes only each node's set for exactly it
+        # (publish.period_sets); a period this node's set is unknown for leaves it out.
+        doc["own_periods"] = {
+            "master_periods": list(feed.periods),
+            "fetchable_period": feed.fetch_period,
+            "shared": sorted(feed.last_shared),
+            "not_known_yet": feed.missing_periods(),
+        }
     plan = core.publish_plan()
     requested = daemon.publisher_control.plan if daemon.publisher_control else None
     if plan is not None:
@@ -93,6 +103,7 @@ def build_snapshot(daemon: NodeDaemon) -> dict[str, Any]:
             "per_period": {str(p): len(v) for p, v in sorted(plan.intro_points.items())},
             "per_node": _per_node(plan.intro_points),
             "last_requested_generation": requested.generation if requested else None,
+            "left_out": _left_out(core, daemon, plan.intro_points),
         }
     doc["uploads"] = daemon.uploads.to_json(now)
     doc["descriptor_age"] = _round(daemon.uploads.descriptor_age(now))
@@ -105,6 +116,27 @@ def build_snapshot(daemon: NodeDaemon) -> dict[str, Any]:
     doc["rejected_messages"] = dict(core.rejections)
     doc["coordination"] = daemon.link.status() if daemon.link is not None else None
     return doc
+
+
+def _left_out(core: Any, daemon: NodeDaemon, intro_points: Any) -> dict[str, list[str]]:
+    """Per master period: live nodes with intro points whose set for that period is unknown.
+
+    Such a node is left out of that period's descriptor rather than filled in with
+    intro points of another period, which tor closes at the SRV rotation.
+    """
+    publisher = daemon.publisher_control.publisher if daemon.publisher_control else None
+    periods = sorted(publisher.targets) if publisher is not None else (
+        list(daemon.feed.periods) if daemon.feed is not None else sorted(intro_points))
+    live = {core.node_id} if daemon.local_sets else set()
+    live |= {nid for nid, v in core.peers().items()
+             if v.state in ("alive", "suspect") and v.intro_count}
+    out: dict[str, list[str]] = {}
+    for period in periods:
+        present = {nid for nid, _ in intro_points.get(period, ())}
+        missing = sorted(live - present)
+        if missing:
+            out[str(period)] = missing
+    return out
 
 
 def _per_node(intro_points: Any) -> dict[str, int]:
@@ -149,6 +181,10 @@ def format_status(doc: StatusDocument) -> str:
     if doc.plan is not None:
         lines.append(f"publishing {doc.plan.count} intro points "
                      f"(per period {doc.plan.per_period})")
+        for period, nodes in doc.plan.left_out.items():
+            lines.append(f"left out of period {period}: {', '.join(nodes)} (their descriptor "
+                         "for it is not known yet; tor's next-period descriptor cannot be "
+                         "fetched before that period starts)")
     if doc.uploads:
         lines.append("last upload per HSDir:")
         for fpr, up in doc.uploads.items():
