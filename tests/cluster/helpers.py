@@ -100,13 +100,14 @@ class GetLog:
 
 
 async def get_master(client: TorClient, master: str, log: GetLog) -> None:
-    """One GET (one retry after a NEWNYM if the first try fails), recorded in ``log``."""
+    """One GET as a browser makes it (fresh circuits, descriptor cache kept, no NEWNYM);
+    if it fails, one reload like a user's, recorded in ``log``."""
     try:
-        response = await client.ahttp_get(master, "/", timeout=30.0)
+        response = await client.abrowser_get(master, "/", timeout=30.0)
     except SocksError as exc:
         log.first_try_failures.append(str(exc))
         try:
-            response = await client.ahttp_get(master, "/", timeout=30.0, retry_for=25.0)
+            response = await client.abrowser_get(master, "/", timeout=30.0)
         except SocksError as exc2:
             log.failures.append(str(exc2))
             return
@@ -115,12 +116,14 @@ async def get_master(client: TorClient, master: str, log: GetLog) -> None:
 
 
 async def gets_until(client: TorClient, master: str, done: asyncio.Event, log: GetLog,
-                     limit: float) -> None:
-    """GET the master (new circuits each time) until ``done`` is set or ``limit`` s passed."""
+                     limit: float, every: float = 3.0) -> None:
+    """GET the master (new circuits each time, cache kept) until ``done`` is set or
+    ``limit`` s passed, one GET per ``every`` seconds at most."""
     end = time.monotonic() + limit
     while not done.is_set() and time.monotonic() < end:
+        began = time.monotonic()
         await get_master(client, master, log)
-        await client.anewnym()  # waits out tor's 10 s NEWNYM spacing
+        await asyncio.sleep(max(0.0, began + every - time.monotonic()))  # GET pacing
 
 
 async def own_intro_keys(cluster: NodeCluster, node_id: str, address: str) -> set[bytes]:

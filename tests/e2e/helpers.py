@@ -110,5 +110,7 @@ async def nodes_answering(client, hostname: str, want: set[str], max_gets: int =
         seen.add(response.text.strip())
         if seen >= want:
             break
+        # These tests check what the publisher uploads, so each GET fetches afresh;
+        # caching clients are tests/cluster/test_default_timings.py.
         await client.anewnym()
     return seen
