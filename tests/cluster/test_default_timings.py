@@ -177,9 +177,10 @@ async def test_caching_clients_and_master_intro_points_across_a_whole_period(
         a_start, b_start = now, mid + 30
         a_stop = b_stop = clock.start(period + 1) + AFTER_BOUNDARY
     else:
-        # Second half: B starts now; A 30 s into the next period, past the one after it.
+        # Second half: B starts now; A a minute into the next period (once every tor has
+        # its consensus for it), past the one after it.
         b_start, b_stop = now, clock.start(period + 1) + AFTER_BOUNDARY
-        a_start = clock.start(period + 1) + 30
+        a_start = clock.start(period + 1) + 60
         a_stop = clock.start(period + 2) + AFTER_BOUNDARY
     watch_stop = max(a_stop, b_stop, now + clock.length + 30)
     client_a = await tornet.aadd_client("i8browserA")
