@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from onionmesh.demo import NodeCluster, cluster_ready
 from onionmesh.hsdir.timeperiod import (
     period_length_minutes,
     period_start,
@@ -37,6 +36,7 @@ from onionmesh.hsdir.timeperiod import (
 )
 from onionmesh.publish.publisher import fetch_consensus
 from onionmesh.testnet import SocksError, TorNetwork
+from onionmesh.testnet.node_cluster import NodeCluster, cluster_ready
 from onionmesh.tor.control import TorController
 
 N_AUTHORITIES = 10  # as the test suite's network: 10 HSDirs

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import pytest
 
-from onionmesh.demo import NodeCluster
 from onionmesh.errors import OnionmeshError
 from onionmesh.hsdir.timeperiod import (
     period_length_minutes,
@@ -44,6 +43,7 @@ from onionmesh.hsdir.timeperiod import (
 )
 from onionmesh.publish.publisher import fetch_consensus
 from onionmesh.testnet import SocksError, TorClient, TorNetwork
+from onionmesh.testnet.node_cluster import NodeCluster
 from onionmesh.tor.control import TorController
 
 from .helpers import (
