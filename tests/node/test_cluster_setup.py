@@ -29,6 +29,7 @@ from onionmesh.crypto.keys import Ed25519Identity, load_secret_key, save_secret_
 from onionmesh.mesh.join import Joiner
 from onionmesh.mesh.roster import load_roster, save_roster
 from onionmesh.node.cluster_setup import issue_token, join_cluster, local_exchange
+from onionmesh.node.coordination_keys import load_coordination_keys
 from onionmesh.node.errors import EXIT_USAGE, KeyCheckError, SetupError, TokenError
 from onionmesh.node.join_service import JoinService
 from onionmesh.node.join_tokens import (
@@ -103,7 +104,8 @@ def test_init_writes_private_files_the_checks_accept(tmp_path: Path, capsys):
     config_path = root / "onionmesh.toml"
     for path in (config_path, root / "node_key.pem", root / "cluster_secret",
                  root / "master" / "hs_ed25519_secret_key", root / "roster",
-                 root / "authority_key", root / "state" / "join_tokens"):
+                 root / "authority_key", root / "state" / "join_tokens",
+                 root / "state" / "wireguard.key", root / "state" / "coordination_onion.pem"):
         assert path.stat().st_mode & 0o777 == 0o600, path
     assert main(["config", "check", "-c", str(config_path)]) == 0
     assert main(["keys", "check", "-c", str(config_path)]) == 0
@@ -117,6 +119,11 @@ def test_init_writes_private_files_the_checks_accept(tmp_path: Path, capsys):
     assert [m.node_id for m in roster.members()] == ["alpha"]
     assert roster.key_of("alpha") == load_node_key(config).public_key
     assert roster.may_publish("alpha")
+    # ...with its WireGuard key and coordination onion, made at init (docs/coordination.md).
+    coordination = load_coordination_keys(config)
+    entry = roster.member("alpha")
+    assert entry is not None and entry.wg_key == coordination.wg_public_raw
+    assert entry.coord_onion == coordination.onion_address
     # The token names this node as sponsor and holds no long-lived secret.
     decoded = decode_token(token)
     assert decoded.sponsor_id == "alpha" and decoded.sponsor_address == "127.0.0.1:7443"
@@ -151,6 +158,11 @@ def test_add_node_and_join_over_udp_produce_a_member_the_checks_accept(tmp_path:
         assert roster.key_of("n1") == load_node_key(first_config).public_key
         assert roster.key_of("n2") == load_node_key(second).public_key
         assert roster.may_publish("n2")
+        for node_config in (first_config, second):
+            entry = roster.member(node_config.node_id)
+            keys = load_coordination_keys(node_config)
+            assert entry is not None and entry.wg_key == keys.wg_public_raw
+            assert entry.coord_onion == keys.onion_address
     assert (tmp_path / "n2" / "roster").stat().st_mode & 0o777 == 0o600
     # Cluster-wide timing comes from the token (the fast profile of the first node).
     assert second.coordination.heartbeat_interval == 1.0

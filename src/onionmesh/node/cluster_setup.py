@@ -51,7 +51,12 @@ from onionmesh.mesh.roster import (
     save_authority_key,
     save_roster,
 )
-from onionmesh.node.errors import SetupError, TokenError
+from onionmesh.node.coordination_keys import (
+    coordination_key_files,
+    new_coordination_keys,
+    save_coordination_keys,
+)
+from onionmesh.node.errors import KeyCheckError, SetupError, TokenError
 from onionmesh.node.join_tokens import (
     JoinTokenBody,
     TokenStore,
@@ -252,16 +257,22 @@ def init_cluster(root: Path, *, node_id: str = "n1", listen: str = "127.0.0.1:74
     _merge(sections, settings)
     text = render_config(sections)
     config = _validated(text, files.config)
+    _refuse_existing(coordination_key_files(config))
+    # The WireGuard key and coordination onion are made now, whether or not [wireguard]
+    # is enabled yet, so the signed roster entry names them from the start.
+    coordination = new_coordination_keys()
     roster = Roster(authority.public_key)
     roster.merge_entry(authority.sign_entry(
-        MemberEntry(node_id, node.public_key, True, int(time.time()))))
+        MemberEntry(node_id, node.public_key, True, int(time.time()),
+                    coordination.wg_public_raw, coordination.onion_address)))
     _prepare_dir(root)
     try:
         save_hidden_service_dir(master, files.master_dir)
         save_pem(node, files.node_key)
         save_authority_key(files.authority_key, authority)
         save_roster(files.roster, roster)
-    except (KeyFileError, RosterError) as exc:
+        save_coordination_keys(config, coordination)
+    except (KeyFileError, RosterError, KeyCheckError) as exc:
         raise SetupError(str(exc)) from None
     write_cluster_secret(files.cluster_secret, new_cluster_secret())
     _write_config(files.config, text)
@@ -365,10 +376,13 @@ def join_cluster(token_text: str, root: Path, *, node_id: str, listen: str,
     }
     text = render_config(sections, comments)
     config = _validated(text, files.config)
+    _refuse_existing(coordination_key_files(config))
     node = Ed25519Identity.generate()
     assert node.seed is not None
+    coordination = new_coordination_keys()
     joiner = Joiner(token.join_seed, token.authority_key, node_id, node.seed, time.time(),
-                    entropy=os.urandom(64))
+                    entropy=os.urandom(64), wg_key=coordination.wg_public_raw,
+                    coord_onion=coordination.onion_address)
     result = exchange(joiner, token)
     if result.cluster_secret is None:
         raise SetupError("the sponsor sent no cluster secret")
@@ -378,7 +392,8 @@ def join_cluster(token_text: str, root: Path, *, node_id: str, listen: str,
             save_hidden_service_dir(master, files.master_dir)
         save_pem(node, files.node_key)
         save_roster(files.roster, result.roster)
-    except (KeyFileError, RosterError) as exc:
+        save_coordination_keys(config, coordination)
+    except (KeyFileError, RosterError, KeyCheckError) as exc:
         raise SetupError(str(exc)) from None
     write_cluster_secret(cluster_secret_path(config), result.cluster_secret)
     _write_config(files.config, text)

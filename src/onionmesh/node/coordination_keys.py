@@ -56,6 +56,37 @@ class CoordinationKeys:
         return self.onion.onion_address
 
 
+def new_coordination_keys() -> CoordinationKeys:
+    """Fresh keys, in memory: ``init``/``join`` sign their public halves into the roster
+    entry first and write the files only once the node is in (``save_coordination_keys``)."""
+    return CoordinationKeys(WireGuardKeyPair.generate(), Ed25519Identity.generate())
+
+
+def coordination_key_files(config: Config) -> list[Path]:
+    return [wireguard_key_path(config), coordination_key_path(config)]
+
+
+def save_coordination_keys(config: Config, keys: CoordinationKeys) -> None:
+    """Write both keys (0600) where the config says; an existing file is never replaced."""
+    wg_path, onion_path = wireguard_key_path(config), coordination_key_path(config)
+    for path in (wg_path, onion_path):
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise KeyCheckError("coordination-key-file",
+                                f"cannot create {path.parent}: {exc.strerror}") from None
+    try:
+        if wg_path.exists():
+            raise WireGuardError(f"refusing to overwrite existing file {wg_path}")
+        keys.wireguard.save(wg_path)
+    except WireGuardError as exc:
+        raise KeyCheckError("wireguard-key-file", f"{wg_path}: {exc}") from None
+    try:
+        save_pem(keys.onion, onion_path, overwrite=False)
+    except KeyFileError as exc:
+        raise KeyCheckError("coordination-key-file", f"{onion_path}: {exc}") from None
+
+
 def ensure_coordination_keys(config: Config) -> CoordinationKeys:
     """Make whichever key is missing (0600), keep any that exists; for init and join."""
     wg_path, onion_path = wireguard_key_path(config), coordination_key_path(config)
