@@ -11,7 +11,8 @@ def test_address_forms():
     assert split_address("10.0.0.1:7443") == ("10.0.0.1", 7443)
     assert split_address("[fd00::1]:7443") == ("fd00::1", 7443)
     assert join_address("fd00::1", 7443) == "[fd00::1]:7443"
-    for bad in ("10.0.0.1", ":7443", "host:port", "h:70000"):
+    for bad in ("10.0.0.1", ":7443", "host:port", "h:70000", "localhost:7443",
+                "peer.example:7443"):
         with pytest.raises(TransportError):
             split_address(bad)
 
@@ -39,7 +40,9 @@ async def test_bad_destination_and_oversize_are_counted_not_raised():
     try:
         assert not t.send(b"x", "not-an-address")
         assert not t.send(b"x" * 70000, "127.0.0.1:9")
-        assert t.send_errors == 2
+        # A name (as a member could gossip one) is refused, never resolved in the loop.
+        assert not t.send(b"x", "onionmesh-test.invalid:7443")
+        assert t.send_errors == 3
     finally:
         t.close()
 

@@ -26,12 +26,19 @@ class TransportError(OnionmeshError):
 
 
 def split_address(address: str) -> tuple[str, int]:
-    """``"10.0.0.1:7443"`` or ``"[fd00::1]:7443"`` -> (host, port)."""
+    """``"10.0.0.1:7443"`` or ``"[fd00::1]:7443"`` -> (host, port); names are refused."""
     host, sep, port_text = address.rpartition(":")
     if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
         raise TransportError(f"transport address must be host:port, got {address!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        # A name would be resolved by sendto() itself: blocking DNS in the event loop, for
+        # an address any member can gossip. Peers are IP literals (config check says so).
+        raise TransportError(f"transport address must be an IP address, got {address!r}") \
+            from None
     return host, int(port_text)
 
 
