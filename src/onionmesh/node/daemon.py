@@ -48,6 +48,7 @@ from onionmesh.mesh.events import (
     PeerSuspect,
     PublishRequested,
     RosterChanged,
+    SendRefused,
     SteppedDown,
 )
 from onionmesh.mesh.identity import NodeIdentity
@@ -487,7 +488,9 @@ class NodeDaemon:
             log.debug("%s", event.message)
             self.metrics.record_rejection(event.reason)
             return
-        level = logging.WARNING if isinstance(event, (PeerDead, ConflictDetected)) else logging.INFO
+        # SendRefused: the core built a message peers would refuse (a bug worth seeing).
+        warn = (PeerDead, ConflictDetected, SendRefused)
+        level = logging.WARNING if isinstance(event, warn) else logging.INFO
         log.log(level, "%s", event.message)
         if isinstance(event, PeerDead):
             self._alert(Alert("node_dead", event.node_id, event.message))
