@@ -31,6 +31,7 @@ from onionmesh.node.settings import advertise_address, check_runnable, mesh_conf
 from onionmesh.node.snapshot import format_status
 from onionmesh.node.startup import ClockGuard
 from onionmesh.node.uploads_view import STREAK_ALERT, UploadsView
+from onionmesh.publish.core import PublishEvent, PublishEventKind
 from onionmesh.publish.uploads import RetryPolicy
 from onionmesh.status_document import StatusDocumentError, decode_status
 from onionmesh.tor.control_protocol import HsDescEvent
@@ -395,20 +396,20 @@ async def test_events_become_log_lines_alerts_and_metrics(tmp_path: Path, caplog
     daemon.on_mesh_event(MessageRejected(RejectReason.UNKNOWN_CLUSTER,
                                          "cluster MAC does not verify", "10.0.0.9:7443"))
     hsdir = "B" * 40
-    for _ in range(3):
-        daemon.uploads.observe(HsDescEvent("FAILED", MASTER.onion_address[:56], "NO_AUTH",
-                                           hsdir, "id", "UPLOAD_REJECTED", None, None),
-                               time.time())
-    # The master of this test cluster is not MASTER: no streak for another address.
-    master = load_config(setup.files.config).master.address.removesuffix(".onion")
-    for _ in range(3):
-        daemon.uploads.observe(HsDescEvent("FAILED", master, "NO_AUTH", hsdir, "id",
-                                           "UPLOAD_REJECTED", None, None), time.time())
+    # The publish core's streak (tor's FAILED answers and our own timeouts) is the alert.
+    daemon._on_publish_event(PublishEvent(
+        PublishEventKind.FAILURE_STREAK, f"HSDir {hsdir} failed 3 uploads in a row "
+        "(last: TIMEOUT)", hsdir=hsdir, streak=3))
+    daemon._on_publish_event(PublishEvent(PublishEventKind.UPLOAD_FAILED, "not an alert",
+                                          hsdir=hsdir))
     await daemon.alerts_delivered(timeout=20)
     sent = [json.loads(line) for line in alerts.read_text().splitlines() if line]
     kinds = sorted(a["kind"] for a in sent)
     assert kinds == ["conflict", "node_dead", "node_recovered", "takeover",
                      "upload_failure_streak"]
+    streak = next(a for a in sent if a["kind"] == "upload_failure_streak")
+    assert (streak["subject"], streak["summary"]) == (
+        hsdir, f"HSDir {hsdir} failed 3 uploads in a row (last: TIMEOUT)")
     dead = next(a for a in sent if a["kind"] == "node_dead")
     assert dead["subject"] == "n2"
     assert dead["summary"] == "Peer n2 declared DEAD, removing 3 intro points"

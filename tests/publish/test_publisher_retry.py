@@ -28,11 +28,10 @@ GHOST = "0123456789ABCDEF0123456789ABCDEF01234567"  # no relay has this identity
 class GhostPublisher(Publisher):
     """Adds one unreachable HSDir to every period's targets."""
 
-    def _plan_targets(self, now: float) -> None:
-        super()._plan_targets(now)
-        self.targets = {
+    def _targets_from(self, consensus, now: float) -> dict[int, PeriodTarget]:
+        return {
             n: PeriodTarget(t.period, t.blinded, (*t.hsdirs, GHOST))
-            for n, t in self.targets.items()
+            for n, t in super()._targets_from(consensus, now).items()
         }
 
 

@@ -94,11 +94,12 @@ from onionmesh.node.snapshot import build_snapshot
 from onionmesh.node.startup import ClockGuard, KeyMaterial, check_keys
 from onionmesh.node.tor_instance import NodeTor
 from onionmesh.node.uploads_view import UploadsView
+from onionmesh.publish.core import PublishEvent, PublishEventKind, PublishTiming
 from onionmesh.publish.uploads import RetryPolicy
 from onionmesh.status_document import MasterKeySource, NodeState
 from onionmesh.status_socket import StatusServer, StatusUnavailable, query_status
 from onionmesh.tor.control import TorController
-from onionmesh.tor.control_protocol import ControlError, parse_hs_desc_event
+from onionmesh.tor.control_protocol import ControlError, HsDescEvent
 from onionmesh.tor.intro_points import enable_events
 from onionmesh.transport.paths import FellBackToTor, PathEvent, WireGuardDown, WireGuardRestored
 from onionmesh.transport.tor_channel import TorChannelError
@@ -134,7 +135,7 @@ class NodeDaemon:
         self.local_sets: dict[int, tuple[bytes, ...]] = {}
         self.metrics = NodeMetrics()
         self.alerts = self._alert_sink(config)
-        self.uploads = UploadsView(config.master.address, self._on_upload_streak)
+        self.uploads = UploadsView(config.master.address)
         self.guard = ClockGuard(
             self.clock, mode=config.resilience.clock_check,
             require_ntp_sync=config.resilience.require_ntp_sync,
@@ -148,6 +149,7 @@ class NodeDaemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._alert_tasks: set[asyncio.Task[Any]] = set()
         self._clock_bad = False
+        self._foreign_finding: str | None = None  # the publish core's words for a conflict
 
     # ------------------------------------------------------------------ entry point
 
@@ -276,6 +278,8 @@ class NodeDaemon:
                 controller, keys.master, self.clock, self.guard,
                 RetryPolicy(max_retries=config.hsdir_max_retries),
                 client_auth_keys=config.master.client_auth_keys(),
+                timing=PublishTiming(refresh_interval=float(config.publishing.refresh_interval)),
+                hs_desc=self.tor.hs_desc, on_event=self._on_publish_event,
             )
             if config.master.authorized_clients:
                 log.info("restricted discovery: the master descriptor is readable only by %d "
@@ -290,14 +294,15 @@ class NodeDaemon:
         await self.advertising.start()
         self.feed = IntroFeed(controller, self.tor.node_address, self.advertising.feed_sets,
                               poll_interval=config.service.intro_poll_interval,
-                              uploaded=self.tor.uploaded)
+                              uploaded=self.tor.uploaded, hs_desc=self.tor.hs_desc)
         # (The feed judges tor's own descriptors by the system clock tor made them with,
         # not by the ONIONMESH_CLOCK_OFFSET test clock.)
         self.feed.note_consensus(consensus)
         await self.feed.start()
         self._watch(self.driver.task, "mesh timer loop")
         self._watch(asyncio.create_task(self._consensus_loop(), name="consensus"), "consensus")
-        self._watch(asyncio.create_task(self._uploads_loop(), name="uploads"), "upload events")
+        if self.tor.hs_desc is not None:
+            self.tor.hs_desc.listen(self._on_hs_desc)
         self.state = NodeState.RUNNING
         log.info("node %s running (master %s)", config.node_id, config.master.address)
 
@@ -428,24 +433,28 @@ class NodeDaemon:
             log.info("clock is good again: %s", result.message)
         self._clock_bad = bad
 
-    async def _uploads_loop(self) -> None:
-        assert self.tor is not None and self.tor.controller is not None
-        controller = self.tor.controller
-        while True:
-            async for event in controller.subscribe("HS_DESC"):
-                try:
-                    parsed = parse_hs_desc_event(event)
-                except ControlError:
-                    continue
-                entry = self.uploads.observe(parsed, self.clock.now())
-                if entry is not None:
-                    self.metrics.record_upload(entry.hsdir, entry.result == "uploaded")
-            await asyncio.sleep(1.0)  # the subscription ended (tor reconnecting): resubscribe
+    def _on_hs_desc(self, event: HsDescEvent) -> None:
+        entry = self.uploads.observe(event, self.clock.now())
+        if entry is not None:
+            self.metrics.record_upload(entry.hsdir, entry.result == "uploaded")
 
-    def _on_upload_streak(self, hsdir: str, streak: int, reason: str | None) -> None:
-        summary = f"HSDir {hsdir} failed {streak} uploads in a row (last: {reason or 'unknown'})"
-        log.warning("%s", summary)
-        self._alert(Alert("upload_failure_streak", hsdir, summary))
+    def _on_publish_event(self, event: PublishEvent) -> None:
+        """The publish core's events (already logged by the Publisher): alerts, conflicts."""
+        if event.kind is PublishEventKind.FAILURE_STREAK and event.hsdir is not None:
+            # Timeouts of our own uploads count as well as tor's FAILED answers.
+            self._alert(Alert("upload_failure_streak", event.hsdir, event.message))
+        elif event.kind is PublishEventKind.CONFLICT and event.foreign is not None:
+            if self.driver is None:
+                self._alert(Alert("conflict", "hsdir", event.message))
+                return
+            # The mesh core decides (re-election: the side with more intro points keeps
+            # publishing); its ConflictDetected event carries this finding into the alert.
+            self._foreign_finding = event.message
+            try:
+                self.driver.report_foreign_descriptor(event.foreign.revision,
+                                                      event.foreign.intro_count)
+            finally:
+                self._foreign_finding = None
 
     # ------------------------------------------------------------------ mesh events
 
@@ -499,7 +508,10 @@ class NodeDaemon:
         elif isinstance(event, BecamePublisher):
             self._alert(Alert("takeover", self.config.node_id, event.message))
         elif isinstance(event, ConflictDetected):
-            self._alert(Alert("conflict", event.other, event.message))
+            detail = event.message
+            if self._foreign_finding is not None:
+                detail = f"{self._foreign_finding}. {event.message}"
+            self._alert(Alert("conflict", event.other, detail))
         elif isinstance(event, SteppedDown):
             if self.publisher_control is not None:
                 self._spawn(self.publisher_control.detach())

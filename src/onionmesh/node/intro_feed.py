@@ -42,7 +42,8 @@ from onionmesh.hsdir.consensus import Consensus
 from onionmesh.hsdir.timeperiod import descriptor_periods, fetch_period, period_length_minutes
 from onionmesh.node.publishing import encode_intro_point
 from onionmesh.tor.control import TorController
-from onionmesh.tor.control_protocol import ControlError, parse_hs_desc_event
+from onionmesh.tor.control_protocol import ControlError, HsDescEvent, parse_hs_desc_event
+from onionmesh.tor.hs_desc_feed import HsDescFeed
 from onionmesh.tor.intro_points import IntroSet, NodeIntroWatcher, enable_events
 from onionmesh.tor.upload_events import UploadMatcher
 from onionmesh.tor_limits import MAX_INTRO_POINTS
@@ -66,6 +67,7 @@ class IntroFeed:
         poll_interval: float = 5.0,
         clock: Callable[[], float] = time.time,
         uploaded: dict[str, float] | None = None,
+        hs_desc: HsDescFeed | None = None,
     ) -> None:
         self.controller = controller
         self.node_address = node_address.removesuffix(".onion")
@@ -92,6 +94,8 @@ class IntroFeed:
         # blinded key (base64, as in HS_DESC) -> when this run's tor first uploaded it;
         # None: no filter (an existing tor that did not restart with us)
         self.uploaded = uploaded
+        self.hs_desc = hs_desc  # the node's shared HS_DESC feed (else a subscription of our own)
+        self._remove_listener: Callable[[], None] | None = None
 
     def note_consensus(self, consensus: Consensus) -> None:
         """New consensus: period length and the master's two descriptor periods."""
@@ -123,16 +127,34 @@ class IntroFeed:
         return b64_nopad(blind_public_key(key, period, self.period_length))
 
     async def start(self) -> None:
-        await enable_events(self.controller, "HS_DESC")
         self._tasks = [
             asyncio.create_task(self._own_loop(), name="intro-own"),
             asyncio.create_task(self._fetch_loop(), name="intro-fetch"),
-            asyncio.create_task(self._event_loop(), name="intro-events"),
         ]
+        if self.hs_desc is not None:
+            self._remove_listener = self.hs_desc.listen(self._on_hs_desc)
+        else:
+            await enable_events(self.controller, "HS_DESC")
+            self._tasks.append(asyncio.create_task(self._event_loop(), name="intro-events"))
 
     async def stop(self) -> None:
+        if self._remove_listener is not None:
+            self._remove_listener()
+            self._remove_listener = None
         await cancel_and_wait(*self._tasks)
         self._tasks = []
+
+    def _on_hs_desc(self, parsed: HsDescEvent) -> None:
+        """One HS_DESC event of this node's tor (from the shared feed or our own loop)."""
+        if parsed.address != self.node_address:
+            return
+        if parsed.action in ("UPLOAD", "UPLOADED"):
+            self._wake.set()  # tor's current descriptor may have changed: GETINFO
+        done = self._matcher.observe(parsed)
+        if done is not None and done.blinded_key == self._fetch_key:
+            # tor's newest descriptor of the fetchable period is on that HSDir.
+            self._fetch_from.add(done.hsdir)
+            self._fetch_now.set()
 
     def current_sets(self) -> dict[int, tuple[bytes, ...]]:
         """Per master period: the node's set for exactly that period, if known and not empty.
@@ -214,13 +236,5 @@ class IntroFeed:
                     parsed = parse_hs_desc_event(event)
                 except ControlError:
                     continue
-                if parsed.address != self.node_address:
-                    continue
-                if parsed.action in ("UPLOAD", "UPLOADED"):
-                    self._wake.set()  # tor's current descriptor may have changed: GETINFO
-                done = self._matcher.observe(parsed)
-                if done is not None and done.blinded_key == self._fetch_key:
-                    # tor's newest descriptor of the fetchable period is on that HSDir.
-                    self._fetch_from.add(done.hsdir)
-                    self._fetch_now.set()
+                self._on_hs_desc(parsed)
             await asyncio.sleep(1.0)  # the subscription ended (tor reconnecting): resubscribe

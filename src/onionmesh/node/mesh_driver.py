@@ -81,6 +81,12 @@ class MeshDriver:
         self.flush()
         self._wake.set()
 
+    def report_foreign_descriptor(self, revision: int, intro_count: int) -> None:
+        """The publish core found a descriptor on the HSDirs that this cluster never made."""
+        self.core.report_foreign_descriptor(revision, intro_count, self.clock.now())
+        self.flush()
+        self._wake.set()
+
     def add_peer(self, seed: PeerSeed) -> None:
         """A peer added by a config reload: greeted like a bootstrap peer."""
         self.core.add_peer(seed, self.clock.now())

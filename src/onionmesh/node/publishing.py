@@ -25,11 +25,13 @@ from onionmesh.descriptor.intro import IntroPoint, parse_intro_point
 from onionmesh.errors import OnionmeshError
 from onionmesh.mesh.plan import PublishPlan
 from onionmesh.node.startup import ClockGuard
+from onionmesh.publish.core import PublishEvent, PublishTiming
 from onionmesh.publish.period_sets import sets_for_master_period
 from onionmesh.publish.publisher import Publisher
 from onionmesh.publish.uploads import RetryPolicy
 from onionmesh.tor.control import TorController
 from onionmesh.tor.control_protocol import ControlError
+from onionmesh.tor.hs_desc_feed import HsDescFeed
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +79,16 @@ class PublisherControl:
         guard: ClockGuard,
         retry: RetryPolicy,
         client_auth_keys: Sequence[bytes] = (),
+        *,
+        timing: PublishTiming | None = None,
+        hs_desc: HsDescFeed | None = None,
+        on_event: Callable[[PublishEvent], None] | None = None,
     ) -> None:
         self.controller = controller
         self.client_auth_keys = tuple(client_auth_keys)  # restricted discovery
+        self.timing = timing or PublishTiming()
+        self.hs_desc = hs_desc
+        self.on_event = on_event
         self.master = master
         self.clock = clock
         self.guard = guard
@@ -131,6 +140,7 @@ class PublisherControl:
             publisher = GuardedPublisher(
                 self.controller, self.master, self.intro_source, retry=self.retry,
                 clock=self.clock.now, clock_check=self.guard.check_for_signing,
+                timing=self.timing, feed=self.hs_desc, on_event=self.on_event,
             )
             publisher.builder.set_client_auth_keys(self.client_auth_keys)
             try:

@@ -46,9 +46,8 @@ from onionmesh.node.keyfiles import (
 from onionmesh.node.path_safety import UnsafePath
 from onionmesh.tor import torrc as torrc_gen
 from onionmesh.tor.control import TorController
-from onionmesh.tor.control_connection import EventSubscription
-from onionmesh.tor.control_protocol import ControlError, parse_hs_desc_event
-from onionmesh.tor.intro_points import enable_events
+from onionmesh.tor.control_protocol import ControlError, HsDescEvent
+from onionmesh.tor.hs_desc_feed import HsDescFeed
 from onionmesh.tor.process import (
     TorProcess,
     TorProcessError,
@@ -126,7 +125,8 @@ class NodeTor:
         # node descriptor for it (watched from the first control connection on). None for
         # an existing tor, whose uploads happened before we came.
         self.uploaded: dict[str, float] | None = None
-        self._upload_task: asyncio.Task[None] | None = None
+        # The node's one HS_DESC subscription; every consumer listens to it.
+        self.hs_desc: HsDescFeed | None = None
 
     def channel_socks(self) -> tuple[str, int] | str:
         """Where the tor channel opens its streams: the managed tor's unix SOCKS socket,
@@ -148,35 +148,27 @@ class NodeTor:
         else:
             self.node_address = self._read_unmanaged_address()
             self.controller = await self._connect_existing(timeout)
+            self.hs_desc = HsDescFeed(self.controller)
+            await self.hs_desc.start()
         await self._wait_bootstrapped(deadline)
         return self.controller
 
     async def _watch_uploads(self, controller: TorController) -> None:
         self.uploaded = {}
-        subscription = controller.subscribe("HS_DESC")  # before SETEVENTS: nothing missed
-        await enable_events(controller, "HS_DESC")
-        self._upload_task = asyncio.create_task(self._collect_uploads(subscription),
-                                                name="node-uploads")
+        self._upload_matcher = UploadMatcher(self.node_address)
+        self.hs_desc = HsDescFeed(controller)  # subscribes before SETEVENTS: nothing missed
+        await self.hs_desc.start()
+        self.hs_desc.listen(self._note_upload)
 
-    async def _collect_uploads(self, subscription: EventSubscription) -> None:
-        assert self.uploaded is not None and self.controller is not None
+    def _note_upload(self, event: HsDescEvent) -> None:
         # UPLOADED names no descriptor: the matcher takes it from the UPLOAD before it.
-        matcher = UploadMatcher(self.node_address)
-        while True:
-            async for event in subscription:
-                with contextlib.suppress(ControlError):
-                    done = matcher.observe(parse_hs_desc_event(event))
-                    if done is not None:
-                        self.uploaded.setdefault(done.blinded_key, self.now())
-            await asyncio.sleep(1.0)  # subscription ended (tor reconnecting): resubscribe
-            subscription = self.controller.subscribe("HS_DESC")
+        done = self._upload_matcher.observe(event)
+        if done is not None and self.uploaded is not None:
+            self.uploaded.setdefault(done.blinded_key, self.now())
 
     async def stop(self) -> None:
-        if self._upload_task is not None:
-            self._upload_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._upload_task
-            self._upload_task = None
+        if self.hs_desc is not None:
+            await self.hs_desc.stop()
         if self.controller is not None:
             with contextlib.suppress(Exception):
                 await self.controller.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from onionmesh.publish.core import FETCH_FAILURE_REASONS
 from onionmesh.tor.control_protocol import HsDescEvent
 
 STREAK_ALERT = 3  # consecutive failures at one HSDir before an alert
@@ -48,6 +49,8 @@ class UploadsView:
             return None
         if event.action not in ("UPLOADED", "FAILED"):
             return None
+        if event.action == "FAILED" and event.reason in FETCH_FAILURE_REASONS:
+            return None  # a conflict-check HSFETCH that found nothing, not an upload
         previous = self.hsdirs.get(event.hsdir)
         if event.action == "UPLOADED":
             entry = HsdirResult(event.hsdir, "uploaded", now, None, event.descriptor_id)

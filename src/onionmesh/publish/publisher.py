@@ -1,19 +1,16 @@
-"""The publisher shell: master descriptors for both periods, uploaded to every responsible HSDir.
+"""The publisher shell: drives one ``PublishCore`` over one tor control connection.
 
-It wires the pure parts together around one tor control connection:
+Every decision (periods, HSDirs, builds, retries, revivals, refreshes, conflict
+checks) is the core's (``onionmesh.publish.core``). This shell only does I/O:
 
-- the consensus and microdescriptors from tor -> the hash ring (``onionmesh.hsdir``);
-- per time period (tor's first and second descriptor): the intro points from an
-  ``intro_source(period)`` callable, the responsible HSDirs, a revision counter;
-- ``RepublishPolicy`` says when to build / re-target / drop;
-- ``build_descriptor`` signs with the blinded master key;
-- ``UploadTracker`` says which ``HSPOST SERVER=<hsdir> HSADDRESS=<master>`` to send
-  and is fed tor's ``HS_DESC UPLOADED/FAILED`` events; every result is logged with
-  the HSDir's running health.
-
-All decisions are made by the pure modules; this class only does I/O and
-waits (on tor events, the next retry, the next consensus poll, or a wake-up
-from ``intro_points_changed()``).
+- reads the consensus and microdescriptors from tor every ``consensus_poll`` seconds
+  and hands them to the core (``set_consensus``);
+- reads the intro points from ``intro_source(period)`` before every pass;
+- sends what the core asks for: ``HSPOST SERVER=<hsdir> HSADDRESS=<master>`` and
+  ``HSFETCH <master> SERVER=<hsdir>``;
+- feeds tor's HS_DESC results (from the node's shared ``HsDescFeed``) and the fetched
+  descriptors, verified and decrypted with the master public key, back to the core;
+- logs the core's events and hands them to ``on_event`` (the daemon: alerts, conflicts).
 """
 
 from __future__ import annotations
@@ -24,13 +21,12 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from onionmesh.aio import cancel_and_wait
-from onionmesh.crypto.blinding import BlindedKey, blind_identity
+from onionmesh.crypto.blinding import BlindedKey
 from onionmesh.crypto.keys import Ed25519Identity
-from onionmesh.descriptor.layers import b64_nopad
+from onionmesh.descriptor.parse import parse_descriptor
 from onionmesh.errors import OnionmeshError
 from onionmesh.hsdir.consensus import (
     Consensus,
@@ -38,22 +34,40 @@ from onionmesh.hsdir.consensus import (
     parse_consensus,
     parse_microdescriptors,
 )
-from onionmesh.hsdir.hashring import responsible_hsdirs
-from onionmesh.hsdir.timeperiod import DescriptorPeriod, descriptor_periods
+from onionmesh.hsdir.timeperiod import fetch_period
+from onionmesh.publish.core import (
+    Fetch,
+    HasAuthKey,
+    ObservedDescriptor,
+    PeriodTarget,
+    PublishCore,
+    PublishEvent,
+    PublishEventKind,
+    PublishTiming,
+    Role,
+    Verdict,
+    plan_targets,
+)
 from onionmesh.publish.errors import PublishTimeout
-from onionmesh.publish.master import IntroSource, MasterDescriptorBuilder, revision_for
-from onionmesh.publish.republish import Action, Built, Decision, RepublishPolicy, Wanted
-from onionmesh.publish.uploads import Post, RetryPolicy, UploadStatus, UploadTracker
-from onionmesh.tor.control_protocol import ControlError, parse_hs_desc_event
-from onionmesh.tor.intro_points import enable_events
+from onionmesh.publish.master import IntroSource, MasterDescriptorBuilder
+from onionmesh.publish.uploads import Post, RetryPolicy, UploadTracker
+from onionmesh.tor.control_protocol import ControlError, HsDescEvent
+from onionmesh.tor.hs_desc_feed import HsDescContent, HsDescFeed
 from onionmesh.tor_limits import MAX_INTRO_POINTS
 
 if TYPE_CHECKING:
-    from onionmesh.tor.control import EventSubscription, TorController
+    from collections.abc import Sequence
+
+    from onionmesh.tor.control import TorController
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PeriodTarget", "Publisher", "fetch_consensus"]
+
+_WARN = {PublishEventKind.UPLOAD_FAILED, PublishEventKind.UPLOAD_TIMEOUT,
+         PublishEventKind.HSDIR_GAVE_UP, PublishEventKind.FETCH_FAILED,
+         PublishEventKind.CONFLICT, PublishEventKind.FAILURE_STREAK}
+
 
 async def fetch_consensus(controller: TorController) -> Consensus:
     """The microdesc consensus from tor, with ed25519 ids from ``md/all`` attached."""
@@ -63,18 +77,28 @@ async def fetch_consensus(controller: TorController) -> Consensus:
     return attach_ed25519_ids(consensus, parse_microdescriptors(info["md/all"]))
 
 
-@dataclass(frozen=True)
-class PeriodTarget:
-    """Where one of the two descriptors goes."""
+class MasterSigner:
+    """The core's ``DescriptorSigner``: tor-compatible master descriptors."""
 
-    period: DescriptorPeriod
-    blinded: BlindedKey
-    hsdirs: tuple[str, ...]  # fingerprints, 40 hex uppercase
+    def __init__(self, master: Ed25519Identity, lifetime: float) -> None:
+        self.builder = MasterDescriptorBuilder(master, lifetime_minutes=int(lifetime // 60))
 
-    @property
-    def blinded_id(self) -> str:
-        """The blinded key as tor writes it in HS_DESC events (base64, no padding)."""
-        return b64_nopad(self.blinded.public_key)
+    def build(self, target: PeriodTarget, revision: int, points: Sequence[HasAuthKey],
+              now: float) -> str:
+        return self.builder.build(target.number, target.period.period_length, revision,
+                                  points, now=now, blinded=target.blinded)  # type: ignore[arg-type]
+
+    def forget_periods(self, keep: object) -> None:
+        self.builder.forget_periods(keep)  # type: ignore[arg-type]
+
+
+def observe_descriptor(text: str, address: str, period: int, period_length: int,
+                       now: float) -> ObservedDescriptor:
+    """Verify and decrypt a fetched master descriptor (DescriptorError if it does not)."""
+    desc = parse_descriptor(text, address, period_number=period, period_length=period_length,
+                            now=now)
+    return ObservedDescriptor(desc.period_number, desc.revision_counter,
+                              frozenset(ip.auth_key for ip in desc.intro_points))
 
 
 class Publisher:
@@ -87,54 +111,88 @@ class Publisher:
         intro_source: IntroSource,
         *,
         retry: RetryPolicy | None = None,
-        policy: RepublishPolicy | None = None,
+        timing: PublishTiming | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
         consensus_poll: float = 10.0,
-        failed_cooldown: float = 300.0,
+        feed: HsDescFeed | None = None,
+        role: Role = Role.PUBLISHER,
+        on_event: Callable[[PublishEvent], None] | None = None,
     ) -> None:
         self.controller = controller
         self.master = master
         self.address = master.onion_address.removesuffix(".onion")
         self.intro_source = intro_source
-        self.policy = policy or RepublishPolicy()
-        self.tracker = UploadTracker(retry, rng)
         self.clock = clock
         self.consensus_poll = consensus_poll
-        self.failed_cooldown = failed_cooldown  # retry HSDirs that exhausted their retries
-        self._revived_at: dict[int, float] = {}
+        self.on_event = on_event
+        timing = timing or PublishTiming()
+        self.core = PublishCore(MasterSigner(master, timing.descriptor_lifetime),
+                                timing=timing, retry=retry, rng=rng, role=role)
         self.consensus: Consensus | None = None
-        self.targets: dict[int, PeriodTarget] = {}
-        self.built: dict[int, Built] = {}
-        self.builder = MasterDescriptorBuilder(
-            master, lifetime_minutes=int(self.policy.descriptor_lifetime // 60)
-        )
-        self.builds = 0  # descriptors built so far (for status and tests)
+        self._feed = feed
+        self._own_feed = feed is None
+        self._removers: list[Callable[[], None]] = []
+        self._blinded: dict[int, BlindedKey] = {}  # blinded keys per period (costly to derive)
         self._next_consensus = 0.0
         self._wake = asyncio.Event()
         self._progress = asyncio.Condition()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._blinded_cache: dict[int, BlindedKey] = {}
-        self._events: EventSubscription | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- the core's state, for status and tests ----------------------------------------------
+
+    @property
+    def targets(self) -> dict[int, PeriodTarget]:
+        return self.core.targets
+
+    @property
+    def tracker(self) -> UploadTracker:
+        return self.core.tracker
+
+    @property
+    def builder(self) -> MasterDescriptorBuilder:
+        """The descriptor builder (client authorization keys are set on it)."""
+        signer = self.core.signer
+        assert isinstance(signer, MasterSigner)
+        return signer.builder
+
+    @property
+    def builds(self) -> int:
+        return self.core.builds
+
+    def published(self) -> bool:
+        """Both current descriptors accepted by every responsible HSDir."""
+        return self.core.published()
+
+    def upload_counts(self) -> dict[int, dict[str, int]]:
+        return self.core.upload_counts()
+
+    def describe(self) -> str:
+        """One line per period: HSDir counts by status."""
+        parts = [f"period {period}: {counts}" for period, counts in self.upload_counts().items()]
+        return "; ".join(parts) or "no periods planned"
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Subscribe to HS_DESC, load the consensus and start the publish loop."""
-        await enable_events(self.controller, "HS_DESC")
-        self._events = self.controller.subscribe("HS_DESC")
+        """Listen to HS_DESC, load the consensus and start the publish loop."""
+        if self._feed is None:
+            self._feed = HsDescFeed(self.controller)
+            await self._feed.start()
+        self._removers = [self._feed.listen(self._on_hs_desc),
+                          self._feed.listen_content(self._on_content)]
         await self.refresh_consensus()
-        self._tasks = [
-            asyncio.create_task(self._event_loop(), name="publisher-events"),
-            asyncio.create_task(self._run(), name="publisher-loop"),
-        ]
+        self._task = asyncio.create_task(self._run(), name="publisher-loop")
 
     async def stop(self) -> None:
-        await cancel_and_wait(*self._tasks)
-        self._tasks = []
-        if self._events is not None:
-            self._events.close()
-            self._events = None
+        await cancel_and_wait(self._task)
+        self._task = None
+        for remove in self._removers:
+            remove()
+        self._removers = []
+        if self._own_feed and self._feed is not None:
+            await self._feed.stop()
+            self._feed = None
 
     async def __aenter__(self) -> Publisher:
         await self.start()
@@ -147,13 +205,12 @@ class Publisher:
         """Tell the publisher the intro source has news; it re-plans at once."""
         self._wake.set()
 
-    # -- waiting ------------------------------------------------------------------------------
+    def set_role(self, role: Role) -> None:
+        """Publisher (uploads and checks) or standby (checks only, at the slower rate)."""
+        self.core.set_role(role, self.clock())
+        self._wake.set()
 
-    def published(self) -> bool:
-        """Both current descriptors accepted by every responsible HSDir."""
-        return bool(self.targets) and all(
-            self.tracker.complete(p) for p in self.targets
-        ) and set(self.tracker.periods()) >= set(self.targets)
+    # -- waiting ------------------------------------------------------------------------------
 
     async def wait_published(self, timeout: float, *, min_builds: int = 0) -> None:
         """Wait until every responsible HSDir accepted both descriptors (and ``min_builds``
@@ -169,47 +226,20 @@ class Publisher:
                 + self.describe()
             ) from None
 
-    def upload_counts(self) -> dict[int, dict[str, int]]:
-        """Per planned period: how many of its HSDirs are in each upload status."""
-        result: dict[int, dict[str, int]] = {}
-        for period in sorted(self.targets):
-            counts: dict[str, int] = {}
-            for state in self.tracker.states(period):
-                counts[state.status.value] = counts.get(state.status.value, 0) + 1
-            result[period] = counts
-        return result
-
-    def describe(self) -> str:
-        """One line per period: HSDir counts by status."""
-        parts = [f"period {period}: {counts}" for period, counts in self.upload_counts().items()]
-        return "; ".join(parts) or "no periods planned"
-
     # -- consensus ----------------------------------------------------------------------------
 
-    async def refresh_consensus(self) -> None:
-        """Fetch the consensus and microdescriptors from tor and recompute the HSDirs."""
-        self.consensus = await fetch_consensus(self.controller)
-        self._next_consensus = self.clock() + self.consensus_poll
-        self._plan_targets(self.clock())
+    def _targets_from(self, consensus: Consensus, now: float) -> dict[int, PeriodTarget]:
+        """Both periods' targets (tests override this to add an unreachable HSDir)."""
+        return plan_targets(self.master, consensus, now, self._blinded)
 
-    def _plan_targets(self, now: float) -> None:
-        assert self.consensus is not None
-        targets: dict[int, PeriodTarget] = {}
-        for period in descriptor_periods(self.consensus, now):
-            number = period.period_number
-            blinded = self._blinded_cache.get(number)
-            if blinded is None:
-                blinded = blind_identity(self.master, number, period.period_length)
-                self._blinded_cache[number] = blinded
-            relays = responsible_hsdirs(
-                blinded.public_key, number, period.period_length, period.srv, self.consensus
-            )
-            targets[number] = PeriodTarget(period, blinded, tuple(r.fingerprint for r in relays))
-        self.targets = targets
-        self.builder.forget_periods(targets)
-        for number in list(self._blinded_cache):
-            if number not in targets:
-                del self._blinded_cache[number]
+    async def refresh_consensus(self) -> None:
+        """Fetch the consensus and microdescriptors from tor and hand them to the core."""
+        consensus = await fetch_consensus(self.controller)
+        now = self.clock()
+        self.consensus = consensus
+        self._next_consensus = now + self.consensus_poll
+        self.core.set_targets(self._targets_from(consensus, now), now,
+                              fetchable=fetch_period(consensus, now)[0])
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -233,79 +263,37 @@ class Publisher:
             await self._sleep_until_due()
 
     async def step(self) -> None:
-        """One pass: refresh the consensus if due, decide, build, post what is due."""
+        """One pass: refresh the consensus if due, feed the intro points, do what is due."""
         now = self.clock()
         if now >= self._next_consensus:
             await self.refresh_consensus()
-        wanted = self._wanted()
-        rejected = {p for p in self.targets if self.tracker.with_status(p, UploadStatus.REJECTED)}
-        for decision in self.policy.decide(wanted, self.built, now, rejected):
-            self._apply(decision, wanted, now)
-        self._revive_failed(now)
-        posts = self.tracker.poll(self.clock())
-        for period, hsdir in self.tracker.drain_timeouts():
-            health = self.tracker.health[hsdir]
-            log.warning("HSDir %s did not answer for period %d within %.0f s (health: %d ok, "
-                        "%d failed)", hsdir, period, self.tracker.policy.upload_timeout,
-                        health.successes, health.failures)
-        for post in posts:
-            await self._post(post)
-        await self._notify()
+        points = {n: list(self.intro_source(n))[:MAX_INTRO_POINTS] for n in self.core.targets}
+        self.core.set_intro_points(points, self.clock())
+        self.core.handle_timer(self.clock())
+        await self._flush()
 
-    def _revive_failed(self, now: float) -> None:
-        """Give HSDirs that exhausted their retries another round every ``failed_cooldown``."""
-        for period in self.tracker.periods():
-            last = self._revived_at.setdefault(period, now)
-            if now - last >= self.failed_cooldown:
-                self._revived_at[period] = now
-                revived = self.tracker.retry_failed(period, now)
-                if revived:
-                    log.info("period %d: retrying %d HSDir(s) that had failed: %s",
-                             period, len(revived), ", ".join(revived))
-        for period in list(self._revived_at):
-            if period not in self.tracker.periods():
-                del self._revived_at[period]
+    async def _flush(self) -> None:
+        self._log_events()
+        while (action := self.core.next_action()) is not None:
+            if isinstance(action, Post):
+                await self._post(action)
+            else:
+                await self._fetch(action)
+            self._log_events()
+        async with self._progress:
+            self._progress.notify_all()
 
-    def _wanted(self) -> dict[int, Wanted]:
-        wanted = {}
-        for number, target in self.targets.items():
-            points = list(self.intro_source(number))[:MAX_INTRO_POINTS]
-            wanted[number] = Wanted(
-                number, frozenset(p.auth_key for p in points), frozenset(target.hsdirs)
-            )
-        return wanted
-
-    def _apply(self, decision: Decision, wanted: dict[int, Wanted], now: float) -> None:
-        number = decision.period
-        if decision.action is Action.DROP:
-            log.info("period %d rotated out: no longer publishing its descriptor", number)
-            self.built.pop(number, None)
-            self.tracker.drop_period(number)
-            return
-        target = self.targets[number]
-        want = wanted[number]
-        if decision.action is Action.RETARGET:
-            log.info("period %d: responsible HSDirs changed (%d now)", number, len(want.hsdirs))
-            self.tracker.set_hsdirs(number, target.hsdirs, now)
-            self.built[number] = Built(number, want.intro_key, want.hsdirs,
-                                       self.built[number].built_at)
-            return
-        points = list(self.intro_source(number))[:MAX_INTRO_POINTS]
-        revision = revision_for(target.blinded, target.period.srv_start, now,
-                                self.tracker.revision(number))
-        text = self.builder.build(number, target.period.period_length, revision, points,
-                                  now=now, blinded=target.blinded)
-        self.tracker.set_descriptor(number, target.blinded_id, text, revision, target.hsdirs,
-                                    now, content_changed=decision.content_changed)
-        self.built[number] = Built(number, frozenset(p.auth_key for p in points),
-                                   want.hsdirs, now)
-        self.builds += 1
-        log.info(
-            "period %d (%s descriptor): built revision %d with %d intro points (%s), "
-            "%d bytes, for %d HSDirs",
-            number, "first" if target.period.is_first else "second", revision, len(points),
-            decision.reason.value, len(text), len(target.hsdirs),
-        )
+    def _log_events(self) -> None:
+        while (event := self.core.next_event()) is not None:
+            level = logging.WARNING if event.kind in _WARN else logging.INFO
+            if event.kind is PublishEventKind.FETCHED and event.verdict is Verdict.OWN_CURRENT:
+                level = logging.DEBUG  # the routine outcome of a check, every 30 s
+            log.log(level, "%s", event.message)
+            if self.on_event is not None:
+                try:
+                    self.on_event(event)
+                except Exception:  # an observer bug must not stop publishing
+                    log.exception("handling publish event %s failed", event.kind.value)
 
     async def _post(self, post: Post) -> None:
         try:
@@ -314,66 +302,60 @@ class Publisher:
         except ControlError as exc:
             log.warning("HSPOST to %s for period %d refused by tor: %s",
                         post.hsdir, post.period, exc)
-            self.tracker.on_failed(post.hsdir, post.blinded_id, "POST_REFUSED", self.clock())
+            self.core.on_post_refused(post, str(exc), self.clock())
             return
         log.debug("HSPOST period %d revision %d to %s (attempt %d)",
                   post.period, post.revision, post.hsdir, post.attempt)
 
+    async def _fetch(self, fetch: Fetch) -> None:
+        try:
+            await self.controller.hs_fetch(self.address, [fetch.hsdir])
+        except ControlError as exc:
+            self.core.on_fetch_failed(fetch.hsdir, f"HSFETCH refused by tor: {exc}",
+                                      self.clock())
+            return
+        log.debug("HSFETCH period %d from %s (%s)", fetch.period, fetch.hsdir, fetch.reason)
+
     async def _sleep_until_due(self) -> None:
         now = self.clock()
         times = [self._next_consensus]
-        next_upload = self.tracker.next_wakeup()
-        if next_upload is not None:
-            times.append(next_upload)
-        times.extend(t + self.failed_cooldown for t in self._revived_at.values())
-        next_check = self.policy.next_check(self._wanted(), self.built, now)
-        if next_check is not None:
-            times.append(next_check)
+        timer = self.core.get_timer()
+        if timer is not None:
+            times.append(timer)
         delay = max(0.0, min(times) - now)
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self._wake.wait()
 
-    async def _event_loop(self) -> None:
-        assert self._events is not None
-        async for event in self._events:
-            try:
-                parsed = parse_hs_desc_event(event)
-            except ControlError as exc:
-                log.warning("ignoring malformed HS_DESC event: %s", exc)
-                continue
-            if parsed.address != self.address or parsed.hsdir is None:
-                continue
-            now = self.clock()
-            if parsed.action == "UPLOADED":
-                period = self.tracker.on_uploaded(parsed.hsdir, now)
-                if period is not None:
-                    health = self.tracker.health[parsed.hsdir]
-                    log.info(
-                        "HSDir %s accepted period %d in %.2f s (health: %d ok, %d failed)",
-                        parsed.hsdir, period, health.last_latency or 0.0,
-                        health.successes, health.failures,
-                    )
-            elif parsed.action == "FAILED":
-                period = self.tracker.on_failed(parsed.hsdir, parsed.descriptor_id,
-                                                parsed.reason, now)
-                if period is not None:
-                    health = self.tracker.health.get(parsed.hsdir)
-                    state = next((s for s in self.tracker.states(period)
-                                  if s.hsdir == parsed.hsdir), None)
-                    log.warning(
-                        "HSDir %s failed period %d: %s -> %s (health: %d ok, %d failed)",
-                        parsed.hsdir, period, parsed.reason,
-                        state.status.value if state else "gone",
-                        health.successes if health else 0, health.failures if health else 0,
-                    )
-            else:
-                continue
-            self._wake.set()
-            await self._notify()
+    # -- tor's answers ------------------------------------------------------------------------
 
-    async def _notify(self) -> None:
-        async with self._progress:
-            self._progress.notify_all()
+    def _on_hs_desc(self, event: HsDescEvent) -> None:
+        if event.address != self.address or event.hsdir is None:
+            return
+        now = self.clock()
+        if event.action == "UPLOADED":
+            self.core.on_uploaded(event.hsdir, now)
+        elif event.action == "FAILED":
+            self.core.on_hs_desc_failed(event.hsdir, event.descriptor_id, event.reason, now)
+        else:
+            return
+        self._wake.set()
 
+    def _on_content(self, content: HsDescContent) -> None:
+        if content.address != self.address or content.hsdir is None or not content.text:
+            return
+        period = self.core.fetchable
+        target = self.core.targets.get(period) if period is not None else None
+        now = self.clock()
+        if target is None:
+            return
+        try:
+            observed = observe_descriptor(content.text, self.address, target.number,
+                                          target.period.period_length, now)
+        except OnionmeshError as exc:
+            self.core.on_fetched(content.hsdir, None, now,
+                                 problem=f"{type(exc).__name__}: {exc}")
+        else:
+            self.core.on_fetched(content.hsdir, observed, now)
+        self._wake.set()

@@ -33,6 +33,7 @@ class Reason(enum.StrEnum):
     INTRO_CHANGED = "intro-points-changed"
     REFRESH = "lifetime-refresh"
     REJECTED = "revision-rejected"
+    CONFLICT = "conflict"  # a foreign descriptor on the HSDirs: supersede it everywhere
     HSDIRS_CHANGED = "hsdirs-changed"
     PERIOD_GONE = "period-rotated-out"
 

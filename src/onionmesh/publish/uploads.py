@@ -213,6 +213,22 @@ class UploadTracker:
                 revived.append(entry.hsdir)
         return revived
 
+    def repost(self, period: int, hsdir: str, now: float) -> None:
+        """``hsdir`` was seen serving an older descriptor than ours: post the current one
+        again. The attempt count is kept, so an UPLOAD_REJECTED answer (it did have it
+        after all) counts as success."""
+        entry = self._require(period).entries.get(_check_hsdir(hsdir))
+        if entry is None or entry.status is UploadStatus.POSTED:
+            return
+        entry.status, entry.next_attempt_at = UploadStatus.PENDING, now
+        entry.attempts = max(entry.attempts, 1)
+
+    def mark_uploaded(self, period: int, hsdir: str) -> None:
+        """``hsdir`` was seen serving our current revision (after a rejection)."""
+        entry = self._require(period).entries.get(_check_hsdir(hsdir))
+        if entry is not None and entry.status is not UploadStatus.POSTED:
+            entry.status = UploadStatus.UPLOADED
+
     # -- results ----------------------------------------------------------------------------
 
     def on_uploaded(self, hsdir: str, now: float) -> int | None:

@@ -1,0 +1,717 @@
+"""PublishCore: the sans-IO state machine behind the master descriptors' uploads.
+
+Shaped like ``onionmesh.mesh.core.MeshCore`` (and aioquic / h11): the shell feeds
+inputs with its own ``now`` and drains outputs; the core never reads a clock, a
+socket or the global random module.
+
+Inputs
+  ``set_targets`` / ``set_consensus``   which time periods, blinded keys, HSDirs
+  ``set_intro_points``                  the intro points per period (the mesh plan)
+  ``on_uploaded`` / ``on_upload_failed`` / ``on_post_refused``   tor's HS_DESC results
+  ``on_fetched`` / ``on_fetch_failed``  what an HSDir served for an HSFETCH
+  ``set_role``                          PUBLISHER (uploads + checks) or STANDBY (checks)
+  ``handle_timer``                      time passes
+Outputs
+  ``next_action()``  a ``Post`` (HSPOST descriptor to one HSDir) or ``Fetch`` (HSFETCH
+                     the master address from one HSDir), in order
+  ``next_event()``   a ``PublishEvent`` (kind is a ``PublishEventKind``) with a log line
+  ``get_timer()``    when ``handle_timer`` must next be called (None: only on input)
+
+Decisions that live here (and nowhere in the shells):
+
+* which periods are published and to which HSDirs (``plan_targets`` from the
+  consensus), and what is dropped when a period rotates out;
+* when to build (``RepublishPolicy``: new period, new intro points, refresh before the
+  lifetime ends every ``refresh_interval``, a forced rebuild after a conflict) and
+  which revision (tor's time-based counter, forced above every revision seen);
+* per HSDir: retries with backoff, the upload timeout, and reviving HSDirs that gave
+  up every ``revive_interval`` (``UploadTracker``);
+* conflict detection: every ``check_interval`` (``standby_check_interval`` when not
+  publishing) one responsible HSDir of the *fetchable* period is asked for the master
+  descriptor, rotating through them; what it serves is classified (``Verdict``) as our
+  current upload, an older or stale one (re-post ours there), or FOREIGN (a revision
+  >= ours that we never uploaded, or intro points we never published): a CONFLICT
+  event with what was found, every period is rebuilt above the foreign revision and
+  re-posted to every HSDir, so exactly one descriptor ends up on each;
+* ``UPLOAD_REJECTED`` (the HSDir holds a revision >= ours) on a first attempt triggers a
+  fetch of that HSDir and a classification instead of a blind higher revision.
+
+Why only one period can be checked: tor's ``HSFETCH`` always asks for the blinded key
+of the tor client's *current* time period (``fetch_period``), whatever SERVER= says.
+The other descriptor (the next period's, or the previous one's between a new time
+period and the new SRV) cannot be fetched through tor's control port. It is covered
+indirectly: a foreign descriptor in the fetchable period rebuilds and re-posts both,
+and once tor's clock moves into the next period that descriptor becomes the fetchable
+one. A rejection of the unfetchable period falls back to a newer revision, as before.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from onionmesh.crypto.blinding import BlindedKey, blind_identity
+from onionmesh.crypto.keys import Ed25519Identity
+from onionmesh.descriptor.layers import b64_nopad
+from onionmesh.hsdir.consensus import Consensus
+from onionmesh.hsdir.hashring import responsible_hsdirs
+from onionmesh.hsdir.timeperiod import DescriptorPeriod, descriptor_periods, fetch_period
+from onionmesh.publish.errors import UploadPlanError
+from onionmesh.publish.master import revision_for
+from onionmesh.publish.republish import Action, Built, Decision, Reason, RepublishPolicy, Wanted
+from onionmesh.publish.uploads import (
+    UPLOAD_REJECTED,
+    Post,
+    RetryPolicy,
+    UploadStatus,
+    UploadTracker,
+)
+from onionmesh.tor_limits import MAX_INTRO_POINTS
+
+__all__ = [
+    "DescriptorSigner", "Fetch", "ObservedDescriptor", "PeriodTarget", "PublishCore",
+    "PublishEvent", "PublishEventKind", "PublishTiming", "Role", "Verdict", "plan_targets",
+]
+
+
+class HasAuthKey(Protocol):
+    """An intro point as the core sees it: identified by its auth key."""
+
+    @property
+    def auth_key(self) -> bytes: ...
+
+
+class DescriptorSigner(Protocol):
+    """Builds and signs one descriptor (``MasterDescriptorBuilder`` in the daemon)."""
+
+    def build(self, target: PeriodTarget, revision: int, points: Sequence[HasAuthKey],
+              now: float) -> str: ...
+
+    def forget_periods(self, keep: Iterable[int]) -> None: ...
+
+
+@dataclass(frozen=True)
+class PeriodTarget:
+    """Where one of the two descriptors goes."""
+
+    period: DescriptorPeriod
+    blinded: BlindedKey
+    hsdirs: tuple[str, ...]  # fingerprints, 40 hex uppercase
+
+    @property
+    def number(self) -> int:
+        return self.period.period_number
+
+    @property
+    def blinded_id(self) -> str:
+        """The blinded key as tor writes it in HS_DESC events (base64, no padding)."""
+        return b64_nopad(self.blinded.public_key)
+
+
+def plan_targets(master_public: Ed25519Identity, consensus: Consensus, now: float,
+                 cache: dict[int, BlindedKey] | None = None) -> dict[int, PeriodTarget]:
+    """Both descriptor periods of ``consensus`` with their responsible HSDirs (pure).
+
+    ``cache`` keeps blinded keys between calls (blinding is the costly part); periods
+    no longer planned are dropped from it.
+    """
+    cache = {} if cache is None else cache
+    targets: dict[int, PeriodTarget] = {}
+    for period in descriptor_periods(consensus, now):
+        number = period.period_number
+        blinded = cache.get(number)
+        if blinded is None:
+            blinded = cache[number] = blind_identity(master_public, number, period.period_length)
+        relays = responsible_hsdirs(blinded.public_key, number, period.period_length,
+                                    period.srv, consensus)
+        targets[number] = PeriodTarget(period, blinded, tuple(r.fingerprint for r in relays))
+    for number in [n for n in cache if n not in targets]:
+        del cache[number]
+    return targets
+
+
+#: HS_DESC FAILED reasons that only a fetch gets (control-spec, "HS_DESC").
+FETCH_FAILURE_REASONS = frozenset(
+    {"NOT_FOUND", "QUERY_REJECTED", "QUERY_NO_HSDIR", "QUERY_RATE_LIMITED", "BAD_DESC"}
+)
+
+
+class Role(enum.StrEnum):
+    PUBLISHER = "publisher"  # uploads and checks at check_interval
+    STANDBY = "standby"  # only checks, at standby_check_interval
+
+
+class Verdict(enum.StrEnum):
+    """What a fetched master descriptor is, from this core's point of view."""
+
+    OWN_CURRENT = "own-current"  # the revision we last posted for that period
+    OWN_OLDER = "own-older"  # one we posted before, or a lower revision: ours is on its way
+    FOREIGN = "foreign"  # a revision >= ours we never uploaded, or intro points we never had
+
+
+class PublishEventKind(enum.StrEnum):
+    BUILT = "built"
+    RETARGETED = "retargeted"
+    PERIOD_DROPPED = "period-dropped"
+    UPLOADED = "uploaded"
+    UPLOAD_FAILED = "upload-failed"
+    UPLOAD_TIMEOUT = "upload-timeout"
+    HSDIR_GAVE_UP = "hsdir-gave-up"
+    HSDIRS_REVIVED = "hsdirs-revived"
+    FETCHED = "fetched"
+    FETCH_FAILED = "fetch-failed"
+    CONFLICT = "conflict"
+    FAILURE_STREAK = "failure-streak"
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """Action: HSFETCH the master address from ``hsdir`` (only ``period`` is fetchable)."""
+
+    period: int
+    hsdir: str
+    reason: str  # "check" (rotating sample) or "rejected" (after UPLOAD_REJECTED)
+
+
+@dataclass(frozen=True)
+class ObservedDescriptor:
+    """A fetched master descriptor, verified and decrypted by the shell."""
+
+    period: int
+    revision: int
+    intro_keys: frozenset[bytes]
+
+
+@dataclass(frozen=True)
+class ForeignDescriptor:
+    """What a CONFLICT found: a descriptor of our address we never uploaded."""
+
+    period: int
+    revision: int
+    intro_count: int
+    hsdirs: tuple[str, ...]  # every HSDir seen serving it so far
+    our_revision: int | None
+    our_intro_count: int
+
+
+@dataclass(frozen=True)
+class PublishEvent:
+    kind: PublishEventKind
+    message: str
+    period: int | None = None
+    hsdir: str | None = None
+    verdict: Verdict | None = None
+    foreign: ForeignDescriptor | None = None
+    streak: int = 0
+
+
+@dataclass(frozen=True)
+class PublishTiming:
+    """The core's timers (seconds)."""
+
+    refresh_interval: float = 3600.0  # rebuild an unchanged descriptor this often
+    descriptor_lifetime: float = 180 * 60.0  # what the descriptors say
+    revive_interval: float = 300.0  # give HSDirs that exhausted their retries a new round
+    check_interval: float = 30.0  # publisher: one HSFETCH conflict check this often
+    standby_check_interval: float = 120.0  # standby with the master key: checks this often
+    fetch_timeout: float = 30.0  # no answer to an HSFETCH after this long: failed
+    failure_streak: int = 3  # consecutive failures (incl. timeouts) at one HSDir: an event
+
+    def __post_init__(self) -> None:
+        for name in ("revive_interval", "check_interval", "standby_check_interval",
+                     "fetch_timeout"):
+            if getattr(self, name) <= 0:
+                raise UploadPlanError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.failure_streak < 1:
+            raise UploadPlanError(f"failure_streak must be >= 1, got {self.failure_streak}")
+
+
+@dataclass
+class _Uploaded:
+    """Everything we built for one period: revision -> intro keys."""
+
+    revisions: dict[int, frozenset[bytes]] = field(default_factory=dict)
+
+    @property
+    def latest(self) -> int | None:
+        return max(self.revisions) if self.revisions else None
+
+
+@dataclass
+class _FetchInFlight:
+    fetch: Fetch
+    sent_at: float
+
+
+class PublishCore:
+    """Decides every upload and conflict check of one master address (see module doc)."""
+
+    def __init__(
+        self,
+        signer: DescriptorSigner,
+        *,
+        timing: PublishTiming | None = None,
+        retry: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+        role: Role = Role.PUBLISHER,
+        min_build_interval: float = 1.0,
+    ) -> None:
+        self.signer = signer
+        self.timing = timing or PublishTiming()
+        self.policy = RepublishPolicy(
+            descriptor_lifetime=self.timing.descriptor_lifetime,
+            refresh_after=self.timing.refresh_interval,
+            min_interval=min_build_interval,
+        )
+        self.tracker = UploadTracker(retry, rng)
+        self.role = role
+        self.targets: dict[int, PeriodTarget] = {}
+        self.fetchable: int | None = None  # the period HSFETCH can check
+        self.built: dict[int, Built] = {}
+        self.builds = 0
+        self.conflicts = 0
+        self.fetches = 0
+        self._points: dict[int, list[HasAuthKey]] = {}
+        self._uploaded: dict[int, _Uploaded] = {}
+        self._revision_floor: dict[int, int] = {}  # a foreign revision we must beat
+        # periods to rebuild as soon as min_build_interval allows, and why
+        self._forced: dict[int, Reason] = {}
+        self._recent_sets: deque[frozenset[bytes]] = deque(maxlen=8)
+        self._now = 0.0
+        self._revived_at: dict[int, float] = {}
+        self._next_check: float | None = None
+        self._check_cursor = 0
+        self._fetch: _FetchInFlight | None = None
+        self._pending_fetches: deque[Fetch] = deque()
+        self._foreign_seen: dict[tuple[int, int], set[str]] = {}
+        self._streaks: dict[str, int] = {}
+        self._actions: deque[Post | Fetch] = deque()
+        self._events: deque[PublishEvent] = deque()
+        self._blinded_cache: dict[int, BlindedKey] = {}
+
+    # -- outputs --------------------------------------------------------------------------
+
+    def next_action(self) -> Post | Fetch | None:
+        return self._actions.popleft() if self._actions else None
+
+    def next_event(self) -> PublishEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` has something to do without new input."""
+        times: list[float] = []
+        if self.role is Role.PUBLISHER:
+            wakeup = self.tracker.next_wakeup()
+            if wakeup is not None:
+                times.append(wakeup)
+            times.extend(t + self.timing.revive_interval for t in self._revived_at.values())
+            check = self.policy.next_check(self._wanted(), self.built, self._now)
+            if check is not None:
+                times.append(check)
+            times.extend(b.built_at + self.policy.min_interval for p, b in
+                         self.built.items() if p in self._forced)
+        if self._next_check is not None and self.fetchable is not None:
+            times.append(self._next_check)
+        if self._fetch is not None:
+            times.append(self._fetch.sent_at + self.timing.fetch_timeout)
+        return min(times) if times else None
+
+    # -- queries --------------------------------------------------------------------------
+
+    def published(self) -> bool:
+        """Both current descriptors accepted by every responsible HSDir."""
+        return bool(self.targets) and set(self.tracker.periods()) >= set(self.targets) and all(
+            self.tracker.complete(p) for p in self.targets
+        )
+
+    def upload_counts(self) -> dict[int, dict[str, int]]:
+        """Per planned period: how many of its HSDirs are in each upload status."""
+        result: dict[int, dict[str, int]] = {}
+        for period in sorted(self.targets):
+            counts: dict[str, int] = {}
+            for state in self.tracker.states(period):
+                counts[state.status.value] = counts.get(state.status.value, 0) + 1
+            result[period] = counts
+        return result
+
+    def classify(self, observed: ObservedDescriptor) -> Verdict:
+        """Is ``observed`` ours (current / older) or foreign? Pure; see ``Verdict``."""
+        mine = self._uploaded.get(observed.period)
+        if self.role is Role.STANDBY or mine is None or mine.latest is None:
+            # Nothing uploaded by us: judge by the intro points the mesh gave us.
+            known = self.known_intro_keys()
+            if known and not observed.intro_keys <= known:
+                return Verdict.FOREIGN
+            return Verdict.OWN_OLDER
+        keys = mine.revisions.get(observed.revision)
+        if keys is not None:
+            if observed.revision == mine.latest:
+                return Verdict.OWN_CURRENT if keys == observed.intro_keys else Verdict.FOREIGN
+            return Verdict.OWN_OLDER if keys == observed.intro_keys else Verdict.FOREIGN
+        if observed.revision < mine.latest:
+            return Verdict.OWN_OLDER  # stale (e.g. the previous publisher's): ours replaces it
+        return Verdict.FOREIGN
+
+    def known_intro_keys(self) -> frozenset[bytes]:
+        """Intro points the cluster published lately (current and recent sets)."""
+        keys: set[bytes] = set()
+        for points in self._points.values():
+            keys.update(p.auth_key for p in points)
+        for recent in self._recent_sets:
+            keys.update(recent)
+        return frozenset(keys)
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def set_role(self, role: Role, now: float) -> None:
+        """PUBLISHER uploads and checks; STANDBY only checks (at the slower rate)."""
+        if role is self.role:
+            return
+        self.role = role
+        if role is Role.STANDBY:
+            for period in self.tracker.periods():
+                self.tracker.drop_period(period)
+            self.built.clear()
+            self._uploaded.clear()
+            self._revived_at.clear()
+        self._next_check = now
+        self.handle_timer(now)
+
+    def set_consensus(self, master_public: Ed25519Identity, consensus: Consensus,
+                      now: float) -> None:
+        """Periods and HSDirs from a new consensus (blinding cached per period)."""
+        targets = plan_targets(master_public, consensus, now, self._blinded_cache)
+        self.set_targets(targets, now, fetchable=fetch_period(consensus, now)[0])
+
+    def set_targets(self, targets: Mapping[int, PeriodTarget], now: float, *,
+                    fetchable: int | None = None) -> None:
+        """The periods to publish and their HSDirs; ``fetchable``: the period HSFETCH gets."""
+        self.targets = dict(targets)
+        self.fetchable = fetchable if fetchable in self.targets else None
+        self.signer.forget_periods(self.targets)
+        for period in [p for p in self._uploaded if p not in self.targets]:
+            del self._uploaded[period]
+        if self._next_check is None:
+            self._next_check = now
+        self.handle_timer(now)
+
+    def set_intro_points(self, points: Mapping[int, Sequence[HasAuthKey]], now: float) -> None:
+        """The intro points per period (at most ``MAX_INTRO_POINTS`` are used)."""
+        old = self.known_intro_keys()
+        self._points = {p: list(v)[:MAX_INTRO_POINTS] for p, v in points.items()}
+        if old and old != self.known_intro_keys():
+            self._recent_sets.append(old)
+        self.handle_timer(now)
+
+    def on_uploaded(self, hsdir: str, now: float) -> None:
+        """``HS_DESC UPLOADED`` for our address from ``hsdir``."""
+        period = self.tracker.on_uploaded(hsdir, now)
+        if period is None:
+            return
+        fpr = hsdir.removeprefix("$").upper()
+        self._streaks.pop(fpr, None)
+        health = self.tracker.health[fpr]
+        self._emit(PublishEventKind.UPLOADED,
+                   f"HSDir {fpr} accepted period {period} in {health.last_latency or 0.0:.2f} s "
+                   f"(health: {health.successes} ok, {health.failures} failed)",
+                   period=period, hsdir=fpr)
+        self.handle_timer(now)
+
+    def on_upload_failed(self, hsdir: str, blinded_id: str | None, reason: str | None,
+                         now: float) -> None:
+        """``HS_DESC FAILED`` for our address (an upload, not a fetch)."""
+        fpr = hsdir.removeprefix("$").upper()
+        period = self.tracker.on_failed(fpr, blinded_id, reason, now)
+        if period is None:
+            return
+        state = next((s for s in self.tracker.states(period) if s.hsdir == fpr), None)
+        status = state.status if state else None
+        health = self.tracker.health.get(fpr)
+        self._emit(PublishEventKind.UPLOAD_FAILED,
+                   f"HSDir {fpr} failed period {period}: {reason} -> "
+                   f"{status.value if status else 'gone'} (health: "
+                   f"{health.successes if health else 0} ok, "
+                   f"{health.failures if health else 0} failed)",
+                   period=period, hsdir=fpr)
+        if status is UploadStatus.UPLOADED:
+            self._streaks.pop(fpr, None)  # a rejected retry of bytes that had landed
+        else:
+            self._count_failure(fpr, reason or "UNKNOWN")
+        if status is UploadStatus.REJECTED and reason == UPLOAD_REJECTED:
+            self._on_rejected(period, fpr, now)
+        self.handle_timer(now)
+
+    def on_hs_desc_failed(self, hsdir: str, blinded_id: str | None, reason: str | None,
+                          now: float) -> None:
+        """``HS_DESC FAILED`` for our address: the answer to a fetch or to an upload.
+
+        tor's event does not say which; one fetch and one post per HSDir at most are in
+        flight, and the reasons differ (fetches fail with NOT_FOUND / QUERY_*).
+        """
+        fpr = hsdir.removeprefix("$").upper()
+        fetching = self._fetch is not None and self._fetch.fetch.hsdir == fpr
+        posting = fpr in self.tracker.in_flight()
+        if fetching and (not posting or (reason or "") in FETCH_FAILURE_REASONS):
+            self.on_fetch_failed(fpr, reason, now)
+        else:
+            self.on_upload_failed(fpr, blinded_id, reason, now)
+
+    def on_post_refused(self, post: Post, error: str, now: float) -> None:
+        """tor refused the HSPOST command itself (e.g. unknown SERVER)."""
+        del error  # the shell logs tor's words; the tracker keeps a stable reason
+        self.on_upload_failed(post.hsdir, post.blinded_id, "POST_REFUSED", now)
+
+    def on_fetched(self, hsdir: str, observed: ObservedDescriptor | None, now: float,
+                   problem: str | None = None) -> None:
+        """What ``hsdir`` served for our HSFETCH (None + ``problem``: it did not verify)."""
+        fetch = self._close_fetch(hsdir)
+        if fetch is None:
+            return
+        self.fetches += 1
+        if observed is None:
+            self._emit(PublishEventKind.FETCH_FAILED,
+                       f"HSDir {fetch.hsdir} served a master descriptor for period "
+                       f"{fetch.period} that does not verify: {problem}",
+                       period=fetch.period, hsdir=fetch.hsdir)
+            self.handle_timer(now)
+            return
+        verdict = self.classify(observed)
+        self._emit(PublishEventKind.FETCHED,
+                   f"HSDir {fetch.hsdir} serves period {observed.period} revision "
+                   f"{observed.revision} with {len(observed.intro_keys)} intro points: "
+                   f"{verdict.value} ({fetch.reason})",
+                   period=observed.period, hsdir=fetch.hsdir, verdict=verdict)
+        if verdict is Verdict.FOREIGN:
+            self._on_foreign(fetch.hsdir, observed, now)
+        elif self.role is Role.PUBLISHER and observed.period in self.tracker.periods():
+            self._settle_checked(observed.period, fetch.hsdir, verdict, now)
+        self.handle_timer(now)
+
+    def on_fetch_failed(self, hsdir: str, reason: str | None, now: float) -> None:
+        """``HS_DESC FAILED`` for our HSFETCH from ``hsdir`` (NOT_FOUND, ...)."""
+        fetch = self._close_fetch(hsdir)
+        if fetch is None:
+            return
+        self.fetches += 1
+        self._emit(PublishEventKind.FETCH_FAILED,
+                   f"HSFETCH of the master descriptor from HSDir {fetch.hsdir} failed: "
+                   f"{reason or 'no reason'}", period=fetch.period, hsdir=fetch.hsdir)
+        if (self.role is Role.PUBLISHER and fetch.reason == "rejected"
+                and fetch.period in self.tracker.periods()):
+            self._force(fetch.period, Reason.REJECTED)  # cannot see what is there
+        self.handle_timer(now)
+
+    def handle_timer(self, now: float) -> None:
+        """Do everything that is due at ``now``."""
+        self._now = now
+        if self._fetch is not None and now >= self._fetch.sent_at + self.timing.fetch_timeout:
+            self.on_fetch_failed(self._fetch.fetch.hsdir, "TIMEOUT", now)
+        if self.role is Role.PUBLISHER and self.targets:
+            self._decide(now)
+            self._revive_failed(now)
+            for post in self.tracker.poll(now):
+                self._actions.append(post)
+            for period, hsdir in self.tracker.drain_timeouts():
+                health = self.tracker.health[hsdir]
+                self._emit(PublishEventKind.UPLOAD_TIMEOUT,
+                           f"HSDir {hsdir} did not answer for period {period} within "
+                           f"{self.tracker.policy.upload_timeout:.0f} s (health: "
+                           f"{health.successes} ok, {health.failures} failed)",
+                           period=period, hsdir=hsdir)
+                self._count_failure(hsdir, "TIMEOUT")
+                self._give_up_event(period, hsdir)
+        self._schedule_check(now)
+        self._send_fetch(now)
+
+    # -- building -------------------------------------------------------------------------
+
+    def _wanted(self) -> dict[int, Wanted]:
+        return {
+            number: Wanted(number, frozenset(p.auth_key for p in self._points.get(number, [])),
+                           frozenset(target.hsdirs))
+            for number, target in self.targets.items()
+        }
+
+    def _decide(self, now: float) -> None:
+        wanted = self._wanted()
+        rejected = {p for p, why in self._forced.items() if why is Reason.REJECTED}
+        decisions = self.policy.decide(wanted, self.built, now, rejected)
+        for index, decision in enumerate(decisions):
+            if (decision.action is Action.BUILD
+                    and self._forced.get(decision.period) is Reason.CONFLICT):
+                decisions[index] = Decision(decision.period, Action.BUILD, Reason.CONFLICT)
+        decided = {d.period for d in decisions}
+        for period, why in sorted(self._forced.items()):
+            have = self.built.get(period)
+            if (period not in decided and why is Reason.CONFLICT and period in wanted
+                    and wanted[period].intro_key and have is not None
+                    and now - have.built_at >= self.policy.min_interval):
+                decisions.append(Decision(period, Action.BUILD, Reason.CONFLICT))
+        for decision in decisions:
+            self._apply(decision, wanted.get(decision.period), now)
+
+    def _apply(self, decision: Decision, want: Wanted | None, now: float) -> None:
+        number = decision.period
+        if decision.action is Action.DROP:
+            self.built.pop(number, None)
+            self.tracker.drop_period(number)
+            self._revived_at.pop(number, None)
+            self._forced.pop(number, None)
+            self._revision_floor.pop(number, None)
+            self._emit(PublishEventKind.PERIOD_DROPPED,
+                       f"period {number} rotated out: no longer publishing its descriptor",
+                       period=number)
+            return
+        assert want is not None
+        target = self.targets[number]
+        if decision.action is Action.RETARGET:
+            self.tracker.set_hsdirs(number, target.hsdirs, now)
+            self.built[number] = Built(number, want.intro_key, want.hsdirs,
+                                       self.built[number].built_at)
+            self._emit(PublishEventKind.RETARGETED,
+                       f"period {number}: responsible HSDirs changed ({len(want.hsdirs)} now)",
+                       period=number)
+            return
+        points = self._points.get(number, [])
+        last = self.tracker.revision(number)
+        floor = self._revision_floor.get(number)
+        if floor is not None:
+            last = floor if last is None else max(last, floor)
+        revision = revision_for(target.blinded, target.period.srv_start, now, last)
+        text = self.signer.build(target, revision, points, now)
+        self.tracker.set_descriptor(number, target.blinded_id, text, revision, target.hsdirs,
+                                    now, content_changed=decision.content_changed)
+        self._uploaded.setdefault(number, _Uploaded()).revisions[revision] = want.intro_key
+        self.built[number] = Built(number, want.intro_key, want.hsdirs, now)
+        self._forced.pop(number, None)
+        self._revived_at.setdefault(number, now)
+        self.builds += 1
+        self._emit(PublishEventKind.BUILT,
+                   f"period {number} ({'first' if target.period.is_first else 'second'} "
+                   f"descriptor): built revision {revision} with {len(points)} intro points "
+                   f"({decision.reason.value}), {len(text)} bytes, for "
+                   f"{len(target.hsdirs)} HSDirs", period=number)
+
+    def _revive_failed(self, now: float) -> None:
+        for period in self.tracker.periods():
+            last = self._revived_at.setdefault(period, now)
+            if now - last >= self.timing.revive_interval:
+                self._revived_at[period] = now
+                revived = self.tracker.retry_failed(period, now)
+                if revived:
+                    self._emit(PublishEventKind.HSDIRS_REVIVED,
+                               f"period {period}: retrying {len(revived)} HSDir(s) that had "
+                               f"failed: {', '.join(revived)}", period=period)
+        for period in [p for p in self._revived_at if p not in self.tracker.periods()]:
+            del self._revived_at[period]
+
+    def _force(self, period: int, why: Reason) -> None:
+        if self._forced.get(period) is not Reason.CONFLICT:  # a conflict re-posts everywhere
+            self._forced[period] = why
+
+    # -- conflicts ------------------------------------------------------------------------
+
+    def _on_rejected(self, period: int, hsdir: str, now: float) -> None:
+        if period == self.fetchable:
+            self._pending_fetches.append(Fetch(period, hsdir, "rejected"))
+        else:
+            self._force(period, Reason.REJECTED)  # unfetchable: a newer revision, as before
+
+    def _on_foreign(self, hsdir: str, observed: ObservedDescriptor, now: float) -> None:
+        key = (observed.period, observed.revision)
+        seen = self._foreign_seen.setdefault(key, set())
+        seen.add(hsdir)
+        mine = self._uploaded.get(observed.period)
+        ours = mine.latest if mine else None
+        ours_count = len(self._points.get(observed.period, []))
+        self.conflicts += 1
+        foreign = ForeignDescriptor(observed.period, observed.revision,
+                                    len(observed.intro_keys), tuple(sorted(seen)), ours,
+                                    ours_count)
+        self._emit(PublishEventKind.CONFLICT,
+                   f"Conflict: HSDir {hsdir} serves a foreign master descriptor for period "
+                   f"{observed.period}: revision {observed.revision} with "
+                   f"{len(observed.intro_keys)} intro points (ours: revision "
+                   f"{ours if ours is not None else 'none'} with {ours_count}); "
+                   f"seen on {len(seen)} HSDir(s): {', '.join(sorted(seen))}",
+                   period=observed.period, hsdir=hsdir, verdict=Verdict.FOREIGN,
+                   foreign=foreign)
+        if self.role is not Role.PUBLISHER:
+            return
+        self._revision_floor[observed.period] = max(
+            observed.revision, self._revision_floor.get(observed.period, 0))
+        for period in self.targets:
+            self._force(period, Reason.CONFLICT)  # both descriptors: a stray uploads both
+        # Check the next HSDir soon: how far the foreign copy spread, and that ours lands.
+        soon = now + self.timing.check_interval / 4
+        self._next_check = soon if self._next_check is None else min(self._next_check, soon)
+
+    def _settle_checked(self, period: int, hsdir: str, verdict: Verdict, now: float) -> None:
+        """A check found ours (current or older) on ``hsdir``: make the tracker agree."""
+        states = {s.hsdir: s for s in self.tracker.states(period)}
+        state = states.get(hsdir)
+        if state is None:
+            return
+        if verdict is Verdict.OWN_OLDER and state.status in (UploadStatus.UPLOADED,
+                                                             UploadStatus.REJECTED):
+            # It lost (or never kept) our current revision: post it again.
+            self.tracker.repost(period, hsdir, now)
+        elif verdict is Verdict.OWN_CURRENT and state.status is UploadStatus.REJECTED:
+            self.tracker.mark_uploaded(period, hsdir)
+
+    def _schedule_check(self, now: float) -> None:
+        if self.fetchable is None or self._next_check is None:
+            return
+        if now < self._next_check:
+            return
+        interval = (self.timing.check_interval if self.role is Role.PUBLISHER
+                    else self.timing.standby_check_interval)
+        self._next_check = now + interval
+        hsdirs = self.targets[self.fetchable].hsdirs
+        if not hsdirs:
+            return
+        hsdir = hsdirs[self._check_cursor % len(hsdirs)]
+        self._check_cursor += 1
+        self._pending_fetches.append(Fetch(self.fetchable, hsdir, "check"))
+
+    def _send_fetch(self, now: float) -> None:
+        # One HSFETCH at a time: tor's HS_DESC_CONTENT names the HSDir, but keeping one
+        # in flight bounds the rate and keeps every answer unambiguous.
+        while self._fetch is None and self._pending_fetches:
+            fetch = self._pending_fetches.popleft()
+            if fetch.period != self.fetchable:
+                continue
+            self._fetch = _FetchInFlight(fetch, now)
+            self._actions.append(fetch)
+
+    def _close_fetch(self, hsdir: str) -> Fetch | None:
+        fpr = hsdir.removeprefix("$").upper()
+        if self._fetch is None or self._fetch.fetch.hsdir != fpr:
+            return None
+        fetch, self._fetch = self._fetch.fetch, None
+        return fetch
+
+    # -- failures -------------------------------------------------------------------------
+
+    def _count_failure(self, hsdir: str, reason: str) -> None:
+        streak = self._streaks.get(hsdir, 0) + 1
+        self._streaks[hsdir] = streak
+        if streak == self.timing.failure_streak:
+            self._emit(PublishEventKind.FAILURE_STREAK,
+                       f"HSDir {hsdir} failed {streak} uploads in a row (last: {reason})",
+                       hsdir=hsdir, streak=streak)
+
+    def _give_up_event(self, period: int, hsdir: str) -> None:
+        if hsdir in self.tracker.with_status(period, UploadStatus.FAILED):
+            self._emit(PublishEventKind.HSDIR_GAVE_UP,
+                       f"HSDir {hsdir} gave up for period {period} after "
+                       f"{self.tracker.policy.max_retries + 1} attempts; retried in "
+                       f"{self.timing.revive_interval:.0f} s", period=period, hsdir=hsdir)
+
+    def _emit(self, kind: PublishEventKind, message: str, **fields: object) -> None:
+        self._events.append(PublishEvent(kind, message, **fields))  # type: ignore[arg-type]
+
