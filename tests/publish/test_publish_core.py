@@ -128,7 +128,7 @@ def test_timeouts_count_toward_the_failure_streak():
 
 
 def test_own_current_older_and_foreign_are_told_apart():
-    core, signer = make()
+    core, _signer = make()
     posts, _ = start(core)
     accept_all(core, posts, T0)
     revision = core.tracker.revision(FIRST)
@@ -141,7 +141,7 @@ def test_own_current_older_and_foreign_are_told_apart():
 
 
 def test_foreign_descriptor_raises_conflict_and_supersedes_it_everywhere():
-    core, signer = make()
+    core, _signer = make()
     posts, fetches = start(core)
     accept_all(core, posts, T0)
     events(core)
@@ -177,7 +177,7 @@ def test_rejection_fetches_and_classifies_instead_of_a_blind_new_revision():
 
 
 def test_rejection_in_the_unfetchable_period_builds_a_newer_revision():
-    core, signer = make()
+    core, _signer = make()
     posts, _ = start(core)
     second = [p for p in posts if p.period == SECOND]
     accept_all(core, [p for p in posts if p is not second[0]], T0)
@@ -235,7 +235,7 @@ def test_standby_flags_intro_points_the_cluster_never_had():
 
 def test_fetch_timeout_frees_the_slot():
     core, _ = make(PublishTiming(fetch_timeout=20.0))
-    _, fetches = start(core)
+    _, _fetches = start(core)
     core.handle_timer(T0 + 20)
     assert any(e.kind is PublishEventKind.FETCH_FAILED and "TIMEOUT" in e.message
                for e in events(core))

@@ -50,7 +50,7 @@ from __future__ import annotations
 import enum
 import random
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -75,6 +75,7 @@ from onionmesh.tor_limits import MAX_INTRO_POINTS
 __all__ = [
     "DescriptorSigner", "Fetch", "ObservedDescriptor", "PeriodTarget", "PublishCore",
     "PublishEvent", "PublishEventKind", "PublishTiming", "Role", "Verdict", "plan_targets",
+    "tor_revision",
 ]
 
 
@@ -247,6 +248,14 @@ class _FetchInFlight:
     sent_at: float
 
 
+RevisionSource = Callable[[PeriodTarget, float, "int | None"], int]
+
+
+def tor_revision(target: PeriodTarget, now: float, last: int | None) -> int:
+    """tor's time-based revision counter for ``target`` at ``now``, above ``last``."""
+    return revision_for(target.blinded, target.period.srv_start, now, last)
+
+
 class PublishCore:
     """Decides every upload and conflict check of one master address (see module doc)."""
 
@@ -259,8 +268,10 @@ class PublishCore:
         rng: random.Random | None = None,
         role: Role = Role.PUBLISHER,
         min_build_interval: float = 1.0,
+        revision: RevisionSource = tor_revision,
     ) -> None:
         self.signer = signer
+        self._revision = revision
         self.timing = timing or PublishTiming()
         self.policy = RepublishPolicy(
             descriptor_lifetime=self.timing.descriptor_lifetime,
@@ -278,6 +289,10 @@ class PublishCore:
         self._points: dict[int, list[HasAuthKey]] = {}
         self._uploaded: dict[int, _Uploaded] = {}
         self._revision_floor: dict[int, int] = {}  # a foreign revision we must beat
+        # Unfetchable period rejected again and again: jump the revision by 1, 2, 4, ...
+        # so an unseen higher revision (a stray with its clock ahead) is passed in a
+        # logarithmic number of rounds instead of one +1 rebuild per rejection.
+        self._reject_jump: dict[int, int] = {}
         # periods to rebuild as soon as min_build_interval allows, and why
         self._forced: dict[int, Reason] = {}
         self._recent_sets: deque[frozenset[bytes]] = deque(maxlen=8)
@@ -356,6 +371,11 @@ class PublishCore:
             return Verdict.OWN_OLDER  # stale (e.g. the previous publisher's): ours replaces it
         return Verdict.FOREIGN
 
+    def intro_keys_of(self, period: int, revision: int) -> frozenset[bytes] | None:
+        """The intro points of a revision we built (None: not one of ours)."""
+        mine = self._uploaded.get(period)
+        return None if mine is None else mine.revisions.get(revision)
+
     def known_intro_keys(self) -> frozenset[bytes]:
         """Intro points the cluster published lately (current and recent sets)."""
         keys: set[bytes] = set()
@@ -414,6 +434,7 @@ class PublishCore:
             return
         fpr = hsdir.removeprefix("$").upper()
         self._streaks.pop(fpr, None)
+        self._reject_jump.pop(period, None)
         health = self.tracker.health[fpr]
         self._emit(PublishEventKind.UPLOADED,
                    f"HSDir {fpr} accepted period {period} in {health.last_latency or 0.0:.2f} s "
@@ -438,7 +459,16 @@ class PublishCore:
                    f"{health.failures if health else 0} failed)",
                    period=period, hsdir=fpr)
         if status is UploadStatus.UPLOADED:
-            self._streaks.pop(fpr, None)  # a rejected retry of bytes that had landed
+            # "Rejected" on a retry is taken as: an earlier attempt landed. Another
+            # publisher's descriptor with the same revision would look the same, so
+            # where we can, look.
+            self._streaks.pop(fpr, None)
+            if period == self.fetchable:
+                self._pending_fetches.append(Fetch(period, fpr, "rejected"))
+            else:
+                # Cannot look: never assume, supersede (one more upload at worst).
+                self.tracker.mark_rejected(period, fpr)
+                self._on_rejected(period, fpr, now)
         else:
             self._count_failure(fpr, reason or "UNKNOWN")
         if status is UploadStatus.REJECTED and reason == UPLOAD_REJECTED:
@@ -449,14 +479,14 @@ class PublishCore:
                           now: float) -> None:
         """``HS_DESC FAILED`` for our address: the answer to a fetch or to an upload.
 
-        tor's event does not say which; one fetch and one post per HSDir at most are in
-        flight, and the reasons differ (fetches fail with NOT_FOUND / QUERY_*).
+        tor's event does not say which, but the reasons differ: uploads fail with
+        UPLOAD_REJECTED (or our own reasons), fetches with NOT_FOUND / QUERY_* / BAD_DESC.
+        tor may report fetch failures from HSDirs we did not ask (seen on the test
+        network); those are never taken for upload failures.
         """
         fpr = hsdir.removeprefix("$").upper()
-        fetching = self._fetch is not None and self._fetch.fetch.hsdir == fpr
-        posting = fpr in self.tracker.in_flight()
-        if fetching and (not posting or (reason or "") in FETCH_FAILURE_REASONS):
-            self.on_fetch_failed(fpr, reason, now)
+        if (reason or "") in FETCH_FAILURE_REASONS:
+            self.on_fetch_failed(fpr, reason, now)  # ignored unless it is our fetch
         else:
             self.on_upload_failed(fpr, blinded_id, reason, now)
 
@@ -502,7 +532,8 @@ class PublishCore:
                    f"{reason or 'no reason'}", period=fetch.period, hsdir=fetch.hsdir)
         if (self.role is Role.PUBLISHER and fetch.reason == "rejected"
                 and fetch.period in self.tracker.periods()):
-            self._force(fetch.period, Reason.REJECTED)  # cannot see what is there
+            self._bump_revision(fetch.period)  # cannot see what is there
+            self._force(fetch.period, Reason.REJECTED)
         self.handle_timer(now)
 
     def handle_timer(self, now: float) -> None:
@@ -562,6 +593,7 @@ class PublishCore:
             self._revived_at.pop(number, None)
             self._forced.pop(number, None)
             self._revision_floor.pop(number, None)
+            self._reject_jump.pop(number, None)
             self._emit(PublishEventKind.PERIOD_DROPPED,
                        f"period {number} rotated out: no longer publishing its descriptor",
                        period=number)
@@ -581,7 +613,7 @@ class PublishCore:
         floor = self._revision_floor.get(number)
         if floor is not None:
             last = floor if last is None else max(last, floor)
-        revision = revision_for(target.blinded, target.period.srv_start, now, last)
+        revision = self._revision(target, now, last)
         text = self.signer.build(target, revision, points, now)
         self.tracker.set_descriptor(number, target.blinded_id, text, revision, target.hsdirs,
                                     now, content_changed=decision.content_changed)
@@ -618,8 +650,17 @@ class PublishCore:
     def _on_rejected(self, period: int, hsdir: str, now: float) -> None:
         if period == self.fetchable:
             self._pending_fetches.append(Fetch(period, hsdir, "rejected"))
-        else:
-            self._force(period, Reason.REJECTED)  # unfetchable: a newer revision, as before
+            return
+        # Unfetchable: a newer revision is all we can do, as before.
+        self._bump_revision(period)
+        self._force(period, Reason.REJECTED)
+
+    def _bump_revision(self, period: int) -> None:
+        jump = self._reject_jump.get(period, 1)
+        self._reject_jump[period] = jump * 2
+        current = self.tracker.revision(period) or 0
+        self._revision_floor[period] = max(self._revision_floor.get(period, 0),
+                                           current + jump - 1)
 
     def _on_foreign(self, hsdir: str, observed: ObservedDescriptor, now: float) -> None:
         key = (observed.period, observed.revision)

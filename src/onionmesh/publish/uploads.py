@@ -229,6 +229,12 @@ class UploadTracker:
         if entry is not None and entry.status is not UploadStatus.POSTED:
             entry.status = UploadStatus.UPLOADED
 
+    def mark_rejected(self, period: int, hsdir: str) -> None:
+        """Take back a "rejected on retry = it landed" verdict that cannot be checked."""
+        entry = self._require(period).entries.get(_check_hsdir(hsdir))
+        if entry is not None and entry.status is UploadStatus.UPLOADED:
+            entry.status = UploadStatus.REJECTED
+
     # -- results ----------------------------------------------------------------------------
 
     def on_uploaded(self, hsdir: str, now: float) -> int | None:

@@ -73,6 +73,7 @@ class InvariantChecker:
         self.appearance_checks = 0
         self.removal_checks = 0
         self.injections_checked = 0
+        self.hsdir_checks = 0
 
     def fail(self, invariant: str, detail: str) -> NoReturn:
         """Raise the violation at the current simulated time."""
@@ -195,6 +196,36 @@ class InvariantChecker:
                 self._check_plan(node, node.core.publish_plan())
         if self.settled:
             self._check_settled()
+
+    def hsdirs_due_at(self) -> float | None:
+        """When the HSDirs must have converged (None: no HSDir model)."""
+        publishing = self.sim.publishing
+        if publishing is None:
+            return None
+        from onionmesh.sim.publishing import convergence_bound
+
+        bound = convergence_bound(self.sim.timing.heartbeat_interval)
+        return max(self.settled_at, publishing.last_stray + self.sim.bounds.settle) + bound
+
+    def check_hsdirs(self) -> None:
+        """``hsdir_divergence``: at the end of a run, once the mesh has been healed and
+        nothing stray has uploaded for long enough, every HSDir serves one descriptor
+        from the one publisher (sim/publishing.py)."""
+        sim = self.sim
+        publishing = sim.publishing
+        if publishing is None or not self.settled:
+            return
+        due = self.hsdirs_due_at()
+        if due is None or sim.t < due - EPS:
+            return
+        pubs = [n for n in sim.nodes if n.in_main and n.core is not None
+                and n.core.is_publisher]
+        if len(pubs) != 1:
+            return  # single_publisher already judges this
+        self.hsdir_checks += 1
+        problem = publishing.check_converged(pubs[0])
+        if problem is not None:
+            self.fail("hsdir_divergence", problem)
 
     def _check_plan(self, node: SimNode, plan: Any) -> None:
         if plan is None:

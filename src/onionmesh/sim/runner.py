@@ -145,6 +145,7 @@ def run_seed(
         "appearance": c.appearance_checks,
         "removal": c.removal_checks,
         "injected": c.injections_checked,
+        "hsdir": c.hsdir_checks,
     }
     return RunResult(seed, nodes, profile, cycles, quick, invariant, detail, sim.trace.digest,
                      sim.t, sim.stats, checks)

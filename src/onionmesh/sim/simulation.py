@@ -26,9 +26,9 @@ from onionmesh.sim.adversary import KINDS, Adversary, Overheard
 from onionmesh.sim.clock import EventQueue
 from onionmesh.sim.coreapi import CoreFactory, CoreLike, NodeSpec, Timing, event_name, state_digest
 from onionmesh.sim.errors import InvariantViolation
-from onionmesh.sim.hsdir import HsdirModel
 from onionmesh.sim.invariants import InvariantChecker
 from onionmesh.sim.network import Network
+from onionmesh.sim.publishing import SimPublishing, convergence_bound
 from onionmesh.sim.scenario import (
     Action,
     Block,
@@ -129,7 +129,6 @@ class Simulation:
         self.trace = Trace(keep=params.keep_trace)
         self.adversary = Adversary(self.rng)
         self.stats = Stats()
-        self.hsdir = HsdirModel()
         self.cluster_secret = self.rng.randbytes(32)
         self.nodes = [self._make_node(i) for i in range(params.nodes)]
         prepare = getattr(factory, "prepare", None)
@@ -144,6 +143,16 @@ class Simulation:
         self.checker = InvariantChecker(self)
         self.schedule, self.end = build_schedule(self.rng, params, self.timing, self.bounds)
         self._rogues: list[CoreLike] = []
+        self.publishing: SimPublishing | None = None
+        if params.hsdir:
+            chaos = params.chaos_heartbeats * self.timing.heartbeat_interval
+            windows = [(max(0.0, at - chaos), at) for at, action in self.schedule
+                       if isinstance(action, Heal)]
+            self.publishing = SimPublishing(self, windows)
+            # Room after the last heal for the HSDirs to converge (checked at the end).
+            hb = self.timing.heartbeat_interval
+            needed = self.bounds.settle + convergence_bound(hb) + hb
+            self.end += max(0.0, needed - self.bounds.stable_window)
 
     def _make_node(self, i: int) -> SimNode:
         node_id = f"n{i:02d}"
@@ -162,7 +171,14 @@ class Simulation:
         self.begin()
         self.run_until(self.end)
         self.t = self.end
+        # A late conflict hold-off or stray upload: give the HSDirs their time to
+        # converge (bounded) so the end-of-run check can judge them.
+        due = self.checker.hsdirs_due_at()
+        if due is not None and self.end < due <= self.end + 4 * self.bounds.stable_window:
+            self.run_until(due)
+            self.t = self.end = due
         self.checker.check()
+        self.checker.check_hsdirs()
         return self
 
     def begin(self) -> None:
@@ -187,7 +203,8 @@ class Simulation:
             elif item.kind == "intro":
                 self._give_intro_points(*item.data)
             elif item.kind == "hsdir":
-                self._check_hsdir(*item.data)
+                if self.publishing is not None:
+                    self.publishing.step(item.data)
             elif item.kind == "action":
                 self._act(item.data)
             else:
@@ -213,6 +230,10 @@ class Simulation:
             self.trace.add(self.t, "event", node.spec.node_id, describe(ev))
         return events
 
+    def pump_node(self, node: SimNode) -> None:
+        """Drain a core after an input from outside the engine (the publish model)."""
+        self._pump(node)
+
     def _pump(self, node: SimNode, events: list[Any] | None = None) -> list[Any]:
         """Drain a core's events and datagrams after an input; reschedule its timer."""
         core = node.core
@@ -221,10 +242,6 @@ class Simulation:
             events = self._drain_events(node)
         for ev in events:
             self.checker.on_event(node, ev)
-            # A node beyond clock tolerance is not modelled as uploading: see
-            # docs/simulation.md ("HSDirs") for why.
-            if self.params.hsdir and not node.beyond and event_name(ev) == "PublishRequested":
-                self._upload(node, ev)
         for payload, addr in core.datagrams_to_send(self.local_now(node)):
             self._send(node, payload, addr)
         timer = core.get_timer()
@@ -234,33 +251,11 @@ class Simulation:
             if timer is not None:
                 at = max(self.t, self.to_sim(node, timer))
                 self.queue.schedule(at, "timer", (node.index, node.incarnation, node.timer_token))
+        # The real publish core: started on PublishRequested, dropped on SteppedDown. A
+        # node beyond clock tolerance is not modelled as uploading (docs/simulation.md).
+        if self.publishing is not None:
+            self.publishing.on_events(node, events)
         return events
-
-    def _upload(self, node: SimNode, event: Any) -> None:
-        plan = event.plan
-        count = max((len(v) for v in plan.intro_points.values()), default=0)
-        up = self.hsdir.upload(node.index, node.incarnation, count, self.t)
-        self.trace.add(self.t, "upload", node.spec.node_id, f"revision {up.revision} ({count})")
-        # The shell fetches its descriptor back a moment later.
-        self.queue.schedule(self.t + self.timing.heartbeat_interval / 2, "hsdir",
-                            (node.index, node.incarnation))
-
-    def _check_hsdir(self, index: int, incarnation: int) -> None:
-        node = self.nodes[index]
-        if node.core is None or node.incarnation != incarnation or not node.core.is_publisher:
-            return
-        if node.frozen:
-            return
-        foreign = self.hsdir.foreign_for(index, incarnation)
-        if foreign is None:
-            return
-        self.stats.foreign_reports += 1
-        self.trace.add(self.t, "foreign", node.spec.node_id,
-                       f"revision {foreign.revision} ({foreign.intro_count})")
-        node.core.report_foreign_descriptor(
-            foreign.revision, foreign.intro_count, self.local_now(node)
-        )
-        self._pump(node)
 
     def _fire_timer(self, index: int, incarnation: int, token: int) -> None:
         node = self.nodes[index]
@@ -456,6 +451,8 @@ class Simulation:
         node.core = None
         node.timer_at = None
         node.timer_token += 1
+        if self.publishing is not None:
+            self.publishing.drop(node)
 
     def _remove(self, node: SimNode) -> None:
         self._kill(node, graceful=False)
