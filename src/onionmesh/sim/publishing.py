@@ -36,6 +36,7 @@ from onionmesh.crypto.keys import Ed25519Identity
 from onionmesh.hsdir.timeperiod import DescriptorPeriod
 from onionmesh.publish.core import (
     Fetch,
+    HasAuthKey,
     ObservedDescriptor,
     PeriodTarget,
     PublishCore,
@@ -83,7 +84,7 @@ class SimSigner:
     def __init__(self, origin: str) -> None:
         self.origin = origin
 
-    def build(self, target: PeriodTarget, revision: int, points: Sequence[SimPoint],
+    def build(self, target: PeriodTarget, revision: int, points: Sequence[HasAuthKey],
               now: float) -> str:
         return f"{self.origin} {target.number} {revision}"
 

@@ -24,7 +24,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from onionmesh.aio import cancel_and_wait
 from onionmesh.tor.control_protocol import (
@@ -110,7 +110,7 @@ class HsDescFeed:
         return lambda: self._remove(self._content, callback)
 
     @staticmethod
-    def _remove(listeners: list, callback: object) -> None:
+    def _remove(listeners: list[Any], callback: object) -> None:
         if callback in listeners:
             listeners.remove(callback)
 
@@ -119,7 +119,7 @@ class HsDescFeed:
         try:
             if event.type == "HS_DESC_CONTENT":
                 content = parse_hs_desc_content(event)
-                targets: list = self._content
+                targets: list[Any] = self._content
                 item: object = content
             else:
                 item = parse_hs_desc_event(event)
