@@ -392,3 +392,18 @@ def test_invented_ids_cannot_fill_the_handshake_cache_without_a_roster() -> None
     net.add(identity("d", 10))
     net.run_until(net.now + 3 * CFG.heartbeat_interval)
     assert a.peers()["d"].state == "alive"
+
+
+def test_gossip_flood_is_limited_per_sender() -> None:
+    net = cluster()
+    before = snapshot(net)
+    body = PeerList(_fake_peers(100, "g"))
+    datagrams = [seal(net, "c", "a", body) for _ in range(300)]
+    for data in datagrams:
+        net.inject("a", data, "c:7000")
+    net.run_until(net.now + 0.5)
+    assert net.cores["a"].rejections["gossip_limit"] >= 300 - 64
+    net.run_until(net.now + 2 * CFG.heartbeat_interval)
+    assert_undisturbed(net, before)
+    # The limit is per sender and per window: b's and c's own gossip still flows.
+    assert net.cores["a"].peers()["c"].state == "alive"

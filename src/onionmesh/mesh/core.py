@@ -134,6 +134,7 @@ MAX_PEERS = 512  # without a roster: peer-table cap (a roster caps it by itself)
 GOSSIP_ADDS_PER_SENDER = 64  # without a roster: peers one sender may introduce
 MAX_STRANGERS = 64  # without a roster: handshake entries of nodes not in the peer table
 ROSTER_VERIFY_BUDGET = 64  # roster signature checks per sender per heartbeat interval
+GOSSIP_DATAGRAMS_PER_WINDOW = 64  # PeerList/RosterUpdate datagrams per sender per resend_interval
 
 
 def _change_reason(old: PublishPlan | None, new: PublishPlan) -> tuple[PublishTrigger, str]:
@@ -211,6 +212,7 @@ class MeshCore:
         self._gossip_adds: Counter[str] = Counter()  # without a roster: peers added per sender
         self._strangers: OrderedDict[str, None] = OrderedDict()  # handshake-only node ids
         self._verify_budget: dict[str, tuple[float, int]] = {}  # sender -> (window start, used)
+        self._gossip_window: dict[str, tuple[float, int]] = {}  # sender -> (start, datagrams)
         if roster is not None:
             for member in roster.members():
                 if member.node_id != self.node_id:
@@ -306,7 +308,7 @@ class MeshCore:
                     RejectReason.REMOVED, f"{signed.sender} was removed by the operator"
                 )
             self._validate_body(signed.body)
-            self._check_rights(signed)
+            self._check_rights(signed, now)
         except Unverified as exc:
             self._reject(exc.reason, exc.detail, addr)
             try:
@@ -571,7 +573,7 @@ class MeshCore:
                     per_period[period] += len(points)
         return min(self.config.max_intro_points, max(per_period.values(), default=0))
 
-    def _check_rights(self, signed: Signed) -> None:
+    def _check_rights(self, signed: Signed, now: float) -> None:
         """What the sender's roster entry allows; raise before any state changes."""
         body = signed.body
         claims = isinstance(body, LeaseClaim) or (
@@ -579,6 +581,17 @@ class MeshCore:
         )
         if claims and not self._trusted_publisher(signed.sender):
             raise RejectedDatagram(RejectReason.INELIGIBLE, f"{signed.sender} may not publish")
+        if isinstance(body, (PeerList, RosterUpdate)) and signed.sender in self.membership.peers:
+            # Honest gossip is a few datagrams per resend interval per peer (a split
+            # PeerList and roster); far more is a flood, each costing its processing.
+            start, count = self._gossip_window.get(signed.sender, (now, 0))
+            if now - start >= self.config.resend_interval:
+                start, count = now, 0
+            if count >= GOSSIP_DATAGRAMS_PER_WINDOW:
+                raise RejectedDatagram(
+                    RejectReason.GOSSIP_LIMIT, f"{signed.sender}: gossip beyond its share"
+                )
+            self._gossip_window[signed.sender] = (start, count + 1)
 
     @staticmethod
     def _validate_body(body: Message) -> None:
@@ -1003,6 +1016,7 @@ class MeshCore:
         self._intro_seq.pop(node_id, None)
         self._last_full_state.pop(node_id, None)
         self._verify_budget.pop(node_id, None)
+        self._gossip_window.pop(node_id, None)
         self._events.append(PeerRemoved(node_id))
         if self.election.publisher_id == node_id:
             self.election.on_release(node_id, self.election.term, now)
