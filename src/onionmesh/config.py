@@ -212,6 +212,9 @@ class TorSection(_Section):
     control_password: Secret | None = None
     cookie_path: Path | None = None
     socks_port: PortOrZero = 0
+    # An existing tor's SOCKS unix socket for the tor fallback's streams (instead of
+    # socks_port); a managed tor gets one of its own.
+    socks_socket: Path | None = None
     extra_torrc: Items[TorrcLine] = ()
     bootstrap_timeout: _seconds(5, 3600) = 300.0
 
@@ -615,11 +618,11 @@ def _check_consistency(config: Config) -> None:
         )
     wireguard, coordination = config.wireguard, config.coordination
     if wireguard.enabled and config.resilience.tor_fallback_enabled and not tor.managed \
-            and not tor.socks_port:
+            and not tor.socks_port and tor.socks_socket is None:
         raise ConfigError(
-            path, "required with an existing tor when [wireguard] enabled = true and "
-            "[resilience] tor_fallback_enabled = true (the tor fallback's streams)",
-            "tor", "socks_port")
+            path, "(or socks_socket) required with an existing tor when [wireguard] "
+            "enabled = true and [resilience] tor_fallback_enabled = true (the tor "
+            "fallback's streams)", "tor", "socks_port")
     if wireguard.enabled and wireguard.tunnel_address is not None:
         # Mesh datagrams travel inside the tunnel: peers reach this node at its tunnel
         # address, and a socket on the underlay would bypass WireGuard.

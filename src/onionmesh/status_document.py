@@ -183,7 +183,7 @@ class CoordinationStatus(_Section):
     interface: str
     tunnel_address: str
     tor_fallback: bool
-    backend: str | None = None  # kernel | userspace (wireguard-go), None before it is up
+    backend: str | None = None  # kernel | wireguard-go (Backend), None before it is up
     coordination_onion: str | None = None
     problems: list[str] = []  # what the last WireGuard repair could not fix
     missing_peers: list[str] = []  # roster members without a WireGuard peer, and why

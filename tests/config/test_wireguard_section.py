@@ -57,8 +57,8 @@ def test_enabled_section_with_a_peer():
      "[wireguard] backoff_cap: must be at least probe_interval"),
     ('[wireguard]\nenabled = "yes"\n', "[wireguard] enabled: must be true or false"),
     ('[wireguard]\nmtu = 1400\n', "[wireguard] mtu: unknown key"),
-    ("[tor]\nmanaged = false\ncontrol_port = 9051\n" + ON, "[tor] socks_port: required with "
-                                                          "an existing tor"),
+    ("[tor]\nmanaged = false\ncontrol_port = 9051\n" + ON,
+     "[tor] socks_port: (or socks_socket) required with an existing tor"),
 ])
 def test_bad_values_are_one_line_errors(extra, problem):
     with pytest.raises(ConfigError) as excinfo:

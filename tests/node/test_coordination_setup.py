@@ -107,7 +107,7 @@ def test_status_shows_each_peers_path_handshake_and_fallback(tmp_path: Path):
         "clock": {"verdict": "ok", "message": "clock OK"},
         "coordination": {
             "interface": "om0123456789", "tunnel_address": "10.77.0.1/24",
-            "tor_fallback": True, "backend": "userspace",
+            "tor_fallback": True, "backend": "wireguard-go",
             "missing_peers": ["n4: no [wireguard] peers entry (endpoint, tunnel_ip)"],
             "peers": {
                 "n2": {**view, "path": "tor", "fallback_since": 1_800_000_000.0,
@@ -120,7 +120,7 @@ def test_status_shows_each_peers_path_handshake_and_fallback(tmp_path: Path):
     assert doc.coordination is not None
     assert doc.coordination.peers["n2"].tor_stream.connected
     text = format_status(doc)
-    assert "coordination: WireGuard om0123456789 (userspace) at 10.77.0.1/24" in text
+    assert "coordination: WireGuard om0123456789 (wireguard-go) at 10.77.0.1/24" in text
     assert "n2               over tor       last handshake 190 s ago since 2027-01-15" in text
     assert "n3               over wireguard last handshake 3 s ago" in text
     assert "! n4: no [wireguard] peers entry" in text

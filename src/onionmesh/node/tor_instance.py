@@ -130,9 +130,12 @@ class NodeTor:
 
     def channel_socks(self) -> tuple[str, int] | str:
         """Where the tor channel opens its streams: the managed tor's unix SOCKS socket,
-        or an existing tor's ``[tor] socks_port`` (config check requires it)."""
+        or an existing tor's ``[tor] socks_socket`` / ``socks_port`` (config check
+        requires one)."""
         if self.managed:
             return str(socks_socket_path(self.config))
+        if self.config.tor.socks_socket is not None:
+            return str(self.config.tor.socks_socket)
         return ("127.0.0.1", int(self.config.tor.socks_port))
 
     # -- lifecycle ----------------------------------------------------------------------

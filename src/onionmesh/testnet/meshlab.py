@@ -50,7 +50,7 @@ class MeshHost:
     proc: subprocess.Popen[bytes] | None = None
 
 
-async def _unix_ports(tor: TorClient, directory: Path) -> None:
+async def unix_ports(tor: TorClient, directory: Path) -> None:
     controller = await TorController.connect(port=tor.control_port, timeout=30.0)
     try:
         await controller.set_conf({
@@ -101,7 +101,7 @@ class MeshLab:
             sockets = self.root / f"h{i}"
             sockets.mkdir(mode=0o700)
             tor = self.tornet.add_client(f"{self.lab.prefix}h{i}")  # unique per lab
-            run_coroutine(_unix_ports(tor, sockets), timeout=60)
+            run_coroutine(unix_ports(tor, sockets), timeout=60)
             host = MeshHost(i, f"n{i}", tor, sockets, sockets / "node.json",
                             sockets / "status.json", sockets / "node.log")
             onion_key, _ = coordination_key(onions[i])

@@ -1,0 +1,242 @@
+"""N ``onionmesh run`` daemons on test hosts: namespaces + wireguard-go + one tor each.
+
+Like ``MeshLab`` (same ``HostLab`` hosts, faults and tor clients), but each host runs
+the real daemon, set up with the code behind ``onionmesh init`` / ``add-node`` /
+``join`` (so every node's WireGuard key and coordination onion are in the signed
+roster), with ``[wireguard] enabled``. The daemon runs inside its namespace; its tor
+is a client of the private Tor network in the root namespace, used as an existing tor
+(``[tor] managed = false``) over unix sockets (control, SOCKS), which every namespace
+sees, so every address stays on loopback or inside namespaces the lab made. That tor
+also holds the node's own onion service (its HiddenServiceDir set over the control
+port); the service's backend runs in the root namespace, so the node's own service
+check is off (``[health] check = "none"``). Status comes from each node's status
+socket, as ``onionmesh status`` reads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onionmesh.config import load_config
+from onionmesh.status_document import StatusDocument, StatusDocumentError, read_status
+from onionmesh.status_socket import StatusUnavailable
+from onionmesh.testnet.backend import start_backend_process
+from onionmesh.testnet.meshlab import MESH_PORT, TUNNEL, WG_PORT, unix_ports
+from onionmesh.testnet.netns import HostLab
+from onionmesh.testnet.network import TorNetwork
+from onionmesh.testnet.nodes import TorClient, run_coroutine
+from onionmesh.tor.control import TorController
+from onionmesh.tor.torrc import write_ob_config
+
+# One line: config strings may hold no newline.
+_ALERT_SCRIPT = ("import sys; f = open(sys.argv[1], 'a'); "
+                 "f.write(sys.stdin.read().strip() + chr(10)); f.close()")
+
+
+def _free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class DaemonHost:
+    index: int
+    node_id: str
+    tor: TorClient
+    sockets: Path  # short private directory: tor's unix sockets, the HiddenServiceDir
+    root: Path  # the node's directory (config, keys, state)
+    backend_port: int
+    backend: subprocess.Popen[bytes] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    status_socket: Path = field(default_factory=Path)
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "onionmesh.toml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "node.log"
+
+
+async def _serve_node_service(tor: TorClient, hs_dir: Path, backend_port: int) -> None:
+    controller = await TorController.connect(port=tor.control_port, timeout=30.0)
+    try:
+        await controller.set_conf({
+            "HiddenServiceDir": str(hs_dir),
+            "HiddenServicePort": f"80 127.0.0.1:{backend_port}",
+            "HiddenServiceOnionbalanceInstance": "1",
+        })
+    finally:
+        await controller.close()
+
+
+class DaemonLab:
+    def __init__(self, tornet: TorNetwork, n_hosts: int = 3, *,
+                 settings: dict[str, dict[str, Any]] | None = None, tag: str = "dl") -> None:
+        self.tornet = tornet
+        self.n = n_hosts
+        self.settings = settings or {}
+        self.lab = HostLab(n_hosts, tag)
+        self.root = Path(tempfile.mkdtemp(prefix=f"om{tag}"))
+        self.hosts: dict[int, DaemonHost] = {}
+        self.master_address = ""
+
+    def start(self, timeout: float = 240.0) -> DaemonLab:
+        try:
+            self.lab.up()
+            self._make_hosts()
+            for index in self.hosts:
+                self.start_node(index)
+            self.wait_until(lambda: all(self.status(i) is not None and
+                                        self.status(i).cluster is not None  # type: ignore[union-attr]
+                                        for i in self.hosts), timeout, "daemons running")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _settings(self, i: int, sockets: Path) -> dict[str, dict[str, Any]]:
+        others = [j for j in range(1, self.n + 1) if j != i]
+        settings: dict[str, dict[str, Any]] = {
+            "tor": {"managed": False, "control_socket": str(sockets / "control.sock"),
+                    "socks_socket": str(sockets / "socks.sock")},
+            "service": {"key_dir": str(sockets / "hs")},
+            "coordination": {"peers": [f"n{j}@{TUNNEL.format(j)}:{MESH_PORT}"
+                                       for j in others]},
+            "wireguard": {
+                "enabled": True, "address": f"{TUNNEL.format(i)}/24",
+                "interface": self.lab.iface(i), "listen_port": WG_PORT,
+                "peers": {f"n{j}": {"endpoint": f"{self.lab.ip(j)}:{WG_PORT}",
+                                    "tunnel_ip": TUNNEL.format(j)} for j in others},
+            },
+            "health": {"check": "none"},
+            # Every alert appended to <node dir>/alerts.jsonl (the alert hook's JSON).
+            "alerts": {"command": [sys.executable, "-c", _ALERT_SCRIPT,
+                                   str(self.root / f"n{i}" / "alerts.jsonl")]},
+            "resilience": {"require_ntp_sync": False},
+        }
+        for section, keys in self.settings.items():
+            settings.setdefault(section, {}).update(keys)
+        return settings
+
+    def _make_hosts(self) -> None:
+        from onionmesh.crypto.keys import save_hidden_service_dir
+        from onionmesh.node.cluster_setup import (
+            init_cluster,
+            issue_token,
+            join_cluster,
+            local_exchange,
+        )
+        from onionmesh.node.keyfiles import load_node_key, status_socket_path
+
+        first_key: Path | None = None
+        for i in range(1, self.n + 1):
+            node_id = f"n{i}"
+            sockets = self.root / f"h{i}"
+            sockets.mkdir(mode=0o700)
+            tor = self.tornet.add_client(f"{self.lab.prefix}h{i}")  # unique per lab
+            run_coroutine(unix_ports(tor, sockets), timeout=60)
+            host = DaemonHost(i, node_id, tor, sockets, self.root / node_id, _free_tcp_port())
+            listen = f"{TUNNEL.format(i)}:{MESH_PORT}"
+            ports = [f"80 127.0.0.1:{host.backend_port}"]
+            settings = self._settings(i, sockets)
+            if i == 1:
+                result = init_cluster(host.root, node_id=node_id, listen=listen,
+                                      service_ports=ports, settings=settings)
+                self.master_address = result.master_address
+                first_key = result.files.master_key
+            else:
+                sponsor = load_config(self.hosts[1].config_path)
+                join_cluster(issue_token(sponsor), host.root, node_id=node_id, listen=listen,
+                             master_key=first_key, service_ports=ports, settings=settings,
+                             exchange=local_exchange(sponsor))
+            config = load_config(host.config_path)
+            host.status_socket = status_socket_path(config)
+            # The node's own service lives in this host's tor, under the node key.
+            save_hidden_service_dir(load_node_key(config), sockets / "hs")
+            write_ob_config(sockets / "hs", self.master_address)  # OnionbalanceInstance
+            run_coroutine(_serve_node_service(tor, sockets / "hs", host.backend_port),
+                          timeout=60)
+            host.backend = start_backend_process(node_id, host.backend_port,
+                                                 host.root / "backend.log")
+            self.hosts[i] = host
+
+    def start_node(self, index: int) -> None:
+        host = self.hosts[index]
+        log = open(host.log_path, "ab")  # noqa: SIM115 (handed to the child)
+        host.proc = self.lab.popen(
+            index, [sys.executable, "-m", "onionmesh.cli", "run", "-c", str(host.config_path)],
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        log.close()
+
+    def status(self, index: int) -> StatusDocument | None:
+        try:
+            return read_status(self.hosts[index].status_socket, timeout=5.0)
+        except (StatusUnavailable, StatusDocumentError, OSError):
+            return None
+
+    def path(self, index: int, peer: int) -> str | None:
+        status = self.status(index)
+        if status is None or status.coordination is None:
+            return None
+        view = status.coordination.peers.get(f"n{peer}")
+        return None if view is None else view.path.value
+
+    def alerts(self, index: int) -> list[dict[str, Any]]:
+        """The alerts node ``index`` delivered to its ``[alerts] command`` so far."""
+        try:
+            lines = (self.hosts[index].root / "alerts.jsonl").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def log_text(self, index: int) -> str:
+        try:
+            return self.hosts[index].log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_until(self, check: Callable[[], object], timeout: float, what: str,
+                   interval: float = 0.5) -> float:
+        start = time.monotonic()
+        while True:
+            if check():
+                return time.monotonic() - start
+            if time.monotonic() - start > timeout:
+                logs = "\n".join(f"--- {h.node_id}\n" + "\n".join(
+                    self.log_text(i).splitlines()[-30:]) for i, h in self.hosts.items())
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
+            time.sleep(interval)  # poll period of a bounded wait
+
+    def stop(self) -> None:
+        for host in self.hosts.values():
+            if host.proc is not None and host.proc.poll() is None:
+                host.proc.terminate()
+        for host in self.hosts.values():
+            if host.proc is not None:
+                try:
+                    host.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    host.proc.kill()
+                    host.proc.wait(5)
+            if host.backend is not None and host.backend.poll() is None:
+                host.backend.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    host.backend.wait(10)
+        self.lab.down()
+        for host in self.hosts.values():
+            host.tor.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
