@@ -64,20 +64,30 @@ def test_ten_nodes_with_thirty_intro_points_every_node_in_every_descriptor():
 def test_more_nodes_than_a_descriptor_holds_every_node_is_somewhere():
     per_node = cluster(25, 3)
     count = descriptor_count(75, len(FETCH))
-    assert count == 4
+    assert count == 6  # ceil(75 / 20) = 4, rounded up to a divisor of the 6 fetchable HSDirs
     descriptors = split_descriptors(per_node, count)
     check_valid(descriptors)
     assert {n for entries in descriptors for n, _ in entries} == set(per_node)
     shares = client_distribution(descriptors, assign_hsdirs(FETCH, STORE, count), FETCH)
     assert set(shares) == set(per_node)
     assert sum(shares.values()) == pytest.approx(1.0)
-    # 4 descriptors over 6 fetchable HSDirs (2, 2, 1, 1): shares differ at most 3x.
-    assert max(shares.values()) / min(shares.values()) <= 3.0 + 1e-9
+    # 6 descriptors of 20 slots for 25 nodes: 120 / 25 slots each, shares within 1.25x.
+    assert max(shares.values()) / min(shares.values()) <= 1.25 + 1e-9
 
 
-def test_the_count_never_exceeds_the_fetchable_hsdirs():
+def test_the_count_never_exceeds_the_fetchable_hsdirs_and_divides_them():
     assert descriptor_count(500, 6) == 6
     assert descriptor_count(0, 6) == 1
+    assert [descriptor_count(n, 6) for n in (20, 21, 41, 61, 81)] == [1, 2, 3, 6, 6]
+    assert descriptor_count(41, 5) == 5
+
+def test_seven_nodes_get_equal_slots_in_both_descriptors():
+    per_node = cluster(7, 3)
+    descriptors = split_descriptors(per_node, descriptor_count(21, len(FETCH)))
+    for entries in descriptors:
+        assert Counter(n for n, _ in entries) == dict.fromkeys(per_node, 2)
+    shares = client_distribution(descriptors, assign_hsdirs(FETCH, STORE, 2), FETCH)
+    assert shares == pytest.approx(dict.fromkeys(per_node, 1 / 7))
     with pytest.raises(ValueError):
         split_descriptors({}, 0)
 

@@ -12,11 +12,15 @@ the client fetches from one of those at random. Services upload to
 ``hsdir_spread_store`` per replica (tor's defaults: 2 replicas, fetch 3, store 4).
 So only the fetch set decides what clients see:
 
+* ``descriptor_count``: ``ceil(total / 20)`` rounded up to a divisor of the
+  fetch set's size (6 by default: 1, 2, 3 or 6 descriptors), so each descriptor
+  is found by as many clients;
 * ``split_descriptors``: descriptor ``d`` is a max-min fair, one-per-relay choice
   over all nodes (``onionmesh.mesh.plan.select_fair``) that prefers intro points
   the earlier descriptors did not use. With at most 20 nodes every node is in
-  every descriptor, so whichever HSDir a client asks it finds every node with an
-  equal share; with more nodes, every node is in at least one descriptor.
+  every descriptor with the same number of slots, so whichever HSDir a client
+  asks it finds every node with an equal share; with more nodes, nodes missing
+  from earlier descriptors come first, so every node is in some descriptor.
 * ``assign_hsdirs``: the fetch set, in tor's order, takes descriptors round
   robin (so each descriptor is on ``F / G`` of the ``F`` fetchable HSDirs, +-1),
   then the store-only HSDirs the same way. Uploads go to both sets.
@@ -38,9 +42,13 @@ Entry = tuple[str, bytes]  # (node id, encoded intro point)
 
 
 def descriptor_count(total: int, fetchable: int, cap: int = MAX_PER_DESCRIPTOR) -> int:
-    """How many different descriptors ``total`` intro points need (at least 1, at most one
-    per fetchable HSDir: a descriptor no client can fetch helps nobody)."""
-    return max(1, min(math.ceil(total / cap), max(1, fetchable)))
+    """How many different descriptors ``total`` intro points need: at least 1, at most one
+    per fetchable HSDir (a descriptor no client can fetch helps nobody), rounded up to a
+    divisor of ``fetchable`` so every descriptor sits on as many fetchable HSDirs and is
+    found by as many clients."""
+    fetchable = max(1, fetchable)
+    need = max(1, min(math.ceil(total / cap), fetchable))
+    return next(g for g in range(need, fetchable + 1) if fetchable % g == 0)
 
 
 def split_descriptors(
@@ -53,6 +61,10 @@ def split_descriptors(
     if count < 1 or cap < 1:
         raise ValueError("count and cap must be >= 1")
     nodes = sorted(n for n, points in per_node.items() if points)
+    if count > 1 and 0 < len(nodes) <= cap:
+        # Every node gets the same number of slots in every descriptor (20 slots for
+        # 7 nodes would give six of them 3 and one 2): clients spread evenly.
+        cap = len(nodes) * (cap // len(nodes))
     uses: Counter[bytes] = Counter()
     served: Counter[str] = Counter()  # descriptors each node is in so far
     out: list[tuple[Entry, ...]] = []
