@@ -100,10 +100,10 @@ def client_distribution(
     descriptors: Sequence[Sequence[Entry]], assignment: Mapping[str, int], fetch: Sequence[str]
 ) -> dict[str, float]:
     """node id -> share of fresh clients that land on it (sums to 1 over the nodes)."""
-    share: Counter[str] = Counter()
+    share: dict[str, float] = {}
     hsdirs = [h for h in dict.fromkeys(fetch) if h in assignment]
     for hsdir in hsdirs:
         entries = descriptors[assignment[hsdir]]
         for node, _ in entries:
-            share[node] += 1.0 / (len(hsdirs) * len(entries))
-    return dict(share)
+            share[node] = share.get(node, 0.0) + 1.0 / (len(hsdirs) * len(entries))
+    return share
