@@ -254,6 +254,17 @@ class MeshCore:
     def peers(self) -> Mapping[str, PeerView]:
         return {node_id: rec.view() for node_id, rec in self.membership.peers.items()}
 
+    def known_intro_points(self) -> dict[int, list[bytes]]:
+        """Every intro point this node knows, its own and its peers', per period.
+
+        A standby's conflict checks compare what the HSDirs serve with these.
+        """
+        known: dict[int, list[bytes]] = {p: list(v) for p, v in self._local_sets.items()}
+        for rec in self.membership.peers.values():
+            for period, points in rec.intro_sets.items():
+                known.setdefault(period, []).extend(points)
+        return known
+
     # ------------------------------------------------------------------ outputs
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, str]]:

@@ -91,6 +91,7 @@ from onionmesh.node.settings import (
     peer_seeds,
 )
 from onionmesh.node.snapshot import build_snapshot
+from onionmesh.node.standby_checks import StandbyChecks
 from onionmesh.node.startup import ClockGuard, KeyMaterial, check_keys
 from onionmesh.node.tor_instance import NodeTor
 from onionmesh.node.uploads_view import UploadsView
@@ -132,6 +133,7 @@ class NodeDaemon:
         self.feed: IntroFeed | None = None
         self.advertising: AdvertiseFilter | None = None
         self.publisher_control: PublisherControl | None = None
+        self.standby_checks: StandbyChecks | None = None
         self.local_sets: dict[int, tuple[bytes, ...]] = {}
         self.metrics = NodeMetrics()
         self.alerts = self._alert_sink(config)
@@ -274,13 +276,20 @@ class NodeDaemon:
                  "may publish" if identity.eligible else "never publishes", len(seeds))
         # 6. Intro points in, publisher out.
         if keys.master is not None:
+            timing = PublishTiming(refresh_interval=float(config.publishing.refresh_interval))
             self.publisher_control = PublisherControl(
                 controller, keys.master, self.clock, self.guard,
                 RetryPolicy(max_retries=config.hsdir_max_retries),
                 client_auth_keys=config.master.client_auth_keys(),
-                timing=PublishTiming(refresh_interval=float(config.publishing.refresh_interval)),
-                hs_desc=self.tor.hs_desc, on_event=self._on_publish_event,
+                timing=timing, hs_desc=self.tor.hs_desc, on_event=self._on_publish_event,
             )
+            driver = self.driver
+            self.standby_checks = StandbyChecks(
+                controller, keys.master, self.clock, driver.core.known_intro_points,
+                timing=timing, hs_desc=self.tor.hs_desc, on_event=self._on_publish_event,
+            )
+            if not driver.core.is_publisher:
+                self.standby_checks.start()
             if config.master.authorized_clients:
                 log.info("restricted discovery: the master descriptor is readable only by %d "
                          "authorized client(s)", len(config.master.authorized_clients))
@@ -507,6 +516,8 @@ class NodeDaemon:
             self._alert(Alert("node_recovered", event.node_id, event.message))
         elif isinstance(event, BecamePublisher):
             self._alert(Alert("takeover", self.config.node_id, event.message))
+            if self.standby_checks is not None and self.standby_checks.active:
+                self._spawn(self.standby_checks.stop())  # the publisher checks, faster
         elif isinstance(event, ConflictDetected):
             detail = event.message
             if self._foreign_finding is not None:
@@ -515,6 +526,8 @@ class NodeDaemon:
         elif isinstance(event, SteppedDown):
             if self.publisher_control is not None:
                 self._spawn(self.publisher_control.detach())
+            if self.standby_checks is not None:
+                self.standby_checks.start()
         elif isinstance(event, PublishRequested):
             counts = {p: len(v) for p, v in event.plan.intro_points.items()}
             self.metrics.record_publish(event.trigger.label, counts, self.clock.now())
@@ -660,6 +673,8 @@ class NodeDaemon:
             await self.link.close()  # after the lease release went out over it
         if self.publisher_control is not None:
             await self.publisher_control.stop()
+        if self.standby_checks is not None:
+            await self.standby_checks.stop()
         if self.status_server is not None:
             await self.status_server.close()
         if self.tor is not None:

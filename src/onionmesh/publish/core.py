@@ -420,9 +420,10 @@ class PublishCore:
         self.handle_timer(now)
 
     def set_intro_points(self, points: Mapping[int, Sequence[HasAuthKey]], now: float) -> None:
-        """The intro points per period (at most ``MAX_INTRO_POINTS`` are used)."""
+        """The intro points per period (the first ``MAX_INTRO_POINTS`` go into a
+        descriptor; all of them count as known to the conflict checks)."""
         old = self.known_intro_keys()
-        self._points = {p: list(v)[:MAX_INTRO_POINTS] for p, v in points.items()}
+        self._points = {p: list(v) for p, v in points.items()}
         if old and old != self.known_intro_keys():
             self._recent_sets.append(old)
         self.handle_timer(now)
@@ -562,10 +563,13 @@ class PublishCore:
 
     def _wanted(self) -> dict[int, Wanted]:
         return {
-            number: Wanted(number, frozenset(p.auth_key for p in self._points.get(number, [])),
+            number: Wanted(number, frozenset(p.auth_key for p in self._published(number)),
                            frozenset(target.hsdirs))
             for number, target in self.targets.items()
         }
+
+    def _published(self, period: int) -> list[HasAuthKey]:
+        return self._points.get(period, [])[:MAX_INTRO_POINTS]
 
     def _decide(self, now: float) -> None:
         wanted = self._wanted()
@@ -608,7 +612,7 @@ class PublishCore:
                        f"period {number}: responsible HSDirs changed ({len(want.hsdirs)} now)",
                        period=number)
             return
-        points = self._points.get(number, [])
+        points = self._published(number)
         last = self.tracker.revision(number)
         floor = self._revision_floor.get(number)
         if floor is not None:
@@ -668,7 +672,7 @@ class PublishCore:
         seen.add(hsdir)
         mine = self._uploaded.get(observed.period)
         ours = mine.latest if mine else None
-        ours_count = len(self._points.get(observed.period, []))
+        ours_count = len(self._published(observed.period))
         self.conflicts += 1
         foreign = ForeignDescriptor(observed.period, observed.revision,
                                     len(observed.intro_keys), tuple(sorted(seen)), ours,

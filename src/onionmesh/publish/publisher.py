@@ -53,7 +53,6 @@ from onionmesh.publish.master import IntroSource, MasterDescriptorBuilder
 from onionmesh.publish.uploads import Post, RetryPolicy, UploadTracker
 from onionmesh.tor.control_protocol import ControlError, HsDescEvent
 from onionmesh.tor.hs_desc_feed import HsDescContent, HsDescFeed
-from onionmesh.tor_limits import MAX_INTRO_POINTS
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -270,7 +269,7 @@ class Publisher:
         now = self.clock()
         if now >= self._next_consensus:
             await self.refresh_consensus()
-        points = {n: list(self.intro_source(n))[:MAX_INTRO_POINTS] for n in self.core.targets}
+        points = {n: list(self.intro_source(n)) for n in self.core.targets}
         self.core.set_intro_points(points, self.clock())
         self.core.handle_timer(self.clock())
         await self._flush()
