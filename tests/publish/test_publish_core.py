@@ -229,8 +229,29 @@ def test_standby_flags_intro_points_the_cluster_never_had():
     assert core.classify(ObservedDescriptor(FIRST, 5, keys)) is Verdict.OWN_OLDER
     stray = frozenset(p.auth_key for p in points("z"))
     core.on_fetched(fetches[0].hsdir, ObservedDescriptor(FIRST, 5, stray), T0 + 1)
+    # Gossip may lag the publisher: first a second look, 30 s later, at another HSDir.
+    assert PublishEventKind.CONFLICT not in [e.kind for e in events(core)]
+    assert core.get_timer() == pytest.approx(T0 + 31)
+    core.handle_timer(T0 + 31)
+    _, again = drain(core)
+    assert again[0].hsdir != fetches[0].hsdir
+    core.on_fetched(again[0].hsdir, ObservedDescriptor(FIRST, 5, stray), T0 + 32)
     assert [e.kind for e in events(core)][-1] is PublishEventKind.CONFLICT
     assert drain(core) == ([], [])  # reported only: the publisher supersedes it
+
+
+def test_standby_forgets_a_suspicion_that_gossip_explains():
+    core, _ = make(role=Role.STANDBY)
+    core.set_targets(TARGETS, T0, fetchable=FIRST)
+    core.set_intro_points({FIRST: points("a")}, T0)
+    _, fetches = drain(core)
+    newer = frozenset(p.auth_key for p in points("a", "b"))
+    core.on_fetched(fetches[0].hsdir, ObservedDescriptor(FIRST, 5, newer), T0 + 1)
+    core.set_intro_points({FIRST: points("a", "b")}, T0 + 2)  # the heartbeat arrives
+    core.handle_timer(T0 + 31)
+    _, again = drain(core)
+    core.on_fetched(again[0].hsdir, ObservedDescriptor(FIRST, 6, newer), T0 + 32)
+    assert PublishEventKind.CONFLICT not in [e.kind for e in events(core)]
 
 
 def test_fetch_timeout_frees_the_slot():

@@ -300,6 +300,7 @@ class PublishCore:
         self._revived_at: dict[int, float] = {}
         self._next_check: float | None = None
         self._check_cursor = 0
+        self._suspect_since: float | None = None  # standby: first unexplained descriptor
         self._fetch: _FetchInFlight | None = None
         self._pending_fetches: deque[Fetch] = deque()
         self._foreign_seen: dict[tuple[int, int], set[str]] = {}
@@ -516,10 +517,22 @@ class PublishCore:
                    f"{observed.revision} with {len(observed.intro_keys)} intro points: "
                    f"{verdict.value} ({fetch.reason})",
                    period=observed.period, hsdir=fetch.hsdir, verdict=verdict)
-        if verdict is Verdict.FOREIGN:
+        if verdict is Verdict.FOREIGN and self.role is Role.STANDBY and (
+            self._suspect_since is None or now - self._suspect_since < self.timing.check_interval
+        ):
+            # A standby judges by the intro points gossip told it about, which may lag the
+            # publisher's by a heartbeat: look again (another HSDir) before crying wolf.
+            if self._suspect_since is None:
+                self._suspect_since = now
+            soon = now + self.timing.check_interval
+            self._next_check = soon if self._next_check is None else min(self._next_check, soon)
+        elif verdict is Verdict.FOREIGN:
+            self._suspect_since = None
             self._on_foreign(fetch.hsdir, observed, now)
         elif self.role is Role.PUBLISHER and observed.period in self.tracker.periods():
             self._settle_checked(observed.period, fetch.hsdir, verdict, now)
+        if verdict is not Verdict.FOREIGN:
+            self._suspect_since = None
         self.handle_timer(now)
 
     def on_fetch_failed(self, hsdir: str, reason: str | None, now: float) -> None:
