@@ -157,3 +157,35 @@ def test_daemons_fall_back_to_tor_on_a_blocked_tunnel_and_return(
         print(f"block -> tor in {switched:.1f} s")
     finally:
         client.stop()
+
+
+def test_a_removed_member_loses_its_wireguard_peer(daemonlab: DaemonLab) -> None:
+    """The WireGuard peers follow the roster: `onionmesh remove-node n3` on n1 reaches n2
+    by gossip, and both drop n3's WireGuard peer and tor stream. (Last in this module: it
+    changes the shared cluster.)"""
+    import subprocess
+    import sys
+
+    from onionmesh.config import load_config
+    from onionmesh.node.coordination_keys import load_coordination_keys
+
+    lab = daemonlab
+    lab.wait_until(lambda: all_alive(lab), 120, "all alive")
+    n3_key = load_coordination_keys(load_config(lab.hosts[3].config_path)).wireguard.public_key
+
+    def wg_peers(index: int) -> str:
+        config = load_config(lab.hosts[index].config_path)
+        return lab.lab.run(index, ["wg", "show", str(config.wireguard.interface), "peers"])
+
+    assert n3_key in wg_peers(1) and n3_key in wg_peers(2)
+    done = subprocess.run([sys.executable, "-m", "onionmesh.cli", "remove-node", "-c",
+                           str(lab.hosts[1].config_path), "n3"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    for index in (1, 2):
+        lab.wait_until(lambda i=index: n3_key not in wg_peers(i) and (
+            (doc := lab.status(i)) is not None and doc.coordination is not None
+            and set(doc.coordination.peers) == {f"n{j}" for j in (1, 2) if j != i}),
+            3 * DEFAULTS.heartbeat_interval + 15, f"n{index} dropped n3's WireGuard peer")
+    assert "WireGuard peers now" in lab.log_text(2)
+    assert lab.path(1, 2) == lab.path(2, 1) == "wireguard"
