@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import subprocess
 from pathlib import Path
 
 import msgspec
@@ -23,6 +24,7 @@ from onionmesh.node.errors import KeyCheckError
 from onionmesh.node.snapshot import format_status
 from onionmesh.node.tor_instance import managed_torrc
 from onionmesh.status_document import PeerPathStatus, decode_status
+from onionmesh.tor.torrc import write_ob_config
 from onionmesh.transport.paths import PathConfig, PathSelector
 from onionmesh.wireguard.keys import WireGuardKeyPair, decode_key
 
@@ -88,13 +90,25 @@ def test_roster_members_become_wireguard_peers_and_tor_peers(tmp_path: Path):
         "n2: its roster entry has no WireGuard key",)
 
 
-def test_managed_tor_gets_a_unix_socks_port_for_the_fallback_only(tmp_path: Path):
-    on = managed_torrc(_config(tmp_path), tmp_path / "tor", tmp_path / "hs",
-                       tmp_path / "c.sock")
-    assert "tor-socks.sock ExtendedErrors" in on
-    off = managed_torrc(_config(tmp_path, "[resilience]\ntor_fallback_enabled = false\n"),
-                        tmp_path / "tor", tmp_path / "hs", tmp_path / "c.sock")
-    assert "tor-socks.sock" not in off
+@pytest.mark.tor
+@pytest.mark.parametrize("extra", ["", "[tor]\nsocks_port = 19050\n",
+                                   "[resilience]\ntor_fallback_enabled = false\n"])
+def test_managed_tor_gets_a_unix_socks_port_for_the_fallback_only(tmp_path: Path, extra: str):
+    """The managed torrc, checked by a real tor (``tor --verify-config``)."""
+    config = _config(tmp_path, extra)
+    (tmp_path / "tor").mkdir(mode=0o700)
+    write_ob_config(tmp_path / "hs", Ed25519Identity.generate().onion_address)  # as the daemon does
+    text = managed_torrc(config, tmp_path / "tor", tmp_path / "hs", tmp_path / "c.sock")
+    socks = [line for line in text.splitlines() if line.startswith("SocksPort")]
+    if "fallback" in extra:
+        assert socks == ["SocksPort 0"]
+    else:
+        assert f"SocksPort unix:{tmp_path}/tor-socks.sock ExtendedErrors" in socks
+        assert ("SocksPort 19050" in socks) == ("19050" in extra)
+    (tmp_path / "torrc").write_text(text)
+    checked = subprocess.run(["tor", "--verify-config", "-f", str(tmp_path / "torrc")],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert checked.returncode == 0, checked.stdout[-1000:]
 
 
 def test_status_shows_each_peers_path_handshake_and_fallback(tmp_path: Path):

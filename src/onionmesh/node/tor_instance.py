@@ -86,13 +86,15 @@ def managed_torrc(config: Config, data_dir: Path, hs_dir: Path, control_socket: 
         ("Log", f"notice file {data_dir}/notice.log"),
         ("ControlSocket", str(control_socket)),
         ("CookieAuthentication", 1),
-        ("SocksPort", str(tor.socks_port) if tor.socks_port else "0"),
     ]
+    socks = [str(tor.socks_port)] if tor.socks_port else []
     if config.wireguard.enabled and config.resilience.tor_fallback_enabled:
         # The tor channel's streams to the other members' coordination onions: a unix
         # socket (no local TCP port for other users), tor's extended SOCKS errors, and
         # one circuit per SOCKS username (IsolateSOCKSAuth is tor's default).
-        options.append(("SocksPort", f"unix:{socks_socket_path(config)} ExtendedErrors"))
+        socks.append(f"unix:{socks_socket_path(config)} ExtendedErrors")
+    # "SocksPort 0" beside another SocksPort line is an error for tor.
+    options += [("SocksPort", port) for port in socks or ["0"]]
     options.append(("HiddenServiceDir", str(hs_dir)))
     options += [("HiddenServicePort", _port_option(p)) for p in config.service.ports]
     options.append(("HiddenServiceOnionbalanceInstance", 1))
