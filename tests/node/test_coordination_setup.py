@@ -84,6 +84,13 @@ def test_roster_members_become_wireguard_peers_and_tor_peers(tmp_path: Path):
         "n3: its roster entry has no coordination onion (no tor fallback for it)",
         "n4: no [wireguard] peers entry (endpoint, tunnel_ip)",
     )
+    # A member carrying our WireGuard key, or one another member has, is left out.
+    own = decode_key(WireGuardKeyPair.generate().public_key)
+    copy = MemberEntry("n3", os.urandom(32), True, 1, n2.wg_key, "")
+    mine = MemberEntry("n3", os.urandom(32), True, 1, own, "")
+    assert coordination_peers(config, [n2, copy]).missing == (
+        "n3: its roster entry has the WireGuard key of n2",)
+    assert [p.node_id for p in coordination_peers(config, [n2, mine], own).wireguard] == ["n2"]
     keyless = MemberEntry("n2", os.urandom(32), True, 1)
     only = coordination_peers(config, [keyless])
     assert only.wireguard == () and only.missing == (

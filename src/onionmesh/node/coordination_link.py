@@ -29,6 +29,7 @@ from onionmesh.transport.frames import Frame
 from onionmesh.transport.multipath import MultipathTransport
 from onionmesh.transport.paths import PathEvent, PathSelector
 from onionmesh.transport.tor_channel import TorChannel, coordination_key
+from onionmesh.wireguard.errors import WireGuardError
 from onionmesh.wireguard.manager import RepairReport, WireGuardManager
 from onionmesh.wireguard.names import default_interface_name
 from onionmesh.wireguard.spec import InterfaceSpec
@@ -73,7 +74,7 @@ class CoordinationLink:
 
     async def start(self, members: Iterable[MemberEntry]) -> None:
         """Interface up with the current members, then the coordination onion."""
-        self.peers = coordination_peers(self.config, members)
+        self.peers = coordination_peers(self.config, members, self.keys.wg_public_raw)
         for problem in self.peers.missing:
             log.warning("WireGuard: member %s", problem)
         self.spec = self._spec_with(self.peers)
@@ -110,9 +111,11 @@ class CoordinationLink:
 
     async def update_members(self, members: Iterable[MemberEntry]) -> None:
         """The roster changed: WireGuard peers and tor streams follow it."""
-        peers = coordination_peers(self.config, members)
+        peers = coordination_peers(self.config, members, self.keys.wg_public_raw)
         if peers == self.peers:
             return
+        for problem in sorted(set(peers.missing) - set(self.peers.missing)):
+            log.warning("WireGuard: member %s", problem)
         before = {p.node_id for p in self.peers.links}
         after = {p.node_id for p in peers.links}
         self.peers = peers
@@ -120,9 +123,13 @@ class CoordinationLink:
         self.manager.update_spec(self.spec)
         if self.transport is not None:
             await self.transport.set_peers(peers.links)
-        report = await self.manager.repair()
-        for problem in report.problems:
-            log.error("WireGuard %s: %s", self.spec.name, problem)
+        try:
+            report = await self.manager.repair()
+        except WireGuardError as exc:  # a failed repair is retried by the repair loop
+            log.error("WireGuard %s: %s", self.spec.name, exc)
+        else:
+            for problem in report.problems:
+                log.error("WireGuard %s: %s", self.spec.name, problem)
         if before != after:
             log.info("WireGuard peers now %s (added %s, removed %s)",
                      ", ".join(sorted(after)) or "none",

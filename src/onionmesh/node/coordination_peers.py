@@ -39,12 +39,16 @@ def _mesh_ports(config: Config) -> dict[str, int]:
     return ports
 
 
-def coordination_peers(config: Config, members: Iterable[MemberEntry]) -> CoordinationPeers:
+def coordination_peers(config: Config, members: Iterable[MemberEntry],
+                       own_wg_key: bytes = b"") -> CoordinationPeers:
+    """``own_wg_key``: this node's WireGuard public key; a member naming it (or a key
+    another member already has) is left out, as WireGuard routes by key."""
     own_port = int(str(config.coordination.listen).rpartition(":")[2])
     mesh_ports = _mesh_ports(config)
     wireguard: list[PeerSpec] = []
     links: list[LinkPeer] = []
     missing: list[str] = []
+    keys: dict[bytes, str] = {own_wg_key: config.node_id} if own_wg_key else {}
     for member in sorted(members, key=lambda m: m.node_id):
         node_id = member.node_id
         if node_id == config.node_id:
@@ -56,6 +60,11 @@ def coordination_peers(config: Config, members: Iterable[MemberEntry]) -> Coordi
         if not member.wg_key:
             missing.append(f"{node_id}: its roster entry has no WireGuard key")
             continue
+        if member.wg_key in keys:
+            missing.append(f"{node_id}: its roster entry has the WireGuard key of "
+                           f"{keys[member.wg_key]}")
+            continue
+        keys[member.wg_key] = node_id
         public = base64.b64encode(member.wg_key).decode("ascii")
         tunnel_ip = ipaddress.ip_address(where.tunnel_ip)
         wireguard.append(PeerSpec(node_id, public, where.endpoint, tunnel_ip))
