@@ -69,7 +69,7 @@ class RetryPolicy:
 
     def backoff(self, failed_attempts: int, rng: random.Random) -> float:
         """Delay before the next attempt after ``failed_attempts`` consecutive failures."""
-        step = min(self.max_delay, self.base_delay * 2 ** (failed_attempts - 1))
+        step = min(self.max_delay, self.base_delay * 2.0 ** (failed_attempts - 1))
         return step * rng.uniform(1 - self.jitter, 1 + self.jitter)
 
 
