@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from onionmesh.crypto.keys import Ed25519Identity
+from onionmesh.descriptor.errors import DescriptorError
 from onionmesh.descriptor.parse import parse_descriptor
 from onionmesh.publish.core import PublishEvent, PublishEventKind, PublishTiming, tor_revision
 from onionmesh.publish.master import MasterDescriptorBuilder
@@ -78,11 +79,12 @@ async def all_ours(checker: TorController, publisher: Publisher, address: str,
     for hsdir in target.hsdirs:
         try:
             text = await fetch_descriptor(checker, address, servers=[hsdir], timeout=30)
-        except IntroPointsError:
+            # (tor's time period may roll over meanwhile: the checker's tor fetches its own.)
+            desc = parse_descriptor(text, address, period_length=target.period.period_length)
+        except (IntroPointsError, DescriptorError):
             return False
-        desc = parse_descriptor(text, address, period_number=period,
-                                period_length=target.period.period_length)
-        if {ip.auth_key for ip in desc.intro_points} != keys or desc.revision_counter <= above:
+        if (desc.period_number != period or {ip.auth_key for ip in desc.intro_points} != keys
+                or desc.revision_counter <= above):
             return False
     return True
 

@@ -6,7 +6,9 @@ would start, so the exit code and stderr are the daemon's own.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -189,3 +191,27 @@ def test_bad_clock_offset_hook_is_a_config_error(tmp_path: Path):
                      env={"ONIONMESH_CLOCK_OFFSET": "soon"})
     assert done.returncode == EXIT_CONFIG
     assert "ONIONMESH_CLOCK_OFFSET must be a number" in done.stderr
+
+
+def test_refused_start_is_a_log_line_and_an_alert(tmp_path: Path):
+    """Contract: a start refused for a bad key says so in one log line and delivers the
+    ``start_refused`` alert to the command hook before the process exits; no secret in
+    either."""
+    alerts = tmp_path / "alerts.jsonl"
+    script = f"import sys; open({str(alerts)!r}, 'ab').write(sys.stdin.buffer.read() + b'\\n')"
+    root = tmp_path / "n1"
+    result = make_cluster(root, settings={"alerts": {"command": [sys.executable, "-c", script]}})
+    secrets = _secrets(root)
+    _corrupt(root / "master" / "hs_ed25519_secret_key")
+    ran = onionmesh("run", "-c", str(result.files.config))
+    assert ran.returncode == EXIT_KEY, ran.stderr
+    line = next(ln for ln in ran.stderr.splitlines() if "refused to start" in ln)
+    assert "Node n1 refused to start (exit 4): key check " in line
+    sent = [json.loads(x) for x in alerts.read_text().splitlines() if x.strip()]
+    refused = [a for a in sent if a["kind"] == "start_refused"]
+    assert len(refused) == 1
+    assert refused[0]["subject"] == "n1"
+    assert refused[0]["summary"] == line[line.index("Node n1 refused"):]
+    for text in (ran.stderr, alerts.read_text()):
+        for secret in secrets:
+            assert secret not in text

@@ -260,3 +260,19 @@ def test_fetch_timeout_frees_the_slot():
     core.handle_timer(T0 + 20)
     assert any(e.kind is PublishEventKind.FETCH_FAILED and "TIMEOUT" in e.message
                for e in events(core))
+
+
+def test_failed_passes_in_a_row_are_one_event_and_recovery_another():
+    core, _ = make(PublishTiming(failure_streak=3))
+    start(core)
+    events(core)
+    for _ in range(5):
+        core.on_pass_failed("ClockRefused: clock is 200 s ahead of its peers", T0)
+    (streak,) = [e for e in events(core) if e.kind is PublishEventKind.SIGNING_FAILURES]
+    assert streak.message == ("Descriptors not signed or published: 3 publish passes failed "
+                              "in a row (last: ClockRefused: clock is 200 s ahead of its peers)")
+    core.on_pass_succeeded()
+    (back,) = events(core)
+    assert back.message == "Publish passes work again after 5 failures"
+    core.on_pass_succeeded()
+    assert events(core) == []

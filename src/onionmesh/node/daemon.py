@@ -177,9 +177,13 @@ class NodeDaemon:
         except NodeError as exc:
             log.error("fatal: %s", exc)
             code = exc.exit_code
+            if self.state is NodeState.STARTING:
+                self._refused_start(code, str(exc))
         except ConfigError as exc:
             log.error("fatal: %s", exc)
             code = EXIT_CONFIG
+            if self.state is NodeState.STARTING:
+                self._refused_start(code, str(exc))
         except Exception:  # a bug: say so and exit non-zero, never 0
             log.exception("fatal: unexpected error")
             code = EXIT_FAILURE
@@ -192,6 +196,12 @@ class NodeDaemon:
             code = getattr(self._failure, "exit_code", EXIT_FAILURE)
         log.info("onionmesh node %s exits with code %d", self.config.node_id, code)
         return code
+
+    def _refused_start(self, code: int, why: str) -> None:
+        """A start refused (bad key, clock, tor...): an alert too, delivered on shutdown."""
+        summary = f"Node {self.config.node_id} refused to start (exit {code}): {why}"
+        log.error("%s", summary)
+        self._alert(Alert("start_refused", self.config.node_id, summary))
 
     def request_stop(self, reason: str) -> None:
         if not self._stop_reason:
@@ -449,7 +459,9 @@ class NodeDaemon:
 
     def _on_publish_event(self, event: PublishEvent) -> None:
         """The publish core's events (already logged by the Publisher): alerts, conflicts."""
-        if event.kind is PublishEventKind.FAILURE_STREAK and event.hsdir is not None:
+        if event.kind is PublishEventKind.SIGNING_FAILURES:
+            self._alert(Alert("signing_failure", self.config.node_id, event.message))
+        elif event.kind is PublishEventKind.FAILURE_STREAK and event.hsdir is not None:
             # Timeouts of our own uploads count as well as tor's FAILED answers.
             self._alert(Alert("upload_failure_streak", event.hsdir, event.message))
         elif event.kind is PublishEventKind.CONFLICT and event.foreign is not None:

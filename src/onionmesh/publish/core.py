@@ -167,6 +167,7 @@ class PublishEventKind(enum.StrEnum):
     FETCH_FAILED = "fetch-failed"
     CONFLICT = "conflict"
     FAILURE_STREAK = "failure-streak"
+    SIGNING_FAILURES = "signing-failures"  # passes in a row that could not sign (clock...)
 
 
 @dataclass(frozen=True)
@@ -300,6 +301,7 @@ class PublishCore:
         self._revived_at: dict[int, float] = {}
         self._next_check: float | None = None
         self._check_cursor = 0
+        self._pass_failures = 0
         self._suspect_since: float | None = None  # standby: first unexplained descriptor
         self._fetch: _FetchInFlight | None = None
         self._pending_fetches: deque[Fetch] = deque()
@@ -428,6 +430,23 @@ class PublishCore:
         if old and old != self.known_intro_keys():
             self._recent_sets.append(old)
         self.handle_timer(now)
+
+    def on_pass_failed(self, reason: str, now: float) -> None:
+        """The shell's pass failed before the core could act (e.g. the clock guard refused
+        to sign, tor unreachable); ``failure_streak`` in a row is an event (alert)."""
+        self._pass_failures += 1
+        if self._pass_failures == self.timing.failure_streak:
+            self._emit(PublishEventKind.SIGNING_FAILURES,
+                       f"Descriptors not signed or published: {self._pass_failures} publish "
+                       f"passes failed in a row (last: {reason})")
+        del now
+
+    def on_pass_succeeded(self) -> None:
+        """A pass went through: the failure count starts again."""
+        if self._pass_failures >= self.timing.failure_streak:
+            self._emit(PublishEventKind.SIGNING_FAILURES,
+                       f"Publish passes work again after {self._pass_failures} failures")
+        self._pass_failures = 0
 
     def on_uploaded(self, hsdir: str, now: float) -> None:
         """``HS_DESC UPLOADED`` for our address from ``hsdir``."""

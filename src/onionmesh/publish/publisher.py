@@ -65,7 +65,8 @@ __all__ = ["PeriodTarget", "Publisher", "fetch_consensus"]
 
 _WARN = {PublishEventKind.UPLOAD_FAILED, PublishEventKind.UPLOAD_TIMEOUT,
          PublishEventKind.HSDIR_GAVE_UP, PublishEventKind.FETCH_FAILED,
-         PublishEventKind.CONFLICT, PublishEventKind.FAILURE_STREAK}
+         PublishEventKind.CONFLICT, PublishEventKind.FAILURE_STREAK,
+         PublishEventKind.SIGNING_FAILURES}
 
 
 async def fetch_consensus(controller: TorController) -> Consensus:
@@ -252,8 +253,11 @@ class Publisher:
             except asyncio.CancelledError:
                 raise
             except (ControlError, OnionmeshError) as exc:
-                # tor restarting, a stale consensus, a bad intro point: log and carry on.
+                # tor restarting, a stale consensus, a bad intro point, a refused clock:
+                # log, count (an alert after a streak) and carry on.
                 log.warning("publisher step failed: %s: %s", type(exc).__name__, exc)
+                self.core.on_pass_failed(f"{type(exc).__name__}: {exc}", self.clock())
+                self._log_events()
                 self._next_consensus = min(self._next_consensus, self.clock() + 2.0)
                 await asyncio.sleep(1.0)  # back off before the next attempt
                 continue
@@ -272,6 +276,7 @@ class Publisher:
         points = {n: list(self.intro_source(n)) for n in self.core.targets}
         self.core.set_intro_points(points, self.clock())
         self.core.handle_timer(self.clock())
+        self.core.on_pass_succeeded()
         await self._flush()
 
     async def _flush(self) -> None:
