@@ -27,7 +27,8 @@ def _with_backup(tmp_path: Path, *, alert_file: Path | None = None):
     settings: dict = {"master": {"backup_key_path": str(backup)},
                       "tor": {"binary": str(tmp_path / "no-such-tor")}}
     if alert_file is not None:
-        script = f"import sys; open({str(alert_file)!r}, 'ab').write(sys.stdin.buffer.read())"
+        script = (f"import sys; open({str(alert_file)!r}, 'ab')"
+                  ".write(sys.stdin.buffer.read() + b'\\n')")
         settings["alerts"] = {"command": [sys.executable, "-c", script]}
     result = make_cluster(root, settings=settings)
     shutil.copy2(result.files.master_key, backup)
@@ -67,10 +68,16 @@ def test_run_with_backup_key_warns_alerts_and_exits_non_zero_when_tor_is_unusabl
     assert done.returncode == EXIT_TOR, done.stderr
     assert "[WARN]" in done.stderr and "using the backup key" in done.stderr
     assert "no-such-tor" in done.stderr and "not found" in done.stderr
-    alert = json.loads(alert_file.read_text().splitlines()[0])
-    assert alert["kind"] == "key_problem"
+    sent = {}
+    for line in alert_file.read_text().splitlines():
+        if line.strip():
+            alert = json.loads(line)
+            sent[alert["kind"]] = alert
+    alert = sent["key_problem"]
     assert alert["node"] == "n1"
     assert "using the backup key" in alert["summary"]
+    # tor unusable: the refused start is an alert too
+    assert sent["start_refused"]["summary"].startswith("Node n1 refused to start (exit 6)")
 
 
 def _guard(offset: float, *, mode: str = "refuse", ntp: bool = False,
