@@ -1,0 +1,412 @@
+"""Benchmark: what browser-like clients see while faults roll through a cluster, onionmesh
+and Onionbalance 0.2.4 side by side on one private Tor network.
+
+One private Tor network (10 authorities = 10 HSDirs, 8-minute time periods) carries:
+
+* an onionmesh cluster of 3 ``onionmesh run`` nodes with the DEFAULT configuration;
+* an Onionbalance 0.2.4 deployment (3 instance tors with their backends, a frontend tor,
+  the ``onionbalance --is-testnet`` process).
+
+One client tor per system GETs its master address for the whole run like a browser: a
+fresh circuit per GET (new SOCKS credentials), the descriptor cache kept (never NEWNYM),
+one retry on a fresh circuit after a failure (a browser's reload), 30 s per try.
+
+The schedule cycles through six faults, each applied to both systems at the same moment
+(the analogous part of each), ``OUTAGE`` s long, with ``STEADY`` s of steady state
+between them, until at least two full time periods have passed, so faults land in both
+halves of a period:
+
+  standby-kill     SIGKILL a standby node (daemon + tor)   | an instance (tor + backend)
+  publisher-kill   SIGKILL the publisher node              | the onionbalance process
+  freeze           SIGSTOP a standby daemon, then SIGCONT  | SIGSTOP an instance tor
+  tor-kill         SIGKILL only a node's tor               | only an instance's tor
+  backend-kill     stop a node's web backend               | an instance's backend
+  relay-kill       stop a relay hosting a node's intro point (shared network: both see it)
+
+after which the victim is restarted / resumed and the next steady phase begins.
+
+Per phase and system: GETs that succeeded (first try, with the retry) / total, p50/p95
+latency of successful GETs, seconds from the fault until the faulty node stopped
+answering (its last answer), and from the recovery until it answered again.
+
+Run: ``.venv/bin/python bench/availability.py`` (about 20 minutes + setup); ``--cycles``
+and ``--outage``/``--steady`` shorten it. The JSON summary is the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from onionmesh.descriptor.intro import LS_LEGACY_ID
+from onionmesh.descriptor.parse import parse_descriptor
+from onionmesh.hsdir.timeperiod import period_length_minutes
+from onionmesh.publish.publisher import fetch_consensus
+from onionmesh.testnet import SocksError, TorClient, TorNetwork
+from onionmesh.testnet.backend import start_backend_process
+from onionmesh.testnet.node_cluster import NodeCluster
+from onionmesh.tor.control import TorController
+from onionmesh.tor.intro_points import fetch_descriptor
+from onionmesh.tor.process import stop_pid
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: bench/ siblings
+from failover import ObDeployment, start_onionbalance, stop_onionbalance
+
+N_AUTHORITIES = 10
+FAULTS = ("standby-kill", "publisher-kill", "freeze", "tor-kill", "backend-kill", "relay-kill")
+
+
+@dataclass
+class Get:
+    at: float
+    ok: bool
+    retried: bool
+    latency: float | None
+    node: str | None
+    error: str | None = None
+
+
+@dataclass
+class Phase:
+    name: str
+    start: float
+    end: float = 0.0
+    victims: dict[str, str] = field(default_factory=dict)  # system -> node/instance name
+    recovered_at: float | None = None
+
+
+class Browser:
+    """GETs one master address like a browser until stopped; every outcome is kept."""
+
+    def __init__(self, client: TorClient, master: str) -> None:
+        self.client, self.master = client, master
+        self.gets: list[Get] = []
+        self.done = asyncio.Event()
+
+    async def run(self) -> None:
+        while not self.done.is_set():
+            started = time.time()
+            retried = False
+            try:
+                try:
+                    response = await self.client.abrowser_get(self.master, timeout=30.0)
+                except SocksError:
+                    retried = True
+                    response = await self.client.abrowser_get(self.master, timeout=30.0)
+                ok = response.status == 200
+                self.gets.append(Get(started, ok, retried, time.time() - started,
+                                     response.text.strip() if ok else None))
+            except SocksError as exc:
+                code = getattr(exc, "code", None)
+                self.gets.append(Get(started, False, True, None, None,
+                                     f"socks 0x{code:02X}" if code else "timeout/closed"))
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+class MeshFaults:
+    def __init__(self, cluster: NodeCluster, network: TorNetwork) -> None:
+        self.cluster, self.network = cluster, network
+        self.stopped_relay: Any = None
+
+    def _roles(self) -> tuple[str, str]:
+        docs = self.cluster.statuses()
+        pub = next(iter(self.cluster.publishers(docs)), "n1")
+        return pub, max(n for n in self.cluster.nodes if n != pub)
+
+    async def apply(self, fault: str) -> str:
+        pub, standby = self._roles()
+        node = self.cluster.nodes[standby]
+        if fault == "standby-kill":
+            node.kill(signal.SIGKILL)
+            return standby
+        if fault == "publisher-kill":
+            self.cluster.nodes[pub].kill(signal.SIGKILL)
+            return pub
+        if fault == "freeze":
+            os.kill(node.pid, signal.SIGSTOP)
+            return standby
+        if fault == "tor-kill":
+            tor = node.tor_pid()
+            if tor is not None:
+                os.kill(tor, signal.SIGKILL)
+            return standby
+        if fault == "backend-kill":
+            node.stop_backend()
+            return standby
+        if fault == "relay-kill":
+            self.stopped_relay = await self._relay_of(standby)
+            if self.stopped_relay is not None:
+                self.stopped_relay.process.stop()
+            return standby
+        raise ValueError(fault)
+
+    async def _relay_of(self, node_id: str) -> Any:
+        """The relay of one of the node's intro points the master descriptor carries."""
+        from onionmesh.tor.intro_points import read_own_descriptor
+
+        sock = self.cluster.nodes[node_id].torrc_value("ControlSocket")
+        doc = self.cluster.nodes[node_id].status()
+        address = ((doc.node.onion_address or "") if doc is not None else "").removesuffix(
+            ".onion")
+        if not sock or not address:
+            return None
+        controller = await TorController.connect(socket_path=sock)
+        try:
+            length = period_length_minutes(await fetch_consensus(controller))
+            text = await read_own_descriptor(controller, address)
+        finally:
+            await controller.close()
+        if not text:
+            return None
+        by_fpr = {n.fingerprint.upper(): n for n in self.network.nodes if n.fingerprint}
+        for ip in parse_descriptor(text, address, period_length=length).intro_points:
+            for spec in ip.link_specifiers:
+                if spec.type == LS_LEGACY_ID and spec.data.hex().upper() in by_fpr:
+                    return by_fpr[spec.data.hex().upper()]
+        return None
+
+    async def recover(self, fault: str, victim: str) -> None:
+        node = self.cluster.nodes[victim]
+        if fault in ("standby-kill", "publisher-kill"):
+            node.start()
+        elif fault == "freeze":
+            os.kill(node.pid, signal.SIGCONT)
+        elif fault == "backend-kill":
+            node.backend = start_backend_process(victim, node.backend_port,
+                                                 node.root / "backend.log")
+        elif fault == "relay-kill" and self.stopped_relay is not None:
+            self.stopped_relay.process.start()
+            self.stopped_relay = None
+        # tor-kill: the daemon restarts its tor by itself
+
+
+class ObFaults:
+    def __init__(self, dep: ObDeployment, network: TorNetwork, config: Path,
+                 log_path: Path) -> None:
+        self.dep, self.network, self.config, self.log_path = dep, network, config, log_path
+        self.turn = 0
+
+    async def apply(self, fault: str) -> str:
+        inst = self.dep.instances[self.turn % len(self.dep.instances)]
+        self.turn += 1
+        if fault == "standby-kill":
+            for pid in (inst.process.pid, inst.backend.pid if inst.backend else None):
+                if pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            return inst.name
+        if fault == "publisher-kill":
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.dep.proc.pid, signal.SIGKILL)
+            return "onionbalance"
+        if fault == "freeze":
+            if inst.process.pid is not None:
+                os.kill(inst.process.pid, signal.SIGSTOP)
+            return inst.name
+        if fault == "tor-kill":
+            if inst.process.pid is not None:
+                os.kill(inst.process.pid, signal.SIGKILL)
+            return inst.name
+        if fault == "backend-kill":
+            if inst.backend is not None:
+                stop_pid(inst.backend.pid, None, timeout=5.0)
+            return inst.name
+        return "-"  # relay-kill: the relay is shared, stopped by the onionmesh side
+
+    async def recover(self, fault: str, victim: str) -> None:
+        inst = next((i for i in self.dep.instances if i.name == victim), None)
+        if fault == "publisher-kill":
+            import subprocess
+
+            binary = Path(sys.executable).with_name("onionbalance")
+            with open(self.log_path, "ab") as out:
+                self.dep.proc = subprocess.Popen(
+                    [str(binary), "--is-testnet", "-i", "127.0.0.1", "-p",
+                     str(self.dep.frontend.control_port), "-c", str(self.config), "-v", "info"],
+                    stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+            return
+        if inst is None:
+            return
+        if fault == "freeze" and inst.process.pid is not None:
+            os.kill(inst.process.pid, signal.SIGCONT)
+        elif fault in ("standby-kill", "tor-kill"):
+            with contextlib.suppress(Exception):
+                inst.process.start()
+            if fault == "standby-kill":
+                inst.backend = start_backend_process(inst.name, inst.target_port)
+        elif fault == "backend-kill":
+            inst.backend = start_backend_process(inst.name, inst.target_port)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def phase_stats(gets: list[Get], phase: Phase, victim: str | None) -> dict[str, Any]:
+    mine = [g for g in gets if phase.start <= g.at < phase.end]
+    ok = [g for g in mine if g.ok]
+    latencies = [g.latency for g in ok if g.latency is not None]
+    stats: dict[str, Any] = {
+        "gets": len(mine), "ok": len(ok), "ok_first_try": sum(1 for g in ok if not g.retried),
+        "p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95),
+        "errors": sorted({g.error for g in mine if g.error}),
+    }
+    if victim and victim not in ("-", "onionbalance"):
+        answered = [g.at for g in ok if g.node == victim]
+        last = max((t for t in answered if t < (phase.recovered_at or phase.end)),
+                   default=None)
+        stats["stopped_after"] = None if last is None else max(0.0, last - phase.start)
+        back = [t for t in answered if phase.recovered_at and t >= phase.recovered_at]
+        stats["back_after"] = (min(back) - phase.recovered_at) if back else None
+    return stats
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+# ----------------------------------------------------------------------------- main
+
+
+async def run(args: argparse.Namespace, network: TorNetwork, base: Path) -> dict[str, Any]:
+    cluster = NodeCluster(network, base / "mesh", 3)  # default timings
+    cluster.create()
+    cluster.start()
+    dep = await start_onionbalance(network, base / "ob")
+    mesh_client = await network.aadd_client("meshbrowser")
+    ob_client = await network.aadd_client("obbrowser")
+    mesh_faults = MeshFaults(cluster, network)
+    ob_faults = ObFaults(dep, network, base / "ob" / "config.yaml", dep.log_path)
+    phases: list[Phase] = []
+    browsers = {"onionmesh": Browser(mesh_client, cluster.master_address),
+                "onionbalance": Browser(ob_client, dep.master.onion_address)}
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        from onionmesh.testnet.node_cluster import cluster_ready
+
+        await cluster.wait_until(lambda d: cluster_ready(cluster, d), 300.0, "mesh ready")
+        await wait_ob_ready(ob_client, dep.master.onion_address)
+        controller = await TorController.connect(port=mesh_client.control_port)
+        try:
+            period = period_length_minutes(await fetch_consensus(controller)) * 60.0
+        finally:
+            await controller.close()
+        tasks = [asyncio.create_task(b.run()) for b in browsers.values()]
+        began = time.time()
+        cycle = 0
+        while cycle < args.cycles or time.time() - began < args.min_periods * period:
+            for fault in FAULTS:
+                steady = Phase("steady", time.time())
+                await asyncio.sleep(args.steady)  # the steady phase itself
+                steady.end = time.time()
+                phases.append(steady)
+                phase = Phase(fault, time.time())
+                phase.victims["onionmesh"] = await mesh_faults.apply(fault)
+                phase.victims["onionbalance"] = await ob_faults.apply(fault)
+                print(f"[{time.time() - began:6.0f} s] {fault}: {phase.victims}", flush=True)
+                await asyncio.sleep(args.outage)  # the outage itself
+                phase.recovered_at = time.time()
+                await mesh_faults.recover(fault, phase.victims["onionmesh"])
+                await ob_faults.recover(fault, phase.victims["onionbalance"])
+                await asyncio.sleep(args.steady)  # watch it come back
+                phase.end = time.time()
+                phases.append(phase)
+            cycle += 1
+    except Exception as exc:  # report what was measured; say what broke
+        print(f"schedule stopped: {type(exc).__name__}: {exc}", flush=True)
+    finally:
+        for browser in browsers.values():
+            browser.done.set()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 70.0)
+        cluster.stop()
+        stop_onionbalance(dep)
+    rows = []
+    for phase in phases:
+        for system, browser in browsers.items():
+            rows.append({"phase": phase.name, "system": system,
+                         "at_period_fraction": round(((phase.start % period) / period), 2),
+                         **phase_stats(browser.gets, phase, phase.victims.get(system))})
+    return {"period_s": period, "rows": rows}
+
+
+async def wait_ob_ready(client: TorClient, master: str, timeout: float = 600.0) -> None:
+    """Onionbalance publishes once it has fetched its instances (every 20 s or so)."""
+    deadline = time.monotonic() + timeout
+    controller = await TorController.connect(port=client.control_port)
+    try:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                await fetch_descriptor(controller, master, timeout=20.0)
+                return
+            await asyncio.sleep(5.0)  # poll period
+    finally:
+        await controller.close()
+    raise TimeoutError(f"Onionbalance did not publish {master[:12]}… within {timeout:g} s")
+
+
+def report(result: dict[str, Any]) -> None:
+    print()
+    print("phase            system        @period  ok/total (1st try)   p50    p95  "
+          "stopped  back")
+    for row in result["rows"]:
+        print(f"{row['phase']:<16} {row['system']:<13} {row['at_period_fraction']:>6}  "
+              f"{row['ok']:>3}/{row['gets']:<3} ({row['ok_first_try']:>3})      "
+              f"{fmt(row['p50']):>6} {fmt(row['p95']):>6}  {fmt(row.get('stopped_after')):>6} "
+              f"{fmt(row.get('back_after')):>6}  {' '.join(row['errors'])}")
+    for system in ("onionmesh", "onionbalance"):
+        mine = [r for r in result["rows"] if r["system"] == system]
+        total = sum(r["gets"] for r in mine)
+        ok = sum(r["ok"] for r in mine)
+        steady = [r["p95"] for r in mine if r["phase"] == "steady" and r["p95"] is not None]
+        faulty = [r["p95"] for r in mine if r["phase"] != "steady" and r["p95"] is not None]
+        ratio = (statistics.median(faulty) / statistics.median(steady)
+                 if steady and faulty else None)
+        print(f"{system}: {ok}/{total} GETs ok; median p95 faults/steady "
+              f"{fmt(ratio)}x")
+    print(json.dumps(result))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cycles", type=int, default=2, help="fault cycles (at least; the "
+                        "run also lasts two time periods)")
+    parser.add_argument("--min-periods", type=float, default=2.0,
+                        help="run at least this many time periods (default 2)")
+    parser.add_argument("--outage", type=float, default=40.0)
+    parser.add_argument("--steady", type=float, default=30.0)
+    parser.add_argument("--dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    base = (args.dir or Path(tempfile.mkdtemp(prefix="omav-"))).absolute()
+    network = TorNetwork(base / "tornet", N_AUTHORITIES, supervise=False)
+    print(f"private network: {N_AUTHORITIES} authorities, files in {base}", flush=True)
+    try:
+        network.start()
+        result = asyncio.run(run(args, network, base))
+    finally:
+        network.stop()
+    report(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
