@@ -41,7 +41,9 @@ from onionmesh.hsdir.timeperiod import (
     rotation_offset_minutes,
     time_period_number,
 )
+from onionmesh.mesh.vocabulary import Role
 from onionmesh.publish.publisher import fetch_consensus
+from onionmesh.status_document import ClusterStatus, StatusDocument
 from onionmesh.testnet import SocksError, TorClient, TorNetwork
 from onionmesh.testnet.node_cluster import NodeCluster
 from onionmesh.tor.control import TorController
@@ -167,7 +169,7 @@ async def test_caching_clients_and_master_intro_points_across_a_whole_period(
         default_cluster: NodeCluster, tornet: TorNetwork, tornet_client: TorClient):
     cluster = default_cluster
     docs = await wait_healthy(cluster, timeout=300)
-    addresses = {n: docs[n]["node"]["onion_address"].removesuffix(".onion") for n in NODES}
+    addresses = {n: (docs[n].node.onion_address or "").removesuffix(".onion") for n in NODES}
     clock = await period_clock(tornet_client)
     now = time.time()
     period = clock.number(now)
@@ -215,7 +217,13 @@ async def test_caching_clients_and_master_intro_points_across_a_whole_period(
     assert all(count > 0 for _, count in watch.samples)
 
 
-def statuses_of(cluster: NodeCluster, node_ids: set[str]) -> dict[str, dict]:
+def cluster_of(doc: StatusDocument) -> ClusterStatus:
+    """The cluster section of a running node's status (present once its mesh runs)."""
+    assert doc.cluster is not None, doc
+    return doc.cluster
+
+
+def statuses_of(cluster: NodeCluster, node_ids: set[str]) -> dict[str, StatusDocument]:
     """Status of these nodes only (a stopped process's socket would not answer)."""
     docs = {n: cluster.nodes[n].status() for n in sorted(node_ids)}
     return {n: d for n, d in docs.items() if d is not None}
@@ -257,7 +265,7 @@ async def test_frozen_publisher_wakes_without_making_anyone_step_down(
     assert len(new_pubs) == 1, new_pubs
     assert no_publisher <= lease + grace + 2 * heartbeat, no_publisher
     [new] = new_pubs
-    term = cluster.statuses()[new]["cluster"]["term"]
+    term = cluster_of(cluster.statuses()[new]).term
     # After the wake-up: nobody steps down on the woken node's account; it follows the
     # new publisher as soon as it has run (its first answer may predate its first tick).
     end = time.monotonic() + 4 * lease
@@ -265,15 +273,15 @@ async def test_frozen_publisher_wakes_without_making_anyone_step_down(
     while time.monotonic() < end:
         docs = await asyncio.to_thread(cluster.statuses)
         assert cluster.publishers(docs) - {frozen} == {new}, docs
-        assert docs[new]["cluster"]["term"] == term
+        assert cluster_of(docs[new]).term == term
         if time.monotonic() > follows_at:
-            assert docs[frozen]["cluster"]["role"] == "standby", docs[frozen]["cluster"]
-            assert docs[frozen]["cluster"]["publisher"] == new
+            assert cluster_of(docs[frozen]).role == Role.STANDBY, docs[frozen].cluster
+            assert cluster_of(docs[frozen]).publisher == new
         await asyncio.sleep(0.5)  # observation period between real checks
     docs = await wait_healthy(cluster, timeout=60)
     assert publisher_of(docs) == new and plan_nodes(docs[new]) == NODES
     # The woken node uploaded nothing (so no descriptor missing live nodes).
     woken = docs[frozen]
-    assert not [u for u in (woken.get("uploads") or {}).values() if u["at"] > woke_at - 1]
+    assert not [u for u in woken.uploads.values() if u.at > woke_at - 1]
     log = cluster.nodes[frozen].log_path.read_text(errors="replace")
     assert "Woke after" in log and "built revision" not in log.split("Woke after", 1)[1]

@@ -107,6 +107,8 @@ def test_managed_tor_gets_a_unix_socks_port_for_the_fallback_only(tmp_path: Path
     write_ob_config(tmp_path / "hs", Ed25519Identity.generate().onion_address)  # as the daemon does
     text = managed_torrc(config, tmp_path / "tor", tmp_path / "hs", tmp_path / "c.sock")
     socks = [line for line in text.splitlines() if line.startswith("SocksPort")]
+    # New consensuses at once, so a period boundary is seen before clients see it.
+    assert {"FetchDirInfoEarly 1", "FetchDirInfoExtraEarly 1"} <= set(text.splitlines())
     if "fallback" in extra:
         assert socks == ["SocksPort 0"]
     else:

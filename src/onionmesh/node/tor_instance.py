@@ -86,6 +86,12 @@ def managed_torrc(config: Config, data_dir: Path, hs_dir: Path, control_socket: 
         ("Log", f"notice file {data_dir}/notice.log"),
         ("ControlSocket", str(control_socket)),
         ("CookieAuthentication", 1),
+        # Each new consensus as soon as it is published (as directory caches fetch it),
+        # not at a random moment of the following hours as clients do: at a time-period
+        # boundary the node reads its new descriptor's intro points, and the publisher
+        # uploads them, before clients move to the new period (docs/time-periods.md).
+        ("FetchDirInfoEarly", 1),
+        ("FetchDirInfoExtraEarly", 1),
     ]
     socks = [str(tor.socks_port)] if tor.socks_port else []
     if config.wireguard.enabled and config.resilience.tor_fallback_enabled:
