@@ -104,13 +104,12 @@ class Injector:
             self._flush()
 
     def knows(self, node_id: str) -> bool:
-        return bool(self.core._handshake.echo_for(node_id))
+        return bool(self.core.known_challenges().get(node_id))
 
     def send(self, body: Message) -> None:
         """Seal ``body`` as n3 (its key, its boot, the challenge each target expects)."""
         for nid in HONEST:
-            echo = self.core._handshake.echo_for(nid)
-            data = self.core._sealer.seal(body, time.time(), nid, echo)
+            data = self.core.seal(body, nid, time.time())
             host, _, port = self.addresses[nid].rpartition(":")
             self.sock.sendto(data, (host, int(port)))
 

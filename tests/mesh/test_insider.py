@@ -32,6 +32,7 @@ from onionmesh.mesh.messages import (
 from onionmesh.mesh.roster import MemberEntry, Revocation
 
 from .netloop import AUTHORITY, SECRET, Net, identity
+from .thief import Thief
 
 CFG = MeshConfig()
 HONEST = ("a", "b")
@@ -55,8 +56,7 @@ def cluster(roster: bool = True, thief_may_publish: bool = False) -> Net:
 
 
 def seal(net: Net, thief: str, dst: str, body: Message) -> bytes:
-    core = net.cores[thief]
-    return core._sealer.seal(body, net.local(thief), dst, core._handshake.echo_for(dst))
+    return Thief(net, thief).seal(body, dst)
 
 
 def attack(net: Net, body: Message, thief: str = "c", targets=HONEST) -> None:
@@ -180,15 +180,9 @@ def test_no_key_from_gossip_or_first_contact() -> None:
     ]
     attack(net, PeerList(fake))
     # Squat the next joiner's id: sign as "d" with the thief's key.
-    core = net.cores["c"]
+    thief = Thief(net, "c")
     for dst in HONEST:
-        squat = core._sealer
-        squat.node_id = "d"
-        try:
-            net.inject(dst, squat.seal(heartbeat(), net.local("c"), dst,
-                                       core._handshake.echo_for(dst)), "c:7000")
-        finally:
-            squat.node_id = "c"
+        net.inject(dst, thief.seal(heartbeat(), dst, as_id="d"), "c:7000")
     net.run_until(net.now + 2 * CFG.heartbeat_interval)
     for n in HONEST:
         assert "d" not in net.cores[n].peers()
@@ -202,13 +196,7 @@ def test_no_key_from_gossip_or_first_contact() -> None:
     # After a restart, b cannot be impersonated either (its key comes from the roster).
     net.restart("a")
     net.run_until(net.now + 1)
-    forged = net.cores["c"]._sealer
-    forged.node_id = "b"
-    try:
-        net.inject("a", forged.seal(heartbeat(), net.local("c"), "a",
-                                    net.cores["c"]._handshake.echo_for("a")), "c:7000")
-    finally:
-        forged.node_id = "c"
+    net.inject("a", Thief(net, "c").seal(heartbeat(), "a", as_id="b"), "c:7000")
     net.run_until(net.now + 1)
     assert net.cores["a"].rejections["forged"] >= 1
 
@@ -254,9 +242,7 @@ def test_revoked_node_is_refused_within_one_heartbeat_and_after_restarts() -> No
     # And a signed entry for the revoked key is refused even if replayed in gossip.
     old_entry = AUTHORITY.sign_entry(MemberEntry("c", identity("c").public_key, False, 1))
     attack_body = RosterUpdate([old_entry], [])
-    net.inject("a", net.cores["b"]._sealer.seal(attack_body, net.local("b"), "a",
-                                                net.cores["b"]._handshake.echo_for("a")),
-               "b:7000")
+    net.inject("a", Thief(net, "b").seal(attack_body, "a"), "b:7000")
     net.run_until(net.now + 1)
     assert "c" not in net.cores["a"].peers()
     assert net.cores["a"].rejections["roster_revoked"] >= 1
@@ -287,7 +273,7 @@ def test_peer_list_flood_is_bounded(roster: bool) -> None:
             assert set(peers) <= {"a", "b", "c"}
         else:
             assert len(peers) <= 2 + 64  # the flooder's share: GOSSIP_ADDS_PER_SENDER
-        assert len(list(net.cores[n]._handshake.items())) <= len(peers) + 64
+        assert len(net.cores[n].known_challenges()) <= len(peers) + 64
     assert_undisturbed(net, before)
     # A new member still gets in (the handshake cache was not filled by hearsay).
     net.add(identity("d", 10))
@@ -321,16 +307,12 @@ def test_fake_ids_cannot_take_intro_point_slots() -> None:
     before = snapshot(net)
     # A PeerList naming 20 fake nodes, then IntroPoints "from" them: nobody accepts.
     attack(net, PeerList(_fake_peers(20, "ghost")))
-    core = net.cores["c"]
+    thief = Thief(net, "c")
     for i in range(20):
         sets = {1: [f"ghost{i}-ip".encode()]}
         body = IntroPoints(intro_digest(sets), sets)
-        core._sealer.node_id = f"ghost{i}"
-        try:
-            for dst in HONEST:
-                net.inject(dst, core._sealer.seal(body, net.local("c"), dst, b""), "c:7000")
-        finally:
-            core._sealer.node_id = "c"
+        for dst in HONEST:
+            net.inject(dst, thief.seal(body, dst, as_id=f"ghost{i}", echo=b""), "c:7000")
     # c's own slots: however many intro points it sends, the plan shares fairly.
     many = {1: [f"c-x{i}".encode() for i in range(20)]}
     attack(net, IntroPoints(intro_digest(many), many))
@@ -388,7 +370,7 @@ def test_invented_ids_cannot_fill_the_handshake_cache_without_a_roster() -> None
         for data, addr in ghost.datagrams_to_send(net.local("a")):
             if addr.startswith("a:"):
                 a.receive_datagram(data, f"ghost{i}:7000", net.local("a"))
-    assert len(list(a._handshake.items())) <= 3 + 64
+    assert len(a.known_challenges()) <= 3 + 64
     net.add(identity("d", 10))
     net.run_until(net.now + 3 * CFG.heartbeat_interval)
     assert a.peers()["d"].state == "alive"

@@ -31,6 +31,7 @@ from onionmesh.mesh.roster import AuthorityKey, MemberEntry
 
 from .netloop import AUTHORITY, Net
 from .test_insider import CFG, HONEST, cluster, identity
+from .thief import Thief
 
 U63 = st.integers(0, 2**63 - 1)
 U32 = st.integers(0, 2**32 - 1)
@@ -126,10 +127,8 @@ class InsiderWithoutPublishRights(RuleBasedStateMachine):
         }
 
     def _inject(self, dst: str, body: Message, echo: bool) -> None:
-        core = self.net.cores["c"]
-        challenge = core._handshake.echo_for(dst) if echo else b""
         try:
-            data = core._sealer.seal(body, self.net.local("c"), dst, challenge)
+            data = Thief(self.net, "c").seal(body, dst, echo=None if echo else b"")
         except Exception:
             return  # the thief's own sealer refuses (oversized): nothing sent
         self.net.inject(dst, data, "c:7000")

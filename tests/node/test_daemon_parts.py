@@ -119,7 +119,6 @@ def test_intro_source_takes_exactly_the_period_and_bridges_only_a_period_nobody_
     assert control.intro_source(13) == []
     control.plan = PublishPlan(1, 2, {11: (("n1", encode_intro_point(b)),),
                                       12: (("n2", encode_intro_point(c)),)}, 0)
-    control._decoded = {}
     assert control.intro_source(12) == [c]  # n1's set for 12 unknown: n1 is left out
 
 
@@ -282,8 +281,8 @@ def test_a_fetched_descriptor_counts_only_after_this_tors_upload():
     assert feed.current_sets() == {10: (own,)}  # fetched at 50, before the upload at 60
     feed.fetched.sets.update(IntroSet(addr, 11, b"m" * 32, 4, (new_point,), "hsfetch", 70.0))
     assert feed.current_sets() == {10: (own,), 11: (encode_intro_point(new_point),)}
-    feed._share()
-    feed._share()  # unchanged sets are shared once
+    feed.share()
+    feed.share()  # unchanged sets are shared once
     assert len(shared) == 1
 
 
@@ -314,15 +313,15 @@ def test_a_new_time_period_triggers_a_fetch_and_tracks_the_fetchable_blinded_key
     consensus = _consensus_at(1_700_000_000)
     feed.note_consensus(consensus)
     period, _ = fetch_period(consensus, consensus.valid_after + 1)
-    assert feed.fetch_period == period and feed._fetch_now.is_set()
+    assert feed.fetch_period == period and feed.fetch_pending
     key = decode_onion_address(node.removesuffix(".onion"))
-    assert feed._fetch_key == b64_nopad(blind_public_key(key, period, feed.period_length))
-    feed._fetch_now.clear()
+    assert feed.fetch_blinded_key == b64_nopad(blind_public_key(key, period, feed.period_length))
+    assert feed.begin_fetch() == []  # the fetch loop takes the request
     feed.note_consensus(consensus)  # same period: no extra fetch
-    assert not feed._fetch_now.is_set()
+    assert not feed.fetch_pending
     later = _consensus_at(consensus.valid_after + feed.period_length * 60)
     feed.note_consensus(later)
-    assert feed.fetch_period == period + 1 and feed._fetch_now.is_set()
+    assert feed.fetch_period == period + 1 and feed.fetch_pending
 
 
 async def test_a_peer_added_at_runtime_is_discovered():
@@ -397,10 +396,10 @@ async def test_events_become_log_lines_alerts_and_metrics(tmp_path: Path, caplog
                                          "cluster MAC does not verify", "10.0.0.9:7443"))
     hsdir = "B" * 40
     # The publish core's streak (tor's FAILED answers and our own timeouts) is the alert.
-    daemon._on_publish_event(PublishEvent(
+    daemon.on_publish_event(PublishEvent(
         PublishEventKind.FAILURE_STREAK, f"HSDir {hsdir} failed 3 uploads in a row "
         "(last: TIMEOUT)", hsdir=hsdir, streak=3))
-    daemon._on_publish_event(PublishEvent(PublishEventKind.UPLOAD_FAILED, "not an alert",
+    daemon.on_publish_event(PublishEvent(PublishEventKind.UPLOAD_FAILED, "not an alert",
                                           hsdir=hsdir))
     await daemon.alerts_delivered(timeout=20)
     sent = [json.loads(line) for line in alerts.read_text().splitlines() if line]

@@ -28,10 +28,10 @@ GHOST = "0123456789ABCDEF0123456789ABCDEF01234567"  # no relay has this identity
 class GhostPublisher(Publisher):
     """Adds one unreachable HSDir to every period's targets."""
 
-    def _targets_from(self, consensus, now: float) -> dict[int, PeriodTarget]:
+    def targets_from(self, consensus, now: float) -> dict[int, PeriodTarget]:
         return {
             n: PeriodTarget(t.period, t.blinded, (*t.hsdirs, GHOST))
-            for n, t in super()._targets_from(consensus, now).items()
+            for n, t in super().targets_from(consensus, now).items()
         }
 
 
@@ -39,15 +39,26 @@ async def wait_for(predicate, timeout: float) -> None:
     await aeventually(predicate, timeout=timeout, what="publisher state", interval=0.1)
 
 
-def _record_posts(publisher: Publisher, posts: list) -> None:
-    """Append (hsdir, period) of every HSPOST the publisher makes to ``posts``."""
-    original_post = publisher._post
+class RecordingController:
+    """The publishing tor's controller, noting every HSPOST (HSDir, descriptor text)."""
 
-    async def recording_post(post):
-        posts.append((post.hsdir, post.period))
-        await original_post(post)
+    def __init__(self, inner: TorController) -> None:
+        self.inner = inner
+        self.raw: list[tuple[str, str]] = []
 
-    publisher._post = recording_post
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    async def hs_post(self, descriptor: str, *, server, hs_address: str,
+                      timeout: float | None = None) -> None:
+        self.raw.append((server, descriptor))
+        await self.inner.hs_post(descriptor, server=server, hs_address=hs_address,
+                                 timeout=timeout)
+
+    def posts(self, publisher: Publisher) -> list[tuple[str, int]]:
+        """(hsdir, period) of every HSPOST; each posted text must be a period's descriptor."""
+        period_of = {publisher.tracker.descriptor(p): p for p in publisher.targets}
+        return [(hsdir, period_of[text]) for hsdir, text in self.raw]
 
 
 async def test_refusing_hsdir_is_retried_and_others_are_not_reposted(tornet, tornet_client):
@@ -58,17 +69,17 @@ async def test_refusing_hsdir_is_retried_and_others_are_not_reposted(tornet, tor
     try:
         watcher = NodeIntroWatcher(node.onion_address, period_length=lambda: 8, own=own)
         await wait_for_intro(watcher)
-        posts: list[tuple[str, int]] = []
+        recorder = RecordingController(ctl)
         retry = RetryPolicy(max_retries=2, base_delay=0.5, max_delay=2.0, jitter=0.2)
         publisher = GhostPublisher(
-            ctl, Ed25519Identity.generate(),
+            recorder, Ed25519Identity.generate(),  # type: ignore[arg-type]
             lambda p: node_points(watcher, p), retry=retry,
             rng=random.Random(5),
         )
-        _record_posts(publisher, posts)
         await publisher.start()
         await wait_for(lambda: publisher.targets and publisher.tracker.settled()
                        and publisher.builds == 2, 60)
+        posts = recorder.posts(publisher)
         for period, target in publisher.targets.items():
             real = set(target.hsdirs) - {GHOST}
             assert len(real) == 8
@@ -139,14 +150,15 @@ async def test_unreachable_hsdir_times_out_is_retried_and_others_are_not_reposte
         victim = sorted(shared)[0]  # responsible for both descriptors
         await ctl.set_conf({"ExcludeNodes": f"${victim}", "StrictNodes": "1"})
 
-        posts: list[tuple[str, int]] = []
+        recorder = RecordingController(ctl)
         retry = RetryPolicy(max_retries=1, base_delay=0.5, max_delay=1.0, jitter=0.1,
                             upload_timeout=8.0)
-        publisher = Publisher(ctl, master, lambda p: node_points(watcher, p),
+        publisher = Publisher(recorder, master,  # type: ignore[arg-type]
+                              lambda p: node_points(watcher, p),
                               retry=retry, rng=random.Random(9))
-        _record_posts(publisher, posts)
         await publisher.start()
         await wait_for(lambda: publisher.builds == 2 and publisher.tracker.settled(), 90)
+        posts = recorder.posts(publisher)
         for period, target in publisher.targets.items():
             others = set(target.hsdirs) - {victim}
             assert publisher.tracker.with_status(period, UploadStatus.UPLOADED) == others

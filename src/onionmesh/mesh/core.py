@@ -267,6 +267,24 @@ class MeshCore:
 
     # ------------------------------------------------------------------ outputs
 
+    def known_challenges(self) -> dict[str, bytes]:
+        """node id -> the challenge of its current boot, learnt from its messages.
+
+        What this node echoes in every datagram to that node (challenges are public:
+        each message carries its sender's); bounded by the handshake cache's size.
+        """
+        return {node_id: entry.challenge for node_id, entry in self._handshake.items()}
+
+    def seal(self, body: Message, to: str, now: float, echo: bytes | None = None) -> bytes:
+        """``body`` sealed as this node for ``to``: this boot, the next sequence number and
+        (unless ``echo`` is given) the challenge learnt from ``to``.
+
+        Neither checked nor queued, unlike what the core sends by itself: for whoever
+        speaks as this node outside the protocol (tools; tests playing a captured node).
+        """
+        return self._sealer.seal(body, now, to,
+                                 self._handshake.echo_for(to) if echo is None else echo)
+
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, str]]:
         out, self._outbox = self._outbox, []
         return out

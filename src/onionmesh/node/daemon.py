@@ -291,12 +291,12 @@ class NodeDaemon:
                 controller, keys.master, self.clock, self.guard,
                 RetryPolicy(max_retries=config.hsdir_max_retries),
                 client_auth_keys=config.master.client_auth_keys(),
-                timing=timing, hs_desc=self.tor.hs_desc, on_event=self._on_publish_event,
+                timing=timing, hs_desc=self.tor.hs_desc, on_event=self.on_publish_event,
             )
             driver = self.driver
             self.standby_checks = StandbyChecks(
                 controller, keys.master, self.clock, driver.core.known_intro_points,
-                timing=timing, hs_desc=self.tor.hs_desc, on_event=self._on_publish_event,
+                timing=timing, hs_desc=self.tor.hs_desc, on_event=self.on_publish_event,
             )
             if not driver.core.is_publisher:
                 self.standby_checks.start()
@@ -457,7 +457,7 @@ class NodeDaemon:
         if entry is not None:
             self.metrics.record_upload(entry.hsdir, entry.result == "uploaded")
 
-    def _on_publish_event(self, event: PublishEvent) -> None:
+    def on_publish_event(self, event: PublishEvent) -> None:
         """The publish core's events (already logged by the Publisher): alerts, conflicts."""
         if event.kind is PublishEventKind.SIGNING_FAILURES:
             self._alert(Alert("signing_failure", self.config.node_id, event.message))

@@ -122,6 +122,22 @@ class IntroFeed:
             self._fetch_key = self._blinded_b64(current)
             self._fetch_now.set()
 
+    @property
+    def fetch_blinded_key(self) -> str:
+        """The blinded key (base64, as in HS_DESC) of the period HSFETCH brings."""
+        return self._fetch_key
+
+    @property
+    def fetch_pending(self) -> bool:
+        """Whether a fetch is due now (new period, or an HSDir took a new upload)."""
+        return self._fetch_now.is_set()
+
+    def begin_fetch(self) -> list[str]:
+        """Take the pending fetch request: the HSDirs that just took tor's new upload."""
+        self._fetch_now.clear()
+        servers, self._fetch_from = sorted(self._fetch_from), set()
+        return servers
+
     def _blinded_b64(self, period: int) -> str:
         key = decode_onion_address(self.node_address)
         return b64_nopad(blind_public_key(key, period, self.period_length))
@@ -196,7 +212,8 @@ class IntroFeed:
             return None
         return fetched
 
-    def _share(self) -> None:
+    def share(self) -> None:
+        """Hand the current sets to ``on_sets`` if they changed since the last time."""
         sets = self.current_sets()
         if sets != self.last_shared:
             self.last_shared = sets
@@ -208,7 +225,7 @@ class IntroFeed:
                 await self.own.poll_once()
             except (OnionmeshError, ControlError, OSError) as exc:
                 log.warning("reading this node's descriptor from tor failed: %s", exc)
-            self._share()
+            self.share()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_interval):
@@ -216,11 +233,10 @@ class IntroFeed:
 
     async def _fetch_loop(self) -> None:
         while True:
-            self._fetch_now.clear()
-            servers, self._fetch_from = sorted(self._fetch_from), set()
+            servers = self.begin_fetch()
             try:
                 if await self.fetched.poll_once(servers):
-                    self._share()
+                    self.share()
             except (OnionmeshError, ControlError, OSError) as exc:
                 log.debug("HSFETCH of this node's address failed: %s", exc)
             if self._fetch_from:

@@ -93,11 +93,22 @@ class PublisherControl:
         self.clock = clock
         self.guard = guard
         self.retry = retry
-        self.plan: PublishPlan | None = None
+        self._plan: PublishPlan | None = None
         self.publisher: GuardedPublisher | None = None
         self._task: asyncio.Task[None] | None = None
         self._decoded: dict[int, list[IntroPoint]] = {}
         self.requests = 0
+
+    @property
+    def plan(self) -> PublishPlan | None:
+        """The plan being published (None: none requested, or detached)."""
+        return self._plan
+
+    @plan.setter
+    def plan(self, plan: PublishPlan | None) -> None:
+        # The decoded intro points belong to the plan they came from.
+        self._plan = plan
+        self._decoded = {}
 
     @property
     def active(self) -> bool:
@@ -106,7 +117,6 @@ class PublisherControl:
     def request(self, plan: PublishPlan) -> None:
         """A PublishRequested from the core: publish this plan (starting if needed)."""
         self.plan = plan
-        self._decoded = {}
         self.requests += 1
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="publisher-control")
@@ -122,7 +132,6 @@ class PublisherControl:
         task, self._task = self._task, None
         publisher, self.publisher = self.publisher, None
         self.plan = None
-        self._decoded = {}
         return self._stop(task, publisher)
 
     async def stop(self) -> None:

@@ -231,8 +231,8 @@ class Publisher:
 
     # -- consensus ----------------------------------------------------------------------------
 
-    def _targets_from(self, consensus: Consensus, now: float) -> dict[int, PeriodTarget]:
-        """Both periods' targets (tests override this to add an unreachable HSDir)."""
+    def targets_from(self, consensus: Consensus, now: float) -> dict[int, PeriodTarget]:
+        """Both periods' targets for ``consensus`` at ``now`` (a subclass may add HSDirs)."""
         return plan_targets(self.master, consensus, now, self._blinded)
 
     async def refresh_consensus(self) -> None:
@@ -241,7 +241,7 @@ class Publisher:
         now = self.clock()
         self.consensus = consensus
         self._next_consensus = now + self.consensus_poll
-        self.core.set_targets(self._targets_from(consensus, now), now,
+        self.core.set_targets(self.targets_from(consensus, now), now,
                               fetchable=fetch_period(consensus, now)[0])
 
     # -- the loop -----------------------------------------------------------------------------
