@@ -111,6 +111,8 @@ class Browser:
                 code = getattr(exc, "code", None)
                 self.gets.append(Get(started, False, True, None, None,
                                      f"socks 0x{code:02X}" if code else "timeout/closed"))
+            except Exception as exc:  # any other failure is a failed GET, never the end
+                self.gets.append(Get(started, False, True, None, None, type(exc).__name__))
 
 
 # ----------------------------------------------------------------------------- faults
