@@ -201,7 +201,9 @@ def test_existing_tor_with_its_own_node_service_publishes(
 ):
     """``[tor] managed = false``: onionmesh uses a tor it did not start, and leaves it running."""
     name, port = backend
-    setup = make_cluster(tmp_path / "n1")
+    # [service] ports names what the operator's torrc forwards to: the node's self-check
+    # probes it (with the default 127.0.0.1:8080 the node would withdraw, rightly).
+    setup = make_cluster(tmp_path / "n1", service_port=port)
     # The operator's tor: an Onionbalance-style instance of the master (ob_config + option).
     service = tornet.add_onion_service("nodeexisting", target_port=port,
                                        ob_master=setup.master_address)
