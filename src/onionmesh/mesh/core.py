@@ -201,7 +201,9 @@ class MeshCore:
         self._generation = 0
         self._published_count = 0
         self._warm_until = float("-inf")
-        self._members_digest: bytes | None = None
+        # the ids the members digest was last computed from, and that digest
+        self._members_key: tuple[str, ...] = ()
+        self._members_digest = b""
         self._pending_addrs: set[str] = set()
         self._conflicts_seen: set[tuple[str, int]] = set()
         self._intro_seq: dict[str, tuple[int, int]] = {}
@@ -369,7 +371,6 @@ class MeshCore:
         events, changed = self.membership.tick(now)
         if events or changed:
             self._events.extend(events)
-            self._members_digest = None
             self._plan_dirty = True
         free = self.election.free_at()
         if free is not None and now >= free:
@@ -463,7 +464,6 @@ class MeshCore:
         self._events.append(PeerRemoved(node_id))
         if self.election.publisher_id == node_id:
             self.election.on_release(node_id, self.election.term, now)
-        self._members_digest = None
         self._plan_dirty = True
         self._after_input(now)
 
@@ -643,11 +643,13 @@ class MeshCore:
                     )
 
     def _members(self) -> bytes:
-        if self._members_digest is None:
-            ids = [self.node_id, *self.membership.live_ids()]
-            if self.roster is not None:
-                # Any roster difference shows as a digest mismatch: peers then resend.
-                ids.append("roster:" + self.roster.digest().hex())
+        ids = (self.node_id, *self.membership.live_ids())
+        if self.roster is not None:
+            # Any roster difference shows as a digest mismatch: peers then resend.
+            ids = (*ids, "roster:" + self.roster.digest().hex())
+        # Keyed on its inputs, so no change of members or roster can leave it stale.
+        if ids != self._members_key:
+            self._members_key = ids
             self._members_digest = members_digest(ids)
         return self._members_digest
 
@@ -814,7 +816,6 @@ class MeshCore:
         self._events.extend(events)
         recovered = any(isinstance(e, PeerRecovered) for e in events)
         if rec.state != before:
-            self._members_digest = None
             self._plan_dirty = True
         restarted = new_boot and rec.boot not in (0, signed.boot)
         if new_boot:
@@ -857,7 +858,6 @@ class MeshCore:
         events = self.membership.depart(rec, now)
         if events:
             self._events.extend(events)
-            self._members_digest = None
             self._plan_dirty = True
 
     def _on_heartbeat(
@@ -1029,7 +1029,6 @@ class MeshCore:
             if not may_publish and self.election.is_publisher:
                 self._step_down(now, StepDownCause.NOT_ALLOWED,
                                 "this node's roster entry may no longer publish", None)
-        self._members_digest = None
         self._plan_dirty = True
         self._events.append(
             RosterChanged(
