@@ -276,3 +276,49 @@ def test_failed_passes_in_a_row_are_one_event_and_recovery_another():
     assert back.message == "Publish passes work again after 5 failures"
     core.on_pass_succeeded()
     assert events(core) == []
+
+
+def test_rebuilding_the_fetchable_period_reposts_the_other_one_everywhere():
+    # A healed partition's loser (or a stray) may have put a higher revision on the
+    # HSDirs of both periods. Our rebuild of the fetchable period silently replaces the
+    # only copy a check could have seen, so the unfetchable one must be replaced too.
+    core, signer = make()
+    posts, _ = start(core)
+    accept_all(core, posts, T0)
+    second = core.tracker.revision(SECOND)
+    events(core)
+    core.set_intro_points({FIRST: points("a", "b", "d"), SECOND: points("a", "b", "c")},
+                          T0 + 10)
+    posts, _ = drain(core)
+    assert [b[0] for b in signer.built[-2:]] == [FIRST, SECOND]
+    assert core.tracker.revision(SECOND) > second
+    assert sorted(p.hsdir for p in posts if p.period == SECOND) == sorted(TARGETS[SECOND].hsdirs)
+    built = [e.message for e in events(core) if e.kind is PublishEventKind.BUILT]
+    assert any(f"period {SECOND}" in m and "(with-fetchable-period)" in m for m in built)
+
+
+def test_the_other_period_follows_once_the_build_interval_allows():
+    core, signer = make(min_build_interval=5.0)
+    posts, _ = start(core)
+    accept_all(core, posts, T0)
+    core.set_intro_points({FIRST: points("a", "b", "c"), SECOND: points("a", "b", "x")},
+                          T0 + 10)
+    core.set_intro_points({FIRST: points("a", "b", "y"), SECOND: points("a", "b", "x")},
+                          T0 + 12)
+    assert signer.built[-1][0] == FIRST  # SECOND was built 2 s ago: not yet
+    second = core.tracker.revision(SECOND)
+    timer = core.get_timer()
+    assert timer is not None and timer <= T0 + 15
+    core.handle_timer(T0 + 15)
+    assert signer.built[-1][0] == SECOND and core.tracker.revision(SECOND) > second
+
+
+def test_rebuilding_only_the_unfetchable_period_leaves_the_fetchable_one():
+    # The fetchable period's copies are what the checks look at: leave them in place.
+    core, signer = make()
+    posts, _ = start(core)
+    accept_all(core, posts, T0)
+    builds = len(signer.built)
+    core.set_intro_points({FIRST: points("a", "b", "c"), SECOND: points("a", "b", "z")},
+                          T0 + 10)
+    assert [b[0] for b in signer.built[builds:]] == [SECOND]

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from onionmesh.publish.core import PublishCore, Verdict
-from onionmesh.sim.publishing import STRAY, convergence_bound
+from onionmesh.sim.publishing import STRAY, Stored, convergence_bound
 from onionmesh.sim.runner import make_factory, nodes_for_seed, run_seed
 from onionmesh.sim.scenario import SimParams
 from onionmesh.sim.simulation import Simulation
@@ -58,4 +58,46 @@ def test_stray_publisher_is_detected_and_superseded_everywhere(seed: int) -> Non
     sim.run_until(stray_at + sim.bounds.settle + convergence_bound(1.0))
     assert sim.stats.foreign_reports >= 1
     [pub] = [n for n in sim.nodes if n.core is not None and n.core.is_publisher]
+    assert publishing.check_converged(pub) is None
+
+
+def test_seed_1142_partition_loser_copies_of_the_next_period_are_replaced() -> None:
+    # A 3-way partition makes n01 and n02 publish at once; n02 sees n01's descriptor,
+    # supersedes it on the HSDirs of both periods and is killed. n01's own rebuild of the
+    # fetchable period (an intro point rotated) replaced n02's copies there before a
+    # check could see one, so n02's higher revision stayed on the next period's HSDirs.
+    sims: list[Simulation] = []
+    result = run_seed(1142, 4, "fast", 1, quick=True, keep_trace=True, prepare=sims.append)
+    assert result.ok, result.summary()
+    assert result.checks["hsdir"] == 1
+    details = [d for _, kind, _, d in sims[0].trace.records if kind == "publish"]
+    assert any("(with-fetchable-period)" in d for d in details)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_rebuilding_the_fetchable_period_replaces_an_unseen_copy_of_the_next(seed: int) -> None:
+    # The same situation by hand: a publisher of the cluster that lost a partition left
+    # a higher revision with its (older) intro points on every HSDir of both periods; the
+    # winner rebuilds the fetchable period at once (its intro points changed), so the
+    # checks never see the loser's copy.
+    sim = _quiet(4, seed)
+    sim.run_until(sim.bounds.stable_window)
+    publishing = sim.publishing
+    assert publishing is not None
+    [pub] = [n for n in sim.nodes if n.core is not None and n.core.is_publisher]
+    assert publishing.check_converged(pub) is None
+    core = publishing.slots[pub.index].core
+    loser = next(n for n in sim.nodes if n is not pub).spec.node_id + "#1"
+    for period in publishing.model.periods:
+        revision = core.tracker.revision(period)
+        keys = core.intro_keys_of(period, revision)
+        assert revision is not None and keys
+        stale = frozenset(sorted(keys)[1:]) | {b"\x01" * 16}
+        for hsdir in publishing.model.hsdirs[period]:
+            assert publishing.model.post(period, hsdir, Stored(revision + 1, loser, stale))
+    fetchable = publishing.model.fetchable
+    pub.intro_sets[fetchable].append(sim._new_ip())
+    sim._give_intro_points(pub.index, pub.incarnation)
+    sim.run_until(sim.t + sim.bounds.settle + convergence_bound(1.0))
+    assert sim.stats.foreign_reports == 0  # the checks never saw the loser's copy
     assert publishing.check_converged(pub) is None

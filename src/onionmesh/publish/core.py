@@ -41,8 +41,10 @@ of the tor client's *current* time period (``fetch_period``), whatever SERVER= s
 The other descriptor (the next period's, or the previous one's between a new time
 period and the new SRV) cannot be fetched through tor's control port. It is covered
 indirectly: a foreign descriptor in the fetchable period rebuilds and re-posts both,
-and once tor's clock moves into the next period that descriptor becomes the fetchable
-one. A rejection of the unfetchable period falls back to a newer revision, as before.
+every build of the fetchable period rebuilds the other one too (ours silently replaces
+the only copy a check could have seen), and once tor's clock moves into the next period
+that descriptor becomes the fetchable one. A rejection of the unfetchable period falls
+back to a newer revision, as before.
 """
 
 from __future__ import annotations
@@ -612,12 +614,22 @@ class PublishCore:
                     and self._forced.get(decision.period) is Reason.CONFLICT):
                 decisions[index] = Decision(decision.period, Action.BUILD, Reason.CONFLICT)
         decided = {d.period for d in decisions}
+        if any(d.action is Action.BUILD and d.period == self.fetchable for d in decisions):
+            # Our new revision silently replaces whatever the fetchable period's HSDirs
+            # held, and that copy is the only sign we can see of a foreign publisher
+            # (a healed partition's loser, a stray) that also uploaded the unfetchable
+            # period. Once it is gone nothing would ever replace the other period's
+            # foreign copy, so rebuild that one too, above it, everywhere.
+            for period in self.built:
+                if period != self.fetchable and period in wanted and wanted[period].intro_key:
+                    self._force(period, Reason.WITH_FETCHABLE)
         for period, why in sorted(self._forced.items()):
             have = self.built.get(period)
-            if (period not in decided and why is Reason.CONFLICT and period in wanted
+            if (period not in decided and why in (Reason.CONFLICT, Reason.WITH_FETCHABLE)
+                    and period in wanted
                     and wanted[period].intro_key and have is not None
                     and now - have.built_at >= self.policy.min_interval):
-                decisions.append(Decision(period, Action.BUILD, Reason.CONFLICT))
+                decisions.append(Decision(period, Action.BUILD, why))
         for decision in decisions:
             self._apply(decision, wanted.get(decision.period), now)
 

@@ -12,6 +12,8 @@ from live data) and what it last *built*; the policy answers what to do:
   and post it only where it is missing;
 - only the HSDir set changed: no rebuild, post the current descriptor to the
   new HSDirs (``retarget``);
+- (decided by ``PublishCore``, not here) a conflict, or a build of the other
+  period that tor lets us check (``WITH_FETCHABLE``): build, re-post everywhere;
 - a period no longer served: drop it.
 
 Rebuilds of one period are at least ``min_interval`` apart: tor's revision
@@ -34,6 +36,8 @@ class Reason(enum.StrEnum):
     REFRESH = "lifetime-refresh"
     REJECTED = "revision-rejected"
     CONFLICT = "conflict"  # a foreign descriptor on the HSDirs: supersede it everywhere
+    # The fetchable period was rebuilt: the other one goes with it (see PublishCore._decide).
+    WITH_FETCHABLE = "with-fetchable-period"
     HSDIRS_CHANGED = "hsdirs-changed"
     PERIOD_GONE = "period-rotated-out"
 
