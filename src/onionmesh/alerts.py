@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 ALERT_KINDS = (
     "node_dead", "node_recovered", "takeover", "upload_failure_streak", "key_problem",
-    "clock_problem", "conflict", "node_withdrawn", "node_restored",
+    "clock_problem", "clock_hold", "conflict", "node_withdrawn", "node_restored",
 )
 
 

@@ -6,14 +6,20 @@ started) go backwards so HSDirs refuse uploads, and the node picks the wrong
 time period. So the clock is checked on startup and before signing
 (docs/scenarios.md §8).
 
-Two independent signals are used:
+Three signals are used:
 
 * the kernel's NTP discipline status (``adjtimex``): "synchronised" means an
   NTP daemon is steering the clock. Containers and test machines often have
   none, so an unsynchronised kernel clock alone is only a warning;
 * the tor consensus: its ``valid-after``..``valid-until`` window was signed by
   the directory authorities, so a local clock outside that window (plus the
-  tolerance) is wrong, whatever NTP says.
+  tolerance) is wrong, whatever NTP says. On the real network that window is
+  hours wide, so it only catches gross errors;
+* the cluster's peers: the median of the live peers' clocks and ours
+  (``onionmesh.mesh.clock_offset``), checked to ``[resilience]
+  clock_skew_tolerance``: this is what catches a clock minutes off. A node
+  alone (no live peer) falls back to the consensus window, which always applies
+  as well; the assessment says which check judged the offset (``ClockBasis``).
 
 ``assess_clock`` is pure; ``kernel_ntp_synchronized`` is the only I/O here.
 """
@@ -24,8 +30,11 @@ import ctypes
 import ctypes.util
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+
+from onionmesh.mesh.clock_offset import median_offset
 
 # struct timex from <sys/timex.h>; only `status` is read, the rest is sized
 # generously so the kernel never writes past the buffer.
@@ -66,11 +75,22 @@ class ClockVerdict(Enum):
     BAD = "bad"        # outside the consensus window: signing would produce refused descriptors
 
 
+class ClockBasis(Enum):
+    """Which check judged the clock's offset."""
+
+    PEERS = "peers_median"          # the median of the live peers' clocks and ours
+    CONSENSUS = "consensus_window"  # alone: tor's consensus validity window
+    NONE = "none"                   # alone and no consensus yet: only the kernel status
+
+
 @dataclass(frozen=True)
 class ClockAssessment:
     verdict: ClockVerdict
     reasons: tuple[str, ...]
-    offset_hint: float | None = None  # seconds our clock is ahead (+) or behind (-) the window
+    offset_hint: float | None = None  # seconds our clock is ahead (+) or behind (-)
+    basis: ClockBasis = ClockBasis.NONE
+    peers: int = 0  # live peers whose clocks went into the median
+    outside_window: bool = False  # outside tor's consensus window (a gross error)
 
     @property
     def message(self) -> str:
@@ -86,22 +106,42 @@ def assess_clock(
     consensus_valid_after: float | None = None,
     consensus_valid_until: float | None = None,
     tolerance: float = 30.0,
+    peer_offsets: Sequence[float] = (),
+    skew_tolerance: float = 30.0,
 ) -> ClockAssessment:
-    """Judge ``now`` against the kernel NTP status and a consensus validity window."""
+    """Judge ``now`` against the kernel NTP status and either the live peers' clocks
+    (``peer_offsets``: seconds our clock is ahead of each; median within
+    ``skew_tolerance``) or, with no live peer, the consensus validity window."""
     reasons: list[str] = []
     verdict = ClockVerdict.OK
     offset: float | None = None
-    if consensus_valid_after is not None and consensus_valid_until is not None:
-        if now < consensus_valid_after - tolerance:
-            offset = now - consensus_valid_after
+    basis = ClockBasis.NONE
+    outside_window = False
+    cluster_offset = median_offset(peer_offsets)
+    if cluster_offset is not None:
+        basis, offset = ClockBasis.PEERS, cluster_offset
+        if abs(cluster_offset) > skew_tolerance:
             verdict = ClockVerdict.BAD
+            side = "ahead of" if cluster_offset > 0 else "behind"
+            reasons.append(
+                f"clock is {abs(cluster_offset):.1f} s {side} the median of "
+                f"{len(peer_offsets)} live peer(s) (tolerance {skew_tolerance:g} s)"
+            )
+    # The window always applies (a whole cluster can be wrong together); it names
+    # the basis only for a node alone.
+    if consensus_valid_after is not None and consensus_valid_until is not None:
+        if basis is ClockBasis.NONE:
+            basis = ClockBasis.CONSENSUS
+        if now < consensus_valid_after - tolerance:
+            offset = now - consensus_valid_after if offset is None else offset
+            verdict, outside_window = ClockVerdict.BAD, True
             reasons.append(
                 f"clock is {-offset:.0f} s behind the consensus valid-after time "
                 f"(tolerance {tolerance:g} s)"
             )
         elif now > consensus_valid_until + tolerance:
-            offset = now - consensus_valid_until
-            verdict = ClockVerdict.BAD
+            offset = now - consensus_valid_until if offset is None else offset
+            verdict, outside_window = ClockVerdict.BAD, True
             reasons.append(
                 f"clock is {offset:.0f} s past the consensus valid-until time "
                 f"(tolerance {tolerance:g} s): clock ahead, or tor's consensus is stale"
@@ -114,7 +154,8 @@ def assess_clock(
         reasons.append("NTP synchronisation status unavailable")
         if verdict is ClockVerdict.OK:
             verdict = ClockVerdict.WARN
-    return ClockAssessment(verdict=verdict, reasons=tuple(reasons), offset_hint=offset)
+    return ClockAssessment(verdict=verdict, reasons=tuple(reasons), offset_hint=offset,
+                           basis=basis, peers=len(peer_offsets), outside_window=outside_window)
 
 
 @dataclass(frozen=True)

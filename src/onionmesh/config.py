@@ -359,6 +359,11 @@ class ResilienceSection(_Section):
     hsdir_max_retries: Retries = 3
     require_ntp_sync: bool = True
     clock_check: ClockCheck = ClockCheck.REFUSE
+    # How far this node's clock may be from the median of its live peers' clocks
+    # (and its own) before it stops claiming the lease and signing. Keep it below
+    # [coordination] clock_skew_tolerance: peers refuse datagrams beyond that window,
+    # and a node nobody hears from is judged by the consensus window alone.
+    clock_skew_tolerance: _seconds(0.5, 3600) = 10.0
 
 
 class MetricsSection(_Section):

@@ -67,8 +67,14 @@ class NodeStatus(_Section):
 class ClockStatus(_Section):
     verdict: str  # ok | bad | unknown (onionmesh.clock.ClockVerdict)
     message: str
-    offset_hint: float | None = None
+    offset_hint: float | None = None  # seconds ahead (+) of the peers' median or the window
     test_offset: float = 0.0
+    # Which check judged the offset: "peers_median" (live peers' clocks and ours),
+    # "consensus_window" (alone: tor's consensus) or "none" (alone, no consensus yet).
+    basis: str = "none"
+    peers: int = 0  # live peers in the median
+    tolerance: float | None = None  # the tolerance of that check
+    hold: str | None = None  # why this node neither claims the lease nor signs, if it does not
 
 
 class ServiceCheckStatus(_Section):

@@ -142,3 +142,18 @@ async def test_publisher_does_not_sign_with_a_bad_clock(tmp_path: Path):
     with pytest.raises(ClockRefused):
         await publisher.step()
     assert publisher.builds == 0
+
+
+def test_signing_is_refused_off_the_peers_median_inside_the_window():
+    guard = _guard(+120, mode="warn")
+    guard.check_for_signing()  # alone: 120 s is inside the consensus window
+    guard.peer_offsets = lambda: [120.0, 120.2]
+    with pytest.raises(ClockRefused, match="ahead of the median of 2 live peer"):
+        guard.check_for_signing()
+    assert guard.last is not None and guard.last.basis.value == "peers_median"
+
+
+def test_signing_is_refused_on_an_unsynchronised_kernel_clock_with_require_ntp_sync():
+    with pytest.raises(ClockRefused, match="not NTP-synchronised"):
+        _guard(0, mode="warn", ntp=True, synced=False).check_for_signing()
+    _guard(0, mode="warn", ntp=False, synced=False).check_for_signing()

@@ -59,6 +59,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from onionmesh.mesh.auth import ClusterKey, ReplayGuard, Sealer, Unverified, Verifier
+from onionmesh.mesh.clock_offset import ClockSample, live_offsets
 from onionmesh.mesh.codec import decode_sealed, decode_signed, encode, message_kind
 from onionmesh.mesh.config import MeshConfig
 from onionmesh.mesh.election import Election
@@ -185,6 +186,9 @@ class MeshCore:
         self._verifier = Verifier(key, config.clock_skew_tolerance)
         self._guard = ReplayGuard()
         self.membership = Membership(config)
+        # Why this node may not claim the lease now (set by the shell's clock check).
+        self._claim_hold: str | None = None
+        self._clock_samples: dict[str, ClockSample] = {}
         self.election = Election(
             config, identity.node_id, identity.priority, self._may_publish_self(), now
         )
@@ -255,6 +259,27 @@ class MeshCore:
 
     def peers(self) -> Mapping[str, PeerView]:
         return {node_id: rec.view() for node_id, rec in self.membership.peers.items()}
+
+    def peer_clock_offsets(self) -> dict[str, float]:
+        """How far our clock is ahead of each live peer's (from its latest datagram)."""
+        return live_offsets(self._clock_samples, self.membership.live_ids())
+
+    @property
+    def claim_hold(self) -> str | None:
+        return self._claim_hold
+
+    def hold_claims(self, reason: str | None, now: float) -> None:
+        """While ``reason`` is set this node neither claims the lease nor keeps it.
+
+        The shell's clock check sets it (a clock off the cluster's median, or an
+        unsynchronised kernel clock); None lifts it. Peers keep the node as a standby.
+        """
+        if reason == self._claim_hold:
+            return
+        self._claim_hold = reason
+        self.election.eligible = self._may_publish_self()
+        if reason is not None and self.election.is_publisher:
+            self._step_down(now, StepDownCause.CLOCK, reason, None)
 
     def known_intro_points(self) -> dict[int, list[bytes]]:
         """Every intro point this node knows, its own and its peers', per period.
@@ -570,6 +595,8 @@ class MeshCore:
         return None if rec is None else rec.public_key
 
     def _may_publish_self(self) -> bool:
+        if self._claim_hold is not None:
+            return False
         if self.roster is None:
             return self.identity.eligible
         return self.identity.eligible and self.roster.may_publish(self.node_id)
@@ -668,7 +695,7 @@ class MeshCore:
             term=self.term,
             leader=self.election.publisher_id or "",
             priority=self.identity.priority,
-            eligible=self.identity.eligible,
+            eligible=self.identity.eligible and self._claim_hold is None,
             address=self.identity.address,
             intro_digest=self._local_digest,
             intro_count=sum(len(v) for v in self._local_sets.values()),
@@ -808,6 +835,7 @@ class MeshCore:
         self._learn_challenge(sender, signed.boot, signed.challenge, rec.address, verified=True)
         self._pending_addrs.discard(addr)
         self._pending_addrs.discard(rec.address)
+        self._clock_samples[sender] = ClockSample(signed.ts_ms / 1000, now)
         if isinstance(body, Leave):
             self._on_leave(rec, body, now)  # a goodbye is not a sign of life
             return
@@ -1045,6 +1073,7 @@ class MeshCore:
         self._last_full_state.pop(node_id, None)
         self._verify_budget.pop(node_id, None)
         self._gossip_window.pop(node_id, None)
+        self._clock_samples.pop(node_id, None)
         self._events.append(PeerRemoved(node_id))
         if self.election.publisher_id == node_id:
             self.election.on_release(node_id, self.election.term, now)

@@ -49,6 +49,7 @@ class StepDownCause(enum.StrEnum):
     FOREIGN_DESCRIPTOR = "foreign_descriptor"  # the HSDirs hold a better one that is not ours
     PAUSED = "paused"  # this process did not run for longer than a lease
     NOT_ALLOWED = "not_allowed"  # the roster no longer lets this node publish
+    CLOCK = "clock"  # this node's clock is off the cluster's (or not NTP-synchronised)
 
 
 class ConflictKind(enum.StrEnum):

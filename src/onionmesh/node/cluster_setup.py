@@ -76,7 +76,7 @@ CONFIG_NAME = "onionmesh.toml"
 SHARED_TIMING = {
     "coordination": ("heartbeat_interval", "lease_duration", "lease_grace",
                      "clock_skew_tolerance"),
-    "resilience": ("dead_threshold", "removal_grace_period"),
+    "resilience": ("dead_threshold", "removal_grace_period", "clock_skew_tolerance"),
 }
 TOKEN_WARNING = (
     "This join token admits one node, once, until it expires. Until then it is a secret: "

@@ -33,7 +33,7 @@ from typing import Any
 
 from onionmesh.aio import cancel_and_wait
 from onionmesh.alerts import Alert, AlertSink
-from onionmesh.clock import Clock, ClockVerdict
+from onionmesh.clock import Clock, ClockAssessment, ClockBasis, ClockVerdict
 from onionmesh.config import Config, ConfigError, load_config
 from onionmesh.errors import OnionmeshError
 from onionmesh.mesh.core import MeshCore
@@ -142,6 +142,7 @@ class NodeDaemon:
             self.clock, mode=config.resilience.clock_check,
             require_ntp_sync=config.resilience.require_ntp_sync,
             tolerance=config.coordination.clock_skew_tolerance,
+            skew_tolerance=config.resilience.clock_skew_tolerance,
         )
         self.status_server: StatusServer | None = None
         self._metrics_server: Any = None
@@ -270,6 +271,10 @@ class NodeDaemon:
         core = MeshCore(mesh_cfg, identity, keys.cluster_secret, seeds, self.clock.now(),
                         roster=keys.roster)
         self.driver = MeshDriver(core, self.clock, self.on_mesh_event)
+        # From now on the clock is judged against the live peers' median too; a
+        # problem already known at start holds claims before the first timer runs.
+        self.guard.peer_offsets = lambda: list(core.peer_clock_offsets().values())
+        self._recheck_clock()
         if keys.accepted_secrets:
             core.set_cluster_secrets(keys.cluster_secret, keys.accepted_secrets)
             log.info("cluster secret rotation in progress: also accepting the other secret")
@@ -320,6 +325,7 @@ class NodeDaemon:
         await self.feed.start()
         self._watch(self.driver.task, "mesh timer loop")
         self._watch(asyncio.create_task(self._consensus_loop(), name="consensus"), "consensus")
+        self._watch(asyncio.create_task(self._clock_loop(), name="clock"), "clock check")
         if self.tor.hs_desc is not None:
             self.tor.hs_desc.listen(self._on_hs_desc)
         self.state = NodeState.RUNNING
@@ -435,9 +441,20 @@ class NodeDaemon:
                 self.feed.note_consensus(consensus)
             self._recheck_clock()
 
+    async def _clock_loop(self) -> None:
+        """The clock against the live peers' median every half heartbeat, so a skewed
+        node holds its claims before any lease it could win expires."""
+        interval = max(0.25, self.config.coordination.heartbeat_interval / 2)
+        while True:
+            await asyncio.sleep(interval)  # a period, not a wait for readiness
+            self._recheck_clock()
+
     def _recheck_clock(self) -> None:
         result = self.guard.assess()
-        bad = result.verdict is ClockVerdict.BAD
+        self._hold_for_clock(result)
+        # Outside the consensus window is a gross error (the exit below in refuse mode);
+        # off the peers' median the node keeps running as a standby (_hold_for_clock).
+        bad = result.outside_window
         if bad and not self._clock_bad:
             summary = f"clock went bad: {result.message}; descriptors are not signed until fixed"
             log.error("%s", summary)
@@ -451,6 +468,25 @@ class NodeDaemon:
         elif self._clock_bad and not bad:
             log.info("clock is good again: %s", result.message)
         self._clock_bad = bad
+
+    def _hold_for_clock(self, result: ClockAssessment) -> None:
+        """Neither claim nor keep the lease while the clock is a problem; alert once."""
+        if self.driver is None:
+            return
+        core = self.driver.core
+        problem = self.guard.is_problem(result)
+        if problem and core.claim_hold is None:
+            reason = f"clock check ({result.basis.value}): {result.message}"
+            summary = f"not claiming the lease and not signing: {reason}"
+            log.error("%s", summary)
+            self._alert(Alert("clock_hold", self.config.node_id, summary))
+            core.hold_claims(reason, self.clock.now())
+            self.driver.flush()
+        elif not problem and core.claim_hold is not None:
+            log.info("clock check (%s) passes again: %s; this node may claim the lease",
+                     result.basis.value, result.message)
+            core.hold_claims(None, self.clock.now())
+            self.driver.flush()
 
     def _on_hs_desc(self, event: HsDescEvent) -> None:
         entry = self.uploads.observe(event, self.clock.now())
@@ -603,6 +639,12 @@ class NodeDaemon:
             "message": last.message if last else "not checked yet",
             "offset_hint": last.offset_hint if last else None,
             "test_offset": self.clock.offset,
+            "basis": last.basis.value if last else "none",
+            "peers": last.peers if last else 0,
+            "tolerance": (self.guard.skew_tolerance
+                          if last is not None and last.basis is ClockBasis.PEERS
+                          else self.guard.tolerance),
+            "hold": None if self.driver is None else self.driver.core.claim_hold,
         }
 
     # ------------------------------------------------------------------ reload

@@ -206,5 +206,12 @@ def format_status(doc: StatusDocument) -> str:
             lines.append(f"  ! {problem}")
     age = doc.descriptor_age
     lines.append(f"descriptor age: {'never published' if age is None else f'{age} s'}")
-    lines.append(f"clock: {doc.clock.verdict} ({doc.clock.message})")
+    clock = doc.clock
+    offset = "" if clock.offset_hint is None else f", offset {clock.offset_hint:+.1f} s"
+    basis = {"peers_median": f"median of {clock.peers} live peer(s) and this node",
+             "consensus_window": "tor's consensus window (no live peer)",
+             }.get(clock.basis, "kernel status only (no live peer, no consensus)")
+    lines.append(f"clock: {clock.verdict} ({clock.message}); checked against {basis}{offset}")
+    if clock.hold:
+        lines.append(f"  ! neither claims the lease nor signs: {clock.hold}")
     return "\n".join(lines)

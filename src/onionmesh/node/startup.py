@@ -15,7 +15,7 @@ pass the publisher asks the guard again and never signs while the clock is BAD.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,11 +156,14 @@ def check_keys(config: Config, *, managed_tor: bool | None = None) -> KeyMateria
 
 
 class ClockGuard:
-    """Judges the clock; ``check_for_signing`` raises ClockRefused while it is BAD.
+    """Judges the clock; ``check_for_signing`` raises ClockRefused while it is a problem.
 
     ``require_ntp_sync``: an unsynchronised (or unknown) kernel NTP status is a
-    problem, handled like a BAD verdict per ``mode``; without it the kernel
-    status is only reported. The consensus window check always applies.
+    problem, handled like a BAD verdict per ``mode`` at start and never signed
+    with; without it the kernel status is only reported. The consensus window
+    check always applies. ``peer_offsets`` (set once the mesh runs) gives how far
+    this clock is ahead of each live peer's: their median (ours included) must be
+    within ``skew_tolerance`` (``[resilience] clock_skew_tolerance``).
     """
 
     def __init__(
@@ -170,6 +173,7 @@ class ClockGuard:
         mode: str = "refuse",
         require_ntp_sync: bool = True,
         tolerance: float = 30.0,
+        skew_tolerance: float = 10.0,
         kernel_status: Callable[[], bool | None] = kernel_ntp_synchronized,
     ) -> None:
         self.clock = clock
@@ -177,6 +181,8 @@ class ClockGuard:
         self.require_ntp_sync = require_ntp_sync
         self.tolerance = tolerance
         self.kernel_status = kernel_status
+        self.skew_tolerance = skew_tolerance
+        self.peer_offsets: Callable[[], Sequence[float]] = tuple
         self.consensus_window: tuple[float, float] | None = None
         self.last: ClockAssessment | None = None
 
@@ -188,6 +194,7 @@ class ClockGuard:
         result = assess_clock(
             self.clock.now(), kernel_synced=self.kernel_status(),
             consensus_valid_after=after, consensus_valid_until=until, tolerance=self.tolerance,
+            peer_offsets=tuple(self.peer_offsets()), skew_tolerance=self.skew_tolerance,
         )
         self.last = result
         return result
@@ -209,7 +216,8 @@ class ClockGuard:
         return result
 
     def check_for_signing(self) -> None:
-        """Called before every signing pass: never sign with a clock outside the consensus."""
+        """Called before every signing pass: never sign with a clock off the peers'
+        median or outside the consensus, nor (``require_ntp_sync``) an unsynchronised one."""
         result = self.assess()
-        if result.verdict is ClockVerdict.BAD:
+        if self.is_problem(result):
             raise ClockRefused(f"not signing descriptors: {result.message}")
