@@ -7,18 +7,14 @@ so a test that fails does not leave the next one a broken cluster without saying
 
 from __future__ import annotations
 
-import asyncio
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from onionmesh.testnet import TorNetwork
 from onionmesh.testnet.node_cluster import FAST_PROFILE, NodeCluster
 
-from .helpers import wait_healthy
+from .helpers import healthy_cluster
 
 # n3 runs with clock_check = "warn" so the clock-skew test can show both configured
 # behaviours (n1/n2 keep the default "refuse").
@@ -27,16 +23,6 @@ NODE_SETTINGS = {"n3": {"resilience": {"clock_check": "warn"}}}
 
 @pytest.fixture(scope="module")
 def cluster(tornet: TorNetwork) -> Iterator[NodeCluster]:
-    # A short base path: each node's tor control socket must fit in sun_path (108 bytes).
-    base = Path(tempfile.mkdtemp(prefix="omcl-"))
-    nodes = NodeCluster(tornet, base, 3, settings=FAST_PROFILE, node_settings=NODE_SETTINGS)
-    try:
-        nodes.create()
-        nodes.start()
-        asyncio.run(wait_healthy(nodes, timeout=180))
+    with healthy_cluster(tornet, "omcl-", timeout=180, settings=FAST_PROFILE,
+                         node_settings=NODE_SETTINGS) as nodes:
         yield nodes
-    finally:
-        nodes.stop()
-        leftovers = nodes.leftover_pids()
-        shutil.rmtree(base, ignore_errors=True)
-        assert not leftovers, f"cluster processes survived teardown: {leftovers}"

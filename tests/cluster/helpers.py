@@ -4,19 +4,47 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from onionmesh.descriptor.parse import parse_descriptor
 from onionmesh.errors import OnionmeshError
 from onionmesh.hsdir.timeperiod import period_length_minutes
 from onionmesh.publish.publisher import fetch_consensus
 from onionmesh.status_document import StatusDocument
-from onionmesh.testnet import SocksError, TorClient
+from onionmesh.testnet import SocksError, TorClient, TorNetwork
 from onionmesh.testnet.node_cluster import Docs, NodeCluster
 from onionmesh.tor.control import TorController
 from onionmesh.tor.intro_points import fetch_descriptor
 from tests.eventually import aeventually
+
+
+@contextlib.contextmanager
+def healthy_cluster(tornet: TorNetwork, prefix: str, *, timeout: float,
+                    **options: Any) -> Iterator[NodeCluster]:
+    """Three ``onionmesh run`` nodes on the session network, healthy before the first test.
+
+    ``options`` go to :class:`NodeCluster` (settings, standbys, legacy, ...). Every process
+    is stopped by PID afterwards, and one that survives fails the module.
+    """
+    # A short base path: each node's tor control socket must fit in sun_path (108 bytes).
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    nodes = NodeCluster(tornet, base, 3, **options)
+    try:
+        nodes.create()
+        nodes.start()
+        asyncio.run(wait_healthy(nodes, timeout=timeout))
+        yield nodes
+    finally:
+        nodes.stop()
+        leftovers = nodes.leftover_pids()
+        shutil.rmtree(base, ignore_errors=True)
+        assert not leftovers, f"cluster processes survived teardown: {leftovers}"
 
 
 def config_value(cluster: NodeCluster, section: str, key: str) -> float:

@@ -24,13 +24,10 @@ import asyncio
 import contextlib
 import itertools
 import os
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 
@@ -51,6 +48,7 @@ from onionmesh.tor.control import TorController
 from .helpers import (
     config_value,
     fetched_intro_keys,
+    healthy_cluster,
     own_intro_keys,
     plan_nodes,
     publisher_of,
@@ -68,18 +66,8 @@ AFTER_BOUNDARY = 90.0  # GETs go on this long into the next period (the cache ex
 
 @pytest.fixture(scope="module")
 def default_cluster(tornet: TorNetwork) -> Iterator[NodeCluster]:
-    base = Path(tempfile.mkdtemp(prefix="omdt-"))  # short: tor's control socket path
-    nodes = NodeCluster(tornet, base, 3)  # no settings: the shipped defaults
-    try:
-        nodes.create()
-        nodes.start()
-        asyncio.run(wait_healthy(nodes, timeout=300))
+    with healthy_cluster(tornet, "omdt-", timeout=300) as nodes:  # the shipped defaults
         yield nodes
-    finally:
-        nodes.stop()
-        leftovers = nodes.leftover_pids()
-        shutil.rmtree(base, ignore_errors=True)
-        assert not leftovers, f"cluster processes survived teardown: {leftovers}"
 
 
 @dataclass

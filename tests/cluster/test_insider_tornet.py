@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import select
-import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -37,7 +34,7 @@ from onionmesh.node.startup import check_keys
 from onionmesh.testnet import TorNetwork
 from onionmesh.testnet.node_cluster import FAST_PROFILE, NodeCluster
 
-from .helpers import plan_nodes, publisher_of, wait_healthy
+from .helpers import healthy_cluster, plan_nodes, publisher_of, wait_healthy
 
 pytestmark = [pytest.mark.tor, pytest.mark.tornet, pytest.mark.slow]
 
@@ -46,18 +43,9 @@ HONEST = ("n1", "n2")
 
 @pytest.fixture(scope="module")
 def thief_cluster(tornet: TorNetwork) -> Iterator[NodeCluster]:
-    base = Path(tempfile.mkdtemp(prefix="omin-"))
-    nodes = NodeCluster(tornet, base, 3, settings=FAST_PROFILE, standbys=("n3",))
-    try:
-        nodes.create()
-        nodes.start()
-        asyncio.run(wait_healthy(nodes, timeout=180))
+    with healthy_cluster(tornet, "omin-", timeout=180, settings=FAST_PROFILE,
+                         standbys=("n3",)) as nodes:
         yield nodes
-    finally:
-        nodes.stop()
-        leftovers = nodes.leftover_pids()
-        shutil.rmtree(base, ignore_errors=True)
-        assert not leftovers, f"cluster processes survived teardown: {leftovers}"
 
 
 class Injector:

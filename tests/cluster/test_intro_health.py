@@ -17,13 +17,10 @@ import contextlib
 import itertools
 import os
 import re
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 
@@ -43,7 +40,13 @@ from onionmesh.tor.intro_circuits import CircuitChange, parse_circuit_line
 from onionmesh.tor.intro_points import fetch_descriptor, read_own_descriptor
 from tests.eventually import aeventually
 
-from .helpers import fetched_intro_keys, publisher_of, wait_healthy, wait_node_served
+from .helpers import (
+    fetched_intro_keys,
+    healthy_cluster,
+    publisher_of,
+    wait_healthy,
+    wait_node_served,
+)
 
 pytestmark = [pytest.mark.tor, pytest.mark.tornet, pytest.mark.slow]
 
@@ -53,18 +56,8 @@ TOR_REPLACEMENT = 45.0  # tor picks a new intro point, builds and establishes it
 
 @pytest.fixture(scope="module")
 def dcluster(tornet: TorNetwork) -> Iterator[NodeCluster]:
-    base = Path(tempfile.mkdtemp(prefix="omih-"))
-    nodes = NodeCluster(tornet, base, 3)  # default timings
-    try:
-        nodes.create()
-        nodes.start()
-        asyncio.run(wait_healthy(nodes, timeout=240))
+    with healthy_cluster(tornet, "omih-", timeout=240) as nodes:  # default timings
         yield nodes
-    finally:
-        nodes.stop()
-        leftovers = nodes.leftover_pids()
-        shutil.rmtree(base, ignore_errors=True)
-        assert not leftovers, f"cluster processes survived teardown: {leftovers}"
 
 
 def policy(cluster: NodeCluster) -> CheckPolicy:

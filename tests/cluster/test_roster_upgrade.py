@@ -22,9 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -35,25 +33,23 @@ from onionmesh.testnet.backend import start_backend_process
 from onionmesh.testnet.node_cluster import FAST_PROFILE, ClusterNode, NodeCluster
 from tests.node.helpers import free_port
 
-from .helpers import GetLog, config_value, get_master, plan_nodes, publisher_of, wait_healthy
+from .helpers import (
+    GetLog,
+    config_value,
+    get_master,
+    healthy_cluster,
+    plan_nodes,
+    publisher_of,
+    wait_healthy,
+)
 
 pytestmark = [pytest.mark.tor, pytest.mark.tornet, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def legacy_cluster(tornet: TorNetwork) -> Iterator[NodeCluster]:
-    base = Path(tempfile.mkdtemp(prefix="omup-"))
-    nodes = NodeCluster(tornet, base, 3, settings=FAST_PROFILE, legacy=True)
-    try:
-        nodes.create()
-        nodes.start()
-        asyncio.run(wait_healthy(nodes, timeout=180))
+    with healthy_cluster(tornet, "omup-", timeout=180, settings=FAST_PROFILE, legacy=True) as nodes:
         yield nodes
-    finally:
-        nodes.stop()
-        leftovers = nodes.leftover_pids()
-        shutil.rmtree(base, ignore_errors=True)
-        assert not leftovers, f"cluster processes survived teardown: {leftovers}"
 
 
 async def _cli(*args: str) -> str:
