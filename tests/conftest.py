@@ -51,11 +51,17 @@ def tornet_client(tornet: TorNetwork) -> TorClient:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the files that hold slow tests first.
+    """Run the files that hold slow tests first, the longest (largest timeout) first.
 
     ``make test`` spreads whole files over pytest-xdist workers (``--dist loadfile``) in
-    collection order; starting the long, mostly idle real-network files first keeps them
-    from landing last on one worker and stretching the run. The order inside a file is kept.
+    collection order; starting the long, mostly idle real-network files first, on different
+    workers, keeps them from landing last on one worker and stretching the run. The order
+    inside a file is kept.
     """
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
+    longest: dict[object, float] = {}
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        if marker is not None and marker.args:
+            longest[item.path] = max(longest.get(item.path, 0.0), float(marker.args[0]))
+    items.sort(key=lambda item: (item.path not in slow_files, -longest.get(item.path, 0.0)))
