@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -122,6 +123,8 @@ class TorNetwork:
         self._ports: PortBlock | None = None
         self._started = False
         self.phase1_seconds: float | None = None
+        # Clients and services may be added from worker threads at once.
+        self._state_lock = threading.RLock()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -387,23 +390,24 @@ class TorNetwork:
 
     def add_client(self, name: str, *, timeout: float = CLIENT_TIMEOUT) -> TorClient:
         """Start a client tor (SOCKS with ExtendedErrors) and wait for bootstrap 100 %."""
-        self._check_name(name)
-        assert self._ports is not None
-        base = self._node_base(name)
-        socks_port = self._ports.take(DYNAMIC_OFFSET)
-        text = torrc_gen.client_torrc(base, socks_port=socks_port)
-        process = self._write_and_make_process(name, base.data_dir, text, base.control_port)
-        client = TorClient(
-            name=name,
-            role="client",
-            data_dir=base.data_dir,
-            control_port=base.control_port,
-            process=process,
-            socks_port=socks_port,
-        )
-        self.clients[name] = client
-        process.start()
-        self.write_state()
+        with self._state_lock:
+            self._check_name(name)
+            assert self._ports is not None
+            base = self._node_base(name)
+            socks_port = self._ports.take(DYNAMIC_OFFSET)
+            text = torrc_gen.client_torrc(base, socks_port=socks_port)
+            process = self._write_and_make_process(name, base.data_dir, text, base.control_port)
+            client = TorClient(
+                name=name,
+                role="client",
+                data_dir=base.data_dir,
+                control_port=base.control_port,
+                process=process,
+                socks_port=socks_port,
+            )
+            self.clients[name] = client
+            process.start()
+            self.write_state()
         run_coroutine(self._wait_bootstrapped(client, timeout))
         return client
 
@@ -498,9 +502,10 @@ class TorNetwork:
             backend=backend,
             backend_start_time=process_start_time(backend.pid) if backend else None,
         )  # onion_address is filled from tor's hostname file, then checked against the key
-        self.services[name] = service
-        process.start()
-        self.write_state()
+        with self._state_lock:
+            self.services[name] = service
+            process.start()
+            self.write_state()
         run_coroutine(self._wait_service(service, timeout))
         if expected_address is not None and service.onion_address != expected_address:
             raise TestnetError(
@@ -602,18 +607,24 @@ class TorNetwork:
 
     def state(self) -> dict[str, Any]:
         """JSON-able description of the network (PIDs, start times, ports, addresses)."""
+        with self._state_lock:
+            nodes = [node.state() for node in self.nodes]
         return {
             "base_dir": str(self.base_dir),
             "base_port": self._ports.base if self._ports is not None else None,
             "n_authorities": self.n_authorities,
             "voting_interval": self.voting_interval,
-            "nodes": [node.state() for node in self.nodes],
+            "nodes": nodes,
         }
 
     def write_state(self) -> Path:
-        """Write the state file atomically (``testnet down`` stops the PIDs it lists)."""
+        """Write the state file atomically (``testnet down`` stops the PIDs it lists).
+
+        Nodes may be added from several threads at once (``aadd_client`` runs in a thread),
+        so writers are serialised and each uses a temporary file of its own."""
         path = self.state_path
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state(), indent=2) + "\n")
-        os.replace(tmp, path)
+        with self._state_lock:
+            tmp = path.with_name(f"{STATE_FILE}.{os.getpid()}.{threading.get_ident()}.tmp")
+            tmp.write_text(json.dumps(self.state(), indent=2) + "\n")
+            os.replace(tmp, path)
         return path
