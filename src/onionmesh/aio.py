@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 
@@ -19,3 +20,30 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
     for task in live:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+
+
+async def wait_for_wake(wake: asyncio.Event, delay: float) -> None:
+    """Sleep up to ``delay`` seconds, or less if ``wake`` is set meanwhile (then cleared)."""
+    wake.clear()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max(0.0, delay)):
+            await wake.wait()
+
+
+async def drive_timers(
+    get_timer: Callable[[], float | None],
+    handle_timer: Callable[[float], None],
+    clock: Callable[[], float],
+    wake: asyncio.Event,
+    max_sleep: float,
+) -> None:
+    """Run a sans-IO core's timers forever: call ``handle_timer(now)`` whenever its
+    ``get_timer()`` is due, otherwise sleep until it is, until ``wake`` is set (an input
+    may have moved the timer) or at most ``max_sleep`` (wall-clock steps, no timer)."""
+    while True:
+        now = clock()
+        timer = get_timer()
+        if timer is not None and now >= timer:
+            handle_timer(now)
+            continue
+        await wait_for_wake(wake, max_sleep if timer is None else min(max_sleep, timer - now))

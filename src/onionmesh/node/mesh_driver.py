@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
+from onionmesh.aio import drive_timers
 from onionmesh.clock import Clock
 from onionmesh.mesh.core import MeshCore
 from onionmesh.mesh.events import Event
@@ -106,18 +107,12 @@ class MeshDriver:
                 log.exception("handling mesh event %s failed", type(event).__name__)
 
     async def _timer_loop(self) -> None:
-        while True:
-            now = self.clock.now()
-            timer = self.core.get_timer()
-            if timer is not None and now >= timer:
-                self.core.handle_timer(now)
-                self.flush()
-                continue
-            delay = _MAX_SLEEP if timer is None else min(_MAX_SLEEP, timer - now)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, delay)):
-                    await self._wake.wait()
+        await drive_timers(self.core.get_timer, self._handle_timer, self.clock.now, self._wake,
+                           _MAX_SLEEP)
+
+    def _handle_timer(self, now: float) -> None:
+        self.core.handle_timer(now)
+        self.flush()
 
     async def shutdown(self) -> None:
         """Leave the cluster: release the lease, send it, close the socket."""

@@ -16,14 +16,13 @@ checks) is the core's (``onionmesh.publish.core``). This shell only does I/O:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from onionmesh.aio import cancel_and_wait
+from onionmesh.aio import cancel_and_wait, wait_for_wake
 from onionmesh.crypto.blinding import BlindedKey
 from onionmesh.crypto.keys import Ed25519Identity
 from onionmesh.descriptor.parse import parse_descriptor
@@ -329,11 +328,7 @@ class Publisher:
         timer = self.core.get_timer()
         if timer is not None:
             times.append(timer)
-        delay = max(0.0, min(times) - now)
-        self._wake.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await self._wake.wait()
+        await wait_for_wake(self._wake, min(times) - now)
 
     # -- tor's answers ------------------------------------------------------------------------
 

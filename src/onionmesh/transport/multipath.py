@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from onionmesh.aio import cancel_and_wait
+from onionmesh.aio import cancel_and_wait, drive_timers
 from onionmesh.transport.frames import Frame, FrameError, FrameKind, decode_frame
 from onionmesh.transport.paths import (
     FellBackToTor,
@@ -190,18 +190,12 @@ class MultipathTransport:
         self._wake.set()
 
     async def _timer_loop(self) -> None:
-        while True:
-            now = self._clock()
-            timer = self.selector.get_timer()
-            if timer is not None and now >= timer:
-                self.selector.handle_timer(now)
-                self._drain()
-                continue
-            delay = _MAX_SLEEP if timer is None else min(_MAX_SLEEP, timer - now)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, delay)):
-                    await self._wake.wait()
+        await drive_timers(self.selector.get_timer, self._handle_timer, self._clock, self._wake,
+                           _MAX_SLEEP)
+
+    def _handle_timer(self, now: float) -> None:
+        self.selector.handle_timer(now)
+        self._drain()
 
     async def _repair_loop(self) -> None:
         assert self.wireguard is not None
