@@ -15,7 +15,6 @@ socket, as ``onionmesh status`` reads it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import socket
@@ -33,7 +32,7 @@ from onionmesh.status_document import StatusDocument, StatusDocumentError, read_
 from onionmesh.status_socket import StatusUnavailable
 from onionmesh.testnet.backend import start_backend_process
 from onionmesh.testnet.meshlab import MESH_PORT, TUNNEL, WG_PORT, unix_ports
-from onionmesh.testnet.netns import HostLab
+from onionmesh.testnet.netns import HostLab, stop_processes
 from onionmesh.testnet.network import TorNetwork
 from onionmesh.testnet.nodes import TorClient, run_coroutine
 from onionmesh.tor.control import TorController
@@ -222,20 +221,8 @@ class DaemonLab:
             time.sleep(interval)  # poll period of a bounded wait
 
     def stop(self) -> None:
-        for host in self.hosts.values():
-            if host.proc is not None and host.proc.poll() is None:
-                host.proc.terminate()
-        for host in self.hosts.values():
-            if host.proc is not None:
-                try:
-                    host.proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    host.proc.kill()
-                    host.proc.wait(5)
-            if host.backend is not None and host.backend.poll() is None:
-                host.backend.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    host.backend.wait(10)
+        stop_processes((host.proc for host in self.hosts.values()), grace=30)
+        stop_processes((host.backend for host in self.hosts.values()), grace=10)
         self.lab.down()
         for host in self.hosts.values():
             host.tor.stop()

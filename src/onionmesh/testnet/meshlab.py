@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from onionmesh.crypto.keys import Ed25519Identity
-from onionmesh.testnet.netns import HostLab
+from onionmesh.testnet.netns import HostLab, stop_processes
 from onionmesh.testnet.network import TorNetwork
 from onionmesh.testnet.nodes import TorClient, run_coroutine
 from onionmesh.tor.control import TorController
@@ -190,16 +190,7 @@ class MeshLab:
             os.kill(proc.pid, sig)
 
     def stop(self) -> None:
-        for host in self.hosts.values():
-            if host.proc is not None and host.proc.poll() is None:
-                host.proc.terminate()
-        for host in self.hosts.values():
-            if host.proc is not None:
-                try:
-                    host.proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    host.proc.kill()
-                    host.proc.wait(5)
+        stop_processes((host.proc for host in self.hosts.values()), grace=15)
         self.lab.down()
         for host in self.hosts.values():
             host.tor.stop()

@@ -26,7 +26,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from onionmesh.errors import OnionmeshError
@@ -35,6 +35,21 @@ from onionmesh.wireguard.names import UAPI_DIR
 UNDERLAY = "10.231.0.{}"
 UNDERLAY_PREFIX = 24
 _counter = itertools.count(1)
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[Any] | None], grace: float) -> None:
+    """SIGTERM every live process at once, then wait up to ``grace`` seconds for each
+    and SIGKILL the ones still running (the daemons release leases on SIGTERM)."""
+    live = [proc for proc in procs if proc is not None]
+    for proc in live:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in live:
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 class LabError(OnionmeshError):
