@@ -159,6 +159,24 @@ class PublisherStatus(_Section):
     builds: int = 0
     periods: dict[str, dict[str, int]] = {}  # period -> upload status -> HSDirs
     published: bool = False
+    revisions: dict[str, int] = {}  # period -> revision of the descriptor last built
+    conflicts: int = 0  # foreign descriptors this publisher's checks found
+
+
+class ConflictsStatus(_Section):
+    """Foreign master descriptors this node's conflict checks found (node/conflict_record.py)."""
+
+    count: int
+    last_at: float  # node clock, unix time
+    last_age: float
+    message: str  # the log line and ``conflict`` alert summary of the last one
+    period: int
+    revision: int
+    intro_points: int
+    hsdirs: list[str] = []  # HSDirs seen serving that revision
+    all_hsdirs: list[str] = []  # every HSDir seen serving a foreign descriptor
+    our_revision: int | None = None
+    our_intro_points: int | None = None
 
 
 class TorStreamStatus(_Section):
@@ -214,6 +232,7 @@ class StatusDocument(_Section):
     uploads: dict[str, HsdirUploadStatus] = {}  # HSDir fingerprint -> last result
     descriptor_age: float | None = None  # seconds since an HSDir last accepted ours
     publisher: PublisherStatus | None = None
+    conflicts: ConflictsStatus | None = None  # absent until a check finds a foreign one
     rejected_messages: dict[str, int] = {}  # RejectReason -> count
     error: str | None = None  # the daemon could not build the rest (a bug; see its log)
     coordination: CoordinationStatus | None = None

@@ -418,3 +418,43 @@ async def test_events_become_log_lines_alerts_and_metrics(tmp_path: Path, caplog
         "onionmesh_messages_rejected_total", {"reason": "unknown_cluster"})
     assert rejected == 1.0
     assert "Rejected datagram" not in caplog.text  # debug only: floods must not spam
+
+
+async def test_a_foreign_descriptor_is_alerted_and_shown_in_the_status(tmp_path: Path):
+    """A CONFLICT of the publish core (no mesh yet: a standby's check before the mesh
+    runs) is alerted with the core's words and kept for ``onionmesh status``."""
+    import sys
+
+    from onionmesh.config import load_config
+    from onionmesh.node.daemon import NodeDaemon
+    from onionmesh.node.snapshot import build_snapshot
+    from onionmesh.publish.core import ForeignDescriptor, Verdict
+
+    from .helpers import make_cluster
+
+    alerts = tmp_path / "alerts.jsonl"
+    script = f"import sys; open({str(alerts)!r}, 'ab').write(sys.stdin.buffer.read() + b'\\n')"
+    setup = make_cluster(tmp_path / "n1",
+                         settings={"alerts": {"command": [sys.executable, "-c", script]}})
+    daemon = NodeDaemon(load_config(setup.files.config))
+    assert decode_status(json.loads(json.dumps(build_snapshot(daemon)))).conflicts is None
+    hsdirs = ("A" * 40, "C" * 40)
+    message = (f"Conflict: HSDir {'C' * 40} serves a foreign master descriptor for period 7: "
+               "revision 90 with 3 intro points (ours: revision 80 with 6)")
+    daemon.on_publish_event(PublishEvent(
+        PublishEventKind.CONFLICT, message, period=7, hsdir="C" * 40, verdict=Verdict.FOREIGN,
+        foreign=ForeignDescriptor(7, 90, 3, hsdirs, 80, 6)))
+    await daemon.alerts_delivered(timeout=20)
+    sent = [json.loads(line) for line in alerts.read_text().splitlines() if line]
+    assert [(a["kind"], a["subject"], a["summary"]) for a in sent] == [
+        ("conflict", "hsdir", message)]
+    seen = decode_status(json.loads(json.dumps(build_snapshot(daemon)))).conflicts
+    assert seen is not None
+    assert (seen.count, seen.period, seen.revision, seen.intro_points) == (1, 7, 90, 3)
+    assert (seen.our_revision, seen.our_intro_points, seen.message) == (80, 6, message)
+    assert seen.hsdirs == list(hsdirs) == seen.all_hsdirs
+    doc = {"node": {"id": "n1", "state": "running"}, "master_address": "m.onion",
+           "clock": {"verdict": "ok", "message": "clock OK"},
+           "conflicts": json.loads(json.dumps(daemon.conflicts.to_json(seen.last_at + 5)))}
+    assert (f"! foreign master descriptors seen on the HSDirs: 1, the last 5 s ago: {message}"
+            in format_status(decode_status(doc)))

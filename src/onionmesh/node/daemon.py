@@ -55,6 +55,7 @@ from onionmesh.mesh.identity import NodeIdentity
 from onionmesh.metrics import NodeMetrics
 from onionmesh.node.advertise_filter import AdvertiseFilter
 from onionmesh.node.advertise_gate import GateEvent, GateEventKind
+from onionmesh.node.conflict_record import ConflictRecord
 from onionmesh.node.coordination_keys import CoordinationKeys, load_coordination_keys
 from onionmesh.node.coordination_link import CoordinationLink
 from onionmesh.node.errors import (
@@ -153,6 +154,7 @@ class NodeDaemon:
         self._alert_tasks: set[asyncio.Task[Any]] = set()
         self._clock_bad = False
         self._foreign_finding: str | None = None  # the publish core's words for a conflict
+        self.conflicts = ConflictRecord()
 
     # ------------------------------------------------------------------ entry point
 
@@ -501,6 +503,7 @@ class NodeDaemon:
             # Timeouts of our own uploads count as well as tor's FAILED answers.
             self._alert(Alert("upload_failure_streak", event.hsdir, event.message))
         elif event.kind is PublishEventKind.CONFLICT and event.foreign is not None:
+            self.conflicts.record(event, self.clock.now())
             if self.driver is None:
                 self._alert(Alert("conflict", "hsdir", event.message))
                 return

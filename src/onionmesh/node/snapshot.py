@@ -7,8 +7,9 @@ Sections: ``node`` (who am I), ``cluster`` (publisher, term, lease),
 (count per node: what each contributes), ``plan`` (on the publisher: what
 the master descriptors carry), ``uploads`` (last result per HSDir),
 ``descriptor_age`` (seconds since an HSDir last accepted our master
-descriptor), ``clock``, ``coordination`` (with ``[wireguard]`` on: each peer's path,
-last handshake and fallback since when). No key material, no cluster secret.
+descriptor), ``conflicts`` (foreign master descriptors the checks found), ``clock``,
+``coordination`` (with ``[wireguard]`` on: each peer's path, last handshake and fallback
+since when). No key material, no cluster secret.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def build_snapshot(daemon: NodeDaemon) -> dict[str, Any]:
         "master_address": config.master.address,
         "advertising": daemon.advertising.status() if daemon.advertising else None,
         "clock": daemon.clock_status(),
+        "conflicts": daemon.conflicts.to_json(now),  # standby checks run before the mesh too
     }
     if core is None:
         return doc
@@ -112,6 +114,9 @@ def build_snapshot(daemon: NodeDaemon) -> dict[str, Any]:
         "builds": publisher.builds,
         "periods": {str(p): c for p, c in publisher.upload_counts().items()},
         "published": publisher.published(),
+        "revisions": {str(p): r for p in sorted(publisher.targets)
+                      if (r := publisher.tracker.revision(p)) is not None},
+        "conflicts": publisher.core.conflicts,
     }
     doc["rejected_messages"] = dict(core.rejections)
     doc["coordination"] = daemon.link.status() if daemon.link is not None else None
@@ -204,6 +209,10 @@ def format_status(doc: StatusDocument) -> str:
                          f"{handshake}{since}")
         for problem in link.problems + link.missing_peers:
             lines.append(f"  ! {problem}")
+    seen = doc.conflicts
+    if seen is not None:
+        lines.append(f"! foreign master descriptors seen on the HSDirs: {seen.count}, the last "
+                     f"{seen.last_age:.0f} s ago: {seen.message}")
     age = doc.descriptor_age
     lines.append(f"descriptor age: {'never published' if age is None else f'{age} s'}")
     clock = doc.clock
