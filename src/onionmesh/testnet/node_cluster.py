@@ -222,6 +222,8 @@ class NodeCluster:
         self.settings = _merged(TESTNET_SETTINGS, settings)
         self.node_settings = node_settings or {}
         self.nodes: dict[str, ClusterNode] = {}
+        # Nodes outside the cluster (add_outsider): not in its roster, never in statuses().
+        self.outsiders: dict[str, ClusterNode] = {}
         self.master_address = ""
 
     def create(self) -> None:
@@ -265,6 +267,37 @@ class NodeCluster:
         self._add_all_peers()
         if self.legacy:
             self._make_legacy()
+
+    def add_outsider(self, node_id: str,
+                     settings: dict[str, dict[str, Any]] | None = None) -> ClusterNode:
+        """A node outside the cluster with a copy of the master key: a one-node cluster of
+        its own (``onionmesh init``), its master key then replaced by the cluster's, as a
+        restored old node or a misconfigured copy would be. It knows no member and no
+        member knows it. Created (backend running), not started; stopped by :meth:`stop`.
+        """
+        from onionmesh.node.cluster_setup import NodeFiles, init_cluster
+
+        if node_id in self.nodes or node_id in self.outsiders:
+            raise ClusterError(f"node id {node_id} is taken")
+        node = ClusterNode(node_id, self.base_dir / node_id, f"127.0.0.1:{_free_udp_port()}",
+                           _free_tcp_port())
+        result = init_cluster(node.root, node_id=node_id, listen=node.listen,
+                              tor_options=network_tor_options(self.network),
+                              service_ports=[f"80 127.0.0.1:{node.backend_port}"],
+                              settings=_merged(self.settings, settings))
+        ours = NodeFiles(self.nodes["n1"].root).master_dir
+        for source in ours.iterdir():  # secret key, public key, hostname
+            target = result.files.master_dir / source.name
+            target.write_bytes(source.read_bytes())
+            target.chmod(source.stat().st_mode & 0o777)
+        text = node.config_path.read_text().replace(result.master_address, self.master_address)
+        node.config_path.write_text(text)
+        if load_config(node.config_path).master.address != self.master_address:
+            raise ClusterError(f"{node_id}'s config does not name the cluster's master address")
+        node.backend = start_backend_process(node_id, node.backend_port,
+                                             node.root / "backend.log")
+        self.outsiders[node_id] = node
+        return node
 
     def _make_legacy(self) -> None:
         """Turn the nodes into what `init`/`join` made before the signed roster: no roster,
@@ -314,17 +347,19 @@ class NodeCluster:
             self.nodes[node_id].start()
 
     def stop(self) -> None:
-        """Stop every node and backend by PID (each node's tor stops with it)."""
-        for node in self.nodes.values():
+        """Stop every node (outsiders too) and backend by PID (each node's tor stops with
+        it)."""
+        everyone = [*self.nodes.values(), *self.outsiders.values()]
+        for node in everyone:
             with contextlib.suppress(Exception):
                 node.stop()
-        for node in self.nodes.values():
+        for node in everyone:
             with contextlib.suppress(Exception):
                 node.stop_backend()
 
     def leftover_pids(self) -> list[int]:
         pids = []
-        for node in self.nodes.values():
+        for node in [*self.nodes.values(), *self.outsiders.values()]:
             if node.proc is not None and node.proc.poll() is None:
                 pids.append(node.proc.pid)
             if node.backend is not None and node.backend.poll() is None:
