@@ -139,6 +139,17 @@ def built_by(node: ClusterNode, period: int, revision: int) -> int | None:
     return int(found[1]) if found else None
 
 
+def latest_built(*nodes: ClusterNode) -> dict[int, int]:
+    """Per period, the highest revision any of ``nodes`` logged it built."""
+    latest: dict[int, int] = {}
+    for node in nodes:
+        text = node.log_path.read_text(errors="replace")
+        for period, revision in re.findall(r"period (\d+) \(\w+ descriptor\): built "
+                                           r"revision (\d+)", text):
+            latest[int(period)] = max(latest.get(int(period), 0), int(revision))
+    return latest
+
+
 def check_finding(finding: Finding, detector: ClusterNode, builders: list[ClusterNode],
                   responsible: tuple[str, ...]) -> None:
     """The alert, the detector's log and another publisher's log tell one story."""
@@ -214,10 +225,12 @@ async def sweep(cluster: NodeCluster, client: TorClient,
 
 
 async def wait_every_hsdir_serves(cluster: NodeCluster, client: TorClient, winner: str,
-                                  timeout: float) -> tuple[Served, StatusDocument]:
+                                  timeout: float, newer_than: dict[int, int]
+                                  ) -> tuple[Served, StatusDocument]:
     """Bounded: every responsible HSDir of the fetchable period serves the descriptor the
     winner's status says it built last for that period (same revision, one intro-point
-    set, as many intro points as its plan has for that period, every node carried)."""
+    set, as many intro points as its plan has for that period, every node carried), and
+    that revision is above ``newer_than[period]`` (what anyone had built before)."""
     last: list[object] = []
 
     async def converged() -> tuple[Served, StatusDocument] | None:
@@ -236,7 +249,7 @@ async def wait_every_hsdir_serves(cluster: NodeCluster, client: TorClient, winne
             return None
         copy = copies.pop()
         if not isinstance(copy, Served) or copy.period != where.period \
-                or copy.revision != expected:
+                or copy.revision != expected or copy.revision <= newer_than.get(copy.period, 0):
             return None
         if after.publisher.periods.get(str(where.period)) != {"uploaded": len(where.hsdirs)}:
             return None  # its own view lags the HSDirs' answers by an event
@@ -326,6 +339,8 @@ async def test_partitioned_publisher_conflict_is_seen_and_one_descriptor_remains
         assert seen.message in cluster.nodes[detector].log_path.read_text(errors="replace")
         assert set(seen.hsdirs) <= set(where.hsdirs) and seen.period == where.period
         assert seen.intro_points in [built_by(b, seen.period, seen.revision) for b in builders]
+        # What both sides had built by now: the winner's descriptor must come after it.
+        newer_than = latest_built(*cluster.nodes.values())
     healed = time.time()
     print(f"partition: foreign descriptor seen by {detector} {detected_after:.1f} s after the "
           f"block (bound {bound:.0f} s)")
@@ -339,7 +354,7 @@ async def test_partitioned_publisher_conflict_is_seen_and_one_descriptor_remains
     # revision is rejected, fetched, found foreign and superseded: one more round.
     served, _ = await wait_every_hsdir_serves(
         cluster, tornet_client, winner,
-        timeout=2 * UPLOAD_MARGIN + detection_bound(len(where.hsdirs)))
+        timeout=2 * UPLOAD_MARGIN + detection_bound(len(where.hsdirs)), newer_than=newer_than)
     print(f"after the heal: every HSDir serves {winner}'s revision {served.revision} with "
           f"{len(served.intro_keys)} intro points {time.time() - healed:.1f} s after the heal")
     lease = config_value(cluster, "coordination", "lease_duration")
@@ -421,12 +436,14 @@ async def test_stray_publisher_outside_the_mesh_is_detected_and_overwritten(
     finally:
         stray.stop()
     stopped = time.time()
+    newer_than = latest_built(stray)
+    assert newer_than, "the stray never built a descriptor"
 
     # Once it is gone, the cluster's descriptor is back on every responsible HSDir: a copy
     # of the stray's left on any of them is found by the rotation and superseded.
     served, doc = await wait_every_hsdir_serves(
         cluster, tornet_client, pub,
-        timeout=detection_bound(len(where.hsdirs)) + UPLOAD_MARGIN)
+        timeout=detection_bound(len(where.hsdirs)) + UPLOAD_MARGIN, newer_than=newer_than)
     assert doc.node.id == pub
     print(f"stray stopped: every HSDir serves {pub}'s revision {served.revision} "
           f"{time.time() - stopped:.1f} s later")
