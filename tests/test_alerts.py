@@ -46,6 +46,19 @@ async def test_same_alert_is_sent_once_per_interval(tmp_path: Path):
     assert sink.suppressed == 1
 
 
+async def test_another_event_of_the_same_kind_and_subject_is_not_held_back(tmp_path: Path):
+    counter = tmp_path / "count"
+    script = f"open({str(counter)!r}, 'a').write('x')"
+    sink = AlertSink("node-1", command=[sys.executable, "-c", script], min_interval=60)
+    first = Alert("conflict", "hsdir", "foreign revision 7", instance="period 3 revision 7")
+    second = Alert("conflict", "hsdir", "foreign revision 9", instance="period 3 revision 9")
+    assert await sink.send(first, now=1000.0)
+    assert await sink.send(second, now=1010.0)  # a different foreign descriptor
+    assert not await sink.send(first, now=1020.0)  # the same one again: a repeat
+    assert counter.read_text() == "xx"
+    assert sink.suppressed == 1
+
+
 async def test_failing_or_missing_command_is_counted_not_raised(tmp_path: Path):
     failing = AlertSink("n", command=[sys.executable, "-c", "raise SystemExit(3)"])
     assert not await failing.send(DEAD, now=0.0)

@@ -4,7 +4,8 @@ to a webhook.
 
 Alerts never block or crash the daemon: the command and the webhook run with
 timeouts, and their failures are logged. The same alert (kind and subject) is
-sent at most once per ``min_interval`` so a flapping peer cannot flood the
+sent at most once per ``min_interval`` (a different event of the same kind and subject,
+e.g. another foreign descriptor, is not the same alert) so a flapping peer cannot flood the
 operator. Subjects come from the network (peer ids), so that is not enough on
 its own: an overall budget (``max_per_window`` alerts per ``window`` seconds)
 bounds what any number of distinct subjects can cause, webhooks run on the
@@ -38,6 +39,9 @@ class Alert:
     subject: str                  # what it is about: a peer id, an HSDir fingerprint, a key path
     summary: str                  # one human sentence, same words as the log line
     details: Mapping[str, str] = field(default_factory=dict)
+    # What tells two events of one kind and subject apart (e.g. two different foreign
+    # descriptors, both "hsdir"): only the same instance is held back for min_interval.
+    instance: str = ""
 
     def to_json(self, node_id: str, at: float) -> dict[str, object]:
         return {
@@ -59,7 +63,7 @@ class AlertSink:
         self.webhook = webhook
         self.min_interval = min_interval
         self.timeout = timeout
-        self._last_sent: dict[tuple[str, str], float] = {}
+        self._last_sent: dict[tuple[str, str, str], float] = {}
         self.max_per_window = max_per_window
         self.window = window
         self.max_pending = max_pending
@@ -92,7 +96,7 @@ class AlertSink:
         """Deliver ``alert`` unless the same one went out less than ``min_interval`` ago."""
         if not self.enabled:
             return False
-        key = (alert.kind, alert.subject)
+        key = (alert.kind, alert.subject, alert.instance)
         last = self._last_sent.get(key)
         if last is not None and now - last < self.min_interval:
             self.suppressed += 1

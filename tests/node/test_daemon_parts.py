@@ -448,13 +448,23 @@ async def test_a_foreign_descriptor_is_alerted_and_shown_in_the_status(tmp_path:
     sent = [json.loads(line) for line in alerts.read_text().splitlines() if line]
     assert [(a["kind"], a["subject"], a["summary"]) for a in sent] == [
         ("conflict", "hsdir", message)]
+    # Another foreign descriptor within the alert interval is a new alert; the same one
+    # seen on one more HSDir is a repeat, held back.
+    newer = message.replace("revision 90", "revision 95")
+    for revision, text in ((95, newer), (95, newer)):
+        daemon.on_publish_event(PublishEvent(
+            PublishEventKind.CONFLICT, text, period=7, hsdir="C" * 40, verdict=Verdict.FOREIGN,
+            foreign=ForeignDescriptor(7, revision, 3, hsdirs, 80, 6)))
+    await daemon.alerts_delivered(timeout=20)
+    sent = [json.loads(line) for line in alerts.read_text().splitlines() if line]
+    assert [a["summary"] for a in sent] == [message, newer]
     seen = decode_status(json.loads(json.dumps(build_snapshot(daemon)))).conflicts
     assert seen is not None
-    assert (seen.count, seen.period, seen.revision, seen.intro_points) == (1, 7, 90, 3)
-    assert (seen.our_revision, seen.our_intro_points, seen.message) == (80, 6, message)
+    assert (seen.count, seen.period, seen.revision, seen.intro_points) == (3, 7, 95, 3)
+    assert (seen.our_revision, seen.our_intro_points, seen.message) == (80, 6, newer)
     assert seen.hsdirs == list(hsdirs) == seen.all_hsdirs
     doc = {"node": {"id": "n1", "state": "running"}, "master_address": "m.onion",
            "clock": {"verdict": "ok", "message": "clock OK"},
            "conflicts": json.loads(json.dumps(daemon.conflicts.to_json(seen.last_at + 5)))}
-    assert (f"! foreign master descriptors seen on the HSDirs: 1, the last 5 s ago: {message}"
+    assert (f"! foreign master descriptors seen on the HSDirs: 3, the last 5 s ago: {newer}"
             in format_status(decode_status(doc)))

@@ -63,3 +63,10 @@ class ConflictRecord:
             "our_revision": self.our_revision,
             "our_intro_points": self.our_intro_points,
         }
+
+
+def foreign_instance(event: PublishEvent) -> str:
+    """Which foreign descriptor a CONFLICT is about (period and revision): another one is
+    a new alert, not a repeat the alert sink holds back (``Alert.instance``)."""
+    foreign = event.foreign
+    return "" if foreign is None else f"period {foreign.period} revision {foreign.revision}"

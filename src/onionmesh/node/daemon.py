@@ -55,7 +55,7 @@ from onionmesh.mesh.identity import NodeIdentity
 from onionmesh.metrics import NodeMetrics
 from onionmesh.node.advertise_filter import AdvertiseFilter
 from onionmesh.node.advertise_gate import GateEvent, GateEventKind
-from onionmesh.node.conflict_record import ConflictRecord
+from onionmesh.node.conflict_record import ConflictRecord, foreign_instance
 from onionmesh.node.coordination_keys import CoordinationKeys, load_coordination_keys
 from onionmesh.node.coordination_link import CoordinationLink
 from onionmesh.node.errors import (
@@ -154,6 +154,7 @@ class NodeDaemon:
         self._alert_tasks: set[asyncio.Task[Any]] = set()
         self._clock_bad = False
         self._foreign_finding: str | None = None  # the publish core's words for a conflict
+        self._foreign_instance = ""  # which foreign descriptor: its own alert, not a repeat
         self.conflicts = ConflictRecord()
 
     # ------------------------------------------------------------------ entry point
@@ -505,16 +506,19 @@ class NodeDaemon:
         elif event.kind is PublishEventKind.CONFLICT and event.foreign is not None:
             self.conflicts.record(event, self.clock.now())
             if self.driver is None:
-                self._alert(Alert("conflict", "hsdir", event.message))
+                self._alert(Alert("conflict", "hsdir", event.message,
+                                  instance=foreign_instance(event)))
                 return
             # The mesh core decides (re-election: the side with more intro points keeps
             # publishing); its ConflictDetected event carries this finding into the alert.
             self._foreign_finding = event.message
+            self._foreign_instance = foreign_instance(event)
             try:
                 self.driver.report_foreign_descriptor(event.foreign.revision,
                                                       event.foreign.intro_count)
             finally:
                 self._foreign_finding = None
+                self._foreign_instance = ""
 
     # ------------------------------------------------------------------ mesh events
 
@@ -573,7 +577,7 @@ class NodeDaemon:
             detail = event.message
             if self._foreign_finding is not None:
                 detail = f"{self._foreign_finding}. {event.message}"
-            self._alert(Alert("conflict", event.other, detail))
+            self._alert(Alert("conflict", event.other, detail, instance=self._foreign_instance))
         elif isinstance(event, SteppedDown):
             if self.publisher_control is not None:
                 self._spawn(self.publisher_control.detach())
