@@ -150,15 +150,17 @@ def latest_built(*nodes: ClusterNode) -> dict[int, int]:
 
 
 def check_finding(finding: Finding, detector: ClusterNode, builders: list[ClusterNode],
-                  responsible: tuple[str, ...]) -> None:
+                  responsible: dict[int, tuple[str, ...]]) -> None:
     """The alert, the detector's log and another publisher's log tell one story."""
     log = detector.log_path.read_text(errors="replace")
     # The log has the publish core's line and the mesh core's resolution, as the alert.
     assert finding.summary.split(". Publisher conflict")[0] in log, finding
     assert (f"Publisher conflict (foreign_descriptor) with hsdir: we see {finding.we} intro "
             f"points, they {finding.they}; resolution: {finding.resolution}") in log
-    # Which HSDirs: responsible ones of the fetched period.
-    assert finding.hsdir in finding.hsdirs <= set(responsible), (finding, responsible)
+    # Which HSDirs: responsible ones of the fetched period (tor's period may have rolled
+    # over since the test began: both planned periods are known).
+    assert finding.period in responsible, (finding, responsible)
+    assert finding.hsdir in finding.hsdirs <= set(responsible[finding.period]), finding
     # What: a descriptor the other publisher built, as it logged it (revision, intro points).
     counts = [built_by(node, finding.period, finding.revision) for node in builders]
     assert finding.intro_points in counts, (finding, [b.node_id for b in builders])
@@ -178,6 +180,7 @@ class Responsible:
     period: int  # the fetchable one
     period_length: int
     hsdirs: tuple[str, ...]
+    planned: dict[int, tuple[str, ...]]  # both descriptor periods' responsible HSDirs
 
 
 @dataclass(frozen=True)
@@ -198,7 +201,8 @@ async def responsible_hsdirs(cluster: NodeCluster, client: TorClient) -> Respons
     now = time.time()
     period = fetch_period(consensus, now)[0]
     targets = plan_targets(master, consensus, now)
-    return Responsible(period, period_length_minutes(consensus), targets[period].hsdirs)
+    return Responsible(period, period_length_minutes(consensus), targets[period].hsdirs,
+                       {number: target.hsdirs for number, target in targets.items()})
 
 
 async def sweep(cluster: NodeCluster, client: TorClient,
@@ -330,13 +334,14 @@ async def test_partitioned_publisher_conflict_is_seen_and_one_descriptor_remains
         findings = await aeventually(
             lambda: foreign_alerts(alerts_dir, detector)[alerts_before[detector]:],
             timeout=ALERT_DELIVERY, interval=0.5, what=f"{detector}'s conflict alert")
+        ring = await responsible_hsdirs(cluster, tornet_client)
         other_side = others if detector == isolated else {isolated}
         builders = [cluster.nodes[n] for n in other_side]
         for finding in findings:
-            check_finding(finding, cluster.nodes[detector], builders, where.hsdirs)
+            check_finding(finding, cluster.nodes[detector], builders, ring.planned)
         # The status says the same as the alert (the last finding, which may be a newer one).
         assert seen.message in cluster.nodes[detector].log_path.read_text(errors="replace")
-        assert set(seen.hsdirs) <= set(where.hsdirs) and seen.period == where.period
+        assert set(seen.hsdirs) <= set(ring.planned[seen.period])
         assert seen.intro_points in [built_by(b, seen.period, seen.revision) for b in builders]
         # What both sides had built by now: the winner's descriptor must come after it.
         newer_than = latest_built(*cluster.nodes.values())
@@ -400,8 +405,9 @@ async def test_stray_publisher_outside_the_mesh_is_detected_and_overwritten(
         findings = await aeventually(
             lambda: foreign_alerts(alerts_dir, pub)[alerts_before:], timeout=ALERT_DELIVERY,
             interval=0.5, what=f"{pub}'s conflict alert")
+        ring = await responsible_hsdirs(cluster, tornet_client)
         for finding in findings:
-            check_finding(finding, cluster.nodes[pub], [stray], where.hsdirs)
+            check_finding(finding, cluster.nodes[pub], [stray], ring.planned)
             assert finding.resolution is ConflictResolution.KEEP
         seen = docs[pub].conflicts
         assert seen is not None and seen.intro_points == built_by(stray, seen.period,
@@ -426,8 +432,9 @@ async def test_stray_publisher_outside_the_mesh_is_detected_and_overwritten(
 
         later = await aeventually(alerted_again, timeout=again, interval=1.0,
                                   what="a conflict alert for the stray's next upload")
+        ring = await responsible_hsdirs(cluster, tornet_client)
         for finding in later:
-            check_finding(finding, cluster.nodes[pub], [stray], where.hsdirs)
+            check_finding(finding, cluster.nodes[pub], [stray], ring.planned)
             assert finding.resolution is ConflictResolution.KEEP
         # The stray sees the cluster's descriptor (more intro points) and steps down.
         stray_log = stray.log_path.read_text(errors="replace")
