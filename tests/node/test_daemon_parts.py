@@ -122,6 +122,31 @@ def test_intro_source_takes_exactly_the_period_and_bridges_only_a_period_nobody_
     assert control.intro_source(12) == [c]  # n1's set for 12 unknown: n1 is left out
 
 
+async def test_a_step_down_drops_the_uploads_the_publisher_had_queued():
+    """detach() (the mesh stepped down, maybe from inside one of the publisher's own
+    events) turns the publisher into a standby at once: what it had queued is not sent."""
+    from onionmesh.publish.core import PublishCore, Role
+    from onionmesh.publish.publisher import Publisher
+    from onionmesh.publish.uploads import Post
+    from tests.publish.corekit import T0, TextSigner, points, targets
+
+    seen: list[PublishEvent] = []
+    publisher = Publisher(object(), MASTER, lambda period: [],  # type: ignore[arg-type]
+                          on_event=seen.append)
+    publisher.core = PublishCore(TextSigner())
+    planned = targets(MASTER)
+    publisher.core.set_targets(planned, T0, fetchable=min(planned))
+    publisher.core.set_intro_points({p: points("a", "b") for p in planned}, T0)  # queues posts
+    control = PublisherControl(object(), MASTER, Clock(),  # type: ignore[arg-type]
+                               ClockGuard(Clock()), RetryPolicy())
+    control.publisher = publisher
+    stopping = control.detach()
+    assert publisher.core.role is Role.STANDBY and control.publisher is None
+    assert not [a for a in iter(publisher.core.next_action, None) if isinstance(a, Post)]
+    assert [e for e in seen if e.kind is PublishEventKind.POSTS_DROPPED]
+    await stopping
+
+
 def test_uploads_view_alerts_once_per_failure_streak_and_tracks_the_age():
     master = MASTER.onion_address.removesuffix(".onion")
     streaks: list[tuple[str, int]] = []

@@ -159,6 +159,27 @@ def test_foreign_descriptor_raises_conflict_and_supersedes_it_everywhere():
     assert {p.period for p in posts} == {FIRST, SECOND} and len(posts) == 16
 
 
+def test_a_core_told_to_step_down_sends_none_of_its_queued_posts():
+    """The mesh decides after the CONFLICT event: when the other publisher sees more intro
+    points this node steps down, and the rebuild the core queued at once must not go out
+    (it would overwrite the winner's descriptor on every HSDir)."""
+    core, _signer = make()
+    posts, fetches = start(core)
+    accept_all(core, posts, T0)
+    events(core)
+    ours = core.tracker.revision(FIRST)
+    more = frozenset(p.auth_key for p in points("v", "w", "x", "y", "z"))
+    core.on_fetched(fetches[0].hsdir, ObservedDescriptor(FIRST, ours + 1000, more), T0 + 5)
+    kinds = [e.kind for e in events(core)]
+    assert PublishEventKind.CONFLICT in kinds and PublishEventKind.BUILT in kinds
+    core.set_role(Role.STANDBY, T0 + 5)  # what the shell does when the mesh steps down
+    posts, _ = drain(core)
+    assert posts == []
+    (dropped,) = [e for e in events(core) if e.kind is PublishEventKind.POSTS_DROPPED]
+    assert dropped.message.startswith("no longer publishing: 16 queued upload(s) not sent")
+    assert core.get_timer() is not None and not drain(core)[0]  # it only checks from now on
+
+
 def test_rejection_fetches_and_classifies_instead_of_a_blind_new_revision():
     core, signer = make()
     posts, fetches = start(core)

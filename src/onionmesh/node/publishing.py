@@ -25,7 +25,7 @@ from onionmesh.descriptor.intro import IntroPoint, parse_intro_point
 from onionmesh.errors import OnionmeshError
 from onionmesh.mesh.plan import PublishPlan
 from onionmesh.node.startup import ClockGuard
-from onionmesh.publish.core import PublishEvent, PublishTiming
+from onionmesh.publish.core import PublishEvent, PublishTiming, Role
 from onionmesh.publish.period_sets import sets_for_master_period
 from onionmesh.publish.publisher import Publisher
 from onionmesh.publish.uploads import RetryPolicy
@@ -132,6 +132,10 @@ class PublisherControl:
         task, self._task = self._task, None
         publisher, self.publisher = self.publisher, None
         self.plan = None
+        if publisher is not None:
+            # At once, not when the stop coroutine runs: the publisher may be in the middle
+            # of a pass (this step-down came from one of its own events) with uploads queued.
+            publisher.set_role(Role.STANDBY)
         return self._stop(task, publisher)
 
     async def stop(self) -> None:

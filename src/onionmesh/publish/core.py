@@ -170,6 +170,7 @@ class PublishEventKind(enum.StrEnum):
     CONFLICT = "conflict"
     FAILURE_STREAK = "failure-streak"
     SIGNING_FAILURES = "signing-failures"  # passes in a row that could not sign (clock...)
+    POSTS_DROPPED = "posts-dropped"  # became standby with uploads decided but not yet sent
 
 
 @dataclass(frozen=True)
@@ -403,6 +404,20 @@ class PublishCore:
             self.built.clear()
             self._uploaded.clear()
             self._revived_at.clear()
+            self._forced.clear()
+            self._revision_floor.clear()
+            self._reject_jump.clear()
+            # Posts decided but not yet handed to the shell go too: a conflict rebuild made
+            # the moment a foreign descriptor was found must not be uploaded when the mesh
+            # then says "step down" (the other publisher sees more intro points); sending
+            # it would overwrite the winner's descriptor on every HSDir.
+            dropped = [a for a in self._actions if isinstance(a, Post)]
+            if dropped:
+                self._actions = deque(a for a in self._actions if not isinstance(a, Post))
+                revisions = sorted({(p.period, p.revision) for p in dropped})
+                self._emit(PublishEventKind.POSTS_DROPPED,
+                           f"no longer publishing: {len(dropped)} queued upload(s) not sent "
+                           f"({', '.join(f'period {p} revision {r}' for p, r in revisions)})")
         self._next_check = now
         self.handle_timer(now)
 

@@ -210,6 +210,7 @@ class Publisher:
     def set_role(self, role: Role) -> None:
         """Publisher (uploads and checks) or standby (checks only, at the slower rate)."""
         self.core.set_role(role, self.clock())
+        self._log_events()  # e.g. posts it will no longer send, while this shell still logs
         self._wake.set()
 
     # -- waiting ------------------------------------------------------------------------------
