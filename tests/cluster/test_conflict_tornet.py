@@ -442,11 +442,21 @@ async def test_stray_publisher_outside_the_mesh_is_detected_and_overwritten(
         for finding in later:
             check_finding(finding, cluster.nodes[pub], [stray], ring.planned)
             assert finding.resolution is ConflictResolution.KEEP
-        # The stray sees the cluster's descriptor (more intro points) and steps down.
+        # The stray sees the cluster's descriptor (more intro points) and steps down; the
+        # rebuild its publish core queued on finding it is never sent (the mesh decides
+        # first), so no HSDir ever serves one of those.
         stray_log = stray.log_path.read_text(errors="replace")
         assert "resolution: step_down" in stray_log
         assert re.search(r"Stepped down as publisher of term \d+ \(foreign descriptor "
                          r"\(revision \d+\) has more intro points\)", stray_log)
+        unsent = set(re.findall(r"period (\d+) \(\w+ descriptor\): built revision (\d+) "
+                                r"with \d+ intro points \(conflict\)", stray_log))
+        seen_by_cluster = {
+            found for node in cluster.nodes.values() for found in re.findall(
+                r"foreign master descriptor for period (\d+): revision (\d+)",
+                node.log_path.read_text(errors="replace"))}
+        assert not unsent & seen_by_cluster, unsent & seen_by_cluster
+        print(f"stray: {len(unsent)} conflict rebuild(s) after its step-down, none uploaded")
     finally:
         stray.stop()
     stopped = time.time()

@@ -172,11 +172,15 @@ def test_a_core_told_to_step_down_sends_none_of_its_queued_posts():
     core.on_fetched(fetches[0].hsdir, ObservedDescriptor(FIRST, ours + 1000, more), T0 + 5)
     kinds = [e.kind for e in events(core)]
     assert PublishEventKind.CONFLICT in kinds and PublishEventKind.BUILT in kinds
+    rebuilt = {p: core.tracker.revision(p) for p in (FIRST, SECOND)}
+    assert rebuilt[FIRST] > ours + 1000
     core.set_role(Role.STANDBY, T0 + 5)  # what the shell does when the mesh steps down
     posts, _ = drain(core)
     assert posts == []
     (dropped,) = [e for e in events(core) if e.kind is PublishEventKind.POSTS_DROPPED]
-    assert dropped.message.startswith("no longer publishing: 16 queued upload(s) not sent")
+    assert dropped.message == (
+        f"no longer publishing: 16 upload(s) not sent (period {FIRST} revision "
+        f"{rebuilt[FIRST]}, period {SECOND} revision {rebuilt[SECOND]})")
     assert core.get_timer() is not None and not drain(core)[0]  # it only checks from now on
 
 

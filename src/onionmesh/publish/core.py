@@ -399,6 +399,10 @@ class PublishCore:
             return
         self.role = role
         if role is Role.STANDBY:
+            # Uploads not sent yet: queued posts, and tracker entries still waiting (one
+            # post in flight per HSDir) whose revision is the one just built.
+            waiting = [(s.period, s.revision) for s in self.tracker.states()
+                       if s.status is UploadStatus.PENDING]
             for period in self.tracker.periods():
                 self.tracker.drop_period(period)
             self.built.clear()
@@ -411,12 +415,12 @@ class PublishCore:
             # the moment a foreign descriptor was found must not be uploaded when the mesh
             # then says "step down" (the other publisher sees more intro points); sending
             # it would overwrite the winner's descriptor on every HSDir.
-            dropped = [a for a in self._actions if isinstance(a, Post)]
-            if dropped:
+            waiting += [(a.period, a.revision) for a in self._actions if isinstance(a, Post)]
+            if waiting:
                 self._actions = deque(a for a in self._actions if not isinstance(a, Post))
-                revisions = sorted({(p.period, p.revision) for p in dropped})
+                revisions = sorted(set(waiting))
                 self._emit(PublishEventKind.POSTS_DROPPED,
-                           f"no longer publishing: {len(dropped)} queued upload(s) not sent "
+                           f"no longer publishing: {len(waiting)} upload(s) not sent "
                            f"({', '.join(f'period {p} revision {r}' for p, r in revisions)})")
         self._next_check = now
         self.handle_timer(now)
