@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from onionmesh.alerts import Alert, AlertSink
+from onionmesh.alerts import Alert, AlertKind, AlertSink
 
 DEAD = Alert("node_dead", "node-2", "Peer node-2 declared DEAD, removing 3 intro points")
 
@@ -149,3 +149,15 @@ async def test_a_hanging_webhook_cannot_pile_up_threads_or_block_the_loop():
     finally:
         sink.close()
         listener.close()
+
+
+def test_alert_kinds_are_a_closed_vocabulary():
+    alert = Alert("takeover", "n1", "Became publisher for term 2 (lease of n3 expired)",
+                  {"term": "2", "cause": "lease_expired"})
+    assert alert.kind is AlertKind.TAKEOVER
+    body = alert.to_json("n1", 5.0)
+    assert body["kind"] == "takeover" and body["details"] == {"term": "2",
+                                                              "cause": "lease_expired"}
+    assert json.loads(json.dumps(body)) == body
+    with pytest.raises(ValueError, match="node_deadd"):
+        Alert("node_deadd", "n2", "typo")

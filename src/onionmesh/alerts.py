@@ -17,6 +17,7 @@ dropped and counted.
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 import os
@@ -27,25 +28,42 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
-ALERT_KINDS = (
-    "node_dead", "node_recovered", "takeover", "upload_failure_streak", "key_problem",
-    "clock_problem", "clock_hold", "conflict", "node_withdrawn", "node_restored",
-)
+class AlertKind(enum.StrEnum):
+    """Every alert the daemon sends (docs/operator.md §6 lists what triggers each)."""
+
+    NODE_DEAD = "node_dead"
+    NODE_RECOVERED = "node_recovered"
+    TAKEOVER = "takeover"
+    CONFLICT = "conflict"
+    UPLOAD_FAILURE_STREAK = "upload_failure_streak"
+    SIGNING_FAILURE = "signing_failure"
+    START_REFUSED = "start_refused"
+    KEY_PROBLEM = "key_problem"
+    CLOCK_PROBLEM = "clock_problem"
+    CLOCK_HOLD = "clock_hold"
+    NODE_WITHDRAWN = "node_withdrawn"
+    NODE_RESTORED = "node_restored"
+    TOR_FALLBACK = "tor_fallback"
+    WIREGUARD_RESTORED = "wireguard_restored"
+    WIREGUARD_DOWN = "wireguard_down"
 
 
 @dataclass(frozen=True)
 class Alert:
-    kind: str
+    kind: AlertKind
     subject: str                  # what it is about: a peer id, an HSDir fingerprint, a key path
     summary: str                  # one human sentence, same words as the log line
-    details: Mapping[str, str] = field(default_factory=dict)
+    details: Mapping[str, str] = field(default_factory=dict)  # the event's facts, for scripts
     # What tells two events of one kind and subject apart (e.g. two different foreign
     # descriptors, both "hsdir"): only the same instance is held back for min_interval.
     instance: str = ""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", AlertKind(self.kind))  # an unknown kind: ValueError
+
     def to_json(self, node_id: str, at: float) -> dict[str, object]:
         return {
-            "node": node_id, "kind": self.kind, "subject": self.subject,
+            "node": node_id, "kind": self.kind.value, "subject": self.subject,
             "summary": self.summary, "details": dict(self.details), "time": at,
         }
 
@@ -127,7 +145,7 @@ class AlertSink:
     async def _run_command(self, alert: Alert, body: bytes) -> bool:
         if not self.command:
             return True
-        env = dict(os.environ, ONIONMESH_ALERT_KIND=alert.kind,
+        env = dict(os.environ, ONIONMESH_ALERT_KIND=alert.kind.value,
                    ONIONMESH_ALERT_SUBJECT=alert.subject, ONIONMESH_ALERT_SUMMARY=alert.summary,
                    ONIONMESH_NODE_ID=self.node_id)
         try:

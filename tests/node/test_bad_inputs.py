@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -198,20 +199,33 @@ def test_refused_start_is_a_log_line_and_an_alert(tmp_path: Path):
     ``start_refused`` alert to the command hook before the process exits; no secret in
     either."""
     alerts = tmp_path / "alerts.jsonl"
-    script = f"import sys; open({str(alerts)!r}, 'ab').write(sys.stdin.buffer.read() + b'\\n')"
+    # The hook records stdin and the ONIONMESH_ALERT_* environment, one JSON line each.
+    script = ("import json, os, sys; env = {k: v for k, v in os.environ.items() "
+              "if k.startswith('ONIONMESH_ALERT_')}; body = json.load(sys.stdin); "
+              f"open({str(alerts)!r}, 'a').write(json.dumps([body, env]) + '\\n')")
     root = tmp_path / "n1"
     result = make_cluster(root, settings={"alerts": {"command": [sys.executable, "-c", script]}})
     secrets = _secrets(root)
     _corrupt(root / "master" / "hs_ed25519_secret_key")
     ran = onionmesh("run", "-c", str(result.files.config))
     assert ran.returncode == EXIT_KEY, ran.stderr
-    line = next(ln for ln in ran.stderr.splitlines() if "refused to start" in ln)
-    assert "Node n1 refused to start (exit 4): key check " in line
+    lines = [ln for ln in ran.stderr.splitlines() if "refused to start" in ln]
+    assert len(lines) == 1, ran.stderr
+    # The whole line (docs/operator.md, the log-line and alert contract).
+    line = re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \[ERROR\] onionmesh\.node: "
+                        r"(Node n1 refused to start \(exit 4\): "
+                        r"key check 'master-key-file' failed: .+)",
+                        lines[0])
+    assert line is not None, lines[0]
     sent = [json.loads(x) for x in alerts.read_text().splitlines() if x.strip()]
-    refused = [a for a in sent if a["kind"] == "start_refused"]
+    refused = [(body, env) for body, env in sent if body["kind"] == "start_refused"]
     assert len(refused) == 1
-    assert refused[0]["subject"] == "n1"
-    assert refused[0]["summary"] == line[line.index("Node n1 refused"):]
+    body, env = refused[0]
+    assert set(body) == {"node", "kind", "subject", "summary", "details", "time"}
+    assert (body["node"], body["subject"], body["details"]) == ("n1", "n1", {})
+    assert body["summary"] == line.group(1)
+    assert env == {"ONIONMESH_ALERT_KIND": "start_refused", "ONIONMESH_ALERT_SUBJECT": "n1",
+                   "ONIONMESH_ALERT_SUMMARY": line.group(1)}
     for text in (ran.stderr, alerts.read_text()):
         for secret in secrets:
             assert secret not in text

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from onionmesh.aio import cancel_and_wait
-from onionmesh.alerts import Alert, AlertSink
+from onionmesh.alerts import Alert, AlertKind, AlertSink
 from onionmesh.clock import Clock, ClockAssessment, ClockBasis, ClockVerdict
 from onionmesh.config import Config, ConfigError, load_config
 from onionmesh.errors import OnionmeshError
@@ -155,6 +155,7 @@ class NodeDaemon:
         self._clock_bad = False
         self._foreign_finding: str | None = None  # the publish core's words for a conflict
         self._foreign_instance = ""  # which foreign descriptor: its own alert, not a repeat
+        self._foreign_details: dict[str, str] = {}  # and its facts, for the alert
         self.conflicts = ConflictRecord()
 
     # ------------------------------------------------------------------ entry point
@@ -205,7 +206,7 @@ class NodeDaemon:
         """A start refused (bad key, clock, tor...): an alert too, delivered on shutdown."""
         summary = f"Node {self.config.node_id} refused to start (exit {code}): {why}"
         log.error("%s", summary)
-        self._alert(Alert("start_refused", self.config.node_id, summary))
+        self._alert(Alert(AlertKind.START_REFUSED, self.config.node_id, summary))
 
     def request_stop(self, reason: str) -> None:
         if not self._stop_reason:
@@ -221,7 +222,7 @@ class NodeDaemon:
         self.keys = keys = check_keys(config)
         for warning in keys.warnings:
             log.warning("%s", warning)
-            self._alert(Alert("key_problem", str(config.master.key_path), warning))
+            self._alert(Alert(AlertKind.KEY_PROBLEM, str(config.master.key_path), warning))
         self.master_key_source = (
             MasterKeySource.NONE if keys.master is None
             else MasterKeySource.BACKUP if keys.used_backup else MasterKeySource.PRIMARY
@@ -354,11 +355,11 @@ class NodeDaemon:
     def _on_path_event(self, event: PathEvent) -> None:
         """The transport logged it already; alerts for the operator."""
         if isinstance(event, FellBackToTor):
-            self._alert(Alert("tor_fallback", event.node_id, event.message))
+            self._alert(Alert(AlertKind.TOR_FALLBACK, event.node_id, event.message))
         elif isinstance(event, WireGuardRestored):
-            self._alert(Alert("wireguard_restored", event.node_id, event.message))
+            self._alert(Alert(AlertKind.WIREGUARD_RESTORED, event.node_id, event.message))
         elif isinstance(event, WireGuardDown):
-            self._alert(Alert("wireguard_down", event.node_id, event.message))
+            self._alert(Alert(AlertKind.WIREGUARD_DOWN, event.node_id, event.message))
 
     @staticmethod
     def _refuse_if_running(status_path: Path) -> None:
@@ -377,7 +378,7 @@ class NodeDaemon:
         if self.guard.is_problem(result):
             summary = f"clock problem {when}: {result.message}"
             log.warning("%s (continuing: [resilience] clock_check = \"warn\")", summary)
-            self._alert(Alert("clock_problem", self.config.node_id, summary))
+            self._alert(Alert(AlertKind.CLOCK_PROBLEM, self.config.node_id, summary))
             self._clock_bad = result.verdict is ClockVerdict.BAD
         else:
             log.info("clock check %s: %s", when, result.message)
@@ -461,7 +462,7 @@ class NodeDaemon:
         if bad and not self._clock_bad:
             summary = f"clock went bad: {result.message}; descriptors are not signed until fixed"
             log.error("%s", summary)
-            self._alert(Alert("clock_problem", self.config.node_id, summary))
+            self._alert(Alert(AlertKind.CLOCK_PROBLEM, self.config.node_id, summary))
             if self.guard.mode == "refuse":
                 # Leave the cluster (releasing the lease) rather than hold it without
                 # signing; a restart refuses until the clock is fixed.
@@ -482,7 +483,7 @@ class NodeDaemon:
             reason = f"clock check ({result.basis.value}): {result.message}"
             summary = f"not claiming the lease and not signing: {reason}"
             log.error("%s", summary)
-            self._alert(Alert("clock_hold", self.config.node_id, summary))
+            self._alert(Alert(AlertKind.CLOCK_HOLD, self.config.node_id, summary))
             core.hold_claims(reason, self.clock.now())
             self.driver.flush()
         elif not problem and core.claim_hold is not None:
@@ -499,25 +500,29 @@ class NodeDaemon:
     def on_publish_event(self, event: PublishEvent) -> None:
         """The publish core's events (already logged by the Publisher): alerts, conflicts."""
         if event.kind is PublishEventKind.SIGNING_FAILURES:
-            self._alert(Alert("signing_failure", self.config.node_id, event.message))
+            self._alert(Alert(AlertKind.SIGNING_FAILURE, self.config.node_id, event.message))
         elif event.kind is PublishEventKind.FAILURE_STREAK and event.hsdir is not None:
             # Timeouts of our own uploads count as well as tor's FAILED answers.
-            self._alert(Alert("upload_failure_streak", event.hsdir, event.message))
+            self._alert(Alert(AlertKind.UPLOAD_FAILURE_STREAK, event.hsdir, event.message,
+                              {"hsdir": event.hsdir, "streak": str(event.streak)}))
         elif event.kind is PublishEventKind.CONFLICT and event.foreign is not None:
             self.conflicts.record(event, self.clock.now())
+            found = event.foreign
+            details = {"period": str(found.period), "revision": str(found.revision),
+                       "their_intro_points": str(found.intro_count),
+                       "hsdirs": " ".join(found.hsdirs)}
             if self.driver is None:
-                self._alert(Alert("conflict", "hsdir", event.message,
+                self._alert(Alert(AlertKind.CONFLICT, "hsdir", event.message, details,
                                   instance=foreign_instance(event)))
                 return
             # The mesh core decides (re-election: the side with more intro points keeps
             # publishing); its ConflictDetected event carries this finding into the alert.
-            self._foreign_finding = event.message
+            self._foreign_finding, self._foreign_details = event.message, details
             self._foreign_instance = foreign_instance(event)
             try:
-                self.driver.report_foreign_descriptor(event.foreign.revision,
-                                                      event.foreign.intro_count)
+                self.driver.report_foreign_descriptor(found.revision, found.intro_count)
             finally:
-                self._foreign_finding = None
+                self._foreign_finding, self._foreign_details = None, {}
                 self._foreign_instance = ""
 
     # ------------------------------------------------------------------ mesh events
@@ -536,10 +541,10 @@ class NodeDaemon:
     def _on_gate_event(self, event: GateEvent) -> None:
         if event.kind is GateEventKind.WITHDRAWN:
             log.warning("%s", event.message)
-            self._alert(Alert("node_withdrawn", self.config.node_id, event.message))
+            self._alert(Alert(AlertKind.NODE_WITHDRAWN, self.config.node_id, event.message))
         elif event.kind is GateEventKind.RESTORED:
             log.info("%s", event.message)
-            self._alert(Alert("node_restored", self.config.node_id, event.message))
+            self._alert(Alert(AlertKind.NODE_RESTORED, self.config.node_id, event.message))
         elif event.kind is GateEventKind.CHECK_FAILED:
             log.warning("%s", event.message)
         else:
@@ -566,18 +571,24 @@ class NodeDaemon:
         level = logging.WARNING if isinstance(event, warn) else logging.INFO
         log.log(level, "%s", event.message)
         if isinstance(event, PeerDead):
-            self._alert(Alert("node_dead", event.node_id, event.message))
+            self._alert(Alert(AlertKind.NODE_DEAD, event.node_id, event.message,
+                              {"intro_points": str(event.intro_count)}))
         elif isinstance(event, PeerRecovered):
-            self._alert(Alert("node_recovered", event.node_id, event.message))
+            self._alert(Alert(AlertKind.NODE_RECOVERED, event.node_id, event.message))
         elif isinstance(event, BecamePublisher):
-            self._alert(Alert("takeover", self.config.node_id, event.message))
+            self._alert(Alert(AlertKind.TAKEOVER, self.config.node_id, event.message,
+                              {"term": str(event.term), "cause": event.cause.value}))
             if self.standby_checks is not None and self.standby_checks.active:
                 self._spawn(self.standby_checks.stop())  # the publisher checks, faster
         elif isinstance(event, ConflictDetected):
             detail = event.message
             if self._foreign_finding is not None:
                 detail = f"{self._foreign_finding}. {event.message}"
-            self._alert(Alert("conflict", event.other, detail, instance=self._foreign_instance))
+            self._alert(Alert(AlertKind.CONFLICT, event.other, detail, {
+                "conflict": event.kind.value, "resolution": event.resolution.value,
+                "our_intro_points": str(event.our_intro_count),
+                "their_intro_points": str(event.their_intro_count),
+                **self._foreign_details}, instance=self._foreign_instance))
         elif isinstance(event, SteppedDown):
             if self.publisher_control is not None:
                 self._spawn(self.publisher_control.detach())
