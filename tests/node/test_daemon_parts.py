@@ -168,6 +168,19 @@ def test_uploads_view_alerts_once_per_failure_streak_and_tracks_the_age():
     assert view.to_json(25.0)[hsdir]["result"] == "uploaded"
 
 
+def test_uploads_view_counts_the_publishers_own_timeouts_as_failures():
+    streaks: list[tuple[str, int, str | None]] = []
+    view = UploadsView(MASTER.onion_address, lambda h, n, r: streaks.append((h, n, r)))
+    hsdir = "B" * 40
+    for i in range(STREAK_ALERT):
+        entry = view.note_timeout(hsdir, 30.0 * (i + 1))
+    assert (entry.result, entry.reason, entry.failures_in_a_row) == ("failed", "TIMEOUT",
+                                                                     STREAK_ALERT)
+    assert streaks == [(hsdir, STREAK_ALERT, "TIMEOUT")]
+    assert view.to_json(95.0)[hsdir]["age"] == 5.0
+    assert view.descriptor_age(95.0) is None  # nothing was ever accepted
+
+
 def test_format_status_names_roles_peers_and_uploads():
     doc = {
         "node": {"id": "n1", "state": "running"}, "master_address": "m.onion",

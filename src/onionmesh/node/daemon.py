@@ -501,6 +501,10 @@ class NodeDaemon:
         """The publish core's events (already logged by the Publisher): alerts, conflicts."""
         if event.kind is PublishEventKind.SIGNING_FAILURES:
             self._alert(Alert(AlertKind.SIGNING_FAILURE, self.config.node_id, event.message))
+        elif event.kind is PublishEventKind.UPLOAD_TIMEOUT and event.hsdir is not None:
+            # tor never answered: the status and the metrics show it as a failure.
+            self.uploads.note_timeout(event.hsdir, self.clock.now())
+            self.metrics.record_upload(event.hsdir, False)
         elif event.kind is PublishEventKind.FAILURE_STREAK and event.hsdir is not None:
             # Timeouts of our own uploads count as well as tor's FAILED answers.
             self._alert(Alert(AlertKind.UPLOAD_FAILURE_STREAK, event.hsdir, event.message,

@@ -3,7 +3,8 @@
 The Publisher tracks uploads for its own retry logic; this view listens to the
 same ``HS_DESC`` events independently so ``onionmesh status`` shows the last
 result per HSDir even across publisher restarts, and so a streak of failures
-at one HSDir raises one alert (not one per failure).
+at one HSDir raises one alert (not one per failure). Uploads tor never answered
+(the Publisher's own timeout) are failures here too (``note_timeout``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from onionmesh.publish.core import FETCH_FAILURE_REASONS
+from onionmesh.publish.uploads import TIMEOUT
 from onionmesh.tor.control_protocol import HsDescEvent
 
 STREAK_ALERT = 3  # consecutive failures at one HSDir before an alert
@@ -51,17 +53,26 @@ class UploadsView:
             return None
         if event.action == "FAILED" and event.reason in FETCH_FAILURE_REASONS:
             return None  # a conflict-check HSFETCH that found nothing, not an upload
-        previous = self.hsdirs.get(event.hsdir)
         if event.action == "UPLOADED":
             entry = HsdirResult(event.hsdir, "uploaded", now, None, event.descriptor_id)
             self.last_accepted_at = now
-        else:
-            streak = (previous.failures_in_a_row if previous else 0) + 1
-            entry = HsdirResult(event.hsdir, "failed", now, event.reason, event.descriptor_id,
-                                streak)
-            if streak == STREAK_ALERT and self.on_streak is not None:
-                self.on_streak(event.hsdir, streak, event.reason)
-        self.hsdirs[event.hsdir] = entry
+            self.hsdirs[event.hsdir] = entry
+            return entry
+        return self._failed(event.hsdir, event.reason, event.descriptor_id, now)
+
+    def note_timeout(self, hsdir: str, now: float) -> HsdirResult:
+        """An upload to ``hsdir`` got no answer within the Publisher's upload timeout."""
+        previous = self.hsdirs.get(hsdir)
+        return self._failed(hsdir, TIMEOUT, previous.descriptor_id if previous else None, now)
+
+    def _failed(self, hsdir: str, reason: str | None, descriptor_id: str | None,
+                now: float) -> HsdirResult:
+        previous = self.hsdirs.get(hsdir)
+        streak = (previous.failures_in_a_row if previous else 0) + 1
+        entry = HsdirResult(hsdir, "failed", now, reason, descriptor_id, streak)
+        if streak == STREAK_ALERT and self.on_streak is not None:
+            self.on_streak(hsdir, streak, reason)
+        self.hsdirs[hsdir] = entry
         return entry
 
     def descriptor_age(self, now: float) -> float | None:
