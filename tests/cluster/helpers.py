@@ -43,8 +43,19 @@ def healthy_cluster(tornet: TorNetwork, prefix: str, *, timeout: float,
     finally:
         nodes.stop()
         leftovers = nodes.leftover_pids()
+        keep_logs(base, tornet.base_dir / f"logs-{prefix.rstrip('-')}")
         shutil.rmtree(base, ignore_errors=True)
         assert not leftovers, f"cluster processes survived teardown: {leftovers}"
+
+
+def keep_logs(base: Path, into: Path) -> None:
+    """Copy the cluster's logs (daemons, their tors, backends) next to the network's own,
+    where pytest keeps them after the run, so a failure can be read afterwards."""
+    for log in base.rglob("*.log"):
+        target = into / log.relative_to(base)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            shutil.copyfile(log, target)
 
 
 def config_value(cluster: NodeCluster, section: str, key: str) -> float:
@@ -105,13 +116,14 @@ def uploads_after(doc: StatusDocument, since: float) -> tuple[int, int]:
     return doc.uploads_since(since)
 
 
-async def fetched_intro_keys(client: TorClient, address: str) -> set[bytes]:
+async def fetched_intro_keys(client: TorClient, address: str, *,
+                             timeout: float = 30.0) -> set[bytes]:
     """HSFETCH ``address`` (the master or a node) through ``client`` and return the
     verified descriptor's intro keys, as a client fetches them now."""
     controller = await TorController.connect(port=client.control_port)
     try:
         length = period_length_minutes(await fetch_consensus(controller))
-        text = await fetch_descriptor(controller, address, timeout=30.0)
+        text = await fetch_descriptor(controller, address, timeout=timeout)
     finally:
         await controller.close()
     desc = parse_descriptor(text, address, period_length=length)

@@ -44,6 +44,8 @@ from onionmesh.status_document import ClusterStatus, StatusDocument
 from onionmesh.testnet import SocksError, TorClient, TorNetwork
 from onionmesh.testnet.node_cluster import NodeCluster
 from onionmesh.tor.control import TorController
+from onionmesh.tor.process import log_tail
+from onionmesh.tor.torrc import REND_LOG
 
 from .helpers import (
     config_value,
@@ -183,8 +185,9 @@ async def test_caching_clients_and_master_intro_points_across_a_whole_period(
         watch_master(cluster, tornet_client, addresses, watch_stop, watch),
     )
 
-    for gets, first_half in ((gets_a, True), (gets_b, False)):
-        assert not gets.failed, f"client {gets.name}: {gets.failed}"
+    for gets, first_half, client in ((gets_a, True, client_a), (gets_b, False, client_b)):
+        assert not gets.failed, (f"client {gets.name}: {gets.failed}; its tor's rend log:\n"
+                                 f"{log_tail(client.data_dir / REND_LOG, 40)}")
         # It kept browsing the whole window (its length depends on where in the period
         # the test began): never a stretch longer than one slow GET without an answer.
         times = [t for t, _ in gets.ok]

@@ -60,8 +60,11 @@ def test_every_role_names_all_authorities_and_a_cookie_control_port(tmp_path):
         assert lookup(text, "ControlPort") == ["127.0.0.1:6000"]
         assert lookup(text, "CookieAuthentication") == ["1"]
         assert lookup(text, "DataDirectory") == [str(tmp_path / "node1")]
-        assert lookup(text, "Log") == [f"notice file {tmp_path / 'node1'}/notice.log"]
+        assert lookup(text, "Log")[0] == f"notice file {tmp_path / 'node1'}/notice.log"
         assert text.endswith("\n")
+    # Clients also keep the info-level log of introductions and rendezvous.
+    assert lookup(texts[2], "Log")[1:] == [f"[rend]info file {tmp_path / 'node1'}/rend-info.log"]
+    assert all(len(lookup(text, "Log")) == 1 for text in (texts[0], texts[1], texts[3]))
 
 
 def test_authority_votes_every_20_seconds_and_flags_everyone(tmp_path):

@@ -8,6 +8,7 @@ run. Config profiles name the core configurations the simulator is run with.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -173,14 +174,18 @@ def soak_jobs(
     return [SoakJob(s, nodes_for_seed(s, lo, hi), profile, cycles, quick) for s in seeds]
 
 
-def soak(jobs: list[SoakJob], workers: int = 1) -> Iterator[RunResult]:
-    """Run jobs, in worker processes when ``workers > 1``; yields results in job order."""
+def soak(jobs: list[SoakJob], workers: int = 1, niceness: int = 0) -> Iterator[RunResult]:
+    """Run jobs, in worker processes when ``workers > 1``; yields results in job order.
+
+    ``niceness``: the worker processes lower their priority by this much, so a soak that
+    shares the machine with real tor processes (the test suite) does not starve them.
+    """
     if workers <= 1:
         for job in jobs:
             yield _run_job(job)
         return
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(workers) as pool:
+    with ctx.Pool(workers, initializer=os.nice, initargs=(niceness,)) as pool:
         yield from pool.imap(_run_job, jobs, chunksize=8)
 
 

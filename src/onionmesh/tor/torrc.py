@@ -26,6 +26,7 @@ from onionmesh.errors import OnionmeshError
 # (24 voting intervals), the value Onionbalance's --is-testnet hard-codes.
 DEFAULT_VOTING_INTERVAL = 20
 DEFAULT_VOTE_DELAY = 4
+REND_LOG = "rend-info.log"  # test clients: tor's info-level log of the rend domain only
 
 _NICKNAME_RE = re.compile(r"^[A-Za-z0-9]{1,19}$")
 _OPTION_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -216,6 +217,8 @@ def client_torrc(node: NodeBase, *, socks_port: int) -> str:
     options = common_options(node)
     # ExtendedErrors turns the generic SOCKS 0x04 into 0xF0 (no descriptor), 0xF2/0xF3 ...
     options.append(("SocksPort", f"127.0.0.1:{socks_port} ExtendedErrors"))
+    # The client side of every introduction and rendezvous, for reading a failed GET.
+    options.append(("Log", f"[rend]info file {_path(node.data_dir, 'data_dir')}/{REND_LOG}"))
     return render(options)
 
 
