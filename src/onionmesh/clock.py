@@ -17,9 +17,13 @@ Three signals are used:
   hours wide, so it only catches gross errors;
 * the cluster's peers: the median of the live peers' clocks and ours
   (``onionmesh.mesh.clock_offset``), checked to ``[resilience]
-  clock_skew_tolerance``: this is what catches a clock minutes off. A node
-  alone (no live peer) falls back to the consensus window, which always applies
-  as well; the assessment says which check judged the offset (``ClockBasis``).
+  clock_skew_tolerance``: this is what catches a clock minutes off. Peers keep
+  hearing a node whose clock is off by up to ``[coordination]
+  datagram_max_age`` (300 s, at least 3x the tolerance), so it is caught by
+  them; a node alone (no live peer) falls back to the consensus window, which
+  always applies as well; the assessment says which check judged the offset
+  (``ClockBasis``). One tolerance, ``[resilience] clock_skew_tolerance``, is
+  used for both the peers' median and the edges of the consensus window.
 
 ``assess_clock`` is pure; ``kernel_ntp_synchronized`` is the only I/O here.
 """

@@ -26,6 +26,7 @@ import base64
 import binascii
 import enum
 import ipaddress
+import logging
 import re
 import tomllib
 from pathlib import Path
@@ -35,7 +36,12 @@ import msgspec
 
 from onionmesh.errors import OnionmeshError
 
+log = logging.getLogger(__name__)
+
 DEFAULT_CONFIG_PATH = Path("/etc/onionmesh/onionmesh.toml")
+# [coordination] datagram_max_age >= this x [resilience] clock_skew_tolerance, so a
+# clock well past the tolerance is still heard by its peers (and held back by them).
+DATAGRAM_AGE_FACTOR = 3
 MAX_CONFIG_BYTES = 1 << 20  # a node's config is a few KiB; refuse before parsing more
 MAX_PATH_CHARS = 4096
 MAX_LIST_ITEMS = 256
@@ -228,7 +234,15 @@ class CoordinationSection(_Section):
     heartbeat_interval: _seconds(0.1, 600) = 5.0
     lease_duration: _seconds(0.5, 3600) = 15.0
     lease_grace: _seconds(0, 600) = 2.0
-    clock_skew_tolerance: _seconds(0.5, 3600) = 30.0
+    # How old (or how far in the future) a peer's datagram timestamp may be. Only a
+    # bound on how long a captured datagram is worth anything: replays are refused by
+    # the (boot, seq) windows and the echo challenge (mesh/auth.py). Wide on purpose:
+    # a peer whose clock is off by less than this is still heard, so the peers' median
+    # ([resilience] clock_skew_tolerance) can hold it back.
+    datagram_max_age: _seconds(10, 3600) = 300.0
+    # Deprecated spelling of datagram_max_age (before it was renamed); parse_config
+    # moves its value over and logs a warning, so this field is always None after it.
+    clock_skew_tolerance: _seconds(0.5, 3600) | None = None
 
     def __post_init__(self) -> None:
         _check_host_port("listen", self.listen)
@@ -359,10 +373,11 @@ class ResilienceSection(_Section):
     hsdir_max_retries: Retries = 3
     require_ntp_sync: bool = True
     clock_check: ClockCheck = ClockCheck.REFUSE
-    # How far this node's clock may be from the median of its live peers' clocks
-    # (and its own) before it stops claiming the lease and signing. Keep it below
-    # [coordination] clock_skew_tolerance: peers refuse datagrams beyond that window,
-    # and a node nobody hears from is judged by the consensus window alone.
+    # THE clock tolerance: how far this node's clock may be from the median of its
+    # live peers' clocks (and its own), or outside tor's consensus window, before it
+    # stops claiming the lease and signing. [coordination] datagram_max_age must be at
+    # least DATAGRAM_AGE_FACTOR times this: peers refuse datagrams beyond that age, and
+    # a node nobody hears from is judged by the consensus window alone.
     clock_skew_tolerance: _seconds(0.5, 3600) = 10.0
 
 
@@ -605,9 +620,51 @@ def parse_config(text: str, path: Path | str = "<string>") -> Config:
             path, "set in both [publishing] and [resilience]; keep one", "publishing",
             "hsdir_max_retries",
         )
+    coordination = sections.get("coordination", CoordinationSection())
+    resilience = sections.get("resilience", ResilienceSection())
+    assert isinstance(coordination, CoordinationSection)
+    assert isinstance(resilience, ResilienceSection)
+    tolerance = resilience.clock_skew_tolerance
+    if coordination.clock_skew_tolerance is not None:
+        sections["coordination"] = coordination = _renamed_datagram_max_age(
+            coordination, raw["coordination"], path, DATAGRAM_AGE_FACTOR * tolerance)
+    if coordination.datagram_max_age < DATAGRAM_AGE_FACTOR * tolerance:
+        raise ConfigError(
+            path, f"must be at least {DATAGRAM_AGE_FACTOR} x [resilience] "
+            f"clock_skew_tolerance ({tolerance:g} s), got {coordination.datagram_max_age:g} "
+            "s: peers refuse datagrams older than this, so a node whose clock is off by "
+            "more is never heard and the peers' median cannot hold it back",
+            "coordination", "datagram_max_age")
     config = Config(path=path, **sections)  # type: ignore[arg-type]
     _check_consistency(config)
     return config
+
+
+def _renamed_datagram_max_age(coordination: CoordinationSection, raw: dict[str, Any],
+                              path: Path, minimum: float) -> CoordinationSection:
+    """The deprecated ``[coordination] clock_skew_tolerance`` (the datagram window, not
+    a clock tolerance) is read as ``datagram_max_age``, with a warning; both is an error.
+
+    An old value below the minimum is raised to it rather than refused: a config that
+    ran before keeps running (a wider window only lets older datagrams be checked by
+    the replay windows and the echo, which are what refuse replays)."""
+    old = coordination.clock_skew_tolerance
+    assert old is not None
+    if "datagram_max_age" in raw:
+        raise ConfigError(
+            path, "is the deprecated name of datagram_max_age, and both are set; keep "
+            "datagram_max_age (the clock tolerance is [resilience] clock_skew_tolerance)",
+            "coordination", "clock_skew_tolerance")
+    used = max(old, minimum)
+    raised = "" if used == old else (
+        f" raised to {used:g} s ({DATAGRAM_AGE_FACTOR} x [resilience] clock_skew_tolerance)")
+    log.warning(
+        "%s: [coordination] clock_skew_tolerance is deprecated: it was the peers' "
+        "datagram timestamp window, now [coordination] datagram_max_age (default 300 s); "
+        "using %g s from the old key%s. Rename it; the clock tolerance is [resilience] "
+        "clock_skew_tolerance", path, old, raised)
+    return msgspec.structs.replace(coordination, datagram_max_age=used,
+                                   clock_skew_tolerance=None)
 
 
 def _check_consistency(config: Config) -> None:

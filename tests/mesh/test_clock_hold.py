@@ -2,8 +2,8 @@
 
 The test plays the daemon's shell (node/daemon.py ``_hold_for_clock``): every half
 heartbeat each core's peer offsets go through ``assess_clock`` and a problem holds
-its claims. The datagram window (``clock_skew_tolerance`` of the mesh) is wider than
-the signing tolerance, so the peers keep hearing the skewed node.
+its claims. The datagram window (``datagram_max_age``, 300 s by default) is wider
+than the signing tolerance, so the peers keep hearing the skewed node.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from onionmesh.mesh.vocabulary import Role, StepDownCause
 
 from .netloop import Net, identity
 
-CFG = MeshConfig(clock_skew_tolerance=300.0)
+CFG = MeshConfig()
 SKEW_TOLERANCE = 10.0
 
 

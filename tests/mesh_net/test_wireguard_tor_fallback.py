@@ -143,7 +143,7 @@ def test_clock_skew_within_and_past_tolerance(meshlab: MeshLab) -> None:
     tolerance off has its datagrams refused both ways (as configured), so it never
     becomes alive again for its peers while it runs, and they never for it."""
     meshlab.wait_until(lambda: all_alive(meshlab), 120, "all alive")
-    tolerance = DEFAULTS.clock_skew_tolerance
+    tolerance = DEFAULTS.datagram_max_age
     meshlab.restart_node(3, clock_offset=10.0)
     meshlab.wait_until(lambda: meshlab.status(3) is not None and all_alive(meshlab), 60,
                        "node 3 back with a 10 s offset")

@@ -29,7 +29,7 @@ class FakeConfig:
     lease_duration: float = 3.0
     lease_grace: float = 0.5
     min_publish_interval: float = 2.0
-    clock_skew_tolerance: float = 30.0
+    datagram_max_age: float = 300.0
     max_intro_points: int = 20
 
 
@@ -186,7 +186,7 @@ class FakeCore:
             return "malformed"
         if sender == self.spec.node_id or sender in self.removed:
             return "unknown_sender"
-        if abs(ts - now) > self.cfg.clock_skew_tolerance and self.broken != "no_skew_check":
+        if abs(ts - now) > self.cfg.datagram_max_age and self.broken != "no_skew_check":
             return "stale"
         peer = self.peers_.setdefault(sender, _Peer(msg["addr"]))
         if self.broken != "accept_replays":

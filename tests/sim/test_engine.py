@@ -212,7 +212,7 @@ def test_bounds_follow_the_config() -> None:
 def test_beyond_tolerance_node_is_refused_both_ways() -> None:
     def prepare(sim: Simulation) -> None:
         sim.schedule = [
-            (at, Start(a.node, 2.5 * sim.timing.clock_skew_tolerance, True))
+            (at, Start(a.node, 2.5 * sim.timing.datagram_max_age, True))
             if isinstance(a, Start) and a.node == 1 and at < 1.0 else (at, a)
             for at, a in sim.schedule
         ]

@@ -157,7 +157,7 @@ def test_clock_beyond_tolerance_isolates_only_that_node() -> None:
     """Expected behaviour: everything it sends or receives is rejected as stale,
     the others declare it dead and drop its intro points; it does not disturb them."""
     sim = _quiet_sim(4, seed=13)
-    tolerance = sim.timing.clock_skew_tolerance
+    tolerance = sim.timing.datagram_max_age
     sim.run_until(sim.bounds.stable_window)
     [pub] = _publishers(sim)
     skewed = next(n for n in sim.nodes if n.spec.node_id != pub)

@@ -16,13 +16,24 @@ Every datagram is ``Sealed(version, signed, signature, mac)``:
   A boot never seen before becomes the current one; a retired boot is
   refused as ``replayed``; in the current boot an unseen seq within a
   64-message window of the highest one is accepted (UDP reorders).
-* ``ts_ms`` must be within ``clock_skew_tolerance`` of the receiver's clock,
-  which bounds how long any captured datagram is worth anything.
+* ``ts_ms`` must be within ``datagram_max_age`` (``[coordination]``, 300 s by
+  default) of the receiver's clock, which bounds how long any captured datagram
+  is worth anything. It is only that bound, not the clock check: replays are
+  refused by the windows above and the echo below. It is deliberately much
+  wider than the clock tolerance (``[resilience] clock_skew_tolerance``, the
+  config insists on 3x), so a peer whose clock is wrong by more than the
+  tolerance is still heard, its timestamps reach the offset estimator
+  (``clock_offset.py``) and the peers' median holds it back. Datagrams refused
+  here are NOT fed to the estimator: they never complete the echo handshake,
+  so nothing proves they were sent recently, and a recording replayed later
+  would look exactly like a clock far off (an attacker could make an isolated
+  node hold forever). A clock off by more than ``datagram_max_age`` leaves its
+  node alone, judged by tor's consensus window and the kernel's NTP status.
 * ``echo`` must equal the receiver's per-boot *challenge* (a 16-byte value
   derived from the receiver's key and boot id, carried in every message it
   sends). This closes the gap the two checks above leave: a receiver that
   restarts has lost its replay windows, and without the echo anything
-  captured in the last ``clock_skew_tolerance`` seconds would be accepted
+  captured in the last ``datagram_max_age`` seconds would be accepted
   again. A message with another echo is refused as ``unverified``: nothing
   is applied. The core only notes the sender's challenge in a bounded
   handshake cache (handshake.py) so that what it sends that node next echoes
@@ -233,9 +244,9 @@ class ReplayGuard:
 class Verifier:
     """Runs every envelope check in order, cheapest first; changes no state."""
 
-    def __init__(self, key: ClusterKey, clock_skew_tolerance: float) -> None:
+    def __init__(self, key: ClusterKey, max_age: float) -> None:
         self._key = key
-        self._skew_ms = int(clock_skew_tolerance * 1000)
+        self._max_age_ms = int(max_age * 1000)
         self._verify_keys: dict[bytes, VerifyKey] = {}
 
     def verify(
@@ -273,9 +284,9 @@ class Verifier:
             )
         # Stateless checks on the claimed fields before the costly signature: a replay
         # or a stale copy is refused for the price of a MAC (flood resistance).
-        if abs(signed.ts_ms - int(now * 1000)) > self._skew_ms:
+        if abs(signed.ts_ms - int(now * 1000)) > self._max_age_ms:
             raise RejectedDatagram(
-                RejectReason.STALE, f"{signed.sender}: timestamp outside skew window"
+                RejectReason.STALE, f"{signed.sender}: timestamp outside datagram_max_age"
             )
         token = guard.check(signed.sender, signed.boot, signed.seq)
         vk = self._verify_keys.get(signed.public_key)

@@ -26,7 +26,10 @@ class MeshConfig:
     lease_grace: float = 2.0  # extra wait after lease expiry before a standby claims
     min_publish_interval: float = 10.0  # at most one PublishRequested per this interval
     refresh_interval: float = 3600.0  # periodic republish of an unchanged plan
-    clock_skew_tolerance: float = 30.0  # accepted |sender timestamp - our clock|
+    # Accepted |sender timestamp - our clock|: bounds how long a captured datagram is
+    # worth anything (replays are refused by (boot, seq) and the echo, see auth.py).
+    # Wide, so a peer with a wrong clock is still heard and the median can catch it.
+    datagram_max_age: float = 300.0
     max_intro_points: int = MAX_INTRO_POINTS  # tor clients reject descriptors with more
     # Flap damping: a peer that came back `flap_threshold` times within
     # `flap_window` seconds must stay up `flap_hold` seconds before its intro

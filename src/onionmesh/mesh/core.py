@@ -183,7 +183,7 @@ class MeshCore:
         self.challenge = self._sealer.challenge
         # node id -> (boot, challenge, address): what we echo to that node (see auth.py)
         self._handshake = HandshakeCache(identity.node_id)
-        self._verifier = Verifier(key, config.clock_skew_tolerance)
+        self._verifier = Verifier(key, config.datagram_max_age)
         self._guard = ReplayGuard()
         self.membership = Membership(config)
         # Why this node may not claim the lease now (set by the shell's clock check).

@@ -34,7 +34,7 @@ from mesh envelopes, which are msgpack arrays starting 0x94)::
 API for the shells::
 
     # sponsor (a node holding the authority key)
-    sponsor = JoinSponsor(authority, roster, cluster_secret, clock_skew_tolerance=30.0)
+    sponsor = JoinSponsor(authority, roster, cluster_secret, max_age=300.0)
     decision = sponsor.handle(data, now, grant_for=lambda join_key: grant_or_None,
                               entropy=os.urandom(32))
     for datagram in decision.replies: send(datagram, addr)
@@ -289,14 +289,14 @@ class JoinSponsor:
         roster: Roster,
         cluster_secret: bytes | None,
         *,
-        clock_skew_tolerance: float = 30.0,
+        max_age: float = 300.0,  # [coordination] datagram_max_age: a request's age bound
     ) -> None:
         if roster.authority_key != authority.public_key:
             raise JoinError(JoinProblem.WRONG_AUTHORITY, "the roster belongs to another authority")
         self._authority = authority
         self.roster = roster
         self._secret = cluster_secret or b""
-        self._skew = clock_skew_tolerance
+        self._max_age = max_age
 
     def _refuse(self, reason: JoinRefusal, join_key: bytes | None = None) -> JoinDecision:
         return JoinDecision([encode_message(JoinRefused())], refused=reason, join_key=join_key)
@@ -331,7 +331,7 @@ class JoinSponsor:
             return self._refuse(JoinRefusal.EXPIRED_TOKEN, body.join_key)
         if grant.used_by is not None and not hmac.compare_digest(grant.used_by, digest):
             return self._refuse(JoinRefusal.USED_TOKEN, body.join_key)
-        if abs(body.ts - now) > self._skew:
+        if abs(body.ts - now) > self._max_age:
             return self._refuse(JoinRefusal.STALE_REQUEST, body.join_key)
         if grant.node_id is not None and grant.node_id != body.node_id:
             return self._refuse(JoinRefusal.WRONG_NODE_ID, body.join_key)

@@ -143,7 +143,7 @@ class Signed(_Msg, frozen=True):
     public_key: PublicKey
     boot: U63  # per-boot id; a restarted sender uses a larger one
     seq: U63  # per-boot sequence number, strictly increasing from 1
-    ts_ms: U63  # sender's clock, milliseconds (checked against clock_skew_tolerance)
+    ts_ms: U63  # sender's clock, milliseconds (checked against datagram_max_age)
     challenge: Digest  # the sender's per-boot challenge (receivers echo it back)
     to: OptNodeId  # recipient node id, "" when not yet known (first contact by address)
     echo: Echo  # the recipient's current challenge: proves this was sent after it booted

@@ -75,9 +75,10 @@ CONFIG_NAME = "onionmesh.toml"
 # The settings every node of a cluster must share; the token carries them.
 SHARED_TIMING = {
     "coordination": ("heartbeat_interval", "lease_duration", "lease_grace",
-                     "clock_skew_tolerance"),
+                     "datagram_max_age"),
     "resilience": ("dead_threshold", "removal_grace_period", "clock_skew_tolerance"),
 }
+_RENAMED_TIMING = {("coordination", "clock_skew_tolerance"): "datagram_max_age"}
 TOKEN_WARNING = (
     "This join token admits one node, once, until it expires. Until then it is a secret: "
     "pass it to the new node over a private channel and feed it to `onionmesh join` on "
@@ -205,6 +206,9 @@ def node_sections(
     for section, keys in (timing or {}).items():
         allowed = SHARED_TIMING.get(section, ())
         for key, value in keys.items():
+            # A token from a node before the rename names the datagram window by its
+            # old, misleading name; the config gets the new one.
+            key = _RENAMED_TIMING.get((section, key), key)
             if key in allowed:
                 sections[section][key] = value
     return sections

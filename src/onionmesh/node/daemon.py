@@ -142,7 +142,7 @@ class NodeDaemon:
         self.guard = ClockGuard(
             self.clock, mode=config.resilience.clock_check,
             require_ntp_sync=config.resilience.require_ntp_sync,
-            tolerance=config.coordination.clock_skew_tolerance,
+            tolerance=config.resilience.clock_skew_tolerance,
             skew_tolerance=config.resilience.clock_skew_tolerance,
         )
         self.status_server: StatusServer | None = None

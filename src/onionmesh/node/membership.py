@@ -93,7 +93,7 @@ def load_authority(config: Config) -> AuthorityKey:
 def make_sponsor(config: Config, roster: Roster) -> JoinSponsor:
     """The join answerer for a node with the authority key (it boxes the cluster secret)."""
     return JoinSponsor(load_authority(config), roster, load_cluster_secret(config),
-                       clock_skew_tolerance=config.coordination.clock_skew_tolerance)
+                       max_age=config.coordination.datagram_max_age)
 
 
 # -- statements over the status socket ------------------------------------------------

@@ -53,7 +53,7 @@ def mesh_config(config: Config) -> MeshConfig:
             lease_grace=max(tiny, coordination.lease_grace),
             min_publish_interval=max(tiny, publishing.min_publish_interval),
             refresh_interval=publishing.refresh_interval,
-            clock_skew_tolerance=coordination.clock_skew_tolerance,
+            datagram_max_age=coordination.datagram_max_age,
         )
     except MeshConfigError as exc:
         raise NodeConfigError(f"{config.path}: mesh settings: {exc}") from None

@@ -49,7 +49,7 @@ class Timing:
     lease_duration: float
     lease_grace: float
     min_publish_interval: float
-    clock_skew_tolerance: float
+    datagram_max_age: float
     max_intro_points: int
 
     @classmethod
@@ -62,7 +62,7 @@ class Timing:
             lease_duration=float(config.lease_duration),
             lease_grace=float(config.lease_grace),
             min_publish_interval=float(config.min_publish_interval),
-            clock_skew_tolerance=float(config.clock_skew_tolerance),
+            datagram_max_age=float(config.datagram_max_age),
             max_intro_points=int(config.max_intro_points),
         )
 

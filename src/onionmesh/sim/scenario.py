@@ -176,12 +176,12 @@ def normal_skew(rng: random.Random, timing: Timing) -> float:
     """A clock offset within tolerance: pairwise differences stay below 0.6 x tolerance."""
     if rng.random() < 0.5:
         return 0.0
-    return rng.uniform(-0.3, 0.3) * timing.clock_skew_tolerance
+    return rng.uniform(-0.3, 0.3) * timing.datagram_max_age
 
 
 def beyond_skew(rng: random.Random, timing: Timing) -> float:
     """A clock offset beyond tolerance against every in-tolerance node (>= 1.3 x tolerance)."""
-    return rng.choice((-1.0, 1.0)) * rng.uniform(1.6, 3.0) * timing.clock_skew_tolerance
+    return rng.choice((-1.0, 1.0)) * rng.uniform(1.6, 3.0) * timing.datagram_max_age
 
 
 @dataclass(frozen=True)
