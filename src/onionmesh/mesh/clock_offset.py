@@ -15,6 +15,12 @@ half is wrong, and stopping both halves would leave nobody to sign. So two nodes
 alone never hold each other back; three or more catch the odd one out. With no
 live peer there is no median at all and the caller falls back to tor's consensus
 window (``onionmesh.clock``).
+
+Only datagrams the receiver accepted count. Their age bound (``[coordination]
+datagram_max_age``, 300 s) is far wider than the clock tolerance, so a clock minutes
+off is still heard and counted here; a datagram refused as stale is not counted,
+because without the echo handshake nothing proves it was sent recently (a replayed
+recording would read as a clock far off; see ``auth.py``).
 """
 
 from __future__ import annotations
