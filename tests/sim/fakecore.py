@@ -29,7 +29,7 @@ class FakeConfig:
     lease_duration: float = 3.0
     lease_grace: float = 0.5
     min_publish_interval: float = 2.0
-    datagram_max_age: float = 300.0
+    datagram_max_age: float = 30.0  # the simulator's window (sim/runner.py)
     max_intro_points: int = 20
 
 

@@ -21,11 +21,20 @@ from onionmesh.sim.simulation import Simulation, Stats
 
 # "fast" scales every interval of the defaults down by 5 (heartbeat 1 s instead
 # of 5 s): the same number of heartbeats per scenario, so the same logic is
-# exercised, in a fifth of the simulated time. The clock-skew tolerance stays
-# at 30 s because it is about clocks, not about the heartbeat rhythm.
+# exercised, in a fifth of the simulated time.
+#
+# Every profile narrows the datagram window (datagram_max_age, 300 s in a node) to
+# 30 s. The simulator draws clock offsets from it (scenario.py: in-window nodes within
+# +-0.3 x, so +-9 s, out-of-window ones 1.6..3 x) and does not run the node shell's
+# clock hold (peers' median, [resilience] clock_skew_tolerance 10 s, node/daemon.py):
+# with the node's 300 s, "in-window" clocks would be up to 90 s apart and sign
+# revision counters a real node would be held back from signing. The window's logic
+# (refuse both ways beyond it, never inside) does not depend on its width.
+SIM_DATAGRAM_MAX_AGE = 30.0
 PROFILES: dict[str, dict[str, Any]] = {
-    "default": {},
+    "default": {"datagram_max_age": SIM_DATAGRAM_MAX_AGE},
     "fast": {
+        "datagram_max_age": SIM_DATAGRAM_MAX_AGE,
         "heartbeat_interval": 1.0,
         "dead_threshold": 3,
         "removal_grace_period": 6.0,
