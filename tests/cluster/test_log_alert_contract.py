@@ -4,15 +4,17 @@ Three ``onionmesh run`` nodes (fast timings) on the session's private Tor networ
 node's ``[alerts] command`` is a small script that appends what it receives (argv, the
 ``ONIONMESH_*`` variables, the JSON on stdin) as one line to a file of its own. Real faults
 in sequence on the one cluster: a standby SIGKILLed (death) and restarted (recovery), the
-publisher SIGKILLed (takeover), the publisher's tor SIGSTOPped so its uploads time out
-(upload failure streak), a stray upload of the master descriptor through another tor
-(conflict). Each step asserts the exact log lines (a regex on the whole line: time, level,
-logger, node ids, counts) and the alert the hook received. The refused start is covered by
-tests/node/test_bad_inputs.py::test_refused_start_is_a_log_line_and_an_alert.
+publisher SIGKILLed (takeover), a responsible HSDir's tor SIGSTOPped so the publisher's
+uploads to it time out (upload failure streak), a stray upload of the master descriptor
+through another tor (conflict), a standby restarted with its clock 10 minutes ahead
+(refused start). Each step asserts the exact log lines (a regex on the whole line: time,
+level, logger, node ids, counts) and the alert the hook received. The refused start for a
+bad key: tests/node/test_bad_inputs.py::test_refused_start_is_a_log_line_and_an_alert.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -28,6 +30,7 @@ import pytest
 from onionmesh.config import load_config
 from onionmesh.descriptor.parse import parse_descriptor
 from onionmesh.hsdir.timeperiod import period_length_minutes
+from onionmesh.node.errors import EXIT_CLOCK
 from onionmesh.node.startup import load_master_key_file
 from onionmesh.publish.core import plan_targets, tor_revision
 from onionmesh.publish.master import MasterDescriptorBuilder
@@ -366,3 +369,31 @@ async def test_conflict_from_a_stray_upload(ccluster: NodeCluster, hooks,
         "INFO", DAEMON, r"Publishing updated descriptor with \d+ intro points \(was \d+\) "
         r"\(conflict: superseding a foreign descriptor\)"), 30.0)
 
+
+async def test_refused_start_with_a_clock_outside_the_consensus(ccluster: NodeCluster, hooks):
+    """(A bad key: tests/node/test_bad_inputs.py.) A standby restarted with its clock 10
+    minutes ahead, past the test network's consensus window: the default clock_check =
+    "refuse" stops it once its tor has the consensus; the line and the alert say why."""
+    docs = await wait_healthy(ccluster)
+    pub = publisher_of(docs)
+    assert pub is not None
+    node_id = max(set(NODES) - {pub})
+    node = ccluster.nodes[node_id]
+    node.stop()
+    watch = Watch(ccluster, hooks)
+    node.env = {"ONIONMESH_CLOCK_OFFSET": "600"}
+    try:
+        node.start()
+        assert node.proc is not None
+        code = await asyncio.to_thread(node.proc.wait, 120.0)
+        assert code == EXIT_CLOCK, node.log_tail()
+    finally:
+        node.env = {}
+    refused = watch.matches(node_id, line(
+        "ERROR", DAEMON, rf"Node {node_id} refused to start \(exit {EXIT_CLOCK}\): clock check "
+        r"refused to start: clock is \d+ s past the consensus valid-until time .+"))
+    assert len(refused) == 1, watch.lines(node_id)[-20:]
+    alert = await watch.alerted(node_id, "start_refused", node_id, 5.0)
+    assert_payload(alert, node_id, "start_refused", node_id,
+                   refused[0].group(0).split(f"{DAEMON}: ", 1)[1], {})
+    await wait_healthy(ccluster, timeout=150)
