@@ -138,14 +138,18 @@ def built_by(node: ClusterNode, period: int, revision: int) -> int | None:
     return int(found[1]) if found else None
 
 
-def latest_built(*nodes: ClusterNode) -> dict[int, int]:
-    """Per period, the highest revision any of ``nodes`` logged it built."""
+def latest_built(*nodes: ClusterNode, but_conflict_rebuilds: bool = False) -> dict[int, int]:
+    """Per period, the highest revision any of ``nodes`` logged it built (optionally not
+    counting rebuilds against a foreign descriptor: a node that then stepped down never
+    sent those)."""
     latest: dict[int, int] = {}
     for node in nodes:
         text = node.log_path.read_text(errors="replace")
-        for period, revision in re.findall(r"period (\d+) \(\w+ descriptor\): built "
-                                           r"revision (\d+)", text):
-            latest[int(period)] = max(latest.get(int(period), 0), int(revision))
+        for period, revision, reason in re.findall(
+                r"period (\d+) \(\w+ descriptor\): built revision (\d+) with \d+ intro "
+                r"points \(([\w-]+)\)", text):
+            if not (but_conflict_rebuilds and reason == "conflict"):
+                latest[int(period)] = max(latest.get(int(period), 0), int(revision))
     return latest
 
 
@@ -457,17 +461,34 @@ async def test_stray_publisher_outside_the_mesh_is_detected_and_overwritten(
                 node.log_path.read_text(errors="replace"))}
         assert not unsent & seen_by_cluster, unsent & seen_by_cluster
         print(f"stray: {len(unsent)} conflict rebuild(s) after its step-down, none uploaded")
+
+        # Stop it right after one of its uploads landed and before the cluster found that
+        # one, so that the cluster has to find its last copy on its own.
+        async def stray_ahead() -> bool:
+            sdoc, cdoc = await asyncio.gather(asyncio.to_thread(stray.status),
+                                              asyncio.to_thread(cluster.nodes[pub].status))
+            if sdoc is None or cdoc is None or cdoc.conflicts is None:
+                return False
+            landed = [u.at for u in sdoc.uploads.values() if u.result == "uploaded"]
+            return bool(landed) and max(landed) > cdoc.conflicts.last_at
+
+        await aeventually(stray_ahead, timeout=again, interval=0.5,
+                          what="a stray upload the cluster has not found yet")
     finally:
         stray.stop()
     stopped = time.time()
-    newer_than = latest_built(stray)
+    newer_than = latest_built(stray, but_conflict_rebuilds=True)  # those were not sent
     assert newer_than, "the stray never built a descriptor"
+    ring = await responsible_hsdirs(cluster, tornet_client)
+    left = [h for h, copy in (await sweep(cluster, tornet_client, ring)).items()
+            if isinstance(copy, Served) and built_by(stray, copy.period, copy.revision)]
 
-    # Once it is gone, the cluster's descriptor is back on every responsible HSDir: a copy
-    # of the stray's left on any of them is found by the rotation and superseded.
+    # Once it is gone, the cluster's descriptor is back on every responsible HSDir: the
+    # copies of the stray's left on them are found by the rotation and superseded.
     served, doc = await wait_every_hsdir_serves(
-        cluster, tornet_client, pub,
-        timeout=detection_bound(len(where.hsdirs)) + UPLOAD_MARGIN, newer_than=newer_than)
+        cluster, tornet_client, pub, newer_than=newer_than,
+        timeout=detection_bound(len(ring.hsdirs), max(1, len(left))) + UPLOAD_MARGIN)
     assert doc.node.id == pub
-    print(f"stray stopped: every HSDir serves {pub}'s revision {served.revision} "
+    print(f"stray stopped with its copy on {len(left)} of {len(ring.hsdirs)} responsible "
+          f"HSDirs: every HSDir serves {pub}'s revision {served.revision} "
           f"{time.time() - stopped:.1f} s later")
