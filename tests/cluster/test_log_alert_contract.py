@@ -52,7 +52,7 @@ from .helpers import (
 )
 
 pytestmark = [pytest.mark.tor, pytest.mark.tornet, pytest.mark.slow,
-              pytest.mark.timeout(1500)]
+              pytest.mark.timeout(900)]  # ~200 s alone (5 tests, one cluster)
 
 NODES = ("n1", "n2", "n3")
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"  # logging's asctime
