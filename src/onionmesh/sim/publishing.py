@@ -269,6 +269,22 @@ class SimPublishing:
         if slot is None or node.core is None:
             return
         core = slot.core
+        conflicts = []
+        while (ev := core.next_event()) is not None:
+            sim.trace.add(sim.t, "publish", node.spec.node_id, ev.message)
+            if ev.kind is PublishEventKind.CONFLICT and ev.foreign is not None:
+                conflicts.append(ev.foreign)
+        # As in the daemon, the mesh decides on a conflict before the core's queued actions
+        # go out: a step-down drops this slot, and with it the rebuild the core queued on
+        # finding the foreign descriptor (the loser must not overwrite the winner).
+        for foreign in conflicts:
+            self.conflicts += 1
+            sim.stats.foreign_reports += 1
+            node.core.report_foreign_descriptor(foreign.revision, foreign.intro_count,
+                                                sim.local_now(node))
+            sim.pump_node(node)
+            if self.slots.get(node.index) is not slot or node.core is None:
+                return
         while (action := core.next_action()) is not None:
             latency = self.rng.uniform(0.02, 0.3)
             if isinstance(action, Post):
@@ -277,11 +293,6 @@ class SimPublishing:
             else:
                 sim.queue.schedule(sim.t + latency, "hsdir",
                                    ("fetch", node.index, slot.origin, action))
-        conflicts = []
-        while (ev := core.next_event()) is not None:
-            sim.trace.add(sim.t, "publish", node.spec.node_id, ev.message)
-            if ev.kind is PublishEventKind.CONFLICT and ev.foreign is not None:
-                conflicts.append(ev.foreign)
         timer = core.get_timer()
         if timer != slot.timer_at:
             slot.timer_at = timer
@@ -289,12 +300,6 @@ class SimPublishing:
             if timer is not None:
                 at = max(sim.t, sim.to_sim(node, timer))
                 sim.queue.schedule(at, "hsdir", ("timer", node.index, slot.origin, slot.token))
-        for foreign in conflicts:
-            self.conflicts += 1
-            sim.stats.foreign_reports += 1
-            node.core.report_foreign_descriptor(foreign.revision, foreign.intro_count,
-                                                sim.local_now(node))
-            sim.pump_node(node)
 
     def _slot(self, index: int, origin: str) -> tuple[SimNode, PublishSlot] | None:
         node = self.sim.nodes[index]
