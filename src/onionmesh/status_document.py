@@ -126,6 +126,9 @@ class PlanStatus(_Section):
 
     count: int
     per_period: dict[str, int]
+    # period -> the whole pool when the nodes hold more intro points than one descriptor
+    # carries (the publisher splits it over several descriptors; see ``publisher``)
+    offered: dict[str, int] = {}
     term: int = 0
     generation: int = 0
     per_node: dict[str, int] = {}
@@ -161,6 +164,9 @@ class PublisherStatus(_Section):
     published: bool = False
     revisions: dict[str, int] = {}  # period -> revision of the descriptor last built
     conflicts: int = 0  # foreign descriptors this publisher's checks found
+    # period -> different descriptors its last revision was built as (1; more when the
+    # nodes hold more than 20 intro points: each HSDir gets one of them)
+    descriptors: dict[str, int] = {}
 
 
 class ConflictsStatus(_Section):

@@ -7,7 +7,13 @@ from collections import Counter
 
 from onionmesh.mesh.config import MeshConfig
 from onionmesh.mesh.events import PublishRequested
-from onionmesh.mesh.plan import Contribution, PublishPlan, PublishScheduler, select_intro_points
+from onionmesh.mesh.plan import (
+    Contribution,
+    PublishPlan,
+    PublishScheduler,
+    select_intro_points,
+    select_offered,
+)
 from onionmesh.mesh.vocabulary import PublishTrigger
 
 from .netloop import Net, identity
@@ -27,6 +33,37 @@ def test_cap_of_20_is_shared_fairly_across_nodes():
     assert len(plan[1]) == 20
     assert set(per_node) == {f"n{k}" for k in range(8)}
     assert max(per_node.values()) - min(per_node.values()) <= 1
+
+
+def test_more_than_a_descriptor_holds_keeps_the_whole_pool_for_the_split():
+    # 8 nodes x 5 = 40: the plan keeps one descriptor's fair 20 and, for the publisher's
+    # split over several descriptors, all 40 (fair up to 20 x MAX_SPLIT = 120).
+    contribs = [_contrib(f"n{k}", 5) for k in range(8)]
+    pool = select_offered(contribs, 20)[1]
+    assert len(pool) == 40 and Counter(n for n, _ in pool) == {f"n{k}": 5 for k in range(8)}
+    assert select_offered([_contrib(f"n{k}", 5) for k in range(4)], 20) == {}  # 20 fit
+    big = select_offered([_contrib(f"n{k:02d}", 20) for k in range(10)], 20)[1]
+    per_node = Counter(n for n, _ in big)
+    assert len(big) == 120 and set(per_node.values()) == {12}
+
+
+def test_a_change_beyond_the_twentieth_point_is_a_new_plan():
+    net = _cluster("abc")
+    net.run_until(52.5)
+    for name in "abc":
+        net.cores[name].set_local_intro_points(
+            {1: [f"{name}-{i}".encode() for i in range(8)]}, net.local(name))
+        net.flush(name)
+    net.run_until(net.now + CFG.min_publish_interval + 1)
+    plan = net.cores["a"].publish_plan()
+    assert len(plan.intro_points[1]) == 20 and len(plan.offered[1]) == 24
+    t0 = net.now
+    net.cores["c"].set_local_intro_points(
+        {1: [*(f"c-{i}".encode() for i in range(7)), b"c-new"]}, net.local("c"))
+    net.flush("c")
+    net.run_until(t0 + CFG.min_publish_interval + 1)
+    last_t, last = _published(net, "a")[-1]
+    assert last_t > t0 and ("c", b"c-new") in last.plan.offered[1]
 
 
 def test_small_nodes_keep_all_their_points_when_others_are_large():

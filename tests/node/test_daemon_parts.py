@@ -120,6 +120,19 @@ def test_intro_source_takes_exactly_the_period_and_bridges_only_a_period_nobody_
     control.plan = PublishPlan(1, 2, {11: (("n1", encode_intro_point(b)),),
                                       12: (("n2", encode_intro_point(c)),)}, 0)
     assert control.intro_source(12) == [c]  # n1's set for 12 unknown: n1 is left out
+    assert control.intro_owners(12) == ["n2"]
+
+
+def test_intro_source_takes_the_whole_pool_when_more_than_a_descriptor_holds():
+    control = PublisherControl(object(), MASTER, Clock(),  # type: ignore[arg-type]
+                               ClockGuard(Clock()), RetryPolicy())
+    points = [_intro_point(k) for k in range(1, 5)]
+    encoded = [(f"n{k % 2}", encode_intro_point(p)) for k, p in enumerate(points)]
+    control.plan = PublishPlan(1, 1, {11: tuple(encoded[:2])}, 0,
+                               {11: (*encoded, ("n9", b"garbage"))})
+    assert control.intro_source(11) == points  # the pool, not the one-descriptor plan
+    assert control.intro_owners(11) == ["n0", "n1", "n0", "n1"]  # parallel, garbage skipped
+    assert control.intro_source(12) == points  # the bridge takes the pool too
 
 
 async def test_a_step_down_drops_the_uploads_the_publisher_had_queued():

@@ -107,3 +107,26 @@ def test_a_period_keeps_its_signing_key_and_certifies_each_intro_point_once():
     builder.forget_periods([period + 1])
     fresh = parsed(builder.build(period, 8, 4, points[:1], now=now))
     assert fresh.signing_key != first.signing_key
+
+
+def test_descriptors_of_one_split_revision_share_the_key_and_keep_every_certificate():
+    # More than 20 intro points: one revision is built as several descriptors. Each is
+    # valid on its own; building the second does not drop the first one's certificates
+    # (the next revision re-uses them, no intro point is signed twice).
+    master = Ed25519Identity.generate()
+    now = time.time()
+    period = time_period_number(now, 8)
+    points = _intro_points(4, now)
+    builder = MasterDescriptorBuilder(master, lifetime_minutes=180)
+
+    def certs(text: str, at: float):
+        desc = parse_descriptor(text, master.onion_address, period_number=period,
+                                period_length=8, now=at)
+        return desc.signing_key, {ip.auth_key: ip.auth_key_cert for ip in desc.intro_points}
+
+    key_a, a = certs(builder.build(period, 8, 1, points[:2], now=now), now)
+    key_b, b = certs(builder.build(period, 8, 1, points[2:], now=now), now)
+    assert key_a == key_b and set(a).isdisjoint(b)
+    _, again_a = certs(builder.build(period, 8, 2, points[:2], now=now + 60), now + 60)
+    _, again_b = certs(builder.build(period, 8, 2, points[2:], now=now + 60), now + 60)
+    assert again_a == a and again_b == b

@@ -101,3 +101,45 @@ def test_rebuilding_the_fetchable_period_replaces_an_unseen_copy_of_the_next(see
     sim.run_until(sim.t + sim.bounds.settle + convergence_bound(1.0))
     assert sim.stats.foreign_reports == 0  # the checks never saw the loser's copy
     assert publishing.check_converged(pub) is None
+
+
+def _many(seed: int, nodes: int) -> Simulation:
+    params = SimParams(nodes=nodes, cycles=0, faults_per_cycle=(0, 0), rotation_probability=0.0,
+                       injections_per_heartbeat=0.0, beyond_skew_probability=0.0,
+                       ips_per_period=(2, 4))
+    sim = Simulation(make_factory("fast"), params, seed)
+    for node in sim.nodes:
+        node.spec = replace(node.spec, eligible=True)
+    sim.end = 300.0
+    sim.begin()
+    sim.run_until(sim.bounds.stable_window)
+    return sim
+
+
+def test_coverage_check_bites_when_every_hsdir_gets_the_first_descriptor(monkeypatch) -> None:
+    monkeypatch.setattr("onionmesh.publish.core.assign_hsdirs",
+                        lambda fetch, store, count: dict.fromkeys(store, 0))
+    sim = _many(1, 26)  # more nodes than one descriptor has slots
+    assert sim.publishing is not None
+    [pub] = [n for n in sim.nodes if n.core is not None and n.core.is_publisher]
+    assert "no HSDir serves a descriptor with" in (sim.publishing.check_converged(pub) or "")
+
+
+@pytest.mark.parametrize(("seed", "nodes"), [(1, 14), (2, 14), (3, 26)])
+def test_many_nodes_every_node_is_in_a_descriptor_some_hsdir_serves(seed: int,
+                                                                     nodes: int) -> None:
+    # 14 or 26 nodes with 2..4 intro points each: more than one descriptor carries, so the
+    # publisher splits them over its HSDirs; once converged every node the plan offered
+    # is in the descriptor some HSDir serves, and each HSDir holds its own descriptor.
+    sim = _many(seed, nodes)
+    publishing = sim.publishing
+    assert publishing is not None
+    [pub] = [n for n in sim.nodes if n.core is not None and n.core.is_publisher]
+    assert publishing.check_converged(pub) is None
+    assert publishing.coverage_checks >= 1
+    core = publishing.slots[pub.index].core
+    fetchable = publishing.model.fetchable
+    assert core.descriptor_counts[fetchable] > 1
+    served = [publishing.model.latest(fetchable, h) for h in publishing.model.hsdirs[fetchable]]
+    assert len({s.keys for s in served if s is not None}) == core.descriptor_counts[fetchable]
+    assert all(0 < len(s.keys) <= 20 for s in served if s is not None)

@@ -108,7 +108,13 @@ from onionmesh.mesh.messages import (
     RosterUpdate,
     Signed,
 )
-from onionmesh.mesh.plan import Contribution, PublishPlan, PublishScheduler, select_intro_points
+from onionmesh.mesh.plan import (
+    Contribution,
+    PublishPlan,
+    PublishScheduler,
+    select_intro_points,
+    select_offered,
+)
 from onionmesh.mesh.roster import (
     MergeResult,
     Roster,
@@ -146,7 +152,8 @@ def _change_reason(old: PublishPlan | None, new: PublishPlan) -> tuple[PublishTr
         return PublishTrigger.NEW_TERM, str(new.term)
 
     def nodes(plan: PublishPlan) -> set[str]:
-        return {node for entries in plan.intro_points.values() for node, _ in entries}
+        pools = (*plan.intro_points.values(), *plan.offered.values())
+        return {node for entries in pools for node, _ in entries}
 
     gone, came = sorted(nodes(old) - nodes(new)), sorted(nodes(new) - nodes(old))
     if gone or came:
@@ -1169,16 +1176,19 @@ class MeshCore:
                     Contribution(rec.node_id, rec.intro_sets, rec.intro_first_seen)
                 )
         selected = select_intro_points(contributions, self.config.max_intro_points)
+        offered = select_offered(contributions, self.config.max_intro_points)
         term = self.term
         if (
             self._plan is not None
             and self._plan.intro_points == selected
+            and self._plan.offered == offered
             and (self._plan.term == term)
         ):
             return
         self._generation += 1
         old = self._plan
-        self._plan = PublishPlan(term, self._generation, selected, self._published_count)
+        self._plan = PublishPlan(term, self._generation, selected, self._published_count,
+                                 offered)
         self._scheduler.request(*_change_reason(old, self._plan))
 
     def _after_input(self, now: float) -> None:

@@ -17,6 +17,12 @@ for that period):
   reaches only the first intro point of a descriptor on a given relay. Nodes
   whose intro points share relays are matched to relays (augmenting paths), so
   a node is left out only when no assignment of relays can serve it.
+* more than fits (``offered``): when the contributors hold more intro points
+  for a period than one descriptor may carry, the plan also keeps the whole
+  pool (max-min fair up to ``max_intro_points * MAX_SPLIT``, relays not yet
+  deduplicated). The publisher splits it into several descriptors for
+  different HSDirs (``onionmesh.publish.spread``), so every node is in one;
+  one intro point per relay then holds per descriptor.
 
 Scheduling (``PublishScheduler``): a publish is requested when the plan
 changes, on takeover, on conflict and every ``refresh_interval``; at most one
@@ -28,11 +34,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from onionmesh.descriptor.intro import LS_LEGACY_ID
 from onionmesh.mesh.relay import RelayKey, relay_keys
 from onionmesh.mesh.vocabulary import PublishTrigger
+from onionmesh.tor_limits import MAX_SPLIT
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,10 @@ class PublishPlan:
     generation: int  # increases every time the plan changes
     intro_points: Mapping[int, tuple[tuple[str, bytes], ...]]  # period -> ((node_id, ip), ...)
     previous_count: int  # ``count`` of the previously published plan
+    # period -> the whole fair pool, only for periods whose contributors hold more
+    # intro points than one descriptor carries (``intro_points`` is then one fair
+    # descriptor's worth; the publisher splits this pool over several descriptors)
+    offered: Mapping[int, tuple[tuple[str, bytes], ...]] = field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -81,6 +92,27 @@ def select_intro_points(
         )
         for period in periods
     }
+
+
+def select_offered(
+    contributions: Sequence[Contribution], cap: int
+) -> dict[int, tuple[tuple[str, bytes], ...]]:
+    """Per period whose contributors hold more than ``cap`` distinct intro points: a max-min
+    fair pool of at most ``cap * MAX_SPLIT`` of them (relays are deduplicated later, per
+    descriptor, by the publisher's split)."""
+    periods = sorted({p for c in contributions for p, v in c.sets.items() if v})
+    ordered = sorted(contributions, key=lambda c: c.node_id)
+    out: dict[int, tuple[tuple[str, bytes], ...]] = {}
+    for period in periods:
+        queues = [(c.node_id, _freshest_first(c, period)) for c in ordered]
+        if sum(len(q) for _, q in queues) > cap:
+            out[period] = select_fair(queues, cap * MAX_SPLIT, _no_relay)
+    return out
+
+
+def _no_relay(ip: bytes) -> frozenset[RelayKey] | None:
+    del ip
+    return None
 
 
 def _freshest_first(c: Contribution, period: int) -> list[bytes]:

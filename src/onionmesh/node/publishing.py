@@ -96,7 +96,7 @@ class PublisherControl:
         self._plan: PublishPlan | None = None
         self.publisher: GuardedPublisher | None = None
         self._task: asyncio.Task[None] | None = None
-        self._decoded: dict[int, list[IntroPoint]] = {}
+        self._decoded: dict[int, tuple[list[IntroPoint], list[str]]] = {}
         self.requests = 0
 
     @property
@@ -152,6 +152,7 @@ class PublisherControl:
         while True:
             publisher = GuardedPublisher(
                 self.controller, self.master, self.intro_source, retry=self.retry,
+                owner_source=self.intro_owners,
                 clock=self.clock.now, clock_check=self.guard.check_for_signing,
                 timing=self.timing, feed=self.hs_desc, on_event=self.on_event,
             )
@@ -176,27 +177,40 @@ class PublisherControl:
         """The intro points of the requested plan for master ``period``.
 
         Only the nodes' sets for exactly ``period`` (see ``publish.period_sets``: the
-        previous period's only as a bridge while no node's set for it is known).
+        previous period's only as a bridge while no node's set for it is known). When the
+        nodes hold more than one descriptor carries, the plan's whole pool (``offered``):
+        the publish core splits it over several descriptors.
         """
+        return self._decode(period)[0]
+
+    def intro_owners(self, period: int) -> Sequence[str]:
+        """The node id of each intro point ``intro_source(period)`` returns."""
+        return self._decode(period)[1]
+
+    def _decode(self, period: int) -> tuple[list[IntroPoint], list[str]]:
         plan = self.plan
         if plan is None or not plan.intro_points:
-            return []
+            return [], []
         cached = self._decoded.get(period)
         if cached is not None:
             return cached
-        found = sets_for_master_period(period, plan.intro_points)
+        pools = {p: plan.offered.get(p) or entries for p, entries in plan.intro_points.items()}
+        found = sets_for_master_period(period, pools)
         if found is None:
-            return []
+            return [], []
         source, entries = found
         if source != period:
             log.info("period %d: no node's intro points for it are known yet; bridging "
                      "with their period-%d sets until they are", period, source)
         points: list[IntroPoint] = []
+        owners: list[str] = []
         for node_id, data in entries:
             try:
                 points.append(decode_intro_point(data))
             except OnionmeshError as exc:
                 log.warning("skipping an intro point of %s that does not decode: %s",
                             node_id, exc)
-        self._decoded[period] = points
-        return points
+            else:
+                owners.append(node_id)
+        self._decoded[period] = (points, owners)
+        return points, owners

@@ -103,6 +103,7 @@ def build_snapshot(daemon: NodeDaemon) -> dict[str, Any]:
             "generation": plan.generation,
             "count": plan.count,
             "per_period": {str(p): len(v) for p, v in sorted(plan.intro_points.items())},
+            "offered": {str(p): len(v) for p, v in sorted(plan.offered.items())},
             "per_node": _per_node(plan.intro_points),
             "last_requested_generation": requested.generation if requested else None,
             "left_out": _left_out(core, daemon, plan.intro_points),
@@ -117,6 +118,8 @@ def build_snapshot(daemon: NodeDaemon) -> dict[str, Any]:
         "revisions": {str(p): r for p in sorted(publisher.targets)
                       if (r := publisher.tracker.revision(p)) is not None},
         "conflicts": publisher.core.conflicts,
+        "descriptors": {str(p): n for p, n in sorted(publisher.core.descriptor_counts.items())
+                        if p in publisher.targets},
     }
     doc["rejected_messages"] = dict(core.rejections)
     doc["coordination"] = daemon.link.status() if daemon.link is not None else None

@@ -34,7 +34,14 @@ Decisions that live here (and nowhere in the shells):
   event with what was found, every period is rebuilt above the foreign revision and
   re-posted to every HSDir, so exactly one descriptor ends up on each;
 * ``UPLOAD_REJECTED`` (the HSDir holds a revision >= ours) on a first attempt triggers a
-  fetch of that HSDir and a classification instead of a blind higher revision.
+  fetch of that HSDir and a classification instead of a blind higher revision;
+* more intro points than one descriptor carries (``MAX_INTRO_POINTS``): one revision is
+  built as ``k`` different descriptors (``onionmesh.publish.spread``: ``k`` a divisor of
+  the fetch set's size, each descriptor valid, fair and one intro point per relay, every
+  node in at least one), each responsible HSDir is assigned one of them (the HSDirs
+  clients fetch from, round robin, then the store-only ones) and gets that one in every
+  post and retry; a fetched copy of any of the ``k`` is ours. A change of the HSDirs
+  rebuilds a split period (the assignment follows the HSDirs).
 
 Why only one period can be checked: tor's ``HSFETCH`` always asks for the blinded key
 of the tor client's *current* time period (``fetch_period``), whatever SERVER= says.
@@ -58,13 +65,16 @@ from typing import Protocol
 
 from onionmesh.crypto.blinding import BlindedKey, blind_identity
 from onionmesh.crypto.keys import Ed25519Identity
+from onionmesh.descriptor.intro import LS_ED25519_ID, LS_LEGACY_ID
 from onionmesh.descriptor.layers import b64_nopad
 from onionmesh.hsdir.consensus import Consensus
 from onionmesh.hsdir.hashring import responsible_hsdirs
 from onionmesh.hsdir.timeperiod import DescriptorPeriod, descriptor_periods, fetch_period
+from onionmesh.mesh.relay import RelayKey
 from onionmesh.publish.errors import UploadPlanError
 from onionmesh.publish.master import revision_for
 from onionmesh.publish.republish import Action, Built, Decision, Reason, RepublishPolicy, Wanted
+from onionmesh.publish.spread import assign_hsdirs, descriptor_count, split_descriptors
 from onionmesh.publish.uploads import (
     UPLOAD_REJECTED,
     Post,
@@ -104,6 +114,13 @@ class PeriodTarget:
     period: DescriptorPeriod
     blinded: BlindedKey
     hsdirs: tuple[str, ...]  # fingerprints, 40 hex uppercase
+    # the HSDirs tor clients fetch from (hsdir_spread_fetch per replica, tor's order; a
+    # subset of ``hsdirs``); empty: take every HSDir as fetchable
+    fetch_hsdirs: tuple[str, ...] = ()
+
+    @property
+    def fetchable_hsdirs(self) -> tuple[str, ...]:
+        return tuple(h for h in self.fetch_hsdirs if h in self.hsdirs) or self.hsdirs
 
     @property
     def number(self) -> int:
@@ -131,7 +148,10 @@ def plan_targets(master_public: Ed25519Identity, consensus: Consensus, now: floa
             blinded = cache[number] = blind_identity(master_public, number, period.period_length)
         relays = responsible_hsdirs(blinded.public_key, number, period.period_length,
                                     period.srv, consensus)
-        targets[number] = PeriodTarget(period, blinded, tuple(r.fingerprint for r in relays))
+        fetch = responsible_hsdirs(blinded.public_key, number, period.period_length,
+                                   period.srv, consensus, for_fetch=True)
+        targets[number] = PeriodTarget(period, blinded, tuple(r.fingerprint for r in relays),
+                                       tuple(r.fingerprint for r in fetch))
     for number in [n for n in cache if n not in targets]:
         del cache[number]
     return targets
@@ -212,6 +232,7 @@ class PublishEvent:
     verdict: Verdict | None = None
     foreign: ForeignDescriptor | None = None
     streak: int = 0
+    descriptors: int = 0  # BUILT: how many different descriptors the revision has
 
 
 @dataclass(frozen=True)
@@ -237,9 +258,11 @@ class PublishTiming:
 
 @dataclass
 class _Uploaded:
-    """Everything we built for one period: revision -> intro keys."""
+    """Everything we built for one period: revision -> each descriptor's intro keys
+    (one set, or ``k`` when the period is split), and which HSDir got which."""
 
-    revisions: dict[int, frozenset[bytes]] = field(default_factory=dict)
+    revisions: dict[int, tuple[frozenset[bytes], ...]] = field(default_factory=dict)
+    assigned: dict[int, dict[str, int]] = field(default_factory=dict)
 
     @property
     def latest(self) -> int | None:
@@ -253,6 +276,17 @@ class _FetchInFlight:
 
 
 RevisionSource = Callable[[PeriodTarget, float, "int | None"], int]
+
+
+def point_relay_keys(point: HasAuthKey) -> frozenset[RelayKey] | None:
+    """The relay identities of an intro point that carries link specifiers (tor's
+    ``IntroPoint``); None for anything else (then it is a relay of its own)."""
+    specs = getattr(point, "link_specifiers", None)
+    if not specs:
+        return None
+    keys = frozenset((spec.type, spec.data) for spec in specs
+                     if spec.type in (LS_LEGACY_ID, LS_ED25519_ID))
+    return keys or None
 
 
 def tor_revision(target: PeriodTarget, now: float, last: int | None) -> int:
@@ -273,9 +307,11 @@ class PublishCore:
         role: Role = Role.PUBLISHER,
         min_build_interval: float = 1.0,
         revision: RevisionSource = tor_revision,
+        relay_of: Callable[[HasAuthKey], frozenset[RelayKey] | None] | None = None,
     ) -> None:
         self.signer = signer
         self._revision = revision
+        relay_of = relay_of or point_relay_keys
         self.timing = timing or PublishTiming()
         self.policy = RepublishPolicy(
             descriptor_lifetime=self.timing.descriptor_lifetime,
@@ -313,6 +349,10 @@ class PublishCore:
         self._actions: deque[Post | Fetch] = deque()
         self._events: deque[PublishEvent] = deque()
         self._blinded_cache: dict[int, BlindedKey] = {}
+        self._owners: dict[int, list[str]] = {}  # period -> node id of each of _points
+        self._relay_of = relay_of
+        self.descriptor_counts: dict[int, int] = {}  # period -> descriptors last built
+        self._split_cache: dict[int, tuple[object, list[list[HasAuthKey]]]] = {}
 
     # -- outputs --------------------------------------------------------------------------
 
@@ -368,19 +408,37 @@ class PublishCore:
             if known and not observed.intro_keys <= known:
                 return Verdict.FOREIGN
             return Verdict.OWN_OLDER
-        keys = mine.revisions.get(observed.revision)
-        if keys is not None:
+        sets = mine.revisions.get(observed.revision)
+        if sets is not None:
+            # Split: any of the revision's descriptors is ours (whichever HSDir holds it).
+            ours = observed.intro_keys in sets
             if observed.revision == mine.latest:
-                return Verdict.OWN_CURRENT if keys == observed.intro_keys else Verdict.FOREIGN
-            return Verdict.OWN_OLDER if keys == observed.intro_keys else Verdict.FOREIGN
+                return Verdict.OWN_CURRENT if ours else Verdict.FOREIGN
+            return Verdict.OWN_OLDER if ours else Verdict.FOREIGN
         if observed.revision < mine.latest:
             return Verdict.OWN_OLDER  # stale (e.g. the previous publisher's): ours replaces it
         return Verdict.FOREIGN
 
     def intro_keys_of(self, period: int, revision: int) -> frozenset[bytes] | None:
-        """The intro points of a revision we built (None: not one of ours)."""
+        """The intro points of a revision we built, over all its descriptors (None: not
+        one of ours)."""
         mine = self._uploaded.get(period)
-        return None if mine is None else mine.revisions.get(revision)
+        sets = None if mine is None else mine.revisions.get(revision)
+        return None if sets is None else frozenset().union(*sets)
+
+    def intro_keys_at(self, period: int, revision: int, hsdir: str) -> frozenset[bytes] | None:
+        """The intro points of the descriptor of ``revision`` that ``hsdir`` was given."""
+        mine = self._uploaded.get(period)
+        sets = None if mine is None else mine.revisions.get(revision)
+        if mine is None or sets is None:
+            return None
+        index = mine.assigned.get(revision, {}).get(hsdir.removeprefix("$").upper(), 0)
+        return sets[index] if index < len(sets) else None
+
+    def descriptors_of(self, period: int, revision: int) -> tuple[frozenset[bytes], ...]:
+        """Each descriptor's intro points of a revision we built (empty: not ours)."""
+        mine = self._uploaded.get(period)
+        return () if mine is None else mine.revisions.get(revision, ())
 
     def known_intro_keys(self) -> frozenset[bytes]:
         """Intro points the cluster published lately (current and recent sets)."""
@@ -411,6 +469,7 @@ class PublishCore:
             self._forced.clear()
             self._revision_floor.clear()
             self._reject_jump.clear()
+            self.descriptor_counts.clear()
             # Posts decided but not yet handed to the shell go too: a conflict rebuild made
             # the moment a foreign descriptor was found must not be uploaded when the mesh
             # then says "step down" (the other publisher sees more intro points); sending
@@ -443,11 +502,20 @@ class PublishCore:
             self._next_check = now
         self.handle_timer(now)
 
-    def set_intro_points(self, points: Mapping[int, Sequence[HasAuthKey]], now: float) -> None:
-        """The intro points per period (the first ``MAX_INTRO_POINTS`` go into a
-        descriptor; all of them count as known to the conflict checks)."""
+    def set_intro_points(self, points: Mapping[int, Sequence[HasAuthKey]], now: float,
+                         owners: Mapping[int, Sequence[str]] | None = None) -> None:
+        """The intro points per period, and optionally the node each belongs to
+        (``owners[p][i]`` owns ``points[p][i]``). Up to ``MAX_INTRO_POINTS`` go into one
+        descriptor; more are split over several (every owner in one; without owners each
+        point counts as a node of its own). All count as known to the conflict checks."""
         old = self.known_intro_keys()
         self._points = {p: list(v) for p, v in points.items()}
+        self._owners = {}
+        for period, pts in self._points.items():
+            names = list((owners or {}).get(period, ()))
+            if len(names) != len(pts):
+                names = [f"#{i}" for i in range(len(pts))]
+            self._owners[period] = names
         if old and old != self.known_intro_keys():
             self._recent_sets.append(old)
         self.handle_timer(now)
@@ -616,13 +684,37 @@ class PublishCore:
 
     def _wanted(self) -> dict[int, Wanted]:
         return {
-            number: Wanted(number, frozenset(p.auth_key for p in self._published(number)),
+            number: Wanted(number, frozenset(p.auth_key for p in self._points.get(number, [])),
                            frozenset(target.hsdirs))
             for number, target in self.targets.items()
         }
 
     def _published(self, period: int) -> list[HasAuthKey]:
-        return self._points.get(period, [])[:MAX_INTRO_POINTS]
+        """Every intro point the period's descriptors carry (over all of them)."""
+        return [p for d in self._split(period) for p in d]
+
+    def _split(self, period: int) -> list[list[HasAuthKey]]:
+        """The period's descriptors' contents: one when the points fit, else ``k``
+        (``spread``: fair, one per relay, each at most ``MAX_INTRO_POINTS``)."""
+        pts = self._points.get(period, [])
+        if len(pts) <= MAX_INTRO_POINTS:
+            return [pts]
+        target = self.targets.get(period)
+        fetchable = len(target.fetchable_hsdirs) if target is not None else 1
+        count = descriptor_count(len(pts), fetchable, MAX_INTRO_POINTS)
+        key = (count, tuple(p.auth_key for p in pts), tuple(self._owners.get(period, ())))
+        cached = self._split_cache.get(period)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        by_key = {p.auth_key: p for p in pts}
+        relays = {p.auth_key: self._relay_of(p) for p in pts}
+        per_node: dict[str, list[bytes]] = {}
+        for owner, point in zip(self._owners.get(period, []), pts, strict=False):
+            per_node.setdefault(owner, []).append(point.auth_key)
+        split = split_descriptors(per_node, count, MAX_INTRO_POINTS, relays.__getitem__)
+        out = [[by_key[k] for _, k in entries] for entries in split if entries]
+        self._split_cache[period] = (key, out)
+        return out
 
     def _decide(self, now: float) -> None:
         wanted = self._wanted()
@@ -661,12 +753,17 @@ class PublishCore:
             self._forced.pop(number, None)
             self._revision_floor.pop(number, None)
             self._reject_jump.pop(number, None)
+            self.descriptor_counts.pop(number, None)
+            self._split_cache.pop(number, None)
             self._emit(PublishEventKind.PERIOD_DROPPED,
                        f"period {number} rotated out: no longer publishing its descriptor",
                        period=number)
             return
         assert want is not None
         target = self.targets[number]
+        if decision.action is Action.RETARGET and self.descriptor_counts.get(number, 1) > 1:
+            # Split: which HSDir gets which descriptor follows the HSDirs, so rebuild.
+            decision = Decision(number, Action.BUILD, decision.reason)
         if decision.action is Action.RETARGET:
             self.tracker.set_hsdirs(number, target.hsdirs, now)
             self.built[number] = Built(number, want.intro_key, want.hsdirs,
@@ -675,25 +772,49 @@ class PublishCore:
                        f"period {number}: responsible HSDirs changed ({len(want.hsdirs)} now)",
                        period=number)
             return
-        points = self._published(number)
+        descriptors = self._split(number)
+        points = [p for d in descriptors for p in d]
         last = self.tracker.revision(number)
         floor = self._revision_floor.get(number)
         if floor is not None:
             last = floor if last is None else max(last, floor)
         revision = self._revision(target, now, last)
-        text = self.signer.build(target, revision, points, now)
-        self.tracker.set_descriptor(number, target.blinded_id, text, revision, target.hsdirs,
-                                    now, content_changed=decision.content_changed)
-        self._uploaded.setdefault(number, _Uploaded()).revisions[revision] = want.intro_key
+        texts = [self.signer.build(target, revision, d, now) for d in descriptors]
+        sets = tuple(frozenset(p.auth_key for p in d) for d in descriptors)
+        mine = self._uploaded.setdefault(number, _Uploaded())
+        mine.revisions[revision] = sets
+        per_hsdir: dict[str, str] | None = None
+        if len(texts) > 1:
+            assigned = assign_hsdirs(target.fetchable_hsdirs, target.hsdirs, len(texts))
+            mine.assigned[revision] = assigned
+            per_hsdir = {h: texts[i] for h, i in assigned.items()}
+        content_changed = decision.content_changed
+        previous = self.tracker.revision(number)
+        if not content_changed and previous is not None and not self._same_layout(
+                number, previous, revision):
+            content_changed = True  # an HSDir may keep only its own unchanged content
+        self.tracker.set_descriptor(number, target.blinded_id, texts[0], revision,
+                                    target.hsdirs, now, content_changed=content_changed,
+                                    per_hsdir=per_hsdir)
         self.built[number] = Built(number, want.intro_key, want.hsdirs, now)
         self._forced.pop(number, None)
         self._revived_at.setdefault(number, now)
         self.builds += 1
+        self.descriptor_counts[number] = len(texts)
+        split = (f" in {len(texts)} descriptors of "
+                 f"{'/'.join(str(len(d)) for d in descriptors)} for different HSDirs"
+                 if len(texts) > 1 else "")
         self._emit(PublishEventKind.BUILT,
                    f"period {number} ({'first' if target.period.is_first else 'second'} "
-                   f"descriptor): built revision {revision} with {len(points)} intro points "
-                   f"({decision.reason.value}), {len(text)} bytes, for "
-                   f"{len(target.hsdirs)} HSDirs", period=number)
+                   f"descriptor): built revision {revision} with {len(points)} intro points"
+                   f"{split} ({decision.reason.value}), {max(len(t) for t in texts)} bytes, "
+                   f"for {len(target.hsdirs)} HSDirs", period=number,
+                   descriptors=len(texts))
+
+    def _same_layout(self, period: int, old: int, new: int) -> bool:
+        """Whether every HSDir gets the same intro points in ``new`` as in ``old``."""
+        return all(self.intro_keys_at(period, old, h) == self.intro_keys_at(period, new, h)
+                   for h in self.targets[period].hsdirs)
 
     def _revive_failed(self, now: float) -> None:
         for period in self.tracker.periods():

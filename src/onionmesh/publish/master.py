@@ -34,7 +34,9 @@ _CERT_RENEW_MARGIN = 6 * 3600
 @dataclass
 class _PeriodKeys:
     signing_key: FreshSigningKey
-    certified: dict[IntroPoint, IntroPoint] = field(default_factory=dict)
+    revision: int | None = None
+    certified: dict[IntroPoint, IntroPoint] = field(default_factory=dict)  # this revision
+    before: dict[IntroPoint, IntroPoint] = field(default_factory=dict)  # the previous one
 
 
 class MasterDescriptorBuilder:
@@ -78,16 +80,19 @@ class MasterDescriptorBuilder:
         keys = self._periods.get(period)
         if keys is None:
             keys = self._periods[period] = _PeriodKeys(FreshSigningKey())
-        certified: dict[IntroPoint, IntroPoint] = {}
+        if keys.revision != revision:
+            # A revision may be several descriptors (more than 20 intro points, split):
+            # certificates live for this revision and the one before, so intro points
+            # gone from the plan are forgotten one revision later.
+            keys.revision, keys.before, keys.certified = revision, keys.certified, {}
         for point in points:
             bare = _without_certs(point)
-            cached = keys.certified.get(bare)
+            cached = keys.certified.get(bare) or keys.before.get(bare)
             if cached is None or _expires_at(cached) - now < _CERT_RENEW_MARGIN:
                 cached = recertify(point, keys.signing_key, now + CERT_LIFETIME)
-            certified[bare] = cached
-        keys.certified = certified  # intro points gone from the plan are forgotten
-        return build_descriptor(self.master, period, period_length, revision,
-                                list(certified.values()), now=now,
+            keys.certified[bare] = cached
+        chosen = [keys.certified[b] for b in dict.fromkeys(map(_without_certs, points))]
+        return build_descriptor(self.master, period, period_length, revision, chosen, now=now,
                                 lifetime_minutes=self.lifetime_minutes,
                                 signing_key=keys.signing_key, blinded=blinded,
                                 client_auth_keys=self.client_auth_keys)

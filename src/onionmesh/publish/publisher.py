@@ -120,8 +120,10 @@ class Publisher:
         feed: HsDescFeed | None = None,
         role: Role = Role.PUBLISHER,
         on_event: Callable[[PublishEvent], None] | None = None,
+        owner_source: Callable[[int], Sequence[str]] | None = None,
     ) -> None:
         self.controller = controller
+        self.owner_source = owner_source  # node id of each intro point (splits > 20)
         self.master = master
         self.address = master.onion_address.removesuffix(".onion")
         self.intro_source = intro_source
@@ -274,7 +276,9 @@ class Publisher:
         if now >= self._next_consensus:
             await self.refresh_consensus()
         points = {n: list(self.intro_source(n)) for n in self.core.targets}
-        self.core.set_intro_points(points, self.clock())
+        owners = (None if self.owner_source is None
+                  else {n: list(self.owner_source(n)) for n in self.core.targets})
+        self.core.set_intro_points(points, self.clock(), owners)
         self.core.handle_timer(self.clock())
         self.core.on_pass_succeeded()
         await self._flush()

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from onionmesh.publish.errors import UploadPlanError
@@ -125,6 +125,10 @@ class _Slot:
     descriptor: str
     revision: int
     entries: dict[str, _Entry]
+    texts: dict[str, str] = field(default_factory=dict)  # HSDir -> its own descriptor
+
+    def text_for(self, hsdir: str) -> str:
+        return self.texts.get(hsdir, self.descriptor)
 
 
 @dataclass(frozen=True)
@@ -164,12 +168,16 @@ class UploadTracker:
         now: float,
         *,
         content_changed: bool = True,
+        per_hsdir: Mapping[str, str] | None = None,
     ) -> None:
         """Install a new revision of ``period``'s descriptor and the HSDirs that must hold it.
 
         With ``content_changed=False`` (a refresh of the same intro points, e.g. to get
         past a rejection) HSDirs that already accepted an earlier revision keep it and
         are not re-posted; everything else gets the new revision with fresh retries.
+        ``per_hsdir``: HSDir -> its own text of this revision (more intro points than one
+        descriptor carries: different descriptors on different HSDirs); every post and
+        retry to that HSDir sends its text, the others ``descriptor``.
         """
         targets = [_check_hsdir(h) for h in hsdirs]
         old = self._slots.get(period)
@@ -184,7 +192,8 @@ class UploadTracker:
                 entries[fpr] = prev
             else:
                 entries[fpr] = _Entry(hsdir=fpr, revision=revision, next_attempt_at=now)
-        self._slots[period] = _Slot(period, blinded_id, descriptor, revision, entries)
+        texts = {_check_hsdir(h): text for h, text in (per_hsdir or {}).items()}
+        self._slots[period] = _Slot(period, blinded_id, descriptor, revision, entries, texts)
 
     def set_hsdirs(self, period: int, hsdirs: Iterable[str], now: float) -> None:
         """The responsible HSDirs of ``period`` changed: post the current revision to new ones.
@@ -314,7 +323,7 @@ class UploadTracker:
                 self._inflight[fpr] = _Inflight(period, entry.revision, now)
                 posts.append(
                     Post(period, fpr, slot.blinded_id, entry.revision, entry.attempts,
-                         slot.descriptor)
+                         slot.text_for(fpr))
                 )
         return posts
 
@@ -351,6 +360,11 @@ class UploadTracker:
         """The text of the current revision for ``period`` (None if none is installed)."""
         slot = self._slots.get(period)
         return slot.descriptor if slot else None
+
+    def descriptor_for(self, period: int, hsdir: str) -> str | None:
+        """The text ``hsdir`` gets for ``period`` (its own when the period is split)."""
+        slot = self._slots.get(period)
+        return slot.text_for(_check_hsdir(hsdir)) if slot else None
 
     def hsdirs(self, period: int) -> frozenset[str]:
         slot = self._slots.get(period)

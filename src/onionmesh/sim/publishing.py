@@ -44,6 +44,7 @@ from onionmesh.publish.core import (
     PublishTiming,
 )
 from onionmesh.publish.uploads import Post, RetryPolicy
+from onionmesh.tor_limits import MAX_INTRO_POINTS
 
 if TYPE_CHECKING:
     from onionmesh.sim.simulation import SimNode, Simulation
@@ -175,6 +176,8 @@ class PublishSlot:
     origin: str
     timer_at: float | None = None
     token: int = 0
+    owners: dict[bytes, str] = field(default_factory=dict)  # intro key -> node id
+    pools: dict[int, set[str]] = field(default_factory=dict)  # period -> nodes offered
 
 
 class SimPublishing:
@@ -193,6 +196,7 @@ class SimPublishing:
         self.stale = self.rng.choice((0.0, 0.2))
         self.last_stray = float("-inf")
         self.conflicts = 0
+        self.coverage_checks = 0  # converged checks of a split period (> 20 nodes)
         self._schedule_faults(hb)
 
     # -- faults ---------------------------------------------------------------------------
@@ -257,9 +261,15 @@ class SimPublishing:
                                    int(now * 1000), (last or 0) + 1))
             slot = self.slots[node.index] = PublishSlot(core, origin)
             core.set_targets(self.targets, now, fetchable=self.model.fetchable)
-        points = {p: [sim_point(ip) for _, ip in entries]
-                  for p, entries in plan.intro_points.items()}
-        slot.core.set_intro_points(points, now)
+        # More than one descriptor carries: the plan's whole pool, split by the core.
+        offered = getattr(plan, "offered", None) or {}  # a core without splits has none
+        pools = {p: offered.get(p) or entries for p, entries in plan.intro_points.items()}
+        points = {p: [sim_point(ip) for _, ip in entries] for p, entries in pools.items()}
+        owners = {p: [node_id for node_id, _ in entries] for p, entries in pools.items()}
+        slot.core.set_intro_points(points, now, owners)
+        slot.owners = {sim_point(ip).auth_key: node_id
+                       for entries in pools.values() for node_id, ip in entries}
+        slot.pools = {p: {node_id for node_id, _ in entries} for p, entries in pools.items()}
         self.pump(node)
 
     def pump(self, node: SimNode) -> None:
@@ -339,7 +349,7 @@ class SimPublishing:
         if self.in_chaos(self.sim.t) and self.rng.random() < self.loss:
             self.model.lost += 1
             return  # no answer at all: the core's upload timeout handles it
-        keys = slot.core.intro_keys_of(post.period, post.revision) or frozenset()
+        keys = slot.core.intro_keys_at(post.period, post.revision, post.hsdir) or frozenset()
         stored = Stored(post.revision, slot.origin, keys)
         if self.model.post(post.period, post.hsdir, stored):
             slot.core.on_uploaded(post.hsdir, now)
@@ -374,11 +384,14 @@ class SimPublishing:
             # goes only where it was missing, so complete means: the same intro points
             # everywhere (maybe under two revisions), not one revision.
             exact = tracker.complete(period)
-            keys = slot.core.intro_keys_of(period, revision)
+            served: set[str] = set()
             for hsdir in self.model.hsdirs[period]:
+                keys = slot.core.intro_keys_at(period, revision, hsdir)
                 stored = self.model.latest(period, hsdir)
+                if stored is not None:
+                    served |= {slot.owners.get(k, "?") for k in stored.keys}
                 if stored is not None and stored.origin != slot.origin and (
-                    slot.core.intro_keys_of(period, stored.revision) == stored.keys
+                    stored.keys in slot.core.descriptors_of(period, stored.revision)
                 ):
                     # Two publishers of one cluster built the same revision from the
                     # same plan (both superseding one foreign revision): to a client
@@ -391,4 +404,13 @@ class SimPublishing:
                         f"{stored.origin} revision {stored.revision}")
                     return (f"HSDir {hsdir[:4]} period {period} serves {held}, not "
                             f"{slot.origin} revision {revision}")
+            # More intro points than one descriptor carries: every node the publisher
+            # offered is in the descriptor some HSDir serves.
+            pool = slot.pools.get(period, set())
+            room = slot.core.descriptor_counts.get(period, 1) * MAX_INTRO_POINTS
+            missing = pool - served if len(pool) <= room else set()
+            self.coverage_checks += bool(exact and room > MAX_INTRO_POINTS)
+            if exact and missing:
+                return (f"period {period}: no HSDir serves a descriptor with "
+                        f"{', '.join(sorted(missing))} ({len(slot.pools[period])} nodes offered)")
         return None
