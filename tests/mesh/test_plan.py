@@ -57,6 +57,7 @@ def test_a_change_beyond_the_twentieth_point_is_a_new_plan():
     net.run_until(net.now + CFG.min_publish_interval + 1)
     plan = net.cores["a"].publish_plan()
     assert len(plan.intro_points[1]) == 20 and len(plan.offered[1]) == 24
+    assert plan.message.endswith("; 24 offered, split over several descriptors")
     t0 = net.now
     net.cores["c"].set_local_intro_points(
         {1: [*(f"c-{i}".encode() for i in range(7)), b"c-new"]}, net.local("c"))

@@ -71,9 +71,11 @@ class PublishPlan:
 
     @property
     def message(self) -> str:
+        pool = max((len(v) for v in self.offered.values()), default=0)
+        split = f"; {pool} offered, split over several descriptors" if pool else ""
         return (
             f"Publishing updated descriptor with {self.count} intro points "
-            f"(was {self.previous_count})"
+            f"(was {self.previous_count}){split}"
         )
 
 
