@@ -27,30 +27,6 @@ def test_clock_ahead_of_the_consensus_is_bad():
     assert "past the consensus valid-until" in result.message
 
 
-def test_past_valid_until_with_the_peers_agreeing_is_a_stale_consensus_not_a_bad_clock():
-    # A node whose tor could not refresh its consensus: its clock matches its peers'.
-    stale = assess_clock(VU + 120, kernel_synced=True, consensus_valid_after=VA,
-                         consensus_valid_until=VU, tolerance=30, peer_offsets=[0.4, -0.2],
-                         skew_tolerance=10)
-    assert stale.verdict is ClockVerdict.WARN
-    assert not stale.outside_window
-    assert "consensus is stale" in stale.message and "2 live peer(s)" in stale.message
-    # Off the peers too: the clock is wrong, and the window says so as well.
-    ahead = assess_clock(VU + 120, kernel_synced=True, consensus_valid_after=VA,
-                         consensus_valid_until=VU, tolerance=30, peer_offsets=[120.0, 119.0],
-                         skew_tolerance=10)
-    assert ahead.verdict is ClockVerdict.BAD and ahead.outside_window
-    # Alone, nothing tells the two apart: the window decides.
-    alone = assess_clock(VU + 120, kernel_synced=True, consensus_valid_after=VA,
-                         consensus_valid_until=VU, tolerance=30)
-    assert alone.verdict is ClockVerdict.BAD and alone.outside_window
-    # Before valid-after nothing can be stale: a cluster behind together is still refused.
-    behind = assess_clock(VA - 600, kernel_synced=True, consensus_valid_after=VA,
-                          consensus_valid_until=VU, tolerance=30, peer_offsets=[0.0, 0.1],
-                          skew_tolerance=10)
-    assert behind.verdict is ClockVerdict.BAD and behind.outside_window
-
-
 def test_tolerance_is_respected_at_the_edges():
     inside = assess_clock(VA - 29, kernel_synced=True, consensus_valid_after=VA,
                           consensus_valid_until=VU, tolerance=30)

@@ -143,17 +143,6 @@ def assess_clock(
                 f"clock is {-offset:.0f} s behind the consensus valid-after time "
                 f"(tolerance {tolerance:g} s)"
             )
-        elif now > consensus_valid_until + tolerance and basis is ClockBasis.PEERS \
-                and verdict is ClockVerdict.OK:
-            # Past valid-until while the clock agrees with the peers' median: the
-            # evidence says tor could not fetch a newer consensus, not that the clock
-            # is wrong (a node whose tor was cut off for a few voting intervals).
-            verdict = ClockVerdict.WARN
-            reasons.append(
-                f"tor's consensus is stale: its valid-until time passed "
-                f"{now - consensus_valid_until:.0f} s ago, while the clock agrees with the "
-                f"median of {len(peer_offsets)} live peer(s)"
-            )
         elif now > consensus_valid_until + tolerance:
             offset = now - consensus_valid_until if offset is None else offset
             verdict, outside_window = ClockVerdict.BAD, True
