@@ -208,6 +208,22 @@ def test_foreign_descriptor_with_fewer_intro_points_starts_a_new_term():
     assert net.cores["b"].term == term + 1
 
 
+def test_one_foreign_revision_found_on_several_hsdirs_is_one_conflict():
+    net = _cluster("abc", {"a": 150})
+    net.run_until(40)
+    a = net.cores["a"]
+    term = a.term
+    for _ in range(5):  # the same copy, reported by the checks of five HSDirs
+        a.report_foreign_descriptor(revision=99, intro_count=2, now=net.local("a"))
+    net.run_until(net.now + 1)
+    assert a.is_publisher and a.term == term + 1
+    assert sum(isinstance(e, ConflictDetected) for e in net.events["a"]) == 1
+    # Another foreign revision is another conflict.
+    a.report_foreign_descriptor(revision=100, intro_count=2, now=net.local("a"))
+    net.run_until(net.now + 1)
+    assert a.term == term + 2
+
+
 def test_standby_election_unit_claim_times():
     e = Election(CFG, "b", 100, True, now=0.0)
     assert e.claim_at([]) == LISTEN  # restart: listen first

@@ -141,6 +141,7 @@ MAX_PEERS = 512  # without a roster: peer-table cap (a roster caps it by itself)
 GOSSIP_ADDS_PER_SENDER = 64  # without a roster: peers one sender may introduce
 MAX_STRANGERS = 64  # without a roster: handshake entries of nodes not in the peer table
 ROSTER_VERIFY_BUDGET = 64  # roster signature checks per sender per heartbeat interval
+_FOREIGN_REMEMBERED = 16  # foreign revisions remembered so one conflict bumps one term
 GOSSIP_DATAGRAMS_PER_WINDOW = 64  # PeerList/RosterUpdate datagrams per sender per resend_interval
 
 
@@ -220,6 +221,7 @@ class MeshCore:
         self._intro_seq: dict[str, tuple[int, int]] = {}
         self._last_full_state: dict[str, float] = {}
         self._shut_down = False
+        self._foreign_handled: dict[int, float] = {}  # foreign revision -> when handled
         self._last_now = now  # the latest ``now`` any input carried
         self._stale_until = float("-inf")  # after a pause: no publishing before this
         self._gossip_adds: Counter[str] = Counter()  # without a roster: peers added per sender
@@ -439,6 +441,14 @@ class MeshCore:
             return
         self._notice_pause(now)
         ours = self._plan.count if self._plan is not None else 0
+        # One foreign descriptor is usually found on several HSDirs, one report each:
+        # it is one conflict (one new term at most), until a lease period has passed.
+        seen = self._foreign_handled.get(revision)
+        if seen is not None and now - seen < self.config.lease_duration:
+            return
+        self._foreign_handled[revision] = now
+        while len(self._foreign_handled) > _FOREIGN_REMEMBERED:
+            del self._foreign_handled[next(iter(self._foreign_handled))]
         if not self.election.is_publisher:
             self._events.append(
                 ConflictDetected(ConflictKind.FOREIGN_DESCRIPTOR, "hsdir", ours, intro_count,
