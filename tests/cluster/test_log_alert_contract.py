@@ -60,6 +60,7 @@ DAEMON = "onionmesh.node"
 PUBLISHER = "onionmesh.publish.publisher"
 FPR = r"[0-9A-F]{40}"
 UPLOAD_TIMEOUT = RetryPolicy().upload_timeout  # the default, 30 s
+STRAY_AHEAD = 600  # the stray's revisions run this far ahead of the cluster's
 
 HOOK = """\
 import json, os, sys
@@ -200,8 +201,9 @@ async def test_death_and_recovery_of_a_standby(ccluster: NodeCluster, hooks):
     docs = await ccluster.wait_until(lambda d: pub in d and d[pub].plan is not None
                                      and victim not in d[pub].plan.per_node, 30.0,
                                      f"{victim} left {pub}'s plan")
+    # (N need not be below M: one intro point per relay, so the relays the dead node
+    # held may go to the other nodes' spare intro points.)
     assert int(published.group(1)) == docs[pub].plan.count
-    assert int(published.group(2)) > int(published.group(1))
 
     # Recovery: the same node id back; its peers say so, ask for its intro points, alert.
     watch = Watch(ccluster, hooks)
@@ -273,9 +275,10 @@ async def test_upload_failure_streak_when_an_hsdir_hangs(ccluster: NodeCluster, 
     os.kill(relay.pid, signal.SIGSTOP)
     try:
         ccluster.nodes[leaving].stop()
+        # (Its reason may be another change coalesced into the same publish.)
         await watch.logged(pub, line(
-            "INFO", DAEMON, rf"Publishing updated descriptor with \d+ intro points \(was \d+\) "
-            rf"\(membership change: -{leaving}\)"), 30.0)
+            "INFO", DAEMON, r"Publishing updated descriptor with \d+ intro points \(was \d+\) "
+            r"\(.+\)"), 30.0)
         # One post in flight per HSDir: three timeouts in a row, plus the retry backoffs.
         bound = 3 * UPLOAD_TIMEOUT + 40.0
         streak = await watch.logged(pub, line(
@@ -326,7 +329,10 @@ async def _stray_upload(client: TorClient, cluster: NodeCluster, standby: str) -
         revisions = {}
         now = time.time()
         for number, target in plan_targets(master, consensus, now).items():
-            revision = tor_revision(target, now, served.revision_counter)
+            # Well ahead of the cluster's own time-based revisions, so a republish the
+            # cluster happens to make meanwhile is refused by the HSDirs (and leads to a
+            # fetch and a classification) instead of silently replacing the stray's copy.
+            revision = tor_revision(target, now, served.revision_counter) + STRAY_AHEAD
             desc = builder.build(number, target.period.period_length, revision, points,
                                  now=now, blinded=target.blinded)
             revisions[number] = revision

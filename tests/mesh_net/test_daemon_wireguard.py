@@ -7,11 +7,13 @@ descriptor the HSDirs serve; after unblocking, every path is back on WireGuard."
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from onionmesh.errors import OnionmeshError
 from onionmesh.mesh.config import MeshConfig
 from onionmesh.mesh.vocabulary import PeerState
 from onionmesh.testnet.daemonlab import DaemonLab
@@ -64,6 +66,17 @@ def all_paths(lab: DaemonLab, path: str) -> bool:
     return all(lab.path(i, j) == path for i in NODES for j in NODES if i != j)
 
 
+async def _node_keys(lab: DaemonLab, index: int, client) -> set[bytes]:
+    """The node's intro keys in both its descriptors: its tor's current one and the one a
+    client fetches now (around a period start the master carries either)."""
+    keys = await _own_intro_keys(lab, index)
+    doc = lab.status(index)
+    if doc is not None and doc.node.onion_address:
+        with contextlib.suppress(OnionmeshError):
+            keys |= await fetched_intro_keys(client, doc.node.onion_address)
+    return keys
+
+
 async def _own_intro_keys(lab: DaemonLab, index: int) -> set[bytes]:
     from onionmesh.descriptor.parse import parse_descriptor
     from onionmesh.hsdir.timeperiod import period_length_minutes
@@ -108,7 +121,7 @@ def test_daemons_fall_back_to_tor_on_a_blocked_tunnel_and_return(
     # Host 3's intro points are in the master descriptor the HSDirs serve.
     client = tornet.add_client(f"{lab.lab.prefix}c")
     try:
-        lab.wait_until(lambda: run_coroutine(_own_intro_keys(lab, 3), timeout=60)
+        lab.wait_until(lambda: run_coroutine(_node_keys(lab, 3, client), timeout=90)
                        & served_keys(lab, client), 240, "n3's intro points served", 3.0)
 
         lab.lab.block_udp_port(3, WG_PORT)
@@ -138,7 +151,7 @@ def test_daemons_fall_back_to_tor_on_a_blocked_tunnel_and_return(
                                 if a["kind"] == "tor_fallback"} == {"n1", "n2"}, 10,
                        "tor_fallback alerts on host 3")
         # Its intro points are still in what the HSDirs serve.
-        lab.wait_until(lambda: run_coroutine(_own_intro_keys(lab, 3), timeout=60)
+        lab.wait_until(lambda: run_coroutine(_node_keys(lab, 3, client), timeout=90)
                        & served_keys(lab, client), 60, "n3's intro points still served", 3.0)
 
         lab.lab.unblock_udp_port(3, WG_PORT)

@@ -435,15 +435,21 @@ class NodeDaemon:
             except StopAsyncIteration:  # control connection replaced: subscribe again
                 await asyncio.sleep(1.0)
                 events = controller.subscribe("NEWCONSENSUS", maxsize=4)
-            try:
-                consensus = await self.tor.consensus()
-            except (ControlError, OnionmeshError, OSError) as exc:
-                log.warning("reading tor's consensus failed: %s", exc)
-                continue
-            self.guard.note_consensus(consensus)
-            if self.feed is not None:
-                self.feed.note_consensus(consensus)
-            self._recheck_clock()
+            if await self._read_consensus():
+                self._recheck_clock()
+
+    async def _read_consensus(self) -> bool:
+        """Take tor's current consensus (for the clock check and the intro feed)."""
+        assert self.tor is not None
+        try:
+            consensus = await self.tor.consensus()
+        except (ControlError, OnionmeshError, OSError) as exc:
+            log.warning("reading tor's consensus failed: %s", exc)
+            return False
+        self.guard.note_consensus(consensus)
+        if self.feed is not None:
+            self.feed.note_consensus(consensus)
+        return True
 
     async def _clock_loop(self) -> None:
         """The clock against the live peers' median every half heartbeat, so a skewed
@@ -451,6 +457,12 @@ class NodeDaemon:
         interval = max(0.25, self.config.coordination.heartbeat_interval / 2)
         while True:
             await asyncio.sleep(interval)  # a period, not a wait for readiness
+            if self.guard.assess().outside_window:
+                # Before calling the clock bad, make sure our copy of the consensus is
+                # tor's current one: after this process was paused (SIGSTOP, a suspended
+                # VM) the NEWCONSENSUS that replaced it may still be queued, and a stale
+                # copy looks exactly like a clock past valid-until.
+                await self._read_consensus()
             self._recheck_clock()
 
     def _recheck_clock(self) -> None:
