@@ -26,11 +26,18 @@ halves of a period:
 after which the victim is restarted / resumed and the next steady phase begins.
 
 Per phase and system: GETs that succeeded (first try, with the retry) / total, p50/p95
-latency of successful GETs, seconds from the fault until the faulty node stopped
-answering (its last answer), and from the recovery until it answered again.
+latency of successful GETs (timed in the GET's own thread; a retried GET counts both
+tries), the reasons of failed tries, seconds from the fault until the faulty node's last
+answer (0: none after the fault), and from the recovery until it answered again (looked
+for until the next fault). A failed GET never ends a client's loop and a fault step that
+crashes is reported in its phase while the schedule goes on. Rows are printed as phases
+settle and appended to ``phases.jsonl``; every GET goes to ``gets-<system>.jsonl``; the
+directory (network, node and Onionbalance logs) is kept.
 
-Run: ``.venv/bin/python bench/availability.py`` (about 20 minutes + setup); ``--cycles``
-and ``--outage``/``--steady`` shorten it. The JSON summary is the last line.
+Run: ``nice -n 5 .venv/bin/python bench/availability.py --dir DIR`` (two cycles, at least
+two time periods: about 25 minutes + setup); ``--smoke`` runs one short cycle to check the
+script; ``--cycles``, ``--outage`` and ``--steady`` shape it. The JSON summary is the
+last line.
 """
 
 from __future__ import annotations
@@ -84,35 +91,60 @@ class Phase:
     end: float = 0.0
     victims: dict[str, str] = field(default_factory=dict)  # system -> node/instance name
     recovered_at: float | None = None
+    error: str | None = None  # a fault or recovery step that crashed (the run goes on)
 
 
 class Browser:
-    """GETs one master address like a browser until stopped; every outcome is kept."""
+    """GETs one master address like a browser until stopped; every outcome is kept.
 
-    def __init__(self, client: TorClient, master: str) -> None:
-        self.client, self.master = client, master
+    Any failure of one try (SOCKS error, timeout, reset connection, bad HTTP, a status
+    other than 200) is one failed try with its reason; after a failed first try comes one
+    retry on a fresh circuit (a browser's reload). Nothing a GET does ends the loop.
+    Each GET is also appended to ``log`` as one JSON line, so a run cut short keeps them.
+    """
+
+    def __init__(self, client: TorClient, master: str, log: Path | None = None) -> None:
+        self.client, self.master, self.log = client, master, log
         self.gets: list[Get] = []
         self.done = asyncio.Event()
 
+    def _try(self) -> tuple[float, str | None, str | None]:
+        """One GET on a fresh circuit, timed in its worker thread (so a busy event loop
+        does not inflate it): (seconds, answering node, failure reason)."""
+        started = time.monotonic()
+        try:
+            response = self.client.browser_get(self.master, timeout=30.0)
+        except SocksError as exc:
+            code = getattr(exc, "code", None)
+            reason = f"socks 0x{code:02X}" if code else f"socks: {str(exc)[:60]}"
+            return time.monotonic() - started, None, reason
+        except Exception as exc:  # reset, refused, bad HTTP, ...: a failed try, with why
+            return time.monotonic() - started, None, f"{type(exc).__name__}: {str(exc)[:60]}"
+        if response.status != 200:
+            return time.monotonic() - started, None, f"http {response.status}"
+        return time.monotonic() - started, response.text.strip(), None
+
+    async def _get(self) -> Get:
+        started = time.time()
+        latency, node, reason = await asyncio.to_thread(self._try)
+        if reason is None:
+            return Get(started, True, False, latency, node)
+        latency2, node, reason2 = await asyncio.to_thread(self._try)
+        if reason2 is None:  # latency as the user saw it: both tries
+            return Get(started, True, True, latency + latency2, node, reason)
+        return Get(started, False, True, None, None, f"{reason}; then {reason2}")
+
     async def run(self) -> None:
         while not self.done.is_set():
-            started = time.time()
-            retried = False
             try:
-                try:
-                    response = await self.client.abrowser_get(self.master, timeout=30.0)
-                except SocksError:
-                    retried = True
-                    response = await self.client.abrowser_get(self.master, timeout=30.0)
-                ok = response.status == 200
-                self.gets.append(Get(started, ok, retried, time.time() - started,
-                                     response.text.strip() if ok else None))
-            except SocksError as exc:
-                code = getattr(exc, "code", None)
-                self.gets.append(Get(started, False, True, None, None,
-                                     f"socks 0x{code:02X}" if code else "timeout/closed"))
-            except Exception as exc:  # any other failure is a failed GET, never the end
-                self.gets.append(Get(started, False, True, None, None, type(exc).__name__))
+                get = await self._get()
+            except Exception as exc:  # a bug here must not end the measurement either
+                get = Get(time.time(), False, True, None, None, f"bench: {exc!r}"[:80])
+                await asyncio.sleep(1.0)  # do not spin on a persistent bench bug
+            self.gets.append(get)
+            if self.log is not None:
+                with contextlib.suppress(OSError), open(self.log, "a") as out:
+                    out.write(json.dumps(get.__dict__) + "\n")
 
 
 # ----------------------------------------------------------------------------- faults
@@ -122,14 +154,18 @@ class MeshFaults:
     def __init__(self, cluster: NodeCluster, network: TorNetwork) -> None:
         self.cluster, self.network = cluster, network
         self.stopped_relay: Any = None
+        self.turn = 0
 
-    def _roles(self) -> tuple[str, str]:
-        docs = self.cluster.statuses()
-        pub = next(iter(self.cluster.publishers(docs)), "n1")
-        return pub, max(n for n in self.cluster.nodes if n != pub)
+    async def _roles(self) -> tuple[str, str]:
+        """The publisher, and the standby whose turn it is (faults rotate over them)."""
+        docs = await asyncio.to_thread(self.cluster.statuses)  # socket reads: off the loop
+        pub = min(self.cluster.publishers(docs), default="n1")
+        standbys = sorted(n for n in self.cluster.nodes if n != pub)
+        self.turn += 1
+        return pub, standbys[(self.turn - 1) % len(standbys)]
 
     async def apply(self, fault: str) -> str:
-        pub, standby = self._roles()
+        pub, standby = await self._roles()
         node = self.cluster.nodes[standby]
         if fault == "standby-kill":
             node.kill(signal.SIGKILL)
@@ -146,13 +182,14 @@ class MeshFaults:
                 os.kill(tor, signal.SIGKILL)
             return standby
         if fault == "backend-kill":
-            node.stop_backend()
+            await asyncio.to_thread(node.stop_backend)
             return standby
         if fault == "relay-kill":
             self.stopped_relay = await self._relay_of(standby)
-            if self.stopped_relay is not None:
-                self.stopped_relay.process.stop()
-            return standby
+            if self.stopped_relay is None:
+                raise RuntimeError(f"no relay found for {standby}'s intro points")
+            await asyncio.to_thread(self.stopped_relay.process.stop)
+            return f"{standby} (relay {self.stopped_relay.name})"
         raise ValueError(fault)
 
     async def _relay_of(self, node_id: str) -> Any:
@@ -181,17 +218,18 @@ class MeshFaults:
         return None
 
     async def recover(self, fault: str, victim: str) -> None:
-        node = self.cluster.nodes[victim]
+        node = self.cluster.nodes[victim.split()[0]]
         if fault in ("standby-kill", "publisher-kill"):
-            node.start()
+            await asyncio.to_thread(node.start)
         elif fault == "freeze":
             os.kill(node.pid, signal.SIGCONT)
         elif fault == "backend-kill":
-            node.backend = start_backend_process(victim, node.backend_port,
-                                                 node.root / "backend.log")
+            node.backend = await asyncio.to_thread(
+                start_backend_process, node.node_id, node.backend_port,
+                node.root / "backend.log")
         elif fault == "relay-kill" and self.stopped_relay is not None:
-            self.stopped_relay.process.start()
-            self.stopped_relay = None
+            relay, self.stopped_relay = self.stopped_relay, None
+            await asyncio.to_thread(relay.process.start)
         # tor-kill: the daemon restarts its tor by itself
 
 
@@ -224,7 +262,7 @@ class ObFaults:
             return inst.name
         if fault == "backend-kill":
             if inst.backend is not None:
-                stop_pid(inst.backend.pid, None, timeout=5.0)
+                await asyncio.to_thread(stop_pid, inst.backend.pid, None, timeout=5.0)
             return inst.name
         return "-"  # relay-kill: the relay is shared, stopped by the onionmesh side
 
@@ -245,12 +283,13 @@ class ObFaults:
         if fault == "freeze" and inst.process.pid is not None:
             os.kill(inst.process.pid, signal.SIGCONT)
         elif fault in ("standby-kill", "tor-kill"):
-            with contextlib.suppress(Exception):
-                inst.process.start()
+            await asyncio.to_thread(inst.process.start)
             if fault == "standby-kill":
-                inst.backend = start_backend_process(inst.name, inst.target_port)
+                inst.backend = await asyncio.to_thread(start_backend_process, inst.name,
+                                                       inst.target_port)
         elif fault == "backend-kill":
-            inst.backend = start_backend_process(inst.name, inst.target_port)
+            inst.backend = await asyncio.to_thread(start_backend_process, inst.name,
+                                                   inst.target_port)
 
 
 # ----------------------------------------------------------------------------- report
@@ -263,22 +302,28 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def phase_stats(gets: list[Get], phase: Phase, victim: str | None) -> dict[str, Any]:
+def phase_stats(gets: list[Get], phase: Phase, victim: str | None,
+                back_until: float) -> dict[str, Any]:
+    """One phase of one system. ``back_until``: how far to look for the victim's first
+    answer after its recovery (the next fault), which may lie past this phase's end."""
     mine = [g for g in gets if phase.start <= g.at < phase.end]
     ok = [g for g in mine if g.ok]
     latencies = [g.latency for g in ok if g.latency is not None]
     stats: dict[str, Any] = {
         "gets": len(mine), "ok": len(ok), "ok_first_try": sum(1 for g in ok if not g.retried),
         "p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95),
-        "errors": sorted({g.error for g in mine if g.error}),
+        "failed": sorted({g.error for g in mine if not g.ok and g.error}),
+        "retried_after": sorted({g.error for g in ok if g.error}),
     }
-    if victim and victim not in ("-", "onionbalance"):
-        answered = [g.at for g in ok if g.node == victim]
-        last = max((t for t in answered if t < (phase.recovered_at or phase.end)),
-                   default=None)
-        stats["stopped_after"] = None if last is None else max(0.0, last - phase.start)
-        back = [t for t in answered if phase.recovered_at and t >= phase.recovered_at]
+    victim = (victim or "").split(" ")[0]
+    if victim and victim not in ("-", "onionbalance") and phase.recovered_at is not None:
+        answered = [g.at for g in gets if g.ok and g.node == victim]
+        during = [t for t in answered if phase.start <= t < phase.recovered_at]
+        # the start of the last GET it answered after the fault (0: none after it)
+        stats["stopped_after"] = max(during) - phase.start if during else 0.0
+        back = [t for t in answered if phase.recovered_at <= t < back_until]
         stats["back_after"] = (min(back) - phase.recovered_at) if back else None
+        stats["answered_during_outage"] = len(during)
     return stats
 
 
@@ -286,7 +331,65 @@ def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+HEADER = ("phase            system        @period  victim          ok/total (1st try)   "
+          "p50    p95  stopped   back  failures")
+
+
+def row_line(row: dict[str, Any]) -> str:
+    return (f"{row['phase']:<16} {row['system']:<13} {row['at_period_fraction']:>6}  "
+            f"{(row.get('victim') or '')[:14]:<14}  "
+            f"{row['ok']:>3}/{row['gets']:<3} ({row['ok_first_try']:>3})      "
+            f"{fmt(row['p50']):>6} {fmt(row['p95']):>6}  {fmt(row.get('stopped_after')):>6} "
+            f"{fmt(row.get('back_after')):>6}  {'; '.join(row['failed'])}")
+
+
+class Recorder:
+    """Phases as they end; their rows are printed (and kept in ``phases.jsonl``) once the
+    GETs that started in them have finished, so a run cut short still yields figures."""
+
+    def __init__(self, browsers: dict[str, Browser], period: float, base: Path) -> None:
+        self.browsers, self.period, self.base = browsers, period, base
+        self.phases: list[Phase] = []
+        self.printed = 0
+
+    def rows(self, phase: Phase, index: int) -> list[dict[str, Any]]:
+        later = [p.start for p in self.phases[index + 1:] if p.name != "steady"]
+        back_until = later[0] if later else float("inf")
+        return [{"phase": phase.name, "system": system,
+                 "at_period_fraction": round((phase.start % self.period) / self.period, 2),
+                 "victim": phase.victims.get(system), "error": phase.error,
+                 **phase_stats(b.gets, phase, phase.victims.get(system), back_until)}
+                for system, b in self.browsers.items()]
+
+    def flush(self, final: bool = False) -> None:
+        """Print the rows of ended phases whose GETs are all done (two 30 s tries)."""
+        settled = time.time() - 65.0
+        while self.printed < len(self.phases):
+            phase = self.phases[self.printed]
+            if not final and phase.end > settled:
+                break
+            if self.printed == 0:
+                print(HEADER, flush=True)
+            for row in self.rows(phase, self.printed):
+                print(row_line(row), flush=True)
+                with open(self.base / "phases.jsonl", "a") as out:
+                    out.write(json.dumps(row) + "\n")
+            if phase.error:
+                print(f"    ^ fault step: {phase.error}", flush=True)
+            self.printed += 1
+
+
 # ----------------------------------------------------------------------------- main
+
+
+async def fault_step(what: str, step: Any) -> tuple[Any, str | None]:
+    """Run one fault/recovery step; a crash is reported and the schedule goes on."""
+    try:
+        return await step, None
+    except Exception as exc:
+        message = f"{what}: {type(exc).__name__}: {exc}"
+        print(f"  ! {message}", flush=True)
+        return None, message
 
 
 async def run(args: argparse.Namespace, network: TorNetwork, base: Path) -> dict[str, Any]:
@@ -298,10 +401,13 @@ async def run(args: argparse.Namespace, network: TorNetwork, base: Path) -> dict
     ob_client = await network.aadd_client("obbrowser")
     mesh_faults = MeshFaults(cluster, network)
     ob_faults = ObFaults(dep, network, base / "ob" / "config.yaml", dep.log_path)
-    phases: list[Phase] = []
-    browsers = {"onionmesh": Browser(mesh_client, cluster.master_address),
-                "onionbalance": Browser(ob_client, dep.master.onion_address)}
+    browsers = {"onionmesh": Browser(mesh_client, cluster.master_address,
+                                     base / "gets-onionmesh.jsonl"),
+                "onionbalance": Browser(ob_client, dep.master.onion_address,
+                                        base / "gets-onionbalance.jsonl")}
     tasks: list[asyncio.Task[None]] = []
+    recorder: Recorder | None = None
+    period = 0.0
     try:
         from onionmesh.testnet.node_cluster import cluster_ready
 
@@ -312,27 +418,42 @@ async def run(args: argparse.Namespace, network: TorNetwork, base: Path) -> dict
             period = period_length_minutes(await fetch_consensus(controller)) * 60.0
         finally:
             await controller.close()
+        recorder = Recorder(browsers, period, base)
         tasks = [asyncio.create_task(b.run()) for b in browsers.values()]
         began = time.time()
+        print(f"both systems ready; time period {period:.0f} s; GETs begin "
+              f"(@{(began % period) / period:.2f} of a period)", flush=True)
         cycle = 0
         while cycle < args.cycles or time.time() - began < args.min_periods * period:
             for fault in FAULTS:
                 steady = Phase("steady", time.time())
                 await asyncio.sleep(args.steady)  # the steady phase itself
                 steady.end = time.time()
-                phases.append(steady)
+                recorder.phases.append(steady)
+                recorder.flush()
                 phase = Phase(fault, time.time())
-                phase.victims["onionmesh"] = await mesh_faults.apply(fault)
-                phase.victims["onionbalance"] = await ob_faults.apply(fault)
+                for system, faults in (("onionmesh", mesh_faults), ("onionbalance", ob_faults)):
+                    victim, error = await fault_step(f"{system} {fault}", faults.apply(fault))
+                    phase.victims[system] = victim or "-"
+                    phase.error = "; ".join(filter(None, (phase.error, error))) or None
                 print(f"[{time.time() - began:6.0f} s] {fault}: {phase.victims}", flush=True)
                 await asyncio.sleep(args.outage)  # the outage itself
                 phase.recovered_at = time.time()
-                await mesh_faults.recover(fault, phase.victims["onionmesh"])
-                await ob_faults.recover(fault, phase.victims["onionbalance"])
+                for system, faults in (("onionmesh", mesh_faults), ("onionbalance", ob_faults)):
+                    if phase.victims[system] != "-" or fault == "publisher-kill":
+                        _, error = await fault_step(f"{system} recover {fault}",
+                                                    faults.recover(fault, phase.victims[system]))
+                        phase.error = "; ".join(filter(None, (phase.error, error))) or None
                 await asyncio.sleep(args.steady)  # watch it come back
                 phase.end = time.time()
-                phases.append(phase)
+                recorder.phases.append(phase)
+                recorder.flush()
             cycle += 1
+        if recorder is not None:  # the last phases' victims may come back in this tail
+            tail = Phase("steady", time.time())
+            await asyncio.sleep(args.steady)
+            tail.end = time.time()
+            recorder.phases.append(tail)
     except Exception as exc:  # report what was measured; say what broke
         print(f"schedule stopped: {type(exc).__name__}: {exc}", flush=True)
     finally:
@@ -342,12 +463,10 @@ async def run(args: argparse.Namespace, network: TorNetwork, base: Path) -> dict
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 70.0)
         cluster.stop()
         stop_onionbalance(dep)
-    rows = []
-    for phase in phases:
-        for system, browser in browsers.items():
-            rows.append({"phase": phase.name, "system": system,
-                         "at_period_fraction": round(((phase.start % period) / period), 2),
-                         **phase_stats(browser.gets, phase, phase.victims.get(system))})
+    if recorder is None:
+        return {"period_s": period, "rows": []}
+    recorder.flush(final=True)
+    rows = [row for i, phase in enumerate(recorder.phases) for row in recorder.rows(phase, i)]
     return {"period_s": period, "rows": rows}
 
 
@@ -368,23 +487,21 @@ async def wait_ob_ready(client: TorClient, master: str, timeout: float = 600.0) 
 
 def report(result: dict[str, Any]) -> None:
     print()
-    print("phase            system        @period  ok/total (1st try)   p50    p95  "
-          "stopped  back")
+    print(HEADER)
     for row in result["rows"]:
-        print(f"{row['phase']:<16} {row['system']:<13} {row['at_period_fraction']:>6}  "
-              f"{row['ok']:>3}/{row['gets']:<3} ({row['ok_first_try']:>3})      "
-              f"{fmt(row['p50']):>6} {fmt(row['p95']):>6}  {fmt(row.get('stopped_after')):>6} "
-              f"{fmt(row.get('back_after')):>6}  {' '.join(row['errors'])}")
+        print(row_line(row))
     for system in ("onionmesh", "onionbalance"):
         mine = [r for r in result["rows"] if r["system"] == system]
         total = sum(r["gets"] for r in mine)
         ok = sum(r["ok"] for r in mine)
+        first = sum(r["ok_first_try"] for r in mine)
         steady = [r["p95"] for r in mine if r["phase"] == "steady" and r["p95"] is not None]
         faulty = [r["p95"] for r in mine if r["phase"] != "steady" and r["p95"] is not None]
-        ratio = (statistics.median(faulty) / statistics.median(steady)
-                 if steady and faulty else None)
-        print(f"{system}: {ok}/{total} GETs ok; median p95 faults/steady "
-              f"{fmt(ratio)}x")
+        base = statistics.median(steady) if steady else None
+        worst = max(faulty, default=None)
+        print(f"{system}: {ok}/{total} GETs ok ({first} on the first try); p95 steady "
+              f"median {fmt(base)} s, worst fault phase {fmt(worst)} s "
+              f"({fmt(worst / base if worst and base else None)}x)")
     print(json.dumps(result))
 
 
@@ -396,8 +513,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="run at least this many time periods (default 2)")
     parser.add_argument("--outage", type=float, default=40.0)
     parser.add_argument("--steady", type=float, default=30.0)
-    parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--smoke", action="store_true",
+                        help="one short cycle (10 s outages, 10 s steady): checks the script")
+    parser.add_argument("--dir", type=Path, default=None,
+                        help="where the network, nodes and logs live (kept after the run)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.cycles, args.min_periods, args.outage, args.steady = 1, 0.0, 10.0, 10.0
     base = (args.dir or Path(tempfile.mkdtemp(prefix="omav-"))).absolute()
     network = TorNetwork(base / "tornet", N_AUTHORITIES, supervise=False)
     print(f"private network: {N_AUTHORITIES} authorities, files in {base}", flush=True)
