@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from onionmesh.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
+from onionmesh.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from onionmesh.errors import OnionmeshError
 from onionmesh.mesh.errors import MeshError
 from onionmesh.node.errors import EXIT_CONFIG, EXIT_OK, NodeError
@@ -201,8 +201,14 @@ def _client(args: argparse.Namespace) -> int:
         write_client_file,
     )
 
-    restart = ("every node that may publish needs the same [master] authorized_clients; "
-               "restart the nodes to apply")
+    def applied() -> str:
+        pid = _reload_daemon(load_config(args.config))
+        here = (f"the running daemon (pid {pid}) republishes the master descriptor with it "
+                "now" if pid is not None else "no daemon runs here: it applies when the node "
+                "starts")
+        return (f"{here}; make the same change on every node that may publish (they need the "
+                "same [master] authorized_clients)")
+
     try:
         if args.client_command == "list":
             clients = load_config(args.config).master.authorized_clients
@@ -214,10 +220,10 @@ def _client(args: argparse.Namespace) -> int:
             return EXIT_OK
         if args.client_command == "remove":
             remove_client(args.config, args.name)
-            print(f"removed client {args.name}; {restart}", file=sys.stderr)
+            print(f"removed client {args.name}; {applied()}", file=sys.stderr)
             return EXIT_OK
         public, secret = add_client(args.config, args.name, args.public_key)
-        print(f"authorized client {args.name} (descriptor:x25519:{public}); {restart}",
+        print(f"authorized client {args.name} (descriptor:x25519:{public}); {applied()}",
               file=sys.stderr)
         if secret is not None:
             address = load_config(args.config).master.address
@@ -304,16 +310,34 @@ def _remove_node(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _rotate_secret(args: argparse.Namespace) -> int:
+def _reload_daemon(config: Config) -> int | None:
+    """SIGHUP the daemon running this config (found through its status socket); its pid,
+    or None when no daemon answers there."""
     import os
     import signal
 
+    from onionmesh.node.keyfiles import status_socket_path
+
+    try:
+        doc = query_status(status_socket_path(config))
+        pid = doc.get("node", {}).get("pid") if isinstance(doc.get("node"), dict) else None
+    except StatusUnavailable:
+        return None
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:  # it exited after answering
+        return None
+    return pid
+
+
+def _rotate_secret(args: argparse.Namespace) -> int:
     from onionmesh.node.keyfiles import (
         cluster_secret_path,
         load_cluster_secrets,
         new_cluster_secret,
         replace_cluster_secrets,
-        status_socket_path,
     )
 
     config = load_config(args.config)
@@ -336,13 +360,8 @@ def _rotate_secret(args: argparse.Namespace) -> int:
         note = "this node now knows only the secret it sends with"
     else:
         note = "the daemon re-read the secret file"
-    try:
-        doc = query_status(status_socket_path(config))
-        pid = doc.get("node", {}).get("pid") if isinstance(doc.get("node"), dict) else None
-    except StatusUnavailable:
-        pid = None
-    if isinstance(pid, int) and pid > 0:
-        os.kill(pid, signal.SIGHUP)  # the daemon re-reads the secret file on SIGHUP
+    pid = _reload_daemon(config)  # the daemon re-reads the secret file on SIGHUP
+    if pid is not None:
         print(f"rotate-secret {args.step}: done; daemon (pid {pid}) reloads it; {note}",
               file=sys.stderr)
     else:

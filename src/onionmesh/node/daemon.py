@@ -15,8 +15,9 @@ Exit codes (``onionmesh.node.errors``): 0 after SIGTERM/SIGINT, 3 bad config,
 4 bad key, 5 clock refused, 6 tor unusable, 7 coordination socket, 1 any
 loop that died. On SIGTERM/SIGINT the core releases its lease and the release
 datagram is sent before the socket closes, so a standby takes over at once.
-SIGHUP re-reads the config: log level, alerts and added peers apply live;
-anything else is logged as needing a restart.
+SIGHUP re-reads the config: log level, alerts, added peers and the master's
+authorized clients (republished at once) apply live; anything else is logged as
+needing a restart.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from onionmesh.mesh.identity import NodeIdentity
 from onionmesh.metrics import NodeMetrics
 from onionmesh.node.advertise_filter import AdvertiseFilter
 from onionmesh.node.advertise_gate import GateEvent, GateEventKind
+from onionmesh.node.client_set import client_set_change
 from onionmesh.node.conflict_record import ConflictRecord, foreign_instance
 from onionmesh.node.coordination_keys import CoordinationKeys, load_coordination_keys
 from onionmesh.node.coordination_link import CoordinationLink
@@ -112,7 +114,7 @@ log = logging.getLogger("onionmesh.node")
 CONSENSUS_POLL = 30.0  # seconds between consensus reads (clock re-check, periods)
 # Settings that a SIGHUP applies live; every other change needs a restart.
 _LIVE = {("logging", "level"), ("alerts", "command"), ("alerts", "webhook"),
-         ("coordination", "peers")}
+         ("coordination", "peers"), ("master", "authorized_clients")}
 
 
 class NodeDaemon:
@@ -299,7 +301,8 @@ class NodeDaemon:
             self.publisher_control = PublisherControl(
                 controller, keys.master, self.clock, self.guard,
                 RetryPolicy(max_retries=config.hsdir_max_retries),
-                client_auth_keys=config.master.client_auth_keys(),
+                # self.config: a SIGHUP during start-up may have changed the clients
+                client_auth_keys=self.config.master.client_auth_keys(),
                 timing=timing, hs_desc=self.tor.hs_desc, on_event=self.on_publish_event,
             )
             driver = self.driver
@@ -700,6 +703,21 @@ class NodeDaemon:
                  "rotation in progress: also accepting the other secret" if accepted
                  else "one secret")
 
+    def _reload_clients(self, old: Config, new: Config) -> None:
+        """``onionmesh client add/remove``: the publisher republishes with the new set."""
+        change = client_set_change(old.master.authorized_clients,
+                                   new.master.authorized_clients)
+        if change is None:
+            return
+        if self.publisher_control is None:
+            log.info("SIGHUP: %s (this node has no publisher: no master key, or still "
+                     "starting and reads the new list when it gets one)", change.describe())
+            return
+        self.publisher_control.set_client_auth_keys(change.keys)
+        log.info("SIGHUP: %s; %s", change.describe(),
+                 "republishing the master descriptor now" if self.publisher_control.active
+                 else "applies when this node publishes (every node needs the same list)")
+
     async def reload(self) -> None:
         """SIGHUP: apply what can change live, name what needs a restart."""
         try:
@@ -729,6 +747,7 @@ class NodeDaemon:
             if self.driver is not None:
                 self.driver.add_peer(seed)
             log.info("SIGHUP: added peer %s", seed.address)
+        self._reload_clients(old, new)
         removed = {p.address for p in peer_seeds(old)} - {p.address for p in peer_seeds(new)}
         if removed:
             restart_needed.append("[coordination] peers (removals)")

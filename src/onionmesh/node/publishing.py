@@ -114,6 +114,13 @@ class PublisherControl:
     def active(self) -> bool:
         return self._task is not None
 
+    def set_client_auth_keys(self, keys: Sequence[bytes]) -> None:
+        """A reloaded config changed the authorized clients: the running publisher
+        republishes with them at once; a later one starts with them."""
+        self.client_auth_keys = tuple(keys)
+        if self.publisher is not None:
+            self.publisher.set_client_auth_keys(self.client_auth_keys)
+
     def request(self, plan: PublishPlan) -> None:
         """A PublishRequested from the core: publish this plan (starting if needed)."""
         self.plan = plan
@@ -156,7 +163,8 @@ class PublisherControl:
                 clock=self.clock.now, clock_check=self.guard.check_for_signing,
                 timing=self.timing, feed=self.hs_desc, on_event=self.on_event,
             )
-            publisher.builder.set_client_auth_keys(self.client_auth_keys)
+            keys = self.client_auth_keys
+            publisher.builder.set_client_auth_keys(keys)
             try:
                 try:
                     await publisher.start()
@@ -166,6 +174,8 @@ class PublisherControl:
                     await asyncio.sleep(_START_RETRY)  # retry period while tor is unavailable
                     continue
                 self.publisher = publisher
+                if self.client_auth_keys != keys:  # a reload while it was starting
+                    publisher.set_client_auth_keys(self.client_auth_keys)
                 log.info("publisher started for %s", self.master.onion_address)
                 await asyncio.Event().wait()  # runs until detach() cancels this task
             finally:

@@ -520,6 +520,14 @@ class PublishCore:
             self._recent_sets.append(old)
         self.handle_timer(now)
 
+    def clients_changed(self, now: float) -> None:
+        """The signer's authorized clients changed: rebuild every built period as soon as
+        ``min_build_interval`` allows, for every HSDir (the intro points are the same, the
+        descriptor's auth-client entries are not)."""
+        for period in self.built:
+            self._force(period, Reason.CLIENTS_CHANGED)
+        self.handle_timer(now)
+
     def on_pass_failed(self, reason: str, now: float) -> None:
         """The shell's pass failed before the core could act (e.g. the clock guard refused
         to sign, tor unreachable); ``failure_streak`` in a row is an event (alert)."""
@@ -736,7 +744,8 @@ class PublishCore:
                     self._force(period, Reason.WITH_FETCHABLE)
         for period, why in sorted(self._forced.items()):
             have = self.built.get(period)
-            if (period not in decided and why in (Reason.CONFLICT, Reason.WITH_FETCHABLE)
+            if (period not in decided
+                    and why in (Reason.CONFLICT, Reason.WITH_FETCHABLE, Reason.CLIENTS_CHANGED)
                     and period in wanted
                     and wanted[period].intro_key and have is not None
                     and now - have.built_at >= self.policy.min_interval):

@@ -209,6 +209,13 @@ class Publisher:
         """Tell the publisher the intro source has news; it re-plans at once."""
         self._wake.set()
 
+    def set_client_auth_keys(self, keys: Sequence[bytes]) -> None:
+        """New authorized clients (empty: none): every descriptor is rebuilt with them and
+        re-uploaded at once (the core's ``clients_changed``)."""
+        self.builder.set_client_auth_keys(keys)
+        self.core.clients_changed(self.clock())
+        self._wake.set()
+
     def set_role(self, role: Role) -> None:
         """Publisher (uploads and checks) or standby (checks only, at the slower rate)."""
         self.core.set_role(role, self.clock())

@@ -39,6 +39,8 @@ class Reason(enum.StrEnum):
     # The fetchable period was rebuilt: the other one goes with it (see PublishCore._decide).
     WITH_FETCHABLE = "with-fetchable-period"
     HSDIRS_CHANGED = "hsdirs-changed"
+    # The authorized clients changed (SIGHUP): same intro points, new auth-client entries.
+    CLIENTS_CHANGED = "authorized-clients-changed"
     PERIOD_GONE = "period-rotated-out"
 
 
