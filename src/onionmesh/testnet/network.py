@@ -388,14 +388,17 @@ class TorNetwork:
 
     # ----------------------------------------------------------------- clients
 
-    def add_client(self, name: str, *, timeout: float = CLIENT_TIMEOUT) -> TorClient:
-        """Start a client tor (SOCKS with ExtendedErrors) and wait for bootstrap 100 %."""
+    def add_client(self, name: str, *, timeout: float = CLIENT_TIMEOUT,
+                   client_auth_dir: Path | None = None) -> TorClient:
+        """Start a client tor (SOCKS with ExtendedErrors) and wait for bootstrap 100 %;
+        ``client_auth_dir`` becomes its ``ClientOnionAuthDir``."""
         with self._state_lock:
             self._check_name(name)
             assert self._ports is not None
             base = self._node_base(name)
             socks_port = self._ports.take(DYNAMIC_OFFSET)
-            text = torrc_gen.client_torrc(base, socks_port=socks_port)
+            text = torrc_gen.client_torrc(base, socks_port=socks_port,
+                                          client_auth_dir=client_auth_dir)
             process = self._write_and_make_process(name, base.data_dir, text, base.control_port)
             client = TorClient(
                 name=name,
@@ -411,9 +414,11 @@ class TorNetwork:
         run_coroutine(self._wait_bootstrapped(client, timeout))
         return client
 
-    async def aadd_client(self, name: str, *, timeout: float = CLIENT_TIMEOUT) -> TorClient:
+    async def aadd_client(self, name: str, *, timeout: float = CLIENT_TIMEOUT,
+                          client_auth_dir: Path | None = None) -> TorClient:
         """:meth:`add_client` for async callers (runs in a worker thread)."""
-        return await asyncio.to_thread(self.add_client, name, timeout=timeout)
+        return await asyncio.to_thread(self.add_client, name, timeout=timeout,
+                                       client_auth_dir=client_auth_dir)
 
     async def _wait_bootstrapped(self, node: TorNode, timeout: float) -> None:
         from onionmesh.tor.control import ControlError, TorController

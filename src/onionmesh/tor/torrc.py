@@ -211,12 +211,16 @@ def _relay_options(or_port: int) -> list[tuple[str, str | int]]:
     ]
 
 
-def client_torrc(node: NodeBase, *, socks_port: int) -> str:
-    """Torrc of a client whose SOCKS port reports onion-service failures precisely."""
+def client_torrc(node: NodeBase, *, socks_port: int, client_auth_dir: Path | None = None) -> str:
+    """Torrc of a client whose SOCKS port reports onion-service failures precisely;
+    ``client_auth_dir``: its ``ClientOnionAuthDir`` (``*.auth_private`` files, restricted
+    discovery keys, read at startup)."""
     check_port(socks_port, "socks_port")
     options = common_options(node)
     # ExtendedErrors turns the generic SOCKS 0x04 into 0xF0 (no descriptor), 0xF2/0xF3 ...
     options.append(("SocksPort", f"127.0.0.1:{socks_port} ExtendedErrors"))
+    if client_auth_dir is not None:
+        options.append(("ClientOnionAuthDir", _path(client_auth_dir, "client_auth_dir")))
     # The client side of every introduction and rendezvous, for reading a failed GET.
     options.append(("Log", f"[rend]info file {_path(node.data_dir, 'data_dir')}/{REND_LOG}"))
     return render(options)
