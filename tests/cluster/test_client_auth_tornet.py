@@ -10,9 +10,9 @@ One ``onionmesh run`` node (fast timings) whose operator authorized client ``ali
   (the file ``client add --auth-file`` wrote) reaches the master. ``client add bob`` while
   the node runs: the daemon (same PID, no restart) republishes, every HSDir clients fetch
   from serves a descriptor bob's key decrypts, and a new client with bob's file gets in.
-  ``client remove alice``: once republished, a new client with alice's file (nothing
-  cached) cannot decrypt the descriptor (SOCKS 0xF5, bad client authorization) while bob
-  still gets in.
+  ``client remove bob``: once republished, a new client with bob's file (nothing cached)
+  cannot decrypt the descriptor (SOCKS 0xF5, bad client authorization) while alice still
+  gets in.
 """
 
 from __future__ import annotations
@@ -211,20 +211,20 @@ async def test_clients_added_and_removed_live_through_client_auth_dirs(
         response = await with_bob.abrowser_get(cluster.master_address, timeout=60.0)
         assert response.status == 200 and response.text.strip() == "n1"
 
-        # `client remove alice`: a client with her key and no cached copy is refused.
-        removed = onionmesh("client", "remove", "alice", "-c", config)
+        # `client remove bob`: a new client with his key (nothing cached) is refused.
+        # (Bob, not alice: the module's other test needs alice, in either order.)
+        removed = onionmesh("client", "remove", "bob", "-c", config)
         assert removed.returncode == 0, removed.stderr
-        await _wait_every_hsdir(cluster, tornet_client, "alice's key decrypts nowhere",
-                                bound, readable=[bob], unreadable=[alice])
+        await _wait_every_hsdir(cluster, tornet_client, "bob's key decrypts nowhere",
+                                bound, readable=[alice], unreadable=[bob])
         assert "readable only by 1 authorized client(s)" in node.log_path.read_text(
             errors="replace")
-        late = await tornet.aadd_client("authdirlate",
-                                        client_auth_dir=auth_cluster.alice_file.parent)
+        late = await tornet.aadd_client("authdirlate", client_auth_dir=bob_file.parent)
         clients.append(late)
         with pytest.raises(SocksError) as refused:
             await late.abrowser_get(cluster.master_address, timeout=60.0)
         assert refused.value.code == 0xF5, refused.value  # bad client authorization
-        response = await with_bob.abrowser_get(cluster.master_address, timeout=60.0)
+        response = await with_alice.abrowser_get(cluster.master_address, timeout=60.0)
         assert response.status == 200 and response.text.strip() == "n1"
 
         assert (node.pid, node.tor_pid()) == pids, "the daemon or its tor was restarted"
