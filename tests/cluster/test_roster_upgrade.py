@@ -170,14 +170,16 @@ async def test_a_node_joins_through_the_running_sponsor_and_serves(
     assert token.startswith("onionmesh-join-2.")
     node = ClusterNode("n4", cluster.base_dir / "n4",
                        f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}", free_port())
-    args = ["join", "--dir", str(node.root), "--node-id", "n4", "--listen", node.listen,
+    args = ["join", "--via", "direct", "--dir", str(node.root), "--node-id", "n4",
+            "--listen", node.listen,
             "--no-ntp-check", "--master-key", str(n1.root / "master" / "hs_ed25519_secret_key"),
             "--service-port", f"80 127.0.0.1:{node.backend_port}"]
     for line in network_tor_options(tornet):
         args += ["--tor-option", line]
     joined = await _cli_with_stdin(token, *args)
     assert joined.returncode == 0, joined.stderr
-    refused = await _cli_with_stdin(token, "join", "--dir", str(cluster.base_dir / "n5"),
+    refused = await _cli_with_stdin(token, "join", "--via", "direct",
+                                    "--dir", str(cluster.base_dir / "n5"),
                                     "--node-id", "n5", "--listen", "127.0.0.1:9")
     assert refused.returncode != 0 and "refused" in refused.stderr
     assert not (cluster.base_dir / "n5").exists()

@@ -118,6 +118,7 @@ def test_success_ends_the_schedule() -> None:
     p = plan()
     attempt(p, 0.0)
     p.attempt_succeeded(3.0)
+    assert p.admitted_by == INVITER
     with pytest.raises(MeshConfigError):
         p.next_action(3.0, 0.5)
     with pytest.raises(MeshConfigError):

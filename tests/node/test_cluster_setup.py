@@ -88,7 +88,7 @@ class UdpSponsor:
 
 
 def _join_cli(root: Path, token: str, node_id: str = "n2", *extra: str):
-    return onionmesh("join", "--dir", str(root), "--node-id", node_id,
+    return onionmesh("join", "--via", "direct", "--dir", str(root), "--node-id", node_id,
                      "--listen", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}", "--no-ntp-check",
                      *extra, stdin=token + "\n", timeout=90)
 
@@ -217,7 +217,8 @@ def test_tokens_are_read_from_stdin_or_a_file_never_argv(tmp_path: Path):
     token_file = tmp_path / "token"
     token_file.write_text(token)
     with UdpSponsor(config):
-        done = onionmesh("join", "--token-file", str(token_file), "--dir", str(tmp_path / "n2"),
+        done = onionmesh("join", "--via", "direct", "--token-file", str(token_file),
+                         "--dir", str(tmp_path / "n2"),
                          "--node-id", "n2", "--listen", "127.0.0.1:7445", "--no-ntp-check")
     assert done.returncode == 0, done.stderr
 

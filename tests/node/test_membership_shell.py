@@ -60,7 +60,7 @@ async def test_join_and_remove_node_through_the_running_mesh_shell(tmp_path: Pat
     try:
         token = issue_token(config)
         joined = await asyncio.to_thread(
-            onionmesh, "join", "--dir", str(tmp_path / "n2"), "--node-id", "n2",
+            onionmesh, "join", "--via", "direct", "--dir", str(tmp_path / "n2"), "--node-id", "n2",
             "--listen", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}", "--no-ntp-check",
             stdin=token, timeout=90,
         )
@@ -73,7 +73,7 @@ async def test_join_and_remove_node_through_the_running_mesh_shell(tmp_path: Pat
         assert any(isinstance(e, RosterChanged) and "n2" in e.added for e in events)
         # A second use of the token: refused, nothing changes.
         again = await asyncio.to_thread(
-            onionmesh, "join", "--dir", str(tmp_path / "n3"), "--node-id", "n3",
+            onionmesh, "join", "--via", "direct", "--dir", str(tmp_path / "n3"), "--node-id", "n3",
             "--listen", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}", stdin=token, timeout=90,
         )
         assert again.returncode != 0 and "refused" in again.stderr

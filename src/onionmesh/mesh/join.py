@@ -418,6 +418,7 @@ class Joiner:
     ) -> None:
         if len(entropy) < 48:
             raise JoinError(JoinProblem.ENTROPY, "the joiner needs 48 random bytes")
+        self._params = (join_seed, authority_key, node_id, node_seed, wg_key, coord_onion)
         self._authority_key = authority_key
         self._box = PrivateKey(entropy[:32])
         node = SigningKey(node_seed)
@@ -454,6 +455,20 @@ class Joiner:
     def request(self) -> bytes:
         """The request datagram (the same bytes on every resend)."""
         return self._request
+
+    @property
+    def requested_at(self) -> int:
+        """The request's timestamp: a sponsor refuses it once it is older than its
+        ``datagram_max_age``."""
+        return self._body.ts
+
+    def renewed(self, now: float, *, entropy: bytes) -> Joiner:
+        """A fresh request (new timestamp, nonce and box key) for the same node, for a
+        retry after the old one got too old. A sponsor that already admitted the old
+        one refuses it (the token is used): resend the old request while it is fresh."""
+        join_seed, authority_key, node_id, node_seed, wg_key, coord_onion = self._params
+        return Joiner(join_seed, authority_key, node_id, node_seed, now, entropy=entropy,
+                      wg_key=wg_key, coord_onion=coord_onion)
 
     def receive(self, data: bytes, now: float) -> JoinResult | None:
         """Feed one answer datagram; the result once complete.

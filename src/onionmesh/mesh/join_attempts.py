@@ -114,6 +114,7 @@ class JoinAttempts:
     config: JoinRetryConfig
     isolation_tag: str  # random per join (hex), so credentials never repeat across joins
     failures: list[Failure] = field(default_factory=list)
+    admitted_by: BootstrapPeer | None = None
     _started: int = 0
     _current: Attempt | None = None
     _wait_until: float | None = None
@@ -171,7 +172,7 @@ class JoinAttempts:
             self._give_up(GiveUpReason.REFUSED, now)
 
     def attempt_succeeded(self, now: float) -> None:
-        self._require_current()
+        self.admitted_by = self._require_current().peer
         self._current = None
         self._succeeded = True
 

@@ -42,6 +42,7 @@ from onionmesh.crypto.keys import (
 from onionmesh.mesh.errors import MeshConfigError
 from onionmesh.mesh.identity import check_node_id
 from onionmesh.mesh.join import Joiner, JoinError, JoinResult
+from onionmesh.mesh.join_attempts import BootstrapPeer, JoinAttempts, JoinRetryConfig
 from onionmesh.mesh.roster import (
     AuthorityKey,
     MemberEntry,
@@ -53,6 +54,7 @@ from onionmesh.mesh.roster import (
 )
 from onionmesh.node.coordination_keys import (
     coordination_key_files,
+    ensure_join_onion_key,
     new_coordination_keys,
     save_coordination_keys,
 )
@@ -294,8 +296,22 @@ def _write_config(path: Path, text: str) -> None:
         handle.write(text)
 
 
+def parse_bootstrap(items: Sequence[str]) -> list[tuple[str, str]]:
+    """``ID@ADDRESS.onion`` items (``add-node --bootstrap``, ``join --known-peer``)."""
+    from onionmesh.node.join_tokens import check_bootstrap_peer
+
+    peers = []
+    for item in items:
+        node_id, sep, onion = item.partition("@")
+        if not sep:
+            raise SetupError(f"bootstrap peer {item[:80]!r} must be ID@<56 base32>.onion")
+        peers.append(check_bootstrap_peer(node_id, onion))
+    return peers
+
+
 def issue_token(config: Config, *, node_id: str | None = None, may_publish: bool = True,
-                lifetime: float | None = None, now: float | None = None) -> str:
+                lifetime: float | None = None, now: float | None = None,
+                bootstrap: Sequence[tuple[str, str]] = ()) -> str:
     """``add-node``: a single-use join token with this node as the sponsor.
 
     The token's one-time join key is recorded (public half only) in this node's
@@ -326,9 +342,13 @@ def issue_token(config: Config, *, node_id: str | None = None, may_publish: bool
     )
     timing = {s: {k: getattr(getattr(config, s), k) for k in keys}
               for s, keys in SHARED_TIMING.items()}
+    # This node's join onion first (its daemon answers there), then the alternatives.
+    join_onion = ensure_join_onion_key(config).onion_address
+    peers = [(config.node_id, join_onion),
+             *((i, o) for i, o in bootstrap if o != join_onion)]
     return encode_token(JoinTokenBody(
         join_seed, authority.public_key, config.master.address, config.node_id,
-        advertise_address(config), issued + lifetime, timing,
+        advertise_address(config), issued + lifetime, timing, peers,
     ))
 
 
@@ -337,6 +357,50 @@ def udp_exchange(joiner: Joiner, token: JoinTokenBody) -> JoinResult:
     from onionmesh.node.join_udp import join_over_udp
 
     return join_over_udp(joiner, token.sponsor_address)
+
+
+def tor_exchange(socks: tuple[str, int] | str, *, known_peers: Sequence[tuple[str, str]] = (),
+                 retry: JoinRetryConfig | None = None) -> JoinExchange:
+    """The join exchange through tor (``socks``: the joiner's tor SOCKS port, host/port
+    or a unix socket path): the token's bootstrap peers, then ``known_peers``, each
+    attempt on a fresh circuit, with the retry schedule of ``mesh.join_attempts``."""
+    import asyncio
+
+    from onionmesh.node.join_tor import join_over_tor
+
+    def run(joiner: Joiner, token: JoinTokenBody) -> JoinResult:
+        peers = tuple(BootstrapPeer(i, o) for i, o in [*token.bootstrap, *known_peers])
+        if not peers:
+            raise SetupError("the token names no join onion and no --known-peer was given: "
+                             "this token is from an onionmesh that joins only directly "
+                             "(use --via direct, or ask for a new token)")
+        max_age = float(token.timing.get("coordination", {}).get(
+            "datagram_max_age", token.timing.get("coordination", {}).get(
+                "clock_skew_tolerance", 300.0)))
+        attempts = JoinAttempts(peers, token.expires_at, retry or JoinRetryConfig(),
+                                os.urandom(8).hex())
+        _check_socks(socks)
+        return asyncio.run(join_over_tor(joiner, attempts, socks, max_age=max_age))
+
+    return run
+
+
+def _check_socks(socks: tuple[str, int] | str) -> None:
+    """Fail at once, and say so, when no tor listens where the join would go through."""
+    import socket
+
+    family = socket.AF_UNIX if isinstance(socks, str) else (
+        socket.AF_INET6 if ":" in socks[0] else socket.AF_INET)
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.settimeout(5.0)
+            probe.connect(socks)
+    except OSError as exc:
+        where = socks if isinstance(socks, str) else f"{socks[0]}:{socks[1]}"
+        raise SetupError(
+            f"no tor SOCKS port at {where} ({exc.strerror or exc}): joining through tor needs "
+            "a running tor (e.g. `apt install tor`, SOCKS on 127.0.0.1:9050) or --tor-socks"
+        ) from None
 
 
 def join_cluster(token_text: str, root: Path, *, node_id: str, listen: str,

@@ -18,6 +18,7 @@ from pathlib import Path
 from onionmesh.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from onionmesh.errors import OnionmeshError
 from onionmesh.mesh.errors import MeshError
+from onionmesh.mesh.join_attempts import JoinRetryConfig
 from onionmesh.node.errors import EXIT_CONFIG, EXIT_OK, NodeError
 from onionmesh.status_socket import StatusUnavailable, query_status
 
@@ -64,6 +65,9 @@ def add_node_parsers(subparsers: argparse._SubParsersAction) -> None:
                      help="the new node's roster entry may not publish (a standby only)")
     add.add_argument("--lifetime", type=float, default=None, metavar="SECONDS",
                      help="token lifetime (default [membership] token_lifetime, 3600)")
+    add.add_argument("--bootstrap", action="append", default=[], metavar="ID@ONION",
+                     help="another member's join onion the joiner may use when this node "
+                          "cannot be reached (repeatable; `onionmesh status` shows a node's)")
 
     join = subparsers.add_parser("join", help="set up a node through the join exchange")
     join.add_argument("--token-file", default="-", metavar="PATH",
@@ -73,6 +77,19 @@ def add_node_parsers(subparsers: argparse._SubParsersAction) -> None:
     join.add_argument("--node-id", required=True, help="the new node's id")
     join.add_argument("--master-key", type=Path, default=None,
                       help="your own copy of the master key file (this node may then publish)")
+    join.add_argument("--via", choices=("tor", "direct"), default=None,
+                      help="reach the cluster through tor (the token's join onions; the default "
+                           "when the token names any) or directly at the inviter's "
+                           "coordination address (UDP; the default for older tokens)")
+    join.add_argument("--tor-socks", default="127.0.0.1:9050", metavar="HOST:PORT|PATH",
+                      help="the tor SOCKS port the join goes through (default 127.0.0.1:9050, "
+                           "the system tor; a unix socket path works too)")
+    join.add_argument("--known-peer", action="append", default=[], metavar="ID@ONION",
+                      help="another member's join onion to try after the token's (repeatable)")
+    join.add_argument("--attempts", type=int, default=8,
+                      help="join attempts through tor before giving up (default 8)")
+    join.add_argument("--backoff-cap", type=float, default=60.0, metavar="SECONDS",
+                      help="longest wait between rounds of attempts (default 60)")
 
     run = subparsers.add_parser("run", help="run the node daemon (logs to stderr)")
     _config_arg(run)
@@ -157,10 +174,11 @@ def run_node_command(args: argparse.Namespace) -> int:
         if args.command == "init":
             return _init(args)
         if args.command == "add-node":
-            from onionmesh.node.cluster_setup import issue_token
+            from onionmesh.node.cluster_setup import issue_token, parse_bootstrap
 
             _print_token(issue_token(load_config(args.config), node_id=args.node_id,
-                                     may_publish=not args.no_publish, lifetime=args.lifetime))
+                                     may_publish=not args.no_publish, lifetime=args.lifetime,
+                                     bootstrap=parse_bootstrap(args.bootstrap)))
             return EXIT_OK
         if args.command == "remove-node":
             return _remove_node(args)
@@ -264,14 +282,31 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _join(args: argparse.Namespace) -> int:
-    from onionmesh.node.cluster_setup import join_cluster
-    from onionmesh.node.join_tokens import read_token_text
+    from onionmesh.node.cluster_setup import (
+        join_cluster,
+        parse_bootstrap,
+        tor_exchange,
+        udp_exchange,
+    )
+    from onionmesh.node.join_tokens import decode_token, read_token_text
 
     token = read_token_text(args.token_file)
+    via = args.via or ("tor" if decode_token(token).bootstrap or args.known_peer else "direct")
+    exchange = udp_exchange
+    if via == "tor":
+        # Each attempt and its outcome on stderr: the operator sees what is slow or failing.
+        import logging
+
+        progress = logging.getLogger("onionmesh.join")
+        progress.setLevel(logging.INFO)
+        progress.addHandler(logging.StreamHandler(sys.stderr))
+        exchange = tor_exchange(
+            _socks_target(args.tor_socks), known_peers=parse_bootstrap(args.known_peer),
+            retry=_retry_config(args))
     result = join_cluster(
         token, args.dir, node_id=args.node_id, listen=args.listen, advertise=args.advertise,
         priority=args.priority, master_key=args.master_key, tor_options=args.tor_option,
-        service_ports=args.service_port, settings=_settings(args),
+        service_ports=args.service_port, settings=_settings(args), exchange=exchange,
     )
     print(f"joined cluster of {result.master_address}", file=sys.stderr)
     print(f"config: {result.files.config}", file=sys.stderr)
@@ -280,6 +315,29 @@ def _join(args: argparse.Namespace) -> int:
               file=sys.stderr)
     print(f"start the node with: onionmesh run -c {result.files.config}", file=sys.stderr)
     return EXIT_OK
+
+
+def _socks_target(text: str) -> tuple[str, int] | str:
+    """``--tor-socks``: HOST:PORT, or a unix socket path (starts with / or .)."""
+    from onionmesh.node.errors import SetupError
+
+    if text.startswith(("/", ".")):
+        return text
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SetupError(f"--tor-socks {text[:80]!r}: expected HOST:PORT or a socket path")
+    return host.strip("[]"), int(port)
+
+
+def _retry_config(args: argparse.Namespace) -> JoinRetryConfig:
+    from onionmesh.mesh.errors import MeshConfigError
+    from onionmesh.node.errors import SetupError
+
+    try:
+        return JoinRetryConfig(attempts=args.attempts, backoff_cap=args.backoff_cap,
+                               backoff_base=min(5.0, args.backoff_cap))
+    except MeshConfigError as exc:
+        raise SetupError(str(exc)) from None
 
 
 def _remove_node(args: argparse.Namespace) -> int:

@@ -122,3 +122,34 @@ def load_coordination_keys(config: Config) -> CoordinationKeys:
 def wg_key_text(raw: bytes) -> str:
     """A roster entry's 32-byte WireGuard key in WireGuard's base64 form."""
     return base64.b64encode(raw).decode("ascii")
+
+
+# -- the join onion ----------------------------------------------------------------------
+
+JOIN_ONION_KEY_FILE = "join_onion.pem"
+
+
+def join_onion_key_path(config: Config) -> Path:
+    return Path(state_dir(config)) / JOIN_ONION_KEY_FILE
+
+
+def ensure_join_onion_key(config: Config) -> Ed25519Identity:
+    """The node's join onion key (0600; made on first use by ``add-node`` or the daemon,
+    never replaced: tokens name its address). Its own key, so the join onion cannot be
+    linked to the coordination onion or the node's instance service."""
+    path = join_onion_key_path(config)
+    if not path.exists():
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            save_pem(Ed25519Identity.generate(), path, overwrite=False)
+        except KeyFileError as exc:
+            if not path.exists():  # another process made it meanwhile: use that one
+                raise KeyCheckError("join-onion-key-file", f"{path}: {exc}") from None
+        except OSError as exc:
+            raise KeyCheckError("join-onion-key-file",
+                                f"cannot create {path.parent}: {exc.strerror}") from None
+    check_private_mode(path, "join-onion-key-file")
+    try:
+        return load_pem(path)
+    except KeyFileError as exc:
+        raise KeyCheckError("join-onion-key-file", f"{path}: {exc}") from None

@@ -28,7 +28,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,11 @@ from onionmesh.node.advertise_filter import AdvertiseFilter
 from onionmesh.node.advertise_gate import GateEvent, GateEventKind
 from onionmesh.node.client_set import client_set_change
 from onionmesh.node.conflict_record import ConflictRecord, foreign_instance
-from onionmesh.node.coordination_keys import CoordinationKeys, load_coordination_keys
+from onionmesh.node.coordination_keys import (
+    CoordinationKeys,
+    ensure_join_onion_key,
+    load_coordination_keys,
+)
 from onionmesh.node.coordination_link import CoordinationLink
 from onionmesh.node.errors import (
     EXIT_CONFIG,
@@ -76,6 +80,7 @@ from onionmesh.node.keyfiles import (
     ensure_private_dir,
     load_cluster_secrets,
     status_socket_path,
+    unix_socket_path,
 )
 from onionmesh.node.logsetup import set_level
 from onionmesh.node.membership import ROSTER_COMMAND
@@ -105,8 +110,9 @@ from onionmesh.status_socket import StatusServer, StatusUnavailable, query_statu
 from onionmesh.tor.control import TorController
 from onionmesh.tor.control_protocol import ControlError, HsDescEvent
 from onionmesh.tor.intro_points import enable_events
+from onionmesh.transport.join_onion import JoinOnion, JoinOnionError
 from onionmesh.transport.paths import FellBackToTor, PathEvent, WireGuardDown, WireGuardRestored
-from onionmesh.transport.tor_channel import TorChannelError
+from onionmesh.transport.tor_channel import TorChannelError, coordination_key
 from onionmesh.transport.udp import TransportError
 
 log = logging.getLogger("onionmesh.node")
@@ -133,6 +139,7 @@ class NodeDaemon:
         self.roster_keeper: RosterKeeper | None = None
         self.coordination_keys: CoordinationKeys | None = None
         self.link: CoordinationLink | None = None  # [wireguard] enabled: WireGuard + tor
+        self.join_onion: JoinOnion | None = None  # on the node holding the authority key
         self.feed: IntroFeed | None = None
         self.advertising: AdvertiseFilter | None = None
         self.publisher_control: PublisherControl | None = None
@@ -287,6 +294,8 @@ class NodeDaemon:
         if keys.roster is not None:
             self.roster_keeper = RosterKeeper(config, core, self.clock, self.driver.flush)
             self.driver.join_handler = self.roster_keeper.join_handler()
+            if self.driver.join_handler is not None:
+                await self._start_join_onion(controller, self.driver.join_handler)
         opener = await self._start_link(controller, core) if config.wireguard.enabled else None
         try:
             await self.driver.start(str(config.coordination.listen), opener)
@@ -337,6 +346,25 @@ class NodeDaemon:
             self.tor.hs_desc.listen(self._on_hs_desc)
         self.state = NodeState.RUNNING
         log.info("node %s running (master %s)", config.node_id, config.master.address)
+
+    async def _start_join_onion(self, controller: TorController,
+                                handler: Callable[[bytes, str], Sequence[bytes]]) -> None:
+        """Where `onionmesh join` reaches this node through tor (tokens name it)."""
+        driver = self.driver
+        assert driver is not None
+
+        async def answer(data: bytes) -> Sequence[bytes]:
+            replies = handler(data, "join onion")
+            driver.flush()  # an admitted node's entry is gossiped at once
+            return replies
+
+        key, service_id = coordination_key(ensure_join_onion_key(self.config))
+        self.join_onion = JoinOnion(controller, key, unix_socket_path(self.config, "join"),
+                                    answer)
+        try:
+            await self.join_onion.start(service_id)
+        except JoinOnionError as exc:
+            raise TransportFailed(f"join onion: {exc}") from None
 
     async def _start_link(self, controller: TorController, core: MeshCore) -> TransportOpener:
         """WireGuard up with a peer per roster member, the coordination onion on our tor;
@@ -778,6 +806,8 @@ class NodeDaemon:
                 log.info("Left the mesh (this node held no lease)")
         if self.link is not None:
             await self.link.close()  # after the lease release went out over it
+        if self.join_onion is not None:
+            await self.join_onion.close()
         if self.publisher_control is not None:
             await self.publisher_control.stop()
         if self.standby_checks is not None:

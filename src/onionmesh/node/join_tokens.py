@@ -5,7 +5,9 @@ A token (``onionmesh-join-2.<base64url msgpack>``) carries a fresh one-time
 authority's public key, the master address, the sponsor's id and coordination
 address, the expiry and the cluster's timing settings. It holds no long-lived
 secret: the cluster secret travels in the join answer, boxed to the joiner,
-and the join key is worth nothing once the token is used or expired.
+and the join key is worth nothing once the token is used or expired. It also
+names the *join onions* of its bootstrap peers (the inviter first), where
+``join`` reaches the cluster through tor (docs/coordination.md).
 
 The sponsor keeps one ``TokenRecord`` per issued token in a 0600 file
 (``[membership] join_tokens_path``): the join key's public half, expiry,
@@ -24,6 +26,7 @@ import binascii
 import contextlib
 import fcntl
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -68,6 +71,9 @@ class JoinTokenBody(msgspec.Struct, array_like=True, forbid_unknown_fields=True,
     sponsor_address: _Address
     expires_at: _Seconds
     timing: _Timing
+    # Where `join` reaches the cluster through tor: (node id, join onion) pairs, the
+    # inviter first. Tokens from before joining through tor have none.
+    bootstrap: Annotated[list[tuple[_NodeId, _Onion]], Meta(max_length=16)] = []
 
     def __repr__(self) -> str:  # never show the join key
         return f"JoinTokenBody(master={self.master_address!r}, sponsor={self.sponsor_id!r})"
@@ -99,6 +105,23 @@ def decode_token(text: str) -> JoinTokenBody:
         return _body_decoder.decode(raw)
     except (binascii.Error, ValueError, msgspec.MsgspecError):
         raise TokenError("join token is damaged or incomplete; copy it again") from None
+
+
+_ONION = re.compile(r"\A[a-z2-7]{56}\.onion\Z")
+_NODE_ID = re.compile(r"\A[a-z0-9][a-z0-9._-]{0,63}\Z")
+
+
+def check_bootstrap_peer(node_id: str, onion: str) -> tuple[str, str]:
+    """A bootstrap peer as a token names it, or ``TokenError`` saying what is wrong."""
+    if not _NODE_ID.match(node_id):
+        raise TokenError(f"bootstrap peer id {node_id[:80]!r} is not a node id")
+    onion = onion.lower()
+    if not onion.endswith(".onion"):
+        onion += ".onion"
+    if not _ONION.match(onion):
+        raise TokenError(f"bootstrap peer {node_id}: {onion[:80]!r} is not a v3 onion address "
+                         "(56 base32 characters, then .onion)")
+    return node_id, onion
 
 
 def read_token_text(source: str) -> str:

@@ -5,6 +5,7 @@ One type byte, then the payload:
   PROBE 0x01 + 8-byte nonce: "does this path deliver?"
   ACK   0x02 + the probe's nonce, sent back on the path the probe came in on
   HELLO 0x03 + the sender's node id: first frame of a tor stream (says whose it is)
+  JOIN  0x04 + one join-exchange datagram (mesh.join): only on a join onion's streams
 Probes need no MAC of their own: on WireGuard the tunnel authenticates the sender
 (a peer's tunnel address is bound to its key by allowed-ips); on tor the stream runs
 to a coordination onion only roster members can reach, and a forged ACK could at
@@ -35,6 +36,7 @@ class FrameKind(enum.IntEnum):
     PROBE = 1
     ACK = 2
     HELLO = 3
+    JOIN = 4
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,12 @@ def decode_frame(data: bytes) -> Frame:
         if not 1 <= len(payload) <= MAX_NODE_ID:
             raise FrameError(f"HELLO frame must carry a node id of 1-{MAX_NODE_ID} bytes")
         return Frame(kind, payload)
-    if kind is not FrameKind.MESH and len(payload) != NONCE_BYTES:
+    if kind in (FrameKind.MESH, FrameKind.JOIN):
+        if not payload:
+            raise FrameError(f"empty {kind.name} frame")
+        return Frame(kind, payload)
+    if len(payload) != NONCE_BYTES:
         raise FrameError(f"{kind.name} frame must carry {NONCE_BYTES} bytes, got {len(payload)}")
-    if kind is FrameKind.MESH and not payload:
-        raise FrameError("empty MESH frame")
     return Frame(kind, payload)
 
 

@@ -1,0 +1,176 @@
+"""Joining through tor (scenario 6) on the private Tor network.
+
+1. As an operator types it: `onionmesh add-node` on n1 of a running cluster (its daemon
+   serves its join onion on its own tor), `onionmesh join` on the new machine with the
+   token on stdin and a tor client's SOCKS port: the exchange runs only through tor, to
+   n1's join onion. The new node's roster file lists every member; once it runs, every
+   node has it as a peer and the publisher's plan carries its intro points.
+2. The first bootstrap peer's join onion is down (never published): the joiner moves on
+   to the next bootstrap peer at once (a fresh circuit) and is admitted there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from onionmesh.config import load_config
+from onionmesh.crypto.keys import Ed25519Identity
+from onionmesh.mesh.join import Joiner
+from onionmesh.mesh.join_attempts import (
+    BootstrapPeer,
+    JoinAttempts,
+    JoinRetryConfig,
+)
+from onionmesh.mesh.roster import load_roster
+from onionmesh.node.cluster_setup import init_cluster, issue_token
+from onionmesh.node.coordination_keys import ensure_join_onion_key
+from onionmesh.node.join_service import JoinService
+from onionmesh.node.join_tokens import TokenStore, decode_token
+from onionmesh.node.join_tor import join_over_tor
+from onionmesh.node.keyfiles import load_cluster_secret, load_node_key
+from onionmesh.node.membership import load_node_roster, make_sponsor, tokens_path
+from onionmesh.node.testnet_options import network_tor_options
+from onionmesh.testnet import TorClient, TorNetwork
+from onionmesh.testnet.backend import start_backend_process
+from onionmesh.testnet.node_cluster import FAST_PROFILE, ClusterNode, NodeCluster
+from onionmesh.tor.control import TorController
+from onionmesh.tor.hs_desc_feed import HsDescFeed
+from onionmesh.transport.join_onion import JoinOnion
+from onionmesh.transport.tor_channel import coordination_key
+from tests.eventually import aeventually
+from tests.node.helpers import free_port
+
+from .helpers import healthy_cluster, plan_nodes, publisher_of
+
+pytestmark = [pytest.mark.tor, pytest.mark.tornet, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def cluster(tornet: TorNetwork) -> Iterator[NodeCluster]:
+    with healthy_cluster(tornet, "omjt-", timeout=180, settings=FAST_PROFILE) as nodes:
+        yield nodes
+
+
+async def _cli(stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
+    # The join's own bound: 8 attempts of at most 120 s each would be far longer; one
+    # attempt through a warm private network takes seconds, so 240 s is a generous cap.
+    return await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "onionmesh.cli", *args], input=stdin,
+        capture_output=True, text=True, timeout=240, check=False)
+
+
+@pytest.mark.timeout(600)
+async def test_a_node_joins_through_tor_only_and_is_published(
+        cluster: NodeCluster, tornet: TorNetwork, tornet_client: TorClient) -> None:
+    n1 = cluster.nodes["n1"]
+    issued = await _cli("", "add-node", "-c", str(n1.config_path))
+    assert issued.returncode == 0, issued.stderr
+    token = issued.stdout.strip()
+    join_onion = ensure_join_onion_key(load_config(n1.config_path)).onion_address
+    assert decode_token(token).bootstrap == [("n1", join_onion)]
+
+    node = ClusterNode("n4", cluster.base_dir / "n4",
+                       f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}", free_port())
+    assert tornet_client.socks_port is not None
+    args = ["join", "--dir", str(node.root), "--node-id", "n4", "--listen", node.listen,
+            "--no-ntp-check", "--tor-socks", f"127.0.0.1:{tornet_client.socks_port}",
+            "--master-key", str(n1.root / "master" / "hs_ed25519_secret_key"),
+            "--service-port", f"80 127.0.0.1:{node.backend_port}"]
+    for line in network_tor_options(tornet):
+        args += ["--tor-option", line]
+    started = time.monotonic()
+    joined = await _cli(token, *args)
+    print(f"join through tor took {time.monotonic() - started:.1f} s")
+    assert joined.returncode == 0, joined.stderr
+    assert f"attempt 1 through tor to n1 ({join_onion})" in joined.stderr, joined.stderr
+    assert "admitted through n1" in joined.stderr, joined.stderr
+    # The whole roster, persisted: a restart knows every peer, not only its inviter.
+    roster = load_roster(node.root / "roster")
+    assert {m.node_id for m in roster.members()} == {"n1", "n2", "n3", "n4"}
+    n4_key = load_node_key(load_config(node.config_path)).public_key
+    assert roster.key_of("n4") == n4_key
+
+    node.backend = start_backend_process("n4", node.backend_port, node.root / "backend.log")
+    cluster.nodes["n4"] = node
+    node.start()
+    everyone = set(cluster.nodes)
+    docs = await cluster.wait_until(
+        lambda d: set(d) == everyone and (pub := publisher_of(d)) is not None
+        and plan_nodes(d[pub]) == everyone
+        and all("n4" in doc.peers for nid, doc in d.items() if nid != "n4"),
+        120.0, "n4 joined and published")
+    assert {d.master_address for d in docs.values()} == {cluster.master_address}
+
+
+@pytest.mark.timeout(600)
+async def test_an_unreachable_inviter_sends_the_joiner_to_the_next_peer(
+        tornet: TorNetwork, tornet_client: TorClient, tmp_path: Path) -> None:
+    sponsor_tor = await tornet.aadd_client("joinalt")
+    controller = await TorController.connect(port=sponsor_tor.control_port, timeout=30.0)
+    onion: JoinOnion | None = None
+    try:
+        made = init_cluster(tmp_path / "s", node_id="n1", listen="127.0.0.1:9",
+                            settings={"resilience": {"require_ntp_sync": False}})
+        config = load_config(made.files.config)
+        roster = load_node_roster(config, load_node_key(config).public_key)
+        assert roster is not None
+        service = JoinService(make_sponsor(config, roster), TokenStore(tokens_path(config)),
+                              time.time, lambda entry: roster.merge_entry(entry))
+
+        async def answer(data: bytes) -> list[bytes]:
+            return service.handle(data, "join onion")
+
+        key, service_id = coordination_key(ensure_join_onion_key(config))
+        # As a sponsor that has been running a while: its join onion's descriptor is on
+        # the HSDirs (tor reports each upload; bound: tor uploads within seconds of
+        # ADD_ONION on this network, 120 s leaves room for a loaded machine).
+        uploaded: set[str] = set()
+        feed = HsDescFeed(controller)
+        await feed.start()
+        feed.listen(lambda e: uploaded.add(e.hsdir or "") if e.action == "UPLOADED"
+                    and e.address == service_id else None)
+        onion = JoinOnion(controller, key, tmp_path / "sock", answer)
+        await onion.start(service_id)
+        await aeventually(lambda: len(uploaded) >= 8, timeout=120,
+                          what="the join onion's descriptor on 8 HSDirs")
+        await feed.stop()
+
+        token = decode_token(issue_token(config))
+        down = Ed25519Identity.generate().onion_address  # never published
+        peers = (BootstrapPeer("n1", down), BootstrapPeer("n2", f"{service_id}.onion"))
+        attempts = JoinAttempts(peers, token.expires_at,
+                                JoinRetryConfig(attempts=4, attempt_timeout=120.0),
+                                os.urandom(8).hex())
+        seed = os.urandom(32)
+        joiner = Joiner(token.join_seed, token.authority_key, "n9", seed, time.time(),
+                        entropy=os.urandom(64))
+        assert tornet_client.socks_port is not None
+        started = time.monotonic()
+        result = await join_over_tor(joiner, attempts, ("127.0.0.1", tornet_client.socks_port),
+                                     max_age=300.0)
+        print(f"join via the second peer took {time.monotonic() - started:.1f} s; "
+              f"failures: {attempts.failures}")
+        first = attempts.failures[0]
+        assert (first.number, first.peer.node_id, first.outcome) == (1, "n1", "unreachable")
+        assert "0xF0" in first.detail  # the inviter's descriptor is not found
+        assert attempts.admitted_by == peers[1], attempts.failures
+        assert all(f.outcome == "unreachable" for f in attempts.failures), attempts.failures
+        assert {m.node_id for m in result.roster.members()} == {"n1", "n9"}
+        assert result.cluster_secret == load_cluster_secret(config)
+        assert "n9" in roster and service.admitted == 1
+        used = [r for r in TokenStore(tokens_path(config)).records() if r.used_by is not None]
+        assert len(used) == 1
+    finally:
+        if onion is not None:
+            await onion.close()
+        await controller.close()
+        sponsor_tor.stop()
