@@ -364,7 +364,10 @@ class NodeDaemon:
         try:
             await self.join_onion.start(service_id)
         except JoinOnionError as exc:
-            raise TransportFailed(f"join onion: {exc}") from None
+            # The node serves on without it; joins still work directly (UDP).
+            log.error("join onion: %s; `onionmesh join` cannot reach this node through tor",
+                      exc)
+            self.join_onion = None
 
     async def _start_link(self, controller: TorController, core: MeshCore) -> TransportOpener:
         """WireGuard up with a peer per roster member, the coordination onion on our tor;
