@@ -30,6 +30,7 @@ from onionmesh.testnet.backend import start_backend_process
 from onionmesh.testnet.errors import ClusterError
 from onionmesh.testnet.network import TorNetwork
 from onionmesh.tor.process import log_tail, pid_alive, process_start_time, stop_pid
+from onionmesh.tor.torrc import REND_LOG
 
 Docs = dict[str, StatusDocument]  # status documents of the nodes that answer, by node id
 
@@ -235,7 +236,7 @@ class NodeCluster:
             local_exchange,
         )
 
-        tor_options = network_tor_options(self.network)
+        network_options = network_tor_options(self.network)
         self.base_dir.mkdir(parents=True, exist_ok=True)
         for i in range(1, self.n_nodes + 1):
             node_id = f"n{i}"
@@ -243,6 +244,10 @@ class NodeCluster:
                                f"127.0.0.1:{_free_udp_port()}", _free_tcp_port())
             settings = _merged(self.settings, self.node_settings.get(node_id))
             ports = [f"80 127.0.0.1:{node.backend_port}"]
+            # The service side of every introduction and rendezvous, for reading a GET
+            # that failed after its INTRODUCE_ACK (tests keep these logs).
+            tor_options = [*network_options,
+                           f"Log [rend]info file {node.root / 'state' / 'tor' / REND_LOG}"]
             if i == 1:
                 result = init_cluster(node.root, node_id=node_id, listen=node.listen,
                                       tor_options=tor_options, service_ports=ports,
