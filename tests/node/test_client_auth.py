@@ -113,3 +113,30 @@ def test_master_descriptor_is_readable_only_with_an_authorized_key():
     open_text = builder.build(period, 8, 2, _intro_points(1, now), now=now)
     assert parse_descriptor(open_text, master.onion_address, period_number=period,
                             period_length=8, now=now).intro_points
+
+
+def test_every_node_with_the_master_key_reads_the_clusters_restricted_descriptors():
+    """The builder's own client key comes from the master key: a standby (no clients
+    configured) or a later publisher reads what another node built; another key cannot."""
+    master = Ed25519Identity.generate()
+    now = time.time()
+    period = time_period_number(now, 8)
+    public, _ = generate_client_keypair()
+    publisher = MasterDescriptorBuilder(master, lifetime_minutes=180,
+                                        client_auth_keys=[_secret(public)])
+    text = publisher.build(period, 8, 1, _intro_points(2, now), now=now)
+    standby = MasterDescriptorBuilder(master, lifetime_minutes=180)
+    assert standby.observer_secret_key is None  # it authorizes nobody itself
+    assert standby.reader_secret_key == publisher.observer_secret_key
+    desc = parse_descriptor(text, master.onion_address, period_number=period, period_length=8,
+                            now=now, client_secret_key=standby.reader_secret_key)
+    assert len(desc.intro_points) == 2
+    other = MasterDescriptorBuilder(Ed25519Identity.generate(), lifetime_minutes=180)
+    with pytest.raises(ClientAuthRequired):
+        parse_descriptor(text, master.onion_address, period_number=period, period_length=8,
+                         now=now, client_secret_key=other.reader_secret_key)
+    # An unrestricted descriptor reads the same with the key.
+    open_text = standby.build(period, 8, 2, _intro_points(1, now), now=now)
+    assert parse_descriptor(open_text, master.onion_address, period_number=period,
+                            period_length=8, now=now,
+                            client_secret_key=standby.reader_secret_key).intro_points

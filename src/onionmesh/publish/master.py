@@ -8,7 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from onionmesh.crypto.blinding import BlindedKey
 from onionmesh.crypto.keys import Ed25519Identity
@@ -39,6 +41,17 @@ class _PeriodKeys:
     before: dict[IntroPoint, IntroPoint] = field(default_factory=dict)  # the previous one
 
 
+_OBSERVER_INFO = b"onionmesh master descriptor observer x25519 key v1"
+
+
+def observer_secret_key(master: Ed25519Identity) -> bytes:
+    """The x25519 client key the cluster's own descriptors always authorize when
+    discovery is restricted: HKDF of the master's secret key, so the same on every node
+    that holds it and useless to anyone who does not."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=_OBSERVER_INFO).derive(master.expanded)
+
+
 class MasterDescriptorBuilder:
     """Builds the master descriptors, keeping one descriptor-signing key per time period.
 
@@ -50,7 +63,10 @@ class MasterDescriptorBuilder:
 
     ``client_auth_keys`` (x25519 public keys) restrict discovery to those clients. The
     builder then also authorizes a key of its own (``observer_secret_key``), so the
-    publisher can still decrypt the descriptors it fetches back from the HSDirs.
+    publisher can still decrypt the descriptors it fetches back from the HSDirs. That key
+    is derived from the master key (``reader_secret_key``): every node holding the master
+    key can read what any of them published (a standby's conflict checks, a new publisher
+    judging its predecessor's copies).
     """
 
     def __init__(self, master: Ed25519Identity, *, lifetime_minutes: int,
@@ -58,6 +74,7 @@ class MasterDescriptorBuilder:
         self.master = master
         self.lifetime_minutes = lifetime_minutes
         self._periods: dict[int, _PeriodKeys] = {}
+        self.reader_secret_key = observer_secret_key(master)
         self.observer_secret_key: bytes | None = None
         self.client_auth_keys: tuple[bytes, ...] = ()
         self.set_client_auth_keys(client_auth_keys)
@@ -67,8 +84,7 @@ class MasterDescriptorBuilder:
         if not keys:
             self.client_auth_keys, self.observer_secret_key = (), None
             return
-        if self.observer_secret_key is None:
-            self.observer_secret_key = X25519PrivateKey.generate().private_bytes_raw()
+        self.observer_secret_key = self.reader_secret_key
         observer = X25519PrivateKey.from_private_bytes(self.observer_secret_key)
         self.client_auth_keys = (*keys, observer.public_key().public_bytes_raw())
 

@@ -95,8 +95,9 @@ def observe_descriptor(text: str, address: str, period: int, period_length: int,
                        now: float, client_secret_key: bytes | None = None) -> ObservedDescriptor:
     """Verify and decrypt a fetched master descriptor (DescriptorError if it does not).
 
-    ``client_secret_key``: the builder's own client key when discovery is restricted
-    (client authorization), without which the intro points cannot be read."""
+    ``client_secret_key``: the cluster's own client key (``observer_secret_key``), which
+    its descriptors authorize when discovery is restricted (client authorization); an
+    unrestricted descriptor reads the same with it."""
     desc = parse_descriptor(text, address, period_number=period, period_length=period_length,
                             now=now, client_secret_key=client_secret_key)
     return ObservedDescriptor(desc.period_number, desc.revision_counter,
@@ -367,7 +368,7 @@ class Publisher:
         try:
             observed = observe_descriptor(content.text, self.address, target.number,
                                           target.period.period_length, now,
-                                          self.builder.observer_secret_key)
+                                          self.builder.reader_secret_key)
         except OnionmeshError as exc:
             self.core.on_fetched(content.hsdir, None, now,
                                  problem=f"{type(exc).__name__}: {exc}")
