@@ -1,18 +1,21 @@
 """Issue #11: restricted discovery of the master address, with real tor clients.
 
-One ``onionmesh run`` node (fast timings) whose operator authorized client ``alice`` with
-``onionmesh client add`` before starting it; both tests share it.
+Two ``onionmesh run`` nodes (fast timings) whose operator authorized client ``alice``
+before starting them, as docs/operator.md says: ``onionmesh client add alice --auth-file``
+on n1, the same public key with ``--public-key`` on n2 (whichever publishes must have
+it); both tests share the cluster.
 
 - A fresh tor client without the key is refused (tor's SOCKS extended error 0xF4, missing
   client authorization) and the descriptor it fetches does not decrypt; the same client
   given alice's key over the control port (ONION_CLIENT_AUTH_ADD) reaches the service.
 - As users set it up: a client tor whose ``ClientOnionAuthDir`` holds ``alice.auth_private``
-  (the file ``client add --auth-file`` wrote) reaches the master. ``client add bob`` while
-  the node runs: the daemon (same PID, no restart) republishes, every HSDir clients fetch
-  from serves a descriptor bob's key decrypts, and a new client with bob's file gets in.
-  ``client remove bob``: once republished, a new client with bob's file (nothing cached)
-  cannot decrypt the descriptor (SOCKS 0xF5, bad client authorization) while alice still
-  gets in.
+  (the file ``client add --auth-file`` wrote) reaches the master. ``client add bob`` on
+  every node while they run: the daemons (same PIDs, no restart) reload, the publisher
+  republishes, every HSDir clients fetch from serves a descriptor bob's key decrypts, and
+  a new client with bob's file gets in.
+  ``client remove bob`` on every node: once republished, a new client with bob's file
+  (nothing cached) cannot decrypt the descriptor (SOCKS 0xF5, bad client authorization)
+  while alice still gets in.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ from .helpers import config_value, keep_logs, wait_healthy
 
 pytestmark = [pytest.mark.tor, pytest.mark.tornet, pytest.mark.slow]
 
+NODES = ("n1", "n2")
+
 
 @dataclass(frozen=True)
 class AuthCluster:
@@ -60,18 +65,33 @@ def _secret_of(auth_file: Path) -> tuple[str, bytes]:
     return address, base64.b32decode(secret_b32 + "====")
 
 
+def add_everywhere(cluster: NodeCluster, name: str, auth_file: Path) -> list[str]:
+    """``client add`` on n1 (a new keypair, the secret to ``auth_file``), then the same
+    public key on every other node; each command's stderr."""
+    nodes = sorted(cluster.nodes)
+    first = onionmesh("client", "add", name, "--auth-file", str(auth_file),
+                      "-c", str(cluster.nodes[nodes[0]].config_path))
+    assert first.returncode == 0, first.stderr
+    public = first.stderr.split("(descriptor:x25519:", 1)[1].split(")", 1)[0]
+    out = [first.stderr]
+    for node_id in nodes[1:]:
+        other = onionmesh("client", "add", name, "--public-key", public,
+                          "-c", str(cluster.nodes[node_id].config_path))
+        assert other.returncode == 0, other.stderr
+        out.append(other.stderr)
+    return out
+
+
 @pytest.fixture(scope="module")
 def auth_cluster(tornet: TorNetwork) -> Iterator[AuthCluster]:
     base = Path(tempfile.mkdtemp(prefix="omca-"))
-    cluster = NodeCluster(tornet, base, 1, settings=FAST_PROFILE)
+    cluster = NodeCluster(tornet, base, 2, settings=FAST_PROFILE)
     try:
         cluster.create()
         alice_file = base / "alice" / "alice.auth_private"
         alice_file.parent.mkdir(mode=0o700)
-        added = onionmesh("client", "add", "alice", "--auth-file", str(alice_file),
-                          "-c", str(cluster.nodes["n1"].config_path))
-        assert added.returncode == 0, added.stderr
-        assert "no daemon runs here" in added.stderr
+        for stderr in add_everywhere(cluster, "alice", alice_file):
+            assert "no daemon runs here" in stderr
         cluster.start()
         asyncio.run(wait_healthy(cluster, timeout=180))
         yield AuthCluster(cluster, base, alice_file)
@@ -105,7 +125,7 @@ async def test_only_an_authorized_client_reaches_the_master(tornet: TorNetwork,
 
         await controller.onion_client_auth_add(address, base64.b64encode(secret).decode())
         response = await client.abrowser_get(cluster.master_address, timeout=60.0)
-        assert response.status == 200 and response.text.strip() == "n1"
+        assert response.status == 200 and response.text.strip() in NODES
     finally:
         await controller.close()
         client.process.stop()
@@ -174,61 +194,69 @@ async def _wait_every_hsdir(cluster: NodeCluster, observer: TorClient, what: str
 async def test_clients_added_and_removed_live_through_client_auth_dirs(
         tornet: TorNetwork, tornet_client: TorClient, auth_cluster: AuthCluster):
     cluster = auth_cluster.cluster
-    node = cluster.nodes["n1"]
-    config = str(node.config_path)
+    nodes = [cluster.nodes[n] for n in NODES]
     _, alice = _secret_of(auth_cluster.alice_file)
-    pids = (node.pid, node.tor_pid())
+    pids = [(node.pid, node.tor_pid()) for node in nodes]
     # SIGHUP -> rebuild within the publish rate limit, then HSPOST to every HSDir and the
     # HSDirs' answers: the same 30 s margin the cluster tests give one republish.
     bound = config_value(cluster, "publishing", "min_publish_interval") + 30.0
     started = time.monotonic()
     clients: list[TorClient] = []
+
+    async def reloaded(change: str, readers: int) -> None:
+        """Every daemon logged the reload (its log line names the clients it now has)."""
+        for node in nodes:
+            await aeventually(lambda node=node: f"SIGHUP: authorized clients changed ({change}"
+                              in node.log_path.read_text(errors="replace"), timeout=30.0,
+                              what=f"{node.node_id}'s reload line")
+            assert f"readable only by {readers} authorized client(s)" in \
+                node.log_path.read_text(errors="replace")
+
     try:
         # As users set it up: alice's .auth_private in the client's ClientOnionAuthDir.
         with_alice = await tornet.aadd_client(
             "authdiralice", client_auth_dir=auth_cluster.alice_file.parent)
         clients.append(with_alice)
         response = await with_alice.abrowser_get(cluster.master_address, timeout=60.0)
-        assert response.status == 200 and response.text.strip() == "n1"
+        assert response.status == 200 and response.text.strip() in NODES
 
-        # `client add bob` on the running node: it republishes at once, no restart.
+        # `client add bob` on every running node: it applies at once, no restart.
         bob_file = auth_cluster.base / "bob" / "bob.auth_private"
         bob_file.parent.mkdir(mode=0o700)
-        added = onionmesh("client", "add", "bob", "--auth-file", str(bob_file), "-c", config)
-        assert added.returncode == 0, added.stderr
-        assert f"the running daemon (pid {node.pid}) republishes" in added.stderr, added.stderr
+        for node, stderr in zip(nodes, add_everywhere(cluster, "bob", bob_file), strict=True):
+            assert f"the running daemon (pid {node.pid}) republishes" in stderr, stderr
         _, bob = _secret_of(bob_file)
-        await aeventually(lambda: "SIGHUP: authorized clients changed (+bob" in
-                          node.log_path.read_text(errors="replace"), timeout=30.0,
-                          what="the daemon's reload line")
-        log = node.log_path.read_text(errors="replace")
-        assert "readable only by 2 authorized client(s)" in log
-        assert bob_file.read_text().strip().rpartition(":")[2] not in log  # no secret logged
+        await reloaded("+bob", 2)
+        secret_b32 = bob_file.read_text().strip().rpartition(":")[2]
+        assert not any(secret_b32 in n.log_path.read_text(errors="replace") for n in nodes)
         await _wait_every_hsdir(cluster, tornet_client, "bob's key decrypts on every HSDir",
                                 bound, readable=[alice, bob], unreadable=[])
         with_bob = await tornet.aadd_client("authdirbob", client_auth_dir=bob_file.parent)
         clients.append(with_bob)
         response = await with_bob.abrowser_get(cluster.master_address, timeout=60.0)
-        assert response.status == 200 and response.text.strip() == "n1"
+        assert response.status == 200 and response.text.strip() in NODES
 
-        # `client remove bob`: a new client with his key (nothing cached) is refused.
-        # (Bob, not alice: the module's other test needs alice, in either order.)
-        removed = onionmesh("client", "remove", "bob", "-c", config)
-        assert removed.returncode == 0, removed.stderr
+        # `client remove bob` on every node: a new client with his key (nothing cached)
+        # is refused. (Bob, not alice: the module's other test needs alice, in any order.)
+        for node in nodes:
+            removed = onionmesh("client", "remove", "bob", "-c", str(node.config_path))
+            assert removed.returncode == 0, removed.stderr
+        await reloaded("-bob", 1)
         await _wait_every_hsdir(cluster, tornet_client, "bob's key decrypts nowhere",
                                 bound, readable=[alice], unreadable=[bob])
-        assert "readable only by 1 authorized client(s)" in node.log_path.read_text(
-            errors="replace")
         late = await tornet.aadd_client("authdirlate", client_auth_dir=bob_file.parent)
         clients.append(late)
         with pytest.raises(SocksError) as refused:
             await late.abrowser_get(cluster.master_address, timeout=60.0)
         assert refused.value.code == 0xF5, refused.value  # bad client authorization
         response = await with_alice.abrowser_get(cluster.master_address, timeout=60.0)
-        assert response.status == 200 and response.text.strip() == "n1"
+        assert response.status == 200 and response.text.strip() in NODES
 
-        assert (node.pid, node.tor_pid()) == pids, "the daemon or its tor was restarted"
-        assert node.running()
+        # Every node's conflict checks read the cluster's restricted descriptors.
+        assert not any("ClientAuthRequired" in n.log_path.read_text(errors="replace")
+                       for n in nodes)
+        assert [(n.pid, n.tor_pid()) for n in nodes] == pids, "a daemon or tor restarted"
+        assert all(n.running() for n in nodes)
         print(f"live add/remove with ClientOnionAuthDir clients: "
               f"{time.monotonic() - started:.0f} s")
     finally:
