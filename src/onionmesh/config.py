@@ -156,10 +156,12 @@ class NodeSection(_Section):
 
 ClientName = _text(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}",
                   "1-64 characters of A-Z, a-z, 0-9, '.', '_' or '-'", 64)
-# tor's authorized_clients format: base32 of a 32-byte x25519 public key (52 characters)
-ClientKey = _text(r"(?:descriptor:x25519:)?[A-Za-z2-7]{52}",
-                  "a client's x25519 public key: 52 base32 characters "
-                  "(optionally 'descriptor:x25519:' first, as in tor's .auth files)", 71)
+# tor's authorized_clients format: base32 of a 32-byte x25519 public key (52 characters),
+# checked in MasterSection.__post_init__ so the error names the client.
+_CLIENT_KEY_HELP = ("a client's x25519 public key: 52 base32 characters (optionally "
+                    "'descriptor:x25519:' first, as in tor's .auth files)")
+ClientKey = _text(r"[^\x00-\x20\x7f]+", "text without spaces or control characters "
+                  f"({_CLIENT_KEY_HELP})", 71)
 
 
 class MasterSection(_Section):
@@ -176,7 +178,8 @@ class MasterSection(_Section):
             try:
                 client_public_key(key)
             except ValueError as exc:
-                raise _Invalid("authorized_clients", f"{name}: {exc}") from None
+                raise _Invalid("authorized_clients",
+                               f"{name}: {exc}; expected {_CLIENT_KEY_HELP}") from None
 
     def client_auth_keys(self) -> list[bytes]:
         """The authorized clients' x25519 public keys (32 bytes each), in name order."""
@@ -187,6 +190,9 @@ class MasterSection(_Section):
 def client_public_key(text: str) -> bytes:
     """A 32-byte x25519 key from tor's base32 form; ValueError names what is wrong."""
     bare = text.removeprefix("descriptor:x25519:").upper()
+    if re.fullmatch(r"[A-Z2-7]{52}", bare) is None:
+        raise ValueError(f"is not base32 of 32 bytes (52 characters of A-Z and 2-7; got "
+                         f"{len(bare)} characters)")
     try:
         key = base64.b32decode(bare + "====")
     except (binascii.Error, ValueError):
