@@ -5,7 +5,9 @@
    token on stdin and a tor client's SOCKS port: the exchange runs only through tor, to
    n1's join onion. The new node's roster file lists every member; once it runs, every
    node has it as a peer and the publisher's plan carries its intro points.
-2. The first bootstrap peer's join onion is down (never published): the joiner moves on
+2. The inviter is down at first (killed after `add-node`): the joiner's attempts fail,
+   it backs off and retries, and gets in once the inviter is back.
+3. The first bootstrap peer's join onion is down (never published): the joiner moves on
    to the next bootstrap peer at once (a fresh circuit) and is admitted there.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -109,6 +112,60 @@ async def test_a_node_joins_through_tor_only_and_is_published(
         and all("n4" in doc.peers for nid, doc in d.items() if nid != "n4"),
         120.0, "n4 joined and published")
     assert {d.master_address for d in docs.values()} == {cluster.master_address}
+
+
+@pytest.mark.timeout(600)
+async def test_the_joiner_retries_until_a_downed_inviter_is_back(
+        cluster: NodeCluster, tornet: TorNetwork, tornet_client: TorClient) -> None:
+    """n1 (the inviter, the only node with the authority key) dies after `add-node`; the
+    joiner's attempts fail (its tor still holds n1's join onion descriptor from the test
+    before: introduction fails), it backs off and retries; n1 comes back, republishes its
+    join onion on a fresh tor, and the joiner gets in."""
+    n1 = cluster.nodes["n1"]
+    issued = await _cli("", "add-node", "-c", str(n1.config_path))
+    assert issued.returncode == 0, issued.stderr
+    n1.kill(signal.SIGKILL)  # the machine dies: its tor with it
+    assert tornet_client.socks_port is not None
+    root = cluster.base_dir / "n5"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "onionmesh.cli", "join", "--dir", str(root), "--node-id", "n5",
+        "--listen", f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}", "--no-ntp-check",
+        "--tor-socks", f"127.0.0.1:{tornet_client.socks_port}",
+        "--attempts", "12", "--backoff-cap", "15", "--attempt-timeout", "30",
+        stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL)
+    assert proc.stdin is not None and proc.stderr is not None
+    proc.stdin.write(issued.stdout.encode())
+    proc.stdin.close()
+    lines: list[str] = []
+    try:
+        # Bound: one attempt is at most 30 s (--attempt-timeout; tor keeps trying the dead
+        # inviter's cached intro points, so the attempt runs into it), plus margin.
+        async with asyncio.timeout(60):
+            while not any("attempt 1 to n1 failed" in line for line in lines):
+                line = (await proc.stderr.readline()).decode()
+                assert line, "join ended early:\n" + "".join(lines)
+                lines.append(line)
+        n1.start()
+        # Bound: n1's restart (tor bootstrap + publish, ~30 s here) plus the backoff
+        # schedule (waits 5, 10, then 15 s, +-20 %) and a fresh descriptor fetch.
+        async with asyncio.timeout(300):
+            rest = await proc.stderr.read()
+            await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    out = "".join(lines) + rest.decode()
+    print(out)
+    assert proc.returncode == 0, out
+    assert "admitted through n1" in out
+    assert "next round in" in out  # it backed off between rounds
+    roster = load_roster(root / "roster")
+    assert {"n1", "n2", "n3", "n5"} <= {m.node_id for m in roster.members()}
+    # The sponsor persisted the new member (its core saves the roster file).
+    await aeventually(lambda: "n5" in load_roster(n1.root / "roster"), timeout=30,
+                      what="n5 in n1's roster file")
 
 
 @pytest.mark.timeout(600)

@@ -90,6 +90,8 @@ def add_node_parsers(subparsers: argparse._SubParsersAction) -> None:
                       help="join attempts through tor before giving up (default 8)")
     join.add_argument("--backoff-cap", type=float, default=60.0, metavar="SECONDS",
                       help="longest wait between rounds of attempts (default 60)")
+    join.add_argument("--attempt-timeout", type=float, default=120.0, metavar="SECONDS",
+                      help="give one attempt up after this long (default 120)")
 
     run = subparsers.add_parser("run", help="run the node daemon (logs to stderr)")
     _config_arg(run)
@@ -335,7 +337,8 @@ def _retry_config(args: argparse.Namespace) -> JoinRetryConfig:
 
     try:
         return JoinRetryConfig(attempts=args.attempts, backoff_cap=args.backoff_cap,
-                               backoff_base=min(5.0, args.backoff_cap))
+                               backoff_base=min(5.0, args.backoff_cap),
+                               attempt_timeout=args.attempt_timeout)
     except MeshConfigError as exc:
         raise SetupError(str(exc)) from None
 
