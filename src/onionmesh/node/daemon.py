@@ -70,6 +70,7 @@ from onionmesh.node.errors import (
     EXIT_OK,
     AlreadyRunning,
     ClockRefused,
+    KeyCheckError,
     NodeConfigError,
     NodeError,
     TorUnusable,
@@ -358,13 +359,18 @@ class NodeDaemon:
             driver.flush()  # an admitted node's entry is gossiped at once
             return replies
 
-        key, service_id = coordination_key(ensure_join_onion_key(self.config))
+        # Without it the node serves on; joins still work directly (`join --via direct`).
+        try:
+            key, service_id = coordination_key(ensure_join_onion_key(self.config))
+        except KeyCheckError as exc:
+            log.error("join onion: %s; `onionmesh join` cannot reach this node through tor",
+                      exc)
+            return
         self.join_onion = JoinOnion(controller, key, unix_socket_path(self.config, "join"),
                                     answer)
         try:
             await self.join_onion.start(service_id)
         except JoinOnionError as exc:
-            # The node serves on without it; joins still work directly (UDP).
             log.error("join onion: %s; `onionmesh join` cannot reach this node through tor",
                       exc)
             self.join_onion = None
