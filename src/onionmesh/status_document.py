@@ -64,6 +64,13 @@ class NodeStatus(_Section):
     tor_pid: int | None = None
 
 
+class RestrictedDiscoveryStatus(_Section):
+    """``[master] authorized_clients`` as the daemon runs it (node/client_set.py)."""
+
+    clients: int
+    fingerprint: str  # of the public keys: every node that may publish must show the same
+
+
 class ClockStatus(_Section):
     verdict: str  # ok | bad | unknown (onionmesh.clock.ClockVerdict)
     message: str
@@ -242,6 +249,7 @@ class StatusDocument(_Section):
     rejected_messages: dict[str, int] = {}  # RejectReason -> count
     error: str | None = None  # the daemon could not build the rest (a bug; see its log)
     coordination: CoordinationStatus | None = None
+    restricted_discovery: RestrictedDiscoveryStatus | None = None  # absent: no clients
 
     @property
     def role(self) -> Role | None:

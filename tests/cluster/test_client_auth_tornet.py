@@ -211,6 +211,12 @@ async def test_clients_added_and_removed_live_through_client_auth_dirs(
                               what=f"{node.node_id}'s reload line")
             assert f"readable only by {readers} authorized client(s)" in \
                 node.log_path.read_text(errors="replace")
+        # `onionmesh status` on each node: the same key set everywhere.
+        docs = [await asyncio.to_thread(node.status) for node in nodes]
+        shown = [(d.restricted_discovery.clients, d.restricted_discovery.fingerprint)
+                 for d in docs if d is not None and d.restricted_discovery is not None]
+        assert len(shown) == len(nodes) and len(set(shown)) == 1, shown
+        assert shown[0][0] == readers
 
     try:
         # As users set it up: alice's .auth_private in the client's ClientOnionAuthDir.

@@ -5,12 +5,13 @@ tests/cluster/test_client_auth_tornet.py)."""
 from __future__ import annotations
 
 import base64
+import json
 import logging
 from pathlib import Path
 
 from onionmesh.config import load_config
 from onionmesh.node.client_auth import add_client, generate_client_keypair, remove_client
-from onionmesh.node.client_set import abbreviate, client_set_change
+from onionmesh.node.client_set import abbreviate, client_set_change, client_set_fingerprint
 from onionmesh.node.daemon import NodeDaemon
 from onionmesh.publish.core import PublishEventKind
 from tests.publish.corekit import T0
@@ -36,6 +37,14 @@ def test_no_change_when_only_the_spelling_differs():
     public, _ = generate_client_keypair()
     assert client_set_change({"a": public}, {"a": f"descriptor:x25519:{public.lower()}"}) is None
     assert client_set_change({}, {}) is None
+
+
+def test_the_fingerprint_is_of_the_public_keys_only():
+    alice, bob = (generate_client_keypair()[0] for _ in range(2))
+    one = client_set_fingerprint({"alice": alice, "bob": bob})
+    assert one == client_set_fingerprint({"a": f"descriptor:x25519:{bob}", "b": alice.lower()})
+    assert one != client_set_fingerprint({"alice": alice})
+    assert len(one) == 16 and alice not in one
 
 
 def test_the_change_names_who_and_counts_readers_without_whole_keys():
@@ -108,6 +117,16 @@ async def test_sighup_hands_the_new_clients_to_the_publisher(tmp_path: Path, cap
     assert "readable only by 1 authorized client(s); republishing" in text
     assert public not in text and secret not in text
     assert "need a restart" not in text
+    # `onionmesh status` shows the running set's fingerprint (to compare across nodes).
+    from onionmesh.node.snapshot import build_snapshot, format_status
+    from onionmesh.status_document import decode_status
+
+    doc = decode_status(json.loads(json.dumps(build_snapshot(daemon), default=str)))
+    assert doc.restricted_discovery is not None
+    assert doc.restricted_discovery.clients == 1
+    assert doc.restricted_discovery.fingerprint == client_set_fingerprint({"a": public})
+    assert f"restricted discovery: 1 authorized client(s), key set " \
+        f"{client_set_fingerprint({'a': public})}" in format_status(doc)
     # Nothing changed: the publisher is not disturbed.
     await daemon.reload()
     assert len(control.keys) == 1

@@ -9,6 +9,7 @@ first characters of their *public* keys (the config never holds a secret key).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -50,6 +51,14 @@ class ClientSetChange:
                f"now {readers}"
 
 
+def client_set_fingerprint(clients: Mapping[str, str]) -> str:
+    """A short digest of the authorized public keys (names left out: nodes may name a
+    client differently), for ``onionmesh status``: equal on every node that publishes the
+    same set. Public keys only, so it reveals nothing a config reader could not see."""
+    keys = sorted({_bare(key) for key in clients.values()})
+    return hashlib.sha256("\n".join(keys).encode("ascii")).hexdigest()[:16]
+
+
 def client_set_change(running: Mapping[str, str],
                       reloaded: Mapping[str, str]) -> ClientSetChange | None:
     """None when the reloaded clients authorize exactly the running keys.
@@ -69,4 +78,4 @@ def client_set_change(running: Mapping[str, str],
     )
 
 
-__all__ = ["ClientSetChange", "abbreviate", "client_set_change"]
+__all__ = ["ClientSetChange", "abbreviate", "client_set_change", "client_set_fingerprint"]

@@ -18,6 +18,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from onionmesh.node.client_set import client_set_fingerprint
 from onionmesh.status_document import SCHEMA_VERSION, StatusDocument
 
 if TYPE_CHECKING:
@@ -53,6 +54,10 @@ def build_snapshot(daemon: NodeDaemon) -> dict[str, Any]:
         "clock": daemon.clock_status(),
         "conflicts": daemon.conflicts.to_json(now),  # standby checks run before the mesh too
     }
+    clients = config.master.authorized_clients
+    if clients:
+        doc["restricted_discovery"] = {"clients": len(clients),
+                                       "fingerprint": client_set_fingerprint(clients)}
     if core is None:
         return doc
     leader = core.election.leader
@@ -172,6 +177,10 @@ def format_status(doc: StatusDocument) -> str:
             f"(term {cluster.term}); lease holder {lease.holder if lease else '-'}, "
             f"renewed {lease.renewed_ago if lease else '-'} s ago"
         )
+    restricted = doc.restricted_discovery
+    if restricted is not None:
+        lines.append(f"restricted discovery: {restricted.clients} authorized client(s), key "
+                     f"set {restricted.fingerprint} (the same on every node that may publish)")
     lines.append(f"peers ({len(doc.peers)}):")
     for node_id, peer in doc.peers.items():
         lines.append(
