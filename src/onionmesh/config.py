@@ -301,7 +301,8 @@ IpInterface = _text(r"[0-9A-Fa-f:.]{2,45}/[0-9]{1,3}",
 class WireGuardPeer(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Where a member's tunnel ends: its underlay endpoint and its tunnel address.
 
-    Its WireGuard public key and coordination onion come from the signed roster.
+    An override: by default both come from the member's signed roster entry, as its
+    WireGuard public key and coordination onion always do.
     """
 
     endpoint: HostPort
@@ -320,6 +321,9 @@ class WireGuardSection(_Section):
     interface: InterfaceName | None = None
     listen_port: Port = 51820
     address: IpInterface | None = None  # this node's tunnel address, with prefix
+    # This node's WireGuard endpoint as the other members reach it (underlay IP:port);
+    # init/join sign it into the node's roster entry, so the others need no config line.
+    endpoint: HostPort | None = None
     persistent_keepalive: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 5
     key_path: Path | None = None  # default <state_dir>/wireguard.key (0600, made at init/join)
     coordination_key_path: Path | None = None  # default <state_dir>/coordination_onion.key
@@ -344,6 +348,8 @@ class WireGuardSection(_Section):
                 raise _Invalid("address", f"{self.address!r} is not an address with a "
                                           "prefix length") from None
             network = own.network
+        if self.endpoint is not None:
+            _check_host_port("endpoint", self.endpoint)
         seen: dict[str, str] = {}
         for node_id, peer in self.peers.items():
             try:

@@ -184,3 +184,27 @@ def test_garbage_never_raises() -> None:
     for data in (b"", b"OMJ1", b"OMJ1\xc1", b"\x94\x01", J.MAGIC + b"\x92\x01\x00" * 10):
         assert sponsor.handle(data, NOW, tokens.grants.get, b"\x09" * 32).accepted is None
         assert j.receive(data, NOW) is None
+
+
+def test_the_joiners_endpoint_and_mesh_address_are_signed_into_its_entry() -> None:
+    tokens, sponsor = Tokens(), JoinSponsor(AUTH, base_roster(), SECRET)
+    j = joiner(tokens.issue("t1"), wg_endpoint="192.0.2.5:51820",
+               mesh_address="[fd00::5]:7443")
+    _, result = run(sponsor, tokens, j)
+    assert result is not None
+    assert (result.entry.wg_endpoint, result.entry.mesh_address) == (
+        "192.0.2.5:51820", "[fd00::5]:7443")
+    # Without them the request is byte for byte what sponsors before them expect.
+    plain = joiner(tokens.issue("t2"), "m")
+    body = J.decode_message(plain.request()).body
+    assert len(msgspec.msgpack.decode(body)) == 8
+    with pytest.raises(JoinError, match="bad_request"):
+        joiner(tokens.issue("t3"), wg_endpoint="example.org:51820")
+    # A crafted request with an endpoint that is no IP:port: refused, nothing signed.
+    fields = [*msgspec.msgpack.decode(body), "300.1.1.1:1"]
+    raw = msgspec.msgpack.encode(fields)
+    crafted = J.encode_message(J.JoinRequest(
+        raw, SigningKey(seed("t2")).sign(J.TOKEN_CONTEXT + raw).signature,
+        SigningKey(seed("m")).sign(J.NODE_CONTEXT + raw).signature))
+    decision = sponsor.handle(crafted, NOW, tokens.grants.get, b"\x09" * 32)
+    assert decision.refused == "malformed" and decision.accepted is None

@@ -194,3 +194,23 @@ def test_files(tmp_path) -> None:
         load_authority_key(kpath)
     assert exc.value.reason == "unsafe_file"
     assert AUTH.seed.hex() not in repr(AUTH)
+
+
+def test_entries_without_addresses_keep_their_old_encoding_and_bad_ones_are_refused():
+    import msgspec as _msgspec
+
+    from onionmesh.mesh.roster import RosterError, encode_entry
+
+    authority = AuthorityKey(b"\x05" * 32)
+    roster = Roster(authority.public_key)
+    old = MemberEntry("n1", b"\x01" * 32, True, 5, b"\x02" * 32, "")
+    # What an older node signed and still verifies: six fields, nothing after them.
+    assert _msgspec.msgpack.decode(encode_entry(old)) == ["n1", b"\x01" * 32, True, 5,
+                                                         b"\x02" * 32, ""]
+    assert roster.verify_entry(authority.sign_entry(old)) == old
+    new = MemberEntry("n2", b"\x03" * 32, True, 5, b"\x04" * 32, "", "192.0.2.2:51820",
+                      "10.77.0.2:7443")
+    assert roster.verify_entry(authority.sign_entry(new)) == new
+    for bad in ("192.0.2.2:0", "::1:51820", "[10.0.0.1]:5", "999.1.1.1:5"):
+        with pytest.raises(RosterError, match="malformed: member entry"):
+            authority.sign_entry(MemberEntry("n3", b"\x05" * 32, True, 5, b"", "", bad))

@@ -388,3 +388,37 @@ def test_a_flood_of_join_requests_costs_a_bounded_number_of_checks(tmp_path: Pat
     assert answered == 20 and service.dropped == 480 and service.admitted == 0
     now[0] += 1.0
     assert service.handle(b"OMJ1garbage", "198.51.100.7:4000") == []  # malformed: no answer
+
+
+def test_wireguard_addressing_travels_in_the_roster_to_every_joiner(tmp_path: Path, capsys):
+    """init/join with --wireguard-address/--wireguard-endpoint sign both into the node's
+    entry; a joiner's persisted roster then gives it every peer, with no config line."""
+    from onionmesh.node.coordination_peers import coordination_peers
+
+    root = tmp_path / "n1"
+    assert main(["init", "--dir", str(root), "--listen", "10.77.0.1:7443",
+                 "--wireguard-address", "10.77.0.1/24",
+                 "--wireguard-endpoint", "192.0.2.1:51821"]) == 0
+    capsys.readouterr()
+    sponsor = load_config(root / "onionmesh.toml")
+    assert sponsor.wireguard.enabled and sponsor.wireguard.listen_port == 51821
+    assert main(["config", "check", "-c", str(root / "onionmesh.toml")]) == 0
+    for i in (2, 3):
+        join_cluster(issue_token(sponsor), tmp_path / f"n{i}", node_id=f"n{i}",
+                     listen=f"10.77.0.{i}:7443", exchange=local_exchange(sponsor), settings={
+                         "wireguard": {"enabled": True, "address": f"10.77.0.{i}/24",
+                                       "endpoint": f"192.0.2.{i}:51820"}})
+    n3 = load_config(tmp_path / "n3" / "onionmesh.toml")
+    assert n3.wireguard.peers == {}
+    roster = load_roster(tmp_path / "n3" / "roster")
+    peers = coordination_peers(n3, roster.members(), load_coordination_keys(n3).wg_public_raw)
+    assert peers.missing == ()
+    assert [(p.node_id, p.endpoint, str(p.tunnel_ip)) for p in peers.wireguard] == [
+        ("n1", "192.0.2.1:51821", "10.77.0.1"), ("n2", "192.0.2.2:51820", "10.77.0.2")]
+    entry = roster.member("n3")
+    assert entry is not None and entry.mesh_address == "10.77.0.3:7443"
+    # One flag without the other is a usage error, not a half-made node.
+    assert main(["init", "--dir", str(tmp_path / "x"), "--wireguard-address",
+                 "10.77.0.1/24"]) != 0
+    assert "go together" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

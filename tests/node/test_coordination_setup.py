@@ -12,6 +12,7 @@ import pytest
 
 from onionmesh.config import Config, parse_config
 from onionmesh.crypto.keys import Ed25519Identity
+from onionmesh.mesh.identity import PeerSeed
 from onionmesh.mesh.roster import MemberEntry
 from onionmesh.node.coordination_keys import (
     coordination_key_path,
@@ -19,7 +20,11 @@ from onionmesh.node.coordination_keys import (
     load_coordination_keys,
     wireguard_key_path,
 )
-from onionmesh.node.coordination_peers import coordination_peers
+from onionmesh.node.coordination_peers import (
+    coordination_peers,
+    entry_addresses,
+    with_roster_seeds,
+)
 from onionmesh.node.errors import KeyCheckError
 from onionmesh.node.snapshot import format_status
 from onionmesh.node.tor_instance import managed_torrc
@@ -82,7 +87,9 @@ def test_roster_members_become_wireguard_peers_and_tor_peers(tmp_path: Path):
     assert links["n3"].tor is None
     assert peers.missing == (
         "n3: its roster entry has no coordination onion (no tor fallback for it)",
-        "n4: no [wireguard] peers entry (endpoint, tunnel_ip)",
+        "n4: its roster entry has no WireGuard endpoint and tunnel (mesh) address (made "
+        "before entries carried them, or without [wireguard] endpoint) and there is no "
+        "[wireguard] peers entry for it",
     )
     # A member carrying our WireGuard key, or one another member has, is left out.
     own = decode_key(WireGuardKeyPair.generate().public_key)
@@ -95,6 +102,75 @@ def test_roster_members_become_wireguard_peers_and_tor_peers(tmp_path: Path):
     only = coordination_peers(config, [keyless])
     assert only.wireguard == () and only.missing == (
         "n2: its roster entry has no WireGuard key",)
+
+
+def _addressed(node_id: str, i: int, endpoint: str = "", mesh: str = "") -> MemberEntry:
+    base = _member(node_id)
+    return MemberEntry(node_id, base.node_key, True, 1, base.wg_key, base.coord_onion,
+                       endpoint or f"192.0.2.{i}:51820", mesh or f"10.77.0.{i}:7443")
+
+
+def _bare_config(tmp_path: Path, peers: str = "", endpoint: str = "") -> Config:
+    """n1 with WireGuard on and no [coordination]/[wireguard] peers, as `join` writes it."""
+    return parse_config(
+        f'[node]\nid = "n1"\nstate_dir = "{tmp_path}"\n[master]\naddress = "{MASTER}"\n'
+        '[coordination]\nlisten = "10.77.0.1:7443"\n[membership]\nroster_path = "roster"\n'
+        '[wireguard]\nenabled = true\naddress = "10.77.0.1/24"\n' + endpoint + peers,
+        tmp_path / "onionmesh.toml")
+
+
+def test_peers_come_from_the_signed_roster_entries_without_config_lines(tmp_path: Path):
+    config = _bare_config(tmp_path)
+    n2, n3 = _addressed("n2", 2), _addressed("n3", 3, mesh="10.77.0.3:7500")
+    peers = coordination_peers(config, [_addressed("n1", 1), n2, n3])
+    assert peers.missing == ()
+    assert [(p.node_id, p.endpoint, str(p.tunnel_ip)) for p in peers.wireguard] == [
+        ("n2", "192.0.2.2:51820", "10.77.0.2"), ("n3", "192.0.2.3:51820", "10.77.0.3")]
+    assert [(p.node_id, p.address) for p in peers.links] == [
+        ("n2", "10.77.0.2:7443"), ("n3", "10.77.0.3:7500")]  # the entry's mesh port
+    # A new member in the roster is a new peer; a member gone is no peer.
+    n4 = _addressed("n4", 4)
+    assert [p.node_id for p in coordination_peers(config, [n3, n4]).wireguard] == ["n3", "n4"]
+    # The mesh seeds: configured peers first, then every addressed member once.
+    seeds = with_roster_seeds([PeerSeed("n2", "10.77.0.2:7443")], peers)
+    assert [(s.node_id, s.address) for s in seeds] == [
+        ("n2", "10.77.0.2:7443"), ("n3", "10.77.0.3:7500")]
+
+
+def test_config_peers_override_the_roster_addressing_never_the_key(tmp_path: Path):
+    config = _bare_config(tmp_path, peers=(
+        'peers = { n2 = { endpoint = "198.51.100.7:4000", tunnel_ip = "10.77.0.20" } }\n'))
+    n2 = _addressed("n2", 2)
+    (peer,) = coordination_peers(config, [n2]).wireguard
+    assert (peer.endpoint, str(peer.tunnel_ip)) == ("198.51.100.7:4000", "10.77.0.20")
+    assert peer.public_key == base64.b64encode(n2.wg_key).decode()
+    (link,) = coordination_peers(config, [n2]).links
+    assert link.address == "10.77.0.20:7443"  # the entry's mesh port, the override's IP
+
+
+def test_roster_addressing_that_cannot_route_is_left_out_and_named(tmp_path: Path):
+    config = _bare_config(tmp_path)
+    outside = _addressed("n2", 2, mesh="10.78.0.2:7443")
+    mine = _addressed("n3", 3, mesh="10.77.0.1:7443")
+    first, twin = _addressed("n4", 4), _addressed("n5", 5, mesh="10.77.0.4:7443")
+    half = MemberEntry("n6", os.urandom(32), True, 1, _member("n6").wg_key, "",
+                       "192.0.2.6:51820")
+    peers = coordination_peers(config, [outside, mine, first, twin, half])
+    assert [p.node_id for p in peers.wireguard] == ["n4"]
+    assert peers.missing == (
+        "n2: its tunnel address 10.78.0.2 is outside this node's tunnel network 10.77.0.0/24",
+        "n3: its tunnel address 10.77.0.1 is n1's",
+        "n5: its tunnel address 10.77.0.4 is n4's",
+        "n6: its roster entry has no tunnel (mesh) address (made before entries carried "
+        "them, or without [wireguard] endpoint) and there is no [wireguard] peers entry "
+        "for it",
+    )
+
+
+def test_init_signs_the_endpoint_and_mesh_address_into_the_entry(tmp_path: Path):
+    assert entry_addresses(_bare_config(tmp_path)) == ("", "")
+    config = _bare_config(tmp_path, endpoint='endpoint = "192.0.2.1:51820"\n')
+    assert entry_addresses(config) == ("192.0.2.1:51820", "10.77.0.1:7443")
 
 
 @pytest.mark.tor

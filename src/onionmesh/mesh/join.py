@@ -80,6 +80,7 @@ from onionmesh.mesh.roster import (
     RosterError,
     SignedEntry,
     SignedRevocation,
+    split_host_port,
 )
 
 MAGIC = b"OMJ1"
@@ -94,6 +95,7 @@ _NodeId = Annotated[str, Meta(pattern=r"^[a-z0-9._-]{1,64}$")]
 _Key = Annotated[bytes, Meta(min_length=32, max_length=32)]
 _OptKey = Annotated[bytes, Meta(max_length=32)]
 _OptOnion = Annotated[str, Meta(pattern=r"^([a-z2-7]{56}\.onion)?$")]
+_OptHostPort = Annotated[str, Meta(max_length=64)]  # checked as the roster entry checks it
 _U63 = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 _Sig = Annotated[bytes, Meta(min_length=64, max_length=64)]
 _Digest = Annotated[bytes, Meta(min_length=32, max_length=32)]
@@ -152,6 +154,17 @@ class RequestBody(_Strict, frozen=True):
     box_key: _Key  # ephemeral X25519 public key: the cluster secret is boxed to it
     ts: _U63  # joiner's unix time, seconds
     nonce: Annotated[bytes, Meta(min_length=16, max_length=16)]
+    # Newer fields, left out of the encoding while empty (see _encode_request), so a
+    # request without them is what an older sponsor expects.
+    wg_endpoint: _OptHostPort = ""  # the joiner's WireGuard endpoint, underlay IP:port
+    mesh_address: _OptHostPort = ""  # its mesh address inside the tunnel
+
+
+def _encode_request(body: RequestBody) -> bytes:
+    fields = list(msgspec.structs.astuple(body))
+    while len(fields) > 8 and fields[-1] == "":
+        fields.pop()
+    return msgspec.msgpack.encode(fields)
 
 
 class AcceptBody(_Strict, frozen=True):
@@ -347,13 +360,17 @@ class JoinSponsor:
         if len(entropy) < 32:
             raise JoinError(JoinProblem.ENTROPY, "the sponsor needs 32 random bytes per answer")
         entry = MemberEntry(
-            body.node_id, body.node_key, grant.may_publish, int(now), body.wg_key, body.coord_onion
+            body.node_id, body.node_key, grant.may_publish, int(now), body.wg_key,
+            body.coord_onion, body.wg_endpoint, body.mesh_address,
         )
         existing = self.roster.signed_entry(body.node_id)
         if existing is not None and grant.used_by is not None:
             signed = existing  # a resent request that already succeeded: same entry again
         else:
-            signed = self._authority.sign_entry(entry)
+            try:
+                signed = self._authority.sign_entry(entry)
+            except RosterError:  # e.g. an endpoint that is no IP:port
+                return JoinDecision([], refused=JoinRefusal.MALFORMED)
         after = self.roster.copy()
         try:
             after.merge_entry(signed)
@@ -415,10 +432,13 @@ class Joiner:
         entropy: bytes,
         wg_key: bytes = b"",
         coord_onion: str = "",
+        wg_endpoint: str = "",
+        mesh_address: str = "",
     ) -> None:
         if len(entropy) < 48:
             raise JoinError(JoinProblem.ENTROPY, "the joiner needs 48 random bytes")
-        self._params = (join_seed, authority_key, node_id, node_seed, wg_key, coord_onion)
+        self._params = (join_seed, authority_key, node_id, node_seed, wg_key, coord_onion,
+                        wg_endpoint, mesh_address)
         self._authority_key = authority_key
         self._box = PrivateKey(entropy[:32])
         node = SigningKey(node_seed)
@@ -432,10 +452,15 @@ class Joiner:
             bytes(self._box.public_key),
             max(0, int(now)),
             entropy[32:48],
+            wg_endpoint,
+            mesh_address,
         )
         try:
-            raw = _encoder.encode(body)
+            raw = _encode_request(body)
             _request_decoder.decode(raw)
+            for value in (wg_endpoint, mesh_address):
+                if value:
+                    split_host_port(value)
         except (msgspec.MsgspecError, ValueError) as exc:
             raise JoinError(
                 JoinProblem.BAD_REQUEST, f"cannot build a join request: {exc}"
@@ -466,9 +491,11 @@ class Joiner:
         """A fresh request (new timestamp, nonce and box key) for the same node, for a
         retry after the old one got too old. A sponsor that already admitted the old
         one refuses it (the token is used): resend the old request while it is fresh."""
-        join_seed, authority_key, node_id, node_seed, wg_key, coord_onion = self._params
+        (join_seed, authority_key, node_id, node_seed, wg_key, coord_onion, wg_endpoint,
+         mesh_address) = self._params
         return Joiner(join_seed, authority_key, node_id, node_seed, now, entropy=entropy,
-                      wg_key=wg_key, coord_onion=coord_onion)
+                      wg_key=wg_key, coord_onion=coord_onion, wg_endpoint=wg_endpoint,
+                      mesh_address=mesh_address)
 
     def receive(self, data: bytes, now: float) -> JoinResult | None:
         """Feed one answer datagram; the result once complete.

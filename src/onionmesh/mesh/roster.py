@@ -7,7 +7,11 @@ its own made at ``init`` and not the master key):
 
 * ``MemberEntry``: node id, node public key (ed25519, what the node signs its
   mesh datagrams with), whether it may publish, when it was added, and room
-  for a WireGuard public key and a coordination onion address (later issue).
+  for a WireGuard public key, a coordination onion address, the node's WireGuard
+  endpoint (underlay ``IP:port``) and its mesh address inside the tunnel
+  (``tunnel-IP:port``). The last two are newer: an entry without them is
+  encoded exactly as before (trailing empty fields are left out), so nodes
+  that predate them still verify it.
   Carried as ``SignedEntry(body, signature)``: ``body`` is the entry's exact
   msgpack bytes, so what was signed is what is stored and gossiped.
 * ``Revocation``: a node key that is refused from now on, forever. Carried as
@@ -52,6 +56,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import ipaddress
 import os
 import stat
 from collections.abc import Iterable
@@ -71,7 +76,7 @@ ENTRY_CONTEXT = b"onionmesh roster v1 member entry\x00"
 REVOCATION_CONTEXT = b"onionmesh roster v1 revocation\x00"
 MAX_MEMBERS = 256
 MAX_REVOCATIONS = 4096
-MAX_ENTRY_BYTES = 512  # an encoded MemberEntry is ~180 bytes at most
+MAX_ENTRY_BYTES = 512  # an encoded MemberEntry is ~310 bytes at most
 MAX_ROSTER_FILE_BYTES = 4 * 1024 * 1024
 AUTHORITY_FILE_HEADER = b"== onionmesh authority key v1 ==\x00"
 
@@ -79,6 +84,11 @@ _NodeId = Annotated[str, Meta(pattern=r"^[a-z0-9._-]{1,64}$")]
 _Key = Annotated[bytes, Meta(min_length=32, max_length=32)]
 _OptKey = Annotated[bytes, Meta(max_length=32)]  # empty, or 32 bytes (checked below)
 _OptOnion = Annotated[str, Meta(pattern=r"^([a-z2-7]{56}\.onion)?$")]
+# An IP literal and port ("192.0.2.1:51820", "[2001:db8::1]:51820"), or empty; the
+# address itself is checked with ipaddress in _decode_entry.
+_OptHostPort = Annotated[
+    str, Meta(pattern=r"^((\[[0-9A-Fa-f:.]+\]|[0-9.]+):[0-9]{1,5})?$", max_length=64)
+]
 _U63 = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 _Sig = Annotated[bytes, Meta(min_length=64, max_length=64)]
 _Body = Annotated[bytes, Meta(min_length=1, max_length=MAX_ENTRY_BYTES)]
@@ -127,8 +137,12 @@ class MemberEntry(_Strict, frozen=True):
     node_key: _Key
     may_publish: bool
     added_at: _U63  # unix seconds
-    wg_key: _OptKey = b""  # WireGuard public key (later issue); empty = none
-    coord_onion: _OptOnion = ""  # coordination onion address (later issue); empty = none
+    wg_key: _OptKey = b""  # WireGuard public key; empty = none
+    coord_onion: _OptOnion = ""  # coordination onion address; empty = none
+    # Where the other members reach it (docs/coordination.md); empty = not in the entry
+    # (then only a [wireguard] peers line in their config can say).
+    wg_endpoint: _OptHostPort = ""  # its WireGuard endpoint: underlay IP:port
+    mesh_address: _OptHostPort = ""  # its mesh address inside the tunnel: tunnel-IP:port
 
 
 class Revocation(_Strict, frozen=True):
@@ -159,6 +173,31 @@ class RosterDocument(_Strict, frozen=True):
 
 
 _encoder = msgspec.msgpack.Encoder()
+# MemberEntry fields added after the roster shipped: left out of the encoding while
+# empty (array_like decoders fill trailing defaults), so an entry without them has the
+# bytes an older node expects (its decoder refuses unknown trailing fields).
+_ENTRY_OPTIONAL_TAIL = 2
+
+
+def encode_entry(entry: MemberEntry) -> bytes:
+    fields = list(msgspec.structs.astuple(entry))
+    for _ in range(_ENTRY_OPTIONAL_TAIL):
+        if fields[-1] != "":
+            break
+        fields.pop()
+    return _encoder.encode(fields)
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """``IP:port`` / ``[IPv6]:port`` -> (IP, port); ValueError names what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r}: expected IP:port with a port of 1-65535")
+    bracketed = host.startswith("[") and host.endswith("]")
+    address = ipaddress.ip_address(host[1:-1] if bracketed else host)  # ValueError if not
+    if (address.version == 6) != bracketed:
+        raise ValueError(f"{text!r}: an IPv6 address goes in brackets, IPv4 without")
+    return str(address), int(port)
 _entry_decoder = msgspec.msgpack.Decoder(MemberEntry)
 _revocation_decoder = msgspec.msgpack.Decoder(Revocation)
 _document_decoder = msgspec.msgpack.Decoder(RosterDocument)
@@ -173,6 +212,14 @@ def _decode_entry(body: bytes) -> MemberEntry:
         raise RosterError(
             RosterProblem.MALFORMED, "member entry: WireGuard key must be empty or 32 bytes"
         )
+    for name in ("wg_endpoint", "mesh_address"):
+        value = getattr(entry, name)
+        if value:
+            try:
+                split_host_port(value)
+            except ValueError as exc:
+                raise RosterError(RosterProblem.MALFORMED, f"member entry: {name}: {exc}") \
+                    from None
     return entry
 
 
@@ -204,7 +251,7 @@ class AuthorityKey:
         return f"AuthorityKey(public={self.public_key.hex()[:16]}...)"
 
     def sign_entry(self, entry: MemberEntry) -> SignedEntry:
-        body = _encoder.encode(entry)
+        body = encode_entry(entry)
         _decode_entry(body)  # never sign what a verifier would refuse
         return SignedEntry(body, self._key.sign(ENTRY_CONTEXT + body).signature)
 

@@ -58,6 +58,7 @@ from onionmesh.node.coordination_keys import (
     new_coordination_keys,
     save_coordination_keys,
 )
+from onionmesh.node.coordination_peers import entry_addresses
 from onionmesh.node.errors import KeyCheckError, SetupError, TokenError
 from onionmesh.node.join_tokens import (
     JoinTokenBody,
@@ -270,7 +271,8 @@ def init_cluster(root: Path, *, node_id: str = "n1", listen: str = "127.0.0.1:74
     roster = Roster(authority.public_key)
     roster.merge_entry(authority.sign_entry(
         MemberEntry(node_id, node.public_key, True, int(time.time()),
-                    coordination.wg_public_raw, coordination.onion_address)))
+                    coordination.wg_public_raw, coordination.onion_address,
+                    *entry_addresses(config))))
     _prepare_dir(root)
     try:
         save_hidden_service_dir(master, files.master_dir)
@@ -448,9 +450,11 @@ def join_cluster(token_text: str, root: Path, *, node_id: str, listen: str,
     node = Ed25519Identity.generate()
     assert node.seed is not None
     coordination = new_coordination_keys()
+    wg_endpoint, mesh_address = entry_addresses(config)
     joiner = Joiner(token.join_seed, token.authority_key, node_id, node.seed, time.time(),
                     entropy=os.urandom(64), wg_key=coordination.wg_public_raw,
-                    coord_onion=coordination.onion_address)
+                    coord_onion=coordination.onion_address, wg_endpoint=wg_endpoint,
+                    mesh_address=mesh_address)
     result = exchange(joiner, token)
     if result.cluster_secret is None:
         raise SetupError("the sponsor sent no cluster secret")

@@ -19,7 +19,7 @@ from onionmesh.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_conf
 from onionmesh.errors import OnionmeshError
 from onionmesh.mesh.errors import MeshError
 from onionmesh.mesh.join_attempts import JoinRetryConfig
-from onionmesh.node.errors import EXIT_CONFIG, EXIT_OK, NodeError
+from onionmesh.node.errors import EXIT_CONFIG, EXIT_OK, NodeError, SetupError
 from onionmesh.status_socket import StatusUnavailable, query_status
 
 EXIT_STATUS_UNAVAILABLE = 1
@@ -45,6 +45,13 @@ def _node_args(parser: argparse.ArgumentParser) -> None:
                         help="extra torrc line for the managed tor (repeatable)")
     parser.add_argument("--service-port", action="append", default=[], metavar="MAPPING",
                         help="HiddenServicePort mapping, e.g. '80 127.0.0.1:8080' (repeatable)")
+    parser.add_argument("--wireguard-address", default=None, metavar="IP/PREFIX",
+                        help="coordinate over WireGuard (tor as the fallback) with this tunnel "
+                             "address, e.g. 10.77.0.2/24; --listen must then be on it")
+    parser.add_argument("--wireguard-endpoint", default=None, metavar="IP:PORT",
+                        help="where the other members reach this node's WireGuard (underlay "
+                             "address; its port is the listen port); signed into the node's "
+                             "roster entry, so no member needs a config line for it")
     parser.add_argument("--no-ntp-check", action="store_true",
                         help="write require_ntp_sync = false (hosts without an NTP daemon, "
                              "such as containers; the consensus clock check still applies)")
@@ -264,7 +271,19 @@ def _client(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace) -> dict[str, dict[str, object]] | None:
-    return {"resilience": {"require_ntp_sync": False}} if args.no_ntp_check else None
+    settings: dict[str, dict[str, object]] = {}
+    if args.no_ntp_check:
+        settings["resilience"] = {"require_ntp_sync": False}
+    if (args.wireguard_address is None) != (args.wireguard_endpoint is None):
+        raise SetupError("--wireguard-address and --wireguard-endpoint go together")
+    if args.wireguard_address is not None:
+        port = str(args.wireguard_endpoint).rpartition(":")[2]
+        settings["wireguard"] = {
+            "enabled": True, "address": args.wireguard_address,
+            "endpoint": args.wireguard_endpoint,
+            "listen_port": int(port) if port.isdigit() else 0,  # the config check names it
+        }
+    return settings or None
 
 
 def _init(args: argparse.Namespace) -> int:

@@ -64,6 +64,7 @@ from onionmesh.node.coordination_keys import (
     load_coordination_keys,
 )
 from onionmesh.node.coordination_link import CoordinationLink
+from onionmesh.node.coordination_peers import coordination_peers, with_roster_seeds
 from onionmesh.node.errors import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -240,9 +241,12 @@ class NodeDaemon:
         if keys.master is None:
             log.warning("no [master] key_path: this node shares intro points but never publishes")
         self.advertise = advertise_address(config)
-        if config.wireguard.enabled:
-            self.coordination_keys = load_coordination_keys(config)
         seeds = peer_seeds(config)
+        if config.wireguard.enabled:
+            self.coordination_keys = coordination_keys = load_coordination_keys(config)
+            if keys.roster is not None:  # every member the signed roster gives an address
+                seeds = with_roster_seeds(seeds, coordination_peers(
+                    config, keys.roster.members(), coordination_keys.wg_public_raw))
         mesh_cfg = mesh_config(config)
         if self.clock.offset:
             log.warning("TESTING HOOK: clock offset %+g s from %s", self.clock.offset,

@@ -118,8 +118,9 @@ class DaemonLab:
             "wireguard": {
                 "enabled": True, "address": f"{TUNNEL.format(i)}/24",
                 "interface": self.lab.iface(i), "listen_port": WG_PORT,
-                "peers": {f"n{j}": {"endpoint": f"{self.lab.ip(j)}:{WG_PORT}",
-                                    "tunnel_ip": TUNNEL.format(j)} for j in others},
+                # Signed into the node's roster entry by init/join: the WireGuard peers
+                # come from the roster, no [wireguard] peers lines.
+                "endpoint": f"{self.lab.ip(i)}:{WG_PORT}",
             },
             "health": {"check": "none"},
             # Every alert appended to <node dir>/alerts.jsonl (the alert hook's JSON).
