@@ -2,7 +2,12 @@
 
 Like wg-quick: kernel WireGuard where `ip link add NAME type wireguard` works, else
 wireguard-go (run in the foreground, so we hold its PID, notice when it dies and stop
-it on close). Configuration and reads go through `wg` (it speaks kernel netlink or the
+it on close). wireguard-go dies with the daemon, also when the daemon is SIGKILLed
+(``PR_SET_PDEATHSIG``, see ``_die_with_parent``); an interface found at the first
+repair that this manager did not make was left by a run that did not stop cleanly:
+a wireguard-go one is deleted (its process exits with it) and made again by us, a
+kernel one is taken over (and deleted on close), each with a log line.
+Configuration and reads go through `wg` (it speaks kernel netlink or the
 userspace UAPI socket), so tests on wireguard-go run the production code path. The
 private key reaches `wg` on stdin, never on a command line. Every command has a
 timeout and every failure is a ``CommandError`` naming the command.
@@ -12,16 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import enum
 import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from onionmesh.wireguard.dump import DeviceState, LinkState, parse_ip_addr_json, parse_wg_dump
 from onionmesh.wireguard.errors import CommandError, WireGuardError
+from onionmesh.wireguard.names import uapi_socket
 from onionmesh.wireguard.plan import (
     Action,
     AddAddress,
@@ -42,6 +49,34 @@ log = logging.getLogger(__name__)
 
 COMMAND_TIMEOUT = 10.0
 USERSPACE_READY_TIMEOUT = 5.0
+STALE_EXIT_TIMEOUT = 5.0  # a left-over wireguard-go exits once its link is deleted
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int, prctl: Callable[..., int]) -> Callable[[], None]:
+    """``preexec_fn`` for wireguard-go: SIGTERM it when the daemon dies, however it dies
+    (SIGTERM makes wireguard-go remove its link and UAPI socket).
+
+    Runs in the child between fork and exec, where only async-signal-safe work is safe
+    while other threads exist: it calls one libc function resolved before the fork,
+    ``getppid`` and ``_exit``; no import, lock, allocation of note or logging. If the
+    daemon died before the ``prctl``, the child is already orphaned: it exits at once.
+    The signal follows the *thread* that forked, the event loop's (asyncio starts
+    subprocesses from it), which lives as long as the daemon does.
+    """
+    def run() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return run
+
+
+def _libc_prctl() -> Callable[..., int] | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux/glibc: the takeover at start remains
+        return None
 
 
 class Backend(enum.Enum):
@@ -95,6 +130,8 @@ class WireGuardManager:
         self.backend: Backend | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._drain: asyncio.Task[None] | None = None
+        self._first_look = True  # an interface seen before we made one is left over
+        self._left_over = False  # ... by a wireguard-go that outlived its daemon
 
     @property
     def userspace_pid(self) -> int | None:
@@ -156,9 +193,28 @@ class WireGuardManager:
         link = await self._link()
         device, error = await self._device()
         alive = None
+        if self._first_look and self.backend is None and link is not None \
+                and device is not None:
+            self._take_over()
+        self._first_look = False
         if self.backend is Backend.USERSPACE:
             alive = self.userspace_running
         return Observation(link=link, device=device, device_error=error, process_alive=alive)
+
+    def _take_over(self) -> None:
+        """The interface exists before we made it: a previous run (killed, crashed) left it."""
+        if uapi_socket(self.spec.name).exists():
+            # Its wireguard-go is not our child: we could neither watch nor stop it. The
+            # plan sees a dead process and recreates the interface; _create deletes the
+            # link first, which makes that wireguard-go exit.
+            log.warning("WireGuard interface %s was left by a wireguard-go that outlived "
+                        "its daemon (killed?): replacing it with our own", self.spec.name)
+            self.backend = Backend.USERSPACE
+            self._left_over = True
+        else:
+            log.warning("WireGuard interface %s (kernel) was left by a previous run that did "
+                        "not stop cleanly: taking it over", self.spec.name)
+            self.backend = Backend.KERNEL
 
     async def repair(self, now: float | None = None) -> RepairReport:
         """Observe, plan, apply. Never raises for a failed command: it is a problem."""
@@ -219,6 +275,8 @@ class WireGuardManager:
 
     async def _create(self) -> None:
         await self._stop_process()
+        if self._left_over:
+            await self._remove_left_over()
         if self.backend is not Backend.USERSPACE:
             rc, _, err = await self._run(self._ip, "link", "add", self.spec.name, "type",
                                          "wireguard", check=False)
@@ -235,13 +293,32 @@ class WireGuardManager:
         self.backend = Backend.USERSPACE
         await self._start_userspace()
 
+    async def _remove_left_over(self) -> None:
+        """Delete a left-over wireguard-go link and wait (bounded) for its process to go:
+        it removes its UAPI socket as it exits, which frees the name for ours."""
+        self._left_over = False
+        name = self.spec.name
+        await self._run(self._ip, "link", "del", "dev", name, check=False)
+        socket_path = uapi_socket(name)
+        deadline = time.monotonic() + STALE_EXIT_TIMEOUT
+        while socket_path.exists():
+            if time.monotonic() > deadline:
+                raise WireGuardError(
+                    f"the left-over wireguard-go of {name!r} did not exit within "
+                    f"{STALE_EXIT_TIMEOUT:g} s after its link was deleted (its socket "
+                    f"{socket_path} is still there); stop it by hand")
+            await asyncio.sleep(0.05)  # poll period of a bounded wait for the exit
+        log.warning("WireGuard interface %s: the left-over wireguard-go is gone", name)
+
     async def _start_userspace(self) -> None:
         argv = (*self._prefix, self._wireguard_go, "-f", self.spec.name)
         env = dict(os.environ, WG_PROCESS_FOREGROUND="1", LOG_LEVEL="error")
+        prctl = _libc_prctl()
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True)
+                stderr=asyncio.subprocess.STDOUT, env=env, start_new_session=True,
+                preexec_fn=None if prctl is None else _die_with_parent(os.getpid(), prctl))
         except FileNotFoundError:
             raise CommandError(argv, None, "no kernel WireGuard and wireguard-go not found "
                                "on PATH (apt-get install wireguard-go)") from None
