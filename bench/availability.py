@@ -58,7 +58,7 @@ from typing import Any
 
 from onionmesh.descriptor.intro import LS_LEGACY_ID
 from onionmesh.descriptor.parse import parse_descriptor
-from onionmesh.hsdir.timeperiod import period_length_minutes
+from onionmesh.hsdir.timeperiod import period_length_minutes, rotation_offset_minutes
 from onionmesh.publish.publisher import fetch_consensus
 from onionmesh.testnet import SocksError, TorClient, TorNetwork
 from onionmesh.testnet.backend import start_backend_process
@@ -327,6 +327,12 @@ def phase_stats(gets: list[Get], phase: Phase, victim: str | None,
     return stats
 
 
+def period_fraction(at: float, period: float, offset: float) -> float:
+    """Where in its time period ``at`` lies (tor's periods start ``offset`` s after the
+    multiples of their length: the rotation offset, 12 voting intervals)."""
+    return round(((at - offset) % period) / period, 2)
+
+
 def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
@@ -347,8 +353,9 @@ class Recorder:
     """Phases as they end; their rows are printed (and kept in ``phases.jsonl``) once the
     GETs that started in them have finished, so a run cut short still yields figures."""
 
-    def __init__(self, browsers: dict[str, Browser], period: float, base: Path) -> None:
-        self.browsers, self.period, self.base = browsers, period, base
+    def __init__(self, browsers: dict[str, Browser], period: float, offset: float,
+                 base: Path) -> None:
+        self.browsers, self.period, self.offset, self.base = browsers, period, offset, base
         self.phases: list[Phase] = []
         self.printed = 0
 
@@ -356,7 +363,7 @@ class Recorder:
         later = [p.start for p in self.phases[index + 1:] if p.name != "steady"]
         back_until = later[0] if later else float("inf")
         return [{"phase": phase.name, "system": system,
-                 "at_period_fraction": round((phase.start % self.period) / self.period, 2),
+                 "at_period_fraction": period_fraction(phase.start, self.period, self.offset),
                  "victim": phase.victims.get(system), "error": phase.error,
                  **phase_stats(b.gets, phase, phase.victims.get(system), back_until)}
                 for system, b in self.browsers.items()]
@@ -407,7 +414,7 @@ async def run(args: argparse.Namespace, network: TorNetwork, base: Path) -> dict
                                         base / "gets-onionbalance.jsonl")}
     tasks: list[asyncio.Task[None]] = []
     recorder: Recorder | None = None
-    period = 0.0
+    period = offset = 0.0
     try:
         from onionmesh.testnet.node_cluster import cluster_ready
 
@@ -415,14 +422,16 @@ async def run(args: argparse.Namespace, network: TorNetwork, base: Path) -> dict
         await wait_ob_ready(ob_client, dep.master.onion_address)
         controller = await TorController.connect(port=mesh_client.control_port)
         try:
-            period = period_length_minutes(await fetch_consensus(controller)) * 60.0
+            consensus = await fetch_consensus(controller)
+            period = period_length_minutes(consensus) * 60.0
+            offset = rotation_offset_minutes(consensus) * 60.0  # periods start this late
         finally:
             await controller.close()
-        recorder = Recorder(browsers, period, base)
+        recorder = Recorder(browsers, period, offset, base)
         tasks = [asyncio.create_task(b.run()) for b in browsers.values()]
         began = time.time()
         print(f"both systems ready; time period {period:.0f} s; GETs begin "
-              f"(@{(began % period) / period:.2f} of a period)", flush=True)
+              f"(@{period_fraction(began, period, offset):.2f} of a period)", flush=True)
         cycle = 0
         while cycle < args.cycles or time.time() - began < args.min_periods * period:
             for fault in FAULTS:
