@@ -8,8 +8,7 @@ per host reached over unix sockets; see onionmesh.testnet.meshlab):
     tor (heartbeats flow over tor);
   * time from unblocking until every path is back on WireGuard.
 Timings per profile: ``default`` (the mesh defaults: heartbeat 5 s) and ``fast``
-(heartbeat 1 s). Not measured here: join -> intro points on all HSDirs (joining
-through tor is not built yet; see bench/RESULTS.md).
+(heartbeat 1 s). join -> intro points on all responsible HSDirs: bench/join.py.
 
     .venv/bin/python bench/mesh_net.py [--profiles default fast] [--rounds 2]
 """
