@@ -247,3 +247,42 @@ def test_frames_roundtrip_and_reject_garbage() -> None:
     assert [f.kind for f in got] == [FrameKind.MESH, FrameKind.PROBE]
     with pytest.raises(FrameError, match="zero-length"):
         StreamDecoder().feed(b"\x00\x00")
+
+
+def test_an_ack_later_than_the_probe_timeout_is_a_lost_probe() -> None:
+    """Latency past the tolerance: every WireGuard ACK comes back after ``probe_timeout``
+    (here 5 s, past ``fallback_after``). Such an ACK answers a probe already counted as
+    lost: the peer falls back to tor and stays there while the latency lasts (before, the
+    late ACKs moved it back to WireGuard, which then carried the mesh 5 s late); the RTT
+    still shows the latency; once ACKs are timely again the peer returns."""
+    sel = PathSelector(CFG, 0.0, random.Random(5))
+    sel.set_peers(["b"], 0.0)
+    due: list[tuple[float, bytes]] = []
+    events: list[object] = []
+    latency = CFG.fallback_after + 2.0
+    now = 0.0
+    while now < 60.0:
+        if now >= 40.0:
+            latency = 0.1
+        now = round(now + 0.05, 6)
+        timer = sel.get_timer()
+        if timer is not None and now >= timer:
+            sel.handle_timer(now)
+        for action in sel.actions():
+            if isinstance(action, SendProbe):
+                if action.path is Path.WIREGUARD:
+                    due.append((now + latency, action.nonce))
+                else:  # tor answers in time
+                    sel.ack_received("b", action.nonce, Path.TOR, now + 0.5)
+        for at, nonce in [d for d in due if d[0] <= now]:
+            due.remove((at, nonce))
+            sel.ack_received("b", nonce, Path.WIREGUARD, now)
+        events.extend((now, e) for e in sel.events())
+        if 10.0 <= now < 40.0:
+            assert sel.path_for("b") is Path.TOR, (now, events)
+            slow_rtt = sel.peers["b"].rtt[Path.WIREGUARD]
+    kinds = [type(e).__name__ for _, e in events]
+    assert kinds == ["FellBackToTor", "WireGuardRestored"], events
+    assert events[0][0] <= CFG.fallback_after + 0.1
+    assert 40.0 < events[1][0] < 40.0 + CFG.backoff_cap * (1 + CFG.jitter) + 1
+    assert slow_rtt > CFG.probe_timeout  # the status shows the latency

@@ -295,6 +295,10 @@ class PathSelector:
         peer.rtt[path] = rtt if old is None else 0.875 * old + 0.125 * rtt
         if path is not Path.WIREGUARD:
             return
+        if rtt > self.config.probe_timeout:
+            # Its probe already counts as lost: a tunnel this slow neither keeps the
+            # peer on WireGuard nor brings it back (else it would carry the mesh late).
+            return
         peer.last_wg_ack = now
         peer.wg_down_reported = False
         if peer.path is Path.TOR:
