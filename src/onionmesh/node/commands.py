@@ -73,8 +73,8 @@ def add_node_parsers(subparsers: argparse._SubParsersAction) -> None:
     add.add_argument("--lifetime", type=float, default=None, metavar="SECONDS",
                      help="token lifetime (default [membership] token_lifetime, 3600)")
     add.add_argument("--bootstrap", action="append", default=[], metavar="ID@ONION",
-                     help="another member's join onion the joiner may use when this node "
-                          "cannot be reached (repeatable; `onionmesh status` shows a node's)")
+                     help="another join onion the joiner may try when this node cannot be "
+                          "reached (repeatable; a daemon logs its own: 'join onion X.onion up')")
 
     join = subparsers.add_parser("join", help="set up a node through the join exchange")
     join.add_argument("--token-file", default="-", metavar="PATH",
