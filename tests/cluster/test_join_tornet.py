@@ -4,7 +4,8 @@
    serves its join onion on its own tor), `onionmesh join` on the new machine with the
    token on stdin and a tor client's SOCKS port: the exchange runs only through tor, to
    n1's join onion. The new node's roster file lists every member; once it runs, every
-   node has it as a peer and the publisher's plan carries its intro points.
+   node has it as a peer, the publisher's plan carries its intro points and so does the
+   master descriptor a client fetches from the HSDirs.
 2. The inviter is down at first (killed after `add-node`): the joiner's attempts fail,
    it backs off and retries, and gets in once the inviter is back.
 3. The first bootstrap peer's join onion is down (never published): the joiner moves on
@@ -52,7 +53,7 @@ from onionmesh.transport.tor_channel import coordination_key
 from tests.eventually import aeventually
 from tests.node.helpers import free_port
 
-from .helpers import healthy_cluster, plan_nodes, publisher_of
+from .helpers import healthy_cluster, plan_nodes, publisher_of, wait_node_served
 
 pytestmark = [pytest.mark.tor, pytest.mark.tornet, pytest.mark.slow]
 
@@ -112,6 +113,9 @@ async def test_a_node_joins_through_tor_only_and_is_published(
         and all("n4" in doc.peers for nid, doc in d.items() if nid != "n4"),
         120.0, "n4 joined and published")
     assert {d.master_address for d in docs.values()} == {cluster.master_address}
+    # And in the master descriptor a client fetches from the HSDirs (bounded poll).
+    address = docs["n4"].node.onion_address.removesuffix(".onion")
+    assert await wait_node_served(cluster, tornet_client, "n4", address)
 
 
 @pytest.mark.timeout(600)
