@@ -422,3 +422,34 @@ def test_wireguard_addressing_travels_in_the_roster_to_every_joiner(tmp_path: Pa
                  "10.77.0.1/24"]) != 0
     assert "go together" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_roster_set_address_signs_addresses_into_an_entry_made_without_them(
+        tmp_path: Path, capsys):
+    """A member made without WireGuard addresses gets them from the authority node
+    (`onionmesh roster set-address`, no daemon running: into the roster file)."""
+    first = make_cluster(tmp_path / "n1")
+    sponsor = load_config(first.files.config)
+    join_cluster(issue_token(sponsor), tmp_path / "n2", node_id="n2",
+                 listen="127.0.0.1:7999", exchange=local_exchange(sponsor))
+    roster_path = sponsor.membership.roster_path
+    assert roster_path is not None
+    before = load_roster(roster_path).member("n2")
+    assert before is not None and (before.wg_endpoint, before.mesh_address) == ("", "")
+    config = str(first.files.config)
+    assert main(["roster", "set-address", "n2", "--wireguard-endpoint", "192.0.2.2:51820",
+                 "--mesh-address", "10.77.0.2:7443", "-c", config]) == 0
+    assert "addresses signed" in capsys.readouterr().err
+    after = load_roster(roster_path).member("n2")
+    assert after is not None and after.added_at > before.added_at
+    assert (after.node_key, after.wg_key, after.coord_onion) == (
+        before.node_key, before.wg_key, before.coord_onion)
+    assert (after.wg_endpoint, after.mesh_address) == ("192.0.2.2:51820", "10.77.0.2:7443")
+    # Bad input names what is wrong and changes nothing.
+    assert main(["roster", "set-address", "n2", "--wireguard-endpoint", "host:51820",
+                 "--mesh-address", "10.77.0.2:7443", "-c", config]) != 0
+    assert "WireGuard endpoint 'host:51820' is not IP:port" in capsys.readouterr().err
+    assert main(["roster", "set-address", "n9", "--wireguard-endpoint", "192.0.2.9:1",
+                 "--mesh-address", "10.77.0.9:7443", "-c", config]) != 0
+    assert "not in the roster" in capsys.readouterr().err
+    assert load_roster(roster_path).member("n2") == after

@@ -159,6 +159,18 @@ def add_node_parsers(subparsers: argparse._SubParsersAction) -> None:
                              help="where to write roster and authority_key (default: the "
                                   "config's directory)")
 
+    set_address = roster_actions.add_parser(
+        "set-address", help="sign a member's WireGuard endpoint and tunnel mesh address into "
+                            "its roster entry (on the node with the authority key; for "
+                            "entries made without them)")
+    _config_arg(set_address)
+    set_address.add_argument("node_id", metavar="ID", help="the member")
+    set_address.add_argument("--wireguard-endpoint", required=True, metavar="IP:PORT",
+                             help="where the members reach its WireGuard (underlay)")
+    set_address.add_argument("--mesh-address", required=True, metavar="IP:PORT",
+                             help="its mesh address on its tunnel address ([coordination] "
+                                  "listen there)")
+
     keys = subparsers.add_parser("keys", help="key tools")
     keys_actions = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     _config_arg(keys_actions.add_parser("check", help="run the startup key integrity check"))
@@ -191,6 +203,8 @@ def run_node_command(args: argparse.Namespace) -> int:
             return EXIT_OK
         if args.command == "remove-node":
             return _remove_node(args)
+        if args.command == "roster" and args.roster_command == "set-address":
+            return _roster_set_address(args)
         if args.command == "roster":
             return _roster_init(args)
         if args.command == "rotate-secret":
@@ -387,6 +401,32 @@ def _remove_node(args: argparse.Namespace) -> int:
                      f"{answer.get('error') or answer.get('refused')}", 1)
     print(f"removed {args.node_id}: the running daemon applied the revocation, saved the "
           "roster and gossips it to every node", file=sys.stderr)
+    return EXIT_OK
+
+
+def _roster_set_address(args: argparse.Namespace) -> int:
+    from onionmesh.node.keyfiles import status_socket_path
+    from onionmesh.node.membership import (
+        merge_into_roster_file,
+        sign_addresses,
+        statements_request,
+    )
+    from onionmesh.status_socket import send_request
+
+    config = load_config(args.config)
+    entry = sign_addresses(config, args.node_id, args.wireguard_endpoint, args.mesh_address)
+    try:
+        answer = send_request(status_socket_path(config), statements_request(entries=[entry]))
+    except StatusUnavailable:
+        merge_into_roster_file(config, entries=[entry])
+        print(f"{args.node_id}: addresses signed into {config.membership.roster_path} (no "
+              "daemon runs here; it gossips the entry when started)", file=sys.stderr)
+        return EXIT_OK
+    if answer.get("error") or answer.get("refused"):
+        return _fail(f"the daemon did not apply the entry: "
+                     f"{answer.get('error') or answer.get('refused')}", 1)
+    print(f"{args.node_id}: addresses signed; the running daemon applied the entry, saved "
+          "the roster and gossips it to every node", file=sys.stderr)
     return EXIT_OK
 
 

@@ -11,6 +11,9 @@ config and files:
 * ``revoke``: ``onionmesh remove-node``: an authority-signed revocation,
   handed to the running daemon (which applies it at once, persists it and
   gossips it) or, when none runs, merged into the roster file;
+* ``sign_addresses``: ``onionmesh roster set-address``: a member's entry re-signed
+  with its WireGuard endpoint and tunnel mesh address (for entries made without
+  them), handed to the daemon or merged into the file like a revocation;
 * ``create_roster``: ``onionmesh roster init``: a roster for a cluster made
   before rosters existed, from the operator's list of node keys.
 
@@ -43,6 +46,7 @@ from onionmesh.mesh.roster import (
     load_roster,
     save_authority_key,
     save_roster,
+    split_host_port,
 )
 from onionmesh.node.errors import KeyCheckError, NodeConfigError, SetupError
 from onionmesh.node.keyfiles import load_cluster_secret, load_node_key, state_dir
@@ -150,6 +154,27 @@ def sign_revocation(config: Config, node_id: str, now: float | None = None) -> S
                          "holding the authority key, or stop this one and move the key")
     stamp = int(time.time() if now is None else now)
     return authority.sign_revocation(Revocation(node_id, member.node_key, stamp))
+
+
+def sign_addresses(config: Config, node_id: str, wg_endpoint: str, mesh_address: str,
+                   now: float | None = None) -> SignedEntry:
+    """``node_id``'s current entry, re-signed with these addresses (and a newer
+    ``added_at``, so it replaces the old one everywhere); SetupError names what is wrong."""
+    authority, roster, _ = _roster_for_change(config)
+    member = roster.member(node_id)
+    if member is None:
+        raise SetupError(f"node {node_id!r} is not in the roster")
+    for name, value in (("WireGuard endpoint", wg_endpoint), ("mesh address", mesh_address)):
+        try:
+            split_host_port(value)
+        except ValueError as exc:
+            raise SetupError(f"{name} {value[:80]!r} is not IP:port ({exc})") from None
+    stamp = max(int(time.time() if now is None else now), member.added_at + 1)
+    try:
+        return authority.sign_entry(msgspec.structs.replace(
+            member, added_at=stamp, wg_endpoint=wg_endpoint, mesh_address=mesh_address))
+    except RosterError as exc:
+        raise SetupError(f"cannot sign these addresses: {exc.detail}") from None
 
 
 def merge_into_roster_file(config: Config, entries: Sequence[SignedEntry] = (),
