@@ -8,7 +8,8 @@ separate tor client (the exchange only through tor, to n1's join onion), then
 ``onionmesh run`` for the new node. Measured from the start of ``join``:
 
 * join: ``join`` returned (admitted, roster and keys written);
-* peers: every running node lists the new node as a peer;
+* peers: every running node lists the new node in its peers (the roster change reached
+  it: gossip of the sponsor's new entry; not yet that it heard the node);
 * plan: the publisher's plan carries the new node's intro points;
 * HSDirs: every HSDir that serves the master descriptor (the responsible ones for the
   time period clients use: HSFETCH SERVER= each, as bench/failover.py probes) serves
