@@ -8,6 +8,7 @@ import socket
 import pytest
 
 from onionmesh.config import HealthCheck
+from onionmesh.node.advertise_filter import AdvertiseFilter
 from onionmesh.node.advertise_gate import AdvertiseGate, GateEventKind
 from onionmesh.node.service_health import CheckPolicy, Health, ServiceHealth
 from onionmesh.node.service_probe import Target, check_service, service_targets
@@ -15,6 +16,7 @@ from onionmesh.tor.control_protocol import ControlError, ControlEvent
 from onionmesh.tor.intro_circuits import (
     CircuitChange,
     established_relays,
+    intro_circuit_ids,
     parse_circuit_event,
     parse_circuit_line,
 )
@@ -135,15 +137,16 @@ def test_failing_service_withdraws_everything_and_comes_back_after_successes():
     g.check_result(False, "127.0.0.1:8080: Connection refused", 1.0)
     assert g.advertised() != {}
     assert [e.kind for e in drain(g)] == [GateEventKind.CHECK_FAILED]
+    assert not g.service_failing  # one failure: not yet
     g.check_result(False, "127.0.0.1:8080: Connection refused", 2.0)
-    assert g.advertised() == {}
+    assert g.advertised() == {} and g.service_failing
     assert g.withdrawn_reason == "service check failing: 127.0.0.1:8080: Connection refused"
     [withdrawn] = drain(g)
     assert withdrawn.kind is GateEventKind.WITHDRAWN and "Connection refused" in withdrawn.message
     g.check_result(True, "ok", 3.0)
     assert g.advertised() == {}
     g.check_result(True, "ok", 4.0)
-    assert len(g.advertised()[1]) == 2
+    assert len(g.advertised()[1]) == 2 and not g.service_failing
     assert [e.kind for e in drain(g)] == [GateEventKind.RESTORED]
     status = g.status(4.5)
     assert status["advertising"] is True and status["service_check"]["state"] == "healthy"
@@ -251,3 +254,53 @@ def test_tcp_and_http_checks_against_real_loopback_sockets():
     assert [ok for ok, _ in results] == [True, False, True, False, False]
     assert "refused" in results[1][1].lower()
     assert "HTTP 503, expected 200" in results[3][1]
+
+
+def test_the_onion_service_is_out_of_tor_exactly_while_the_service_check_fails():
+    """The filter's shell asks tor (``suspend_service``) to drop the onion service once
+    the node withdraws for its service, retries a refused request at the next check,
+    and puts it back when the service returns; a tor restart brings it back by itself."""
+    calls: list[bool] = []
+    refuse = [True]
+
+    async def suspend(wanted: bool) -> None:
+        if refuse[0]:
+            refuse[0] = False
+            raise ControlError("552 tor said no")
+        calls.append(wanted)
+
+    f = AdvertiseFilter(None, "a" * 56, POLICY, [], lambda sets: None,  # type: ignore[arg-type]
+                        lambda event: None, suspend_service=suspend, clock=lambda: 0.0)
+    f.gate.tor_connected({}, 0.0)
+
+    async def check(ok: bool) -> None:
+        f.gate.check_result(ok, "detail", 0.0)
+        await f._apply_suspension()
+
+    async def run() -> None:
+        await check(True)
+        assert calls == [] and not f.service_suspended
+        await check(False)
+        assert calls == [] and not f.service_suspended  # one failure does not withdraw
+        await check(False)  # withdrawn: tor refuses the first request ...
+        assert calls == [] and not f.service_suspended
+        await check(False)  # ... and the next check tries again
+        assert calls == [True] and f.service_suspended
+        await check(False)
+        assert calls == [True]  # once, not at every check
+        await check(True)
+        await check(True)  # returned (two successes): back in tor
+        assert calls == [True, False] and not f.service_suspended
+
+    asyncio.run(run())
+
+
+def test_intro_circuit_ids_lists_every_service_intro_circuit_in_any_state():
+    """What a stopping daemon closes before its tor exits (``NodeTor.stop``)."""
+    status = "\n".join([
+        circ("5", "BUILT", 1),
+        circ("6", "EXTENDED", 2, state="HSSI_CONNECTING"),
+        "7 BUILT $" + "AB" * 20 + "~x PURPOSE=GENERAL",
+        "not a circuit line",
+    ])
+    assert intro_circuit_ids(status) == ["5", "6"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from onionmesh.aio import cancel_and_wait
 from onionmesh.node.advertise_gate import AdvertiseGate, GateEvent
@@ -54,6 +54,7 @@ class AdvertiseFilter:
         on_sets: Callable[[IntroSets], None],
         on_event: Callable[[GateEvent], None],
         *,
+        suspend_service: Callable[[bool], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.controller = controller
@@ -66,6 +67,10 @@ class AdvertiseFilter:
         self.gate = AdvertiseGate(policy, clock())
         self.last_sent: dict[int, tuple[bytes, ...]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # Whether the onion service is out of tor now (None: no suspension possible,
+        # e.g. a tor this daemon does not manage).
+        self.suspend_service = suspend_service
+        self.service_suspended = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -97,7 +102,28 @@ class AdvertiseFilter:
             ok, detail = await check_service(self.targets, self.policy)
             self.gate.check_result(ok, detail, self.clock())
             self._flush()
+            await self._apply_suspension()
             await asyncio.sleep(self.policy.interval)  # the check's period
+
+    async def _apply_suspension(self) -> None:
+        """Keep the onion service out of tor exactly while the service check fails."""
+        wanted = self.gate.service_failing
+        if self.suspend_service is None or wanted == self.service_suspended:
+            return
+        try:
+            await self.suspend_service(wanted)
+        except ControlError as exc:
+            log.warning("could not %s the node's onion service in tor (tried again at the "
+                        "next check): %s", "remove" if wanted else "restore", exc)
+            return
+        self.service_suspended = wanted
+        if wanted:
+            log.warning("onion service taken out of tor while the service check fails: "
+                        "clients still holding an older master descriptor are refused at "
+                        "this node's intro points and try another node's")
+        else:
+            log.info("onion service back in tor: it builds new intro points, advertised "
+                     "once their circuits are established")
 
     async def _liveness_loop(self) -> None:
         # The controller reconnects by itself and keeps subscriptions across reconnects,
@@ -114,6 +140,9 @@ class AdvertiseFilter:
                     self._flush()
                 if connected and not self.gate.tor_up:
                     seen_reconnects = self.controller.reconnects
+                    # A restarted tor read its torrc: the service is in it again (the
+                    # next check takes it out again while the service still fails).
+                    self.service_suspended = False
                     await self._read_circuits()
                 await asyncio.sleep(LIVENESS_POLL)  # polling period of the connection state
         finally:

@@ -125,6 +125,14 @@ class AdvertiseGate:
         return out
 
     @property
+    def service_failing(self) -> bool:
+        """The node's own service fails its checks (withdrawn for that reason): the
+        shell takes the onion service out of tor meanwhile, so that clients holding an
+        older master descriptor are turned away at the intro points, not at a dead
+        backend (``NodeTor.set_service_suspended``)."""
+        return self.health.state is Health.FAILING
+
+    @property
     def withdrawn_reason(self) -> str | None:
         """Why the node advertises nothing, or None while it advertises."""
         return self._withdrawn_reason

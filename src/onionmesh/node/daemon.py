@@ -335,6 +335,8 @@ class NodeDaemon:
             controller, self.tor.node_address, health_policy(config),
             service_targets(config.service.ports), self._on_local_sets,
             self._on_gate_event,
+            # Only a tor this daemon manages: an operator's own torrc is theirs to change.
+            suspend_service=self.tor.set_service_suspended if self.tor.managed else None,
         )
         await self.advertising.start()
         self.feed = IntroFeed(controller, self.tor.node_address, self.advertising.feed_sets,

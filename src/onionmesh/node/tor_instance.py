@@ -48,6 +48,7 @@ from onionmesh.tor import torrc as torrc_gen
 from onionmesh.tor.control import TorController
 from onionmesh.tor.control_protocol import ControlError, HsDescEvent
 from onionmesh.tor.hs_desc_feed import HsDescFeed
+from onionmesh.tor.intro_circuits import intro_circuit_ids
 from onionmesh.tor.process import (
     TorProcess,
     TorProcessError,
@@ -178,6 +179,8 @@ class NodeTor:
             self.uploaded.setdefault(done.blinded_key, self.now())
 
     async def stop(self) -> None:
+        if self.managed:
+            await self._close_intro_circuits()
         if self.hs_desc is not None:
             await self.hs_desc.stop()
         if self.controller is not None:
@@ -187,6 +190,54 @@ class NodeTor:
         if self.process is not None:
             await asyncio.to_thread(self.process.stop)
             self.process = None
+
+    async def _close_intro_circuits(self) -> None:
+        """Before the managed tor exits: close its intro circuits itself, so each intro
+        point drops this node at once (a DESTROY along the circuit). Left to the closed
+        TCP connection, the intro relays kept forwarding introductions into circuits
+        already gone for 5 s and more on the test network: a client holding the master
+        descriptor got INTRODUCE_ACK and waited for a rendezvous that never came, instead
+        of a NACK that makes tor try another node's intro point. Best effort, bounded."""
+        controller = self.controller
+        if controller is None or not controller.is_connected:
+            return
+        try:
+            async with asyncio.timeout(3.0):
+                info = await controller.get_info("circuit-status")
+                ids = intro_circuit_ids(next(iter(info.values()), ""))
+                for circuit_id in ids:
+                    await controller.request(f"CLOSECIRCUIT {circuit_id}", check=False)
+                if ids:
+                    log.info("closed %d intro circuits before stopping tor", len(ids))
+                    # tor's cell scheduler writes queued cells every few ms (KIST's
+                    # run interval is 10 ms by default): give the DESTROYs that time.
+                    await asyncio.sleep(0.2)
+        except (ControlError, TimeoutError, OSError) as exc:
+            log.info("could not close the intro circuits before stopping tor: %s", exc)
+
+    async def set_service_suspended(self, suspended: bool) -> None:
+        """Take the node's onion service out of the managed tor, or put it back.
+
+        While the node's own service fails its checks, the publisher drops its intro
+        points, but a client keeps the master descriptor it fetched until the period
+        ends and would still be introduced here, reach the rendezvous, and see its
+        stream fail (tor does not try another intro point after that). Without the
+        service, tor closes its intro circuits, the intro points answer such clients
+        with a NACK, and tor moves on to another intro point: another node. Back in,
+        tor builds new intro points and uploads a new descriptor; the node advertises
+        them once their circuits are established.
+
+        Done with LOADCONF of the torrc this daemon wrote, without or with the
+        HiddenService lines; the ephemeral coordination and join onions (ADD_ONION)
+        survive a config reload. ``ControlError`` if tor refuses.
+        """
+        if not self.managed or self.controller is None:
+            return
+        text = (self.data_dir / "torrc").read_text()
+        if suspended:
+            text = "\n".join(line for line in text.splitlines()
+                             if not line.startswith("HiddenService")) + "\n"
+        await self.controller.request("LOADCONF", data=text)
 
     # -- managed tor --------------------------------------------------------------------
 

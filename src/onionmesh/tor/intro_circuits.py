@@ -96,3 +96,16 @@ def established_relays(circuit_status: str, service: str) -> set[bytes]:
                 and circ.service in (None, service)):
             relays.add(circ.relay)
     return relays
+
+
+def intro_circuit_ids(circuit_status: str) -> list[str]:
+    """Ids of every service intro circuit (any state) in ``GETINFO circuit-status``."""
+    ids: list[str] = []
+    for line in circuit_status.splitlines():
+        try:
+            circ = parse_circuit_line(line.strip())
+        except ControlError:
+            continue
+        if circ is not None:
+            ids.append(circ.circuit_id)
+    return ids
