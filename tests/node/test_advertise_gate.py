@@ -15,6 +15,7 @@ from onionmesh.node.service_probe import Target, check_service, service_targets
 from onionmesh.tor.control_protocol import ControlError, ControlEvent
 from onionmesh.tor.intro_circuits import (
     CircuitChange,
+    IntroCircuit,
     established_relays,
     intro_circuit_ids,
     parse_circuit_event,
@@ -304,3 +305,17 @@ def test_intro_circuit_ids_lists_every_service_intro_circuit_in_any_state():
         "not a circuit line",
     ])
     assert intro_circuit_ids(status) == ["5", "6"]
+
+
+def test_a_close_without_a_path_still_ends_the_intro_circuit():
+    """tor's CIRC events may leave the path out; the gate finds the circuit by its id."""
+    closed = parse_circuit_line(f"7 CLOSED BUILD_FLAGS=IS_INTERNAL PURPOSE=HS_SERVICE_INTRO "
+                                f"HS_STATE=HSSI_ESTABLISHED REND_QUERY={ADDR} REASON=FINISHED")
+    assert closed is not None and closed.change is CircuitChange.CLOSED
+    assert closed.circuit_id == "7" and closed.relay == b"" and closed.reason == "FINISHED"
+    assert parse_circuit_line("8 EXTENDED PURPOSE=HS_SERVICE_INTRO") is None  # no path
+    g = _gate_up()
+    drain(g)
+    g.intro_circuit(IntroCircuit("c1", CircuitChange.CLOSED, b"", ADDR, "FINISHED"), 1.0)
+    assert ip_on(1, "a") not in g.advertised().get(1, ())  # relay 1's point withdrawn
+    assert [e.kind for e in drain(g)] == [GateEventKind.INTRO_POINT_WITHDRAWN]

@@ -42,13 +42,16 @@ class IntroCircuit:
     circuit_id: str
     change: CircuitChange
     relay: bytes  # legacy RSA identity (20 bytes) of the last hop: the intro point's relay
+    # (empty for a close reported without a path: the gate finds the circuit by its id)
     service: str | None  # REND_QUERY: the onion address without ".onion", when tor gives it
     reason: str | None  # REASON / REMOTE_REASON of a close
 
 
 def parse_circuit_line(text: str, *, minor: bool = False) -> IntroCircuit | None:
     """One CIRC / CIRC_MINOR event text or circuit-status line; None unless it is a
-    service intro circuit with a path. ``ControlError`` for a line that does not parse."""
+    service intro circuit with a path, or the close of one (the path is optional in
+    tor's CIRC events: a close without one still ends the circuit, found by its id).
+    ``ControlError`` for a line that does not parse."""
     positional, keyed = parse_keywords(text)
     if len(positional) < 2 or not _CIRC_ID.fullmatch(positional[0]):
         raise ControlError(f"circuit line without id and status: {text[:80]!r}")
@@ -57,23 +60,23 @@ def parse_circuit_line(text: str, *, minor: bool = False) -> IntroCircuit | None
     status = positional[1]
     path = positional[2] if len(positional) > 2 else ""
     hops = path.split(",") if path else []
+    closed = not minor and status in ("CLOSED", "FAILED")
+    service = keyed.get("REND_QUERY")
+    service = service.lower().removesuffix(".onion") if service else None
+    reason = keyed.get("REMOTE_REASON") or keyed.get("REASON")
     if not hops:
-        return None
+        return IntroCircuit(positional[0], CircuitChange.CLOSED, b"", service, reason) \
+            if closed else None
     last = _HOP.fullmatch(hops[-1])
     if last is None:
         raise ControlError(f"circuit {positional[0]}: bad last hop {hops[-1][:60]!r}")
-    if not minor and status in ("CLOSED", "FAILED"):
+    if closed:
         change = CircuitChange.CLOSED
     elif keyed.get("HS_STATE") == ESTABLISHED and (minor or status == "BUILT"):
         change = CircuitChange.ESTABLISHED
     else:
         change = CircuitChange.OTHER
-    service = keyed.get("REND_QUERY")
-    reason = keyed.get("REMOTE_REASON") or keyed.get("REASON")
-    return IntroCircuit(
-        positional[0], change, bytes.fromhex(last.group(1)),
-        service.lower().removesuffix(".onion") if service else None, reason,
-    )
+    return IntroCircuit(positional[0], change, bytes.fromhex(last.group(1)), service, reason)
 
 
 def parse_circuit_event(event: ControlEvent) -> IntroCircuit | None:
