@@ -68,9 +68,17 @@ def config_value(cluster: NodeCluster, section: str, key: str) -> float:
 def removal_bound(cluster: NodeCluster) -> float:
     """The configured bound for a dead node's intro points to leave the descriptor:
     detection (dead_threshold heartbeats) + removal grace + one republish with uploads."""
-    heartbeat = config_value(cluster, "coordination", "heartbeat_interval")
-    dead = config_value(cluster, "resilience", "dead_threshold")
-    grace = config_value(cluster, "resilience", "removal_grace_period")
+    return removal_bound_of(cluster.nodes["n1"].config_path)
+
+
+def removal_bound_of(config_path: Path) -> float:
+    """``removal_bound`` from one node's config file (all nodes share the timing keys)."""
+    from onionmesh.config import load_config
+
+    config = load_config(config_path)
+    heartbeat = float(config.coordination.heartbeat_interval)
+    dead = float(config.resilience.dead_threshold)
+    grace = float(config.resilience.removal_grace_period)
     return dead * heartbeat + grace + 30.0  # 30 s: build + HSPOST + HSDir answers
 
 

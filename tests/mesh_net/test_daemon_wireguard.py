@@ -3,11 +3,22 @@ with `[wireguard] enabled` (set up by init/add-node/join, so every node's WireGu
 and coordination onion come from the signed roster), real wireguard-go and real tor, at
 the default timings. Blocking one host's WireGuard port moves its heartbeats to tor:
 nobody is declared dead, no second publisher, its intro points stay in the master
-descriptor the HSDirs serve; after unblocking, every path is back on WireGuard."""
+descriptor the HSDirs serve; after unblocking, every path is back on WireGuard.
+
+The module's cluster also runs the other scenarios, in this order (each leaves it whole):
+§4 200 ms and 1 s added latency with 10 % loss on host 3's tunnel (no false death, the
+same publisher and term) and latency past the fallback threshold (on tor, as configured);
+§8/5 a node with an offset clock (the ``ONIONMESH_CLOCK_OFFSET`` test hook): within the
+tolerance a member like any other, past it held back by its peers' median; §1 a node's
+daemon SIGKILLed: the others go on with one publisher and its intro points leave what the
+HSDirs serve within the configured removal bound; §4/3 that daemon restarted from its
+state on disk knows the roster and every peer at once and is served again. Faults land
+at a random moment (a random pause of up to one heartbeat before each)."""
 
 from __future__ import annotations
 
 import contextlib
+import random
 import time
 from collections.abc import Iterator
 
@@ -24,7 +35,7 @@ from onionmesh.testnet.nodes import run_coroutine
 from onionmesh.tor.control import TorController
 from onionmesh.tor.intro_points import read_own_descriptor
 from onionmesh.transport.paths import PathConfig
-from tests.cluster.helpers import fetched_intro_keys
+from tests.cluster.helpers import fetched_intro_keys, removal_bound_of, uploads_after
 
 pytestmark = [pytest.mark.netns, pytest.mark.tor, pytest.mark.tornet, pytest.mark.slow]
 
@@ -43,7 +54,7 @@ def daemonlab(tornet: TorNetwork) -> Iterator[DaemonLab]:
     try:
         yield lab
     finally:
-        lab.stop()
+        lab.stop(keep_logs_in=tornet.base_dir / "logs-daemonlab")
     assert lab.lab.leftovers() == []
 
 
@@ -60,6 +71,37 @@ def all_alive(lab: DaemonLab) -> bool:
 def publishers(lab: DaemonLab) -> set[str | None]:
     return {doc.cluster.publisher if doc and doc.cluster else None
             for doc in (lab.status(i) for i in NODES)}
+
+
+def leaders(lab: DaemonLab, nodes: tuple[int, ...] = NODES) -> set[tuple[str | None, int]]:
+    """(publisher, term) as each of ``nodes`` sees it."""
+    return {(doc.cluster.publisher, doc.cluster.term) if doc and doc.cluster else (None, -1)
+            for doc in (lab.status(i) for i in nodes)}
+
+
+def one_leader(lab: DaemonLab) -> bool:
+    """Every node sees the same publisher (not none) in the same term."""
+    view = leaders(lab)
+    return len(view) == 1 and None not in {pub for pub, _ in view}
+
+
+def dead_alerts(lab: DaemonLab) -> list[str]:
+    """The node_dead alerts so far, and every node's DEAD log lines (for a failure)."""
+    return [f"n{i}: {a['summary']}" for i in NODES for a in lab.alerts(i)
+            if a["kind"] == "node_dead"]
+
+
+def death_lines(lab: DaemonLab) -> str:
+    return "\n".join(f"n{i}: {line}" for i in NODES for line in lab.log_text(i).splitlines()
+                     if "declared DEAD" in line or "missed" in line or "over tor" in line
+                     or "back on WireGuard" in line)
+
+
+def random_moment(what: str) -> None:
+    """Faults land at any moment of the heartbeat/probe cycle, not on its boundaries."""
+    pause = random.uniform(0.0, DEFAULTS.heartbeat_interval)
+    print(f"{what} after a random pause of {pause:.2f} s")
+    time.sleep(pause)  # the fault's random phase, not a readiness wait
 
 
 def all_paths(lab: DaemonLab, path: str) -> bool:
@@ -168,6 +210,220 @@ def test_daemons_fall_back_to_tor_on_a_blocked_tunnel_and_return(
         assert publishers(lab) == {publisher}
         assert all("declared DEAD" not in lab.log_text(i) for i in NODES)
         print(f"block -> tor in {switched:.1f} s")
+    finally:
+        client.stop()
+
+
+def test_slow_lossy_tunnel_no_false_death_and_past_tolerance_falls_back(
+        daemonlab: DaemonLab) -> None:
+    """Scenario 4: 200 ms and 1 s added to host 3's tunnel datagrams with 10 % of them
+    dropped (NFQUEUE, nfq_delay): for the time to death plus a heartbeat, nobody is
+    declared dead and the publisher and its term stay. Latency past the configured
+    tolerance (WireGuard ACKs later than ``fallback_after``) moves host 3's peers to tor,
+    as configured with the fallback on, still without a death or a new term."""
+    lab = daemonlab
+    lab.wait_until(lambda: all_alive(lab) and all_paths(lab, "wireguard") and one_leader(lab),
+                   180, "all alive on WireGuard, one publisher")
+    (leader,) = leaders(lab)
+    deaths = dead_alerts(lab)
+    try:
+        for delay_ms in (200, 1000):
+            random_moment(f"{delay_ms} ms + 10 % loss on host 3")
+            lab.lab.delay(3, WG_PORT, delay_ms, loss=10)
+            # A death needs DEAD_AFTER of silence: hold that long and one heartbeat more.
+            end = time.monotonic() + DEAD_AFTER + DEFAULTS.heartbeat_interval
+            while time.monotonic() < end:
+                view = states(lab)
+                assert all(PeerState.DEAD not in v.values() for v in view.values()), (
+                    view, death_lines(lab))
+                assert leaders(lab) == {leader}, leaders(lab)
+                time.sleep(0.5)  # sampling period of the invariant check
+            doc = lab.status(1)
+            assert doc is not None and doc.coordination is not None
+            rtt = doc.coordination.peers["n3"].rtt_wireguard
+            # The delay is real: the smoothed RTT (1/8 per probe, a probe every 2.5 s,
+            # >= 6 answered in 21 s) has moved at least 40 % of the way to it.
+            assert rtt is not None and rtt > 0.4 * delay_ms / 1000, (delay_ms, rtt)
+            print(f"{delay_ms} ms: n1's WireGuard RTT to n3 {rtt:.3f} s, paths "
+                  f"{[(i, j, lab.path(i, j)) for i in NODES for j in NODES if i != j]}")
+        # Past the tolerance: every WireGuard ACK comes after fallback_after.
+        past = PATHS.fallback_after + 2
+        random_moment(f"{past} s on host 3")
+        lab.lab.delay(3, WG_PORT, past * 1000)
+        lab.wait_until(lambda: lab.path(1, 3) == lab.path(2, 3) == "tor",
+                       PATHS.fallback_after + 3 * PATHS.probe_interval + 2,
+                       "host 3's peers on tor")
+        end = time.monotonic() + DEAD_AFTER
+        while time.monotonic() < end:  # carried by tor: no death, no new term
+            view = states(lab)
+            assert all(PeerState.DEAD not in v.values() for v in view.values()), (
+                view, death_lines(lab))
+            assert leaders(lab) == {leader}, leaders(lab)
+            # ACKs later than probe_timeout are lost probes: it stays on tor.
+            assert lab.path(1, 3) == lab.path(2, 3) == "tor", death_lines(lab)
+            time.sleep(0.5)  # sampling period of the invariant check
+    finally:
+        lab.lab.clear_delay(3, WG_PORT)
+    restore = PATHS.backoff_cap * (1 + PATHS.jitter) + 2 * PATHS.probe_interval + 10
+    lab.wait_until(lambda: all_paths(lab, "wireguard"), restore, "back on WireGuard")
+    assert dead_alerts(lab) == deaths, death_lines(lab)
+    assert leaders(lab) == {leader}
+
+
+def test_clock_offset_within_and_past_the_tolerance(daemonlab: DaemonLab) -> None:
+    """Scenario 5 (docs/scenarios.md §8): a standby's daemon restarted with its clock
+    8 s ahead (ONIONMESH_CLOCK_OFFSET, the documented test hook) and its
+    ``[resilience] clock_skew_tolerance`` set to 3 s is held back by its peers' median:
+    it neither claims nor signs, and its peers keep it alive as a standby with the same
+    publisher and term. Restarted 5 s ahead with the default tolerance (10 s) it is a
+    member like any other. (The session network's consensus is valid for 60 s, so an
+    offset past the default tolerance could also leave the consensus window and make
+    the node exit, `clock_check = "refuse"`: 8 s past a 3 s tolerance cannot, that
+    needs a consensus within 5 s of its valid-until. The tolerance-past case of the
+    default tolerance, 120 s, is tests/cluster/test_clock_peer_hold.py on its own
+    network.) Leaves the node running 5 s ahead."""
+    lab = daemonlab
+    lab.wait_until(lambda: all_alive(lab) and one_leader(lab), 180,
+                   "all alive, one publisher")
+    (leader,) = leaders(lab)
+    victim = max(i for i in NODES if f"n{i}" != leader[0])
+    others = tuple(i for i in NODES if i != victim)
+    config = lab.hosts[victim].config_path
+    original = config.read_text()
+
+    def held() -> bool:
+        doc = lab.status(victim)
+        return doc is not None and doc.clock.hold is not None
+
+    try:
+        assert lab.stop_node(victim) == 0, lab.log_text(victim)[-3000:]
+        lab.update_config(victim, "resilience", clock_skew_tolerance=3.0)
+        lab.start_node(victim, env={"ONIONMESH_CLOCK_OFFSET": "8"})
+        # Alive again within a few heartbeats; held at the next clock check (every half
+        # heartbeat) once its peers are live.
+        lab.wait_until(lambda: all_alive(lab) and held(), 60, f"n{victim} back and held")
+        doc = lab.status(victim)
+        assert doc is not None and doc.cluster is not None
+        clock = doc.clock
+        assert clock.test_offset == 8.0 and clock.basis == "peers_median", clock
+        assert clock.offset_hint is not None and abs(clock.offset_hint - 8.0) < 2.0, clock
+        assert clock.hold is not None and "(tolerance 3 s)" in clock.hold, clock
+        end = time.monotonic() + DEAD_AFTER + DEFAULTS.heartbeat_interval
+        while time.monotonic() < end:  # still a live standby to its peers, never claims
+            assert all(states(lab)[i].get(f"n{victim}") is not PeerState.DEAD
+                       for i in others), states(lab)
+            assert leaders(lab) == {leader}, leaders(lab)
+            assert held()
+            time.sleep(0.5)  # sampling period of the invariant check
+        assert all(states(lab)[i].get(f"n{victim}") is PeerState.ALIVE for i in others)
+        lab.wait_until(lambda: any(a["kind"] == "clock_hold" for a in lab.alerts(victim)),
+                       10, f"clock_hold alert on n{victim}")
+    finally:
+        config.write_text(original)
+    assert lab.stop_node(victim) == 0, lab.log_text(victim)[-3000:]
+    lab.start_node(victim, env={"ONIONMESH_CLOCK_OFFSET": "5"})
+    lab.wait_until(lambda: all_alive(lab) and (doc := lab.status(victim)) is not None
+                   and doc.clock.basis == "peers_median", 60,
+                   f"n{victim} back 5 s ahead, judged by its peers")
+    end = time.monotonic() + 2 * DEFAULTS.heartbeat_interval
+    while time.monotonic() < end:  # within the tolerance: never held
+        doc = lab.status(victim)
+        assert doc is not None and doc.clock.hold is None, doc and doc.clock
+        time.sleep(0.5)  # sampling period of the invariant check
+    assert doc.clock.offset_hint is not None and abs(doc.clock.offset_hint - 5.0) < 2.0
+    assert leaders(lab) == {leader}
+
+
+def test_killed_daemon_leaves_the_served_descriptor_and_restarts_knowing_every_peer(
+        daemonlab: DaemonLab, tornet: TorNetwork) -> None:
+    """Scenario 1: SIGKILL a standby's daemon (its tor runs on, so only the mesh can take
+    its intro points out): the others declare it dead, keep their one publisher and
+    term, and the publisher's upload drops its intro points from what a client fetches
+    from the HSDirs within the configured removal bound. Scenario 3: restarted, the
+    daemon reads its state from disk (signed roster, keys): its first status with a
+    mesh lists every member as a peer and as a WireGuard peer, before a heartbeat
+    round trip could have taught it; it rejoins and its intro points are served again."""
+    lab = daemonlab
+    lab.wait_until(lambda: all_alive(lab) and one_leader(lab), 180,
+                   "all alive, one publisher")
+    (leader,) = leaders(lab)
+    publisher = int(str(leader[0]).removeprefix("n"))
+    victim = min(i for i in NODES if i != publisher)
+    others = tuple(i for i in NODES if i != victim)
+    client = tornet.add_client(f"{lab.lab.prefix}k")
+    try:
+        victim_keys: set[bytes] = set()
+
+        def served_now() -> bool:
+            victim_keys.update(run_coroutine(_node_keys(lab, victim, client), timeout=90))
+            try:
+                return bool(victim_keys & served_keys(lab, client))
+            except OnionmeshError:
+                return False  # a fetch tor never launched (HSDirs rate-limited): again
+
+        lab.wait_until(served_now, 240, f"n{victim}'s intro points served", 3.0)
+
+        random_moment(f"SIGKILL n{victim}")
+        killed_at, killed = time.time(), time.monotonic()
+        lab.kill_node(victim)
+        bound = removal_bound_of(lab.hosts[publisher].config_path)
+
+        def dropped() -> bool:
+            doc = lab.status(publisher)
+            assert leaders(lab, others) == {leader}, leaders(lab, others)
+            return (doc is not None and f"n{victim}" not in doc.carried_nodes()
+                    and uploads_after(doc, killed_at)[0] > 0)
+
+        lab.wait_until(dropped, bound, f"n{victim} out of the plan, uploaded")
+        assert all(states(lab)[i][f"n{victim}"] is PeerState.DEAD for i in others)
+
+        def gone() -> bool:
+            assert leaders(lab, others) == {leader}, leaders(lab, others)
+            try:
+                return not victim_keys & served_keys(lab, client)
+            except OnionmeshError:
+                return False  # a fetch tor never launched (HSDirs rate-limited): again
+
+        lab.wait_until(gone, max(1.0, bound - (time.monotonic() - killed)),
+                       f"n{victim}'s intro points no longer served", 2.0)
+        removed = time.monotonic() - killed
+        assert lab.status(publisher) is not None  # the others went on
+
+        # Restart: what it knows before it hears anyone.
+        from onionmesh.config import load_config
+        from onionmesh.node.coordination_keys import load_coordination_keys
+
+        keys = {i: load_coordination_keys(load_config(lab.hosts[i].config_path))
+                .wireguard.public_key for i in others}
+        interface = str(load_config(lab.hosts[victim].config_path).wireguard.interface)
+        lab.start_node(victim)
+        started = time.monotonic()
+        first: list = []
+
+        def mesh_up() -> bool:
+            doc = lab.status(victim)
+            if doc is None or doc.cluster is None or doc.coordination is None:
+                return False
+            first.append((time.monotonic() - started, doc))
+            return True
+
+        lab.wait_until(mesh_up, 120, f"n{victim}'s first status with a mesh", 0.1)
+        at, doc = first[0]
+        names = {f"n{i}" for i in others}
+        print(f"restart: mesh status after {at:.1f} s, peers "
+              f"{ {n: p.state.value for n, p in doc.peers.items()} }")
+        assert set(doc.peers) == names, doc.peers
+        assert set(doc.coordination.peers) == names, doc.coordination.peers
+        assert doc.coordination.missing_peers == [], doc.coordination.missing_peers
+        wg_peers = lab.lab.run(victim, ["wg", "show", interface, "peers"])
+        assert all(keys[i] in wg_peers for i in others), wg_peers
+        # Rejoins: alive everywhere, the same publisher and term, served again (the
+        # recovery republish: one heartbeat to be heard, min_publish_interval, uploads).
+        lab.wait_until(lambda: all_alive(lab), 60, f"n{victim} alive again")
+        assert leaders(lab) == {leader}
+        lab.wait_until(served_now, 120, f"n{victim}'s intro points served again", 3.0)
+        print(f"kill -> intro points gone in {removed:.1f} s (bound {bound:.0f} s); "
+              f"restart -> served again in {time.monotonic() - started:.1f} s")
     finally:
         client.stop()
 

@@ -15,8 +15,11 @@ socket, as ``onionmesh status`` reads it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -174,13 +177,39 @@ class DaemonLab:
                                                  host.root / "backend.log")
             self.hosts[i] = host
 
-    def start_node(self, index: int) -> None:
+    def start_node(self, index: int, *, env: dict[str, str] | None = None) -> None:
+        """Start node ``index``'s daemon; ``env`` adds variables (the test clock hook)."""
         host = self.hosts[index]
         log = open(host.log_path, "ab")  # noqa: SIM115 (handed to the child)
         host.proc = self.lab.popen(
             index, [sys.executable, "-m", "onionmesh.cli", "run", "-c", str(host.config_path)],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            env=None if env is None else {**os.environ, **env})
         log.close()
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL node ``index``'s daemon (by its PID) and reap it; its tor runs on."""
+        proc = self.hosts[index].proc
+        assert proc is not None and proc.poll() is None, f"n{index} is not running"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def stop_node(self, index: int) -> int | None:
+        """SIGTERM node ``index``'s daemon (a clean stop: it says Leave); its exit code."""
+        proc = self.hosts[index].proc
+        stop_processes([proc], grace=30)
+        return None if proc is None else proc.returncode
+
+    def update_config(self, index: int, section: str, **keys: Any) -> None:
+        """Set ``keys`` in node ``index``'s ``[section]`` (read at its next start)."""
+        import tomllib
+
+        from onionmesh.node.cluster_setup import render_config
+
+        path = self.hosts[index].config_path
+        sections = tomllib.loads(path.read_text())
+        sections.setdefault(section, {}).update(keys)
+        path.write_text(render_config(sections))
 
     def status(self, index: int) -> StatusDocument | None:
         try:
@@ -221,10 +250,18 @@ class DaemonLab:
                 raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
             time.sleep(interval)  # poll period of a bounded wait
 
-    def stop(self) -> None:
+    def stop(self, keep_logs_in: Path | None = None) -> None:
+        """Stop everything the lab started (by PID), remove its namespaces and tables;
+        ``keep_logs_in``: first copy the nodes' logs and alerts there."""
         stop_processes((host.proc for host in self.hosts.values()), grace=30)
         stop_processes((host.backend for host in self.hosts.values()), grace=10)
         self.lab.down()
         for host in self.hosts.values():
             host.tor.stop()
+        if keep_logs_in is not None:
+            for kept in [*self.root.rglob("*.log"), *self.root.rglob("alerts.jsonl")]:
+                target = keep_logs_in / kept.relative_to(self.root)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(kept, target)
         shutil.rmtree(self.root, ignore_errors=True)
