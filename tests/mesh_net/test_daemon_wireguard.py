@@ -401,8 +401,10 @@ def test_killed_daemon_leaves_the_served_descriptor_and_restarts_knowing_every_p
         first: list = []
 
         def mesh_up() -> bool:
+            # The mesh's transport is up (the path views exist once it is).
             doc = lab.status(victim)
-            if doc is None or doc.cluster is None or doc.coordination is None:
+            if doc is None or doc.cluster is None or doc.coordination is None \
+                    or not doc.coordination.peers:
                 return False
             first.append((time.monotonic() - started, doc))
             return True
