@@ -5,15 +5,17 @@ the default timings. Blocking one host's WireGuard port moves its heartbeats to 
 nobody is declared dead, no second publisher, its intro points stay in the master
 descriptor the HSDirs serve; after unblocking, every path is back on WireGuard.
 
-The module's cluster also runs the other scenarios, in this order (each leaves it whole):
-§4 200 ms and 1 s added latency with 10 % loss on host 3's tunnel (no false death, the
-same publisher and term) and latency past the fallback threshold (on tor, as configured);
-§8/5 a node with an offset clock (the ``ONIONMESH_CLOCK_OFFSET`` test hook): within the
-tolerance a member like any other, past it held back by its peers' median; §1 a node's
-daemon SIGKILLed: the others go on with one publisher and its intro points leave what the
-HSDirs serve within the configured removal bound; §4/3 that daemon restarted from its
-state on disk knows the roster and every peer at once and is served again. Faults land
-at a random moment (a random pause of up to one heartbeat before each)."""
+The module's cluster also runs issue 12's other scenarios, in this order (each leaves it
+whole): 4, 200 ms and 1 s added latency with 10 % loss on host 3's tunnel (no false
+death, the same publisher and term) and latency past the tolerance (on tor, as
+configured); 5, a node with an offset clock (the ``ONIONMESH_CLOCK_OFFSET`` test hook):
+within the tolerance a member like any other, past it held back by its peers' median
+(docs/scenarios.md §8); 1, a node's daemon SIGKILLed: the others go on with one publisher
+and its intro points leave what the HSDirs serve within the configured removal bound
+(§1); 3, that daemon restarted from its state on disk knows the roster and every peer at
+once and is served again (§4). All at the shipped default timings (the clock test sets
+one node's clock tolerance). Faults land at a random moment (a random pause of up to one
+heartbeat before each)."""
 
 from __future__ import annotations
 
