@@ -426,8 +426,16 @@ def test_killed_daemon_leaves_the_served_descriptor_and_restarts_knowing_every_p
         lab.wait_until(lambda: all_alive(lab), 60, f"n{victim} alive again")
         assert leaders(lab) == {leader}
         lab.wait_until(served_now, 120, f"n{victim}'s intro points served again", 3.0)
+        served = time.monotonic() - started
+        # Its peers fell back to tor while it was down (its tunnel went with it) and
+        # re-probe with backoff: every path back on WireGuard within the longest backoff
+        # wait with jitter, two probes and 10 s (the next tests need the cluster whole).
+        restore = PATHS.backoff_cap * (1 + PATHS.jitter) + 2 * PATHS.probe_interval + 10
+        lab.wait_until(lambda: all_paths(lab, "wireguard"), restore,
+                       "every path back on WireGuard")
         print(f"kill -> intro points gone in {removed:.1f} s (bound {bound:.0f} s); "
-              f"restart -> served again in {time.monotonic() - started:.1f} s")
+              f"restart -> served again in {served:.1f} s, all on WireGuard in "
+              f"{time.monotonic() - started:.1f} s")
     finally:
         client.stop()
 
