@@ -472,6 +472,10 @@ async def run(args: argparse.Namespace, network: TorNetwork, base: Path) -> dict
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 70.0)
         cluster.stop()
         stop_onionbalance(dep)
+        # A backend the schedule restarted is not the network's record: stop it here.
+        for inst in dep.instances:
+            if inst.backend is not None:
+                stop_pid(inst.backend.pid, None, timeout=5.0)
     if recorder is None:
         return {"period_s": period, "rows": []}
     recorder.flush(final=True)
