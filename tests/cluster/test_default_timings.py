@@ -163,6 +163,10 @@ async def test_caching_clients_and_master_intro_points_across_a_whole_period(
     cluster = default_cluster
     docs = await wait_healthy(cluster, timeout=300)
     addresses = {n: (docs[n].node.onion_address or "").removesuffix(".onion") for n in NODES}
+    # The clients first: starting two tors takes a while on a loaded machine, and the
+    # schedule below depends on where in the period "now" is.
+    client_a = await tornet.aadd_client("i8browserA")
+    client_b = await tornet.aadd_client("i8browserB")
     clock = await period_clock(tornet_client)
     now = time.time()
     period = clock.number(now)
@@ -179,8 +183,6 @@ async def test_caching_clients_and_master_intro_points_across_a_whole_period(
         a_start = clock.start(period + 1) + 60
         a_stop = clock.start(period + 2) + AFTER_BOUNDARY
     watch_stop = max(a_stop, b_stop, now + clock.length + 30)
-    client_a = await tornet.aadd_client("i8browserA")
-    client_b = await tornet.aadd_client("i8browserB")
     gets_a, gets_b, watch = Gets("A"), Gets("B"), Watch()
     await asyncio.gather(
         browse(client_a, cluster.master_address, a_start, a_stop, gets_a),

@@ -457,7 +457,11 @@ async def test_burst_of_intro_rotations_republishes_at_most_once_per_interval(dc
         lambda: log_lines_after(dcluster, pub, "Publishing updated descriptor", last_close),
         timeout=interval + 10.0, interval=0.5, what="a publish after the burst")
     pubs = log_lines_after(dcluster, pub, "Publishing updated descriptor", since)
-    assert len(pubs) >= 2, "the burst changed the plan but nothing was republished"
+    # At least the publish after the burst (a round whose circuits tor re-established
+    # within the window coalesces into nothing to publish); never two within a window.
+    assert pubs, "the burst changed the plan but nothing was republished"
+    span = pubs[-1][0] - since
+    assert len(pubs) <= span // interval + 1, (len(pubs), span)
     gaps = [b - a for (a, _), (b, _) in itertools.pairwise(pubs)]
     assert all(g >= interval - 0.01 for g in gaps), gaps  # log stamps are to the ms
     changes = log_lines_after(dcluster, victim, "intro points changed", since)

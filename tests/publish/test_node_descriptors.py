@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -34,7 +35,15 @@ async def test_hsfetched_node_descriptor_decodes_with_full_verification(tornet, 
         await ctl.set_events("HS_DESC", "HS_DESC_CONTENT")
         sub = ctl.subscribe("HS_DESC")
         consensus = await fetch_consensus(ctl)
-        text = await fetch_descriptor(ctl, node.onion_address, timeout=60)
+        async def fetched() -> str | None:
+            # tor asks one HSDir per fetch; one that has not stored the new service's
+            # descriptor yet answers NOT_FOUND: ask again, as tor itself would.
+            with contextlib.suppress(IntroPointsError):
+                return await fetch_descriptor(ctl, node.onion_address, timeout=30)
+            return None
+
+        text = await aeventually(fetched, timeout=120, interval=6.0,
+                                 what="the new service's descriptor from an HSDir")
         tp, fetch_srv = fetch_period(consensus, time.time())
         length = descriptor_periods(consensus, time.time())[0].period_length
         intro_set = decode_intro_set(text, node.onion_address, period_length=length,
