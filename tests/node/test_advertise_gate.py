@@ -262,12 +262,11 @@ def test_the_onion_service_is_out_of_tor_exactly_while_the_service_check_fails()
     the node withdraws for its service, retries a refused request at the next check,
     and puts it back when the service returns; a tor restart brings it back by itself."""
     calls: list[bool] = []
-    refuse = [True]
+    refusals: list[Exception] = [ControlError("552 tor said no"), OSError("torrc unreadable")]
 
     async def suspend(wanted: bool) -> None:
-        if refuse[0]:
-            refuse[0] = False
-            raise ControlError("552 tor said no")
+        if refusals:
+            raise refusals.pop(0)
         calls.append(wanted)
 
     f = AdvertiseFilter(None, "a" * 56, POLICY, [], lambda sets: None,  # type: ignore[arg-type]
@@ -284,6 +283,8 @@ def test_the_onion_service_is_out_of_tor_exactly_while_the_service_check_fails()
         await check(False)
         assert calls == [] and not f.service_suspended  # one failure does not withdraw
         await check(False)  # withdrawn: tor refuses the first request ...
+        assert calls == [] and not f.service_suspended
+        await check(False)  # ... the torrc cannot be read for the second ...
         assert calls == [] and not f.service_suspended
         await check(False)  # ... and the next check tries again
         assert calls == [True] and f.service_suspended

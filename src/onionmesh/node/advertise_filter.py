@@ -67,8 +67,8 @@ class AdvertiseFilter:
         self.gate = AdvertiseGate(policy, clock())
         self.last_sent: dict[int, tuple[bytes, ...]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        # Whether the onion service is out of tor now (None: no suspension possible,
-        # e.g. a tor this daemon does not manage).
+        # How to take the onion service out of tor and back (None: not possible, a tor
+        # this daemon does not manage), and whether it is out now.
         self.suspend_service = suspend_service
         self.service_suspended = False
 
@@ -112,7 +112,7 @@ class AdvertiseFilter:
             return
         try:
             await self.suspend_service(wanted)
-        except ControlError as exc:
+        except (ControlError, OSError) as exc:  # tor refused, or the torrc is unreadable
             log.warning("could not %s the node's onion service in tor (tried again at the "
                         "next check): %s", "remove" if wanted else "restore", exc)
             return
