@@ -208,3 +208,18 @@ def test_the_joiners_endpoint_and_mesh_address_are_signed_into_its_entry() -> No
         SigningKey(seed("m")).sign(J.NODE_CONTEXT + raw).signature))
     decision = sponsor.handle(crafted, NOW, tokens.grants.get, b"\x09" * 32)
     assert decision.refused == "malformed" and decision.accepted is None
+
+
+def test_the_joiners_join_onion_is_signed_into_its_entry() -> None:
+    """A member's join onion travels in its request and entry (tokens then name it); the
+    fields before it stay in the encoding, empty, when only it is set."""
+    onion = "a" * 56 + ".onion"
+    tokens, sponsor = Tokens(), JoinSponsor(AUTH, base_roster(), SECRET)
+    j = joiner(tokens.issue("t1"), join_onion=onion)
+    assert len(msgspec.msgpack.decode(J.decode_message(j.request()).body)) == 11
+    _, result = run(sponsor, tokens, j)
+    assert result is not None and result.entry.join_onion == onion
+    assert (result.entry.wg_endpoint, result.entry.mesh_address) == ("", "")
+    assert result.roster.member("n") == result.entry
+    with pytest.raises(JoinError, match="bad_request"):
+        joiner(tokens.issue("t2"), "m", join_onion="not-an-onion")

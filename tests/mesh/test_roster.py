@@ -214,3 +214,18 @@ def test_entries_without_addresses_keep_their_old_encoding_and_bad_ones_are_refu
     for bad in ("192.0.2.2:0", "::1:51820", "[10.0.0.1]:5", "999.1.1.1:5"):
         with pytest.raises(RosterError, match="malformed: member entry"):
             authority.sign_entry(MemberEntry("n3", b"\x05" * 32, True, 5, b"", "", bad))
+
+
+def test_an_entry_with_a_join_onion_keeps_the_fields_before_it():
+    import msgspec as _msgspec
+
+    from onionmesh.mesh.roster import RosterError, encode_entry
+
+    authority = AuthorityKey(b"\x05" * 32)
+    roster = Roster(authority.public_key)
+    onion = "b" * 56 + ".onion"
+    entry = MemberEntry("n1", b"\x01" * 32, True, 5, b"", "", "", "", onion)
+    assert _msgspec.msgpack.decode(encode_entry(entry))[-3:] == ["", "", onion]
+    assert roster.verify_entry(authority.sign_entry(entry)) == entry
+    with pytest.raises(RosterError, match="malformed"):
+        authority.sign_entry(MemberEntry("n1", b"\x01" * 32, True, 5, join_onion="x.onion"))

@@ -453,3 +453,28 @@ def test_roster_set_address_signs_addresses_into_an_entry_made_without_them(
                  "--mesh-address", "10.77.0.9:7443", "-c", config]) != 0
     assert "not in the roster" in capsys.readouterr().err
     assert load_roster(roster_path).member("n2") == after
+
+
+def test_tokens_name_every_members_join_onion_by_default(tmp_path: Path):
+    """A joiner's join onion goes into its signed roster entry (its key saved once it is
+    admitted), so `add-node` on the authority node names every member's join onion: the
+    inviter's first, then `--bootstrap`, then the other members (each relays to it)."""
+    from onionmesh.node.coordination_keys import ensure_join_onion_key
+
+    first = make_cluster(tmp_path / "n1")
+    config = load_config(first.files.config)
+    own = ensure_join_onion_key(config).onion_address
+    assert decode_token(issue_token(config)).bootstrap == [("n1", own)]
+    onions = {}
+    for i, node_id in enumerate(("n2", "n3"), start=2):
+        join_cluster(issue_token(config), tmp_path / node_id, node_id=node_id,
+                     listen=f"127.0.0.1:{7440 + i}", exchange=local_exchange(config))
+        joined = load_config(tmp_path / node_id / "onionmesh.toml")
+        onions[node_id] = ensure_join_onion_key(joined).onion_address  # the saved key
+        assert (tmp_path / node_id / "state" / "join_onion.pem").stat().st_mode & 0o077 == 0
+    roster = load_roster(first.files.roster)
+    assert {m.node_id: m.join_onion for m in roster.members()} == {"n1": "", **onions}
+    extra = Ed25519Identity.generate().onion_address
+    token = decode_token(issue_token(config, bootstrap=[("x9", extra), ("n3", onions["n3"])]))
+    assert token.bootstrap == [("n1", own), ("x9", extra), ("n3", onions["n3"]),
+                               ("n2", onions["n2"])]

@@ -158,6 +158,7 @@ class RequestBody(_Strict, frozen=True):
     # request without them is what an older sponsor expects.
     wg_endpoint: _OptHostPort = ""  # the joiner's WireGuard endpoint, underlay IP:port
     mesh_address: _OptHostPort = ""  # its mesh address inside the tunnel
+    join_onion: _OptOnion = ""  # its own join onion (it relays joins there once a member)
 
 
 def _encode_request(body: RequestBody) -> bytes:
@@ -361,7 +362,7 @@ class JoinSponsor:
             raise JoinError(JoinProblem.ENTROPY, "the sponsor needs 32 random bytes per answer")
         entry = MemberEntry(
             body.node_id, body.node_key, grant.may_publish, int(now), body.wg_key,
-            body.coord_onion, body.wg_endpoint, body.mesh_address,
+            body.coord_onion, body.wg_endpoint, body.mesh_address, body.join_onion,
         )
         existing = self.roster.signed_entry(body.node_id)
         if existing is not None and grant.used_by is not None:
@@ -434,11 +435,12 @@ class Joiner:
         coord_onion: str = "",
         wg_endpoint: str = "",
         mesh_address: str = "",
+        join_onion: str = "",
     ) -> None:
         if len(entropy) < 48:
             raise JoinError(JoinProblem.ENTROPY, "the joiner needs 48 random bytes")
         self._params = (join_seed, authority_key, node_id, node_seed, wg_key, coord_onion,
-                        wg_endpoint, mesh_address)
+                        wg_endpoint, mesh_address, join_onion)
         self._authority_key = authority_key
         self._box = PrivateKey(entropy[:32])
         node = SigningKey(node_seed)
@@ -454,6 +456,7 @@ class Joiner:
             entropy[32:48],
             wg_endpoint,
             mesh_address,
+            join_onion,
         )
         try:
             raw = _encode_request(body)
@@ -492,10 +495,10 @@ class Joiner:
         retry after the old one got too old. A sponsor that already admitted the old
         one refuses it (the token is used): resend the old request while it is fresh."""
         (join_seed, authority_key, node_id, node_seed, wg_key, coord_onion, wg_endpoint,
-         mesh_address) = self._params
+         mesh_address, join_onion) = self._params
         return Joiner(join_seed, authority_key, node_id, node_seed, now, entropy=entropy,
                       wg_key=wg_key, coord_onion=coord_onion, wg_endpoint=wg_endpoint,
-                      mesh_address=mesh_address)
+                      mesh_address=mesh_address, join_onion=join_onion)
 
     def receive(self, data: bytes, now: float) -> JoinResult | None:
         """Feed one answer datagram; the result once complete.

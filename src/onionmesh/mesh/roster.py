@@ -143,6 +143,9 @@ class MemberEntry(_Strict, frozen=True):
     # (then only a [wireguard] peers line in their config can say).
     wg_endpoint: _OptHostPort = ""  # its WireGuard endpoint: underlay IP:port
     mesh_address: _OptHostPort = ""  # its mesh address inside the tunnel: tunnel-IP:port
+    # Its join onion, where `onionmesh join` reaches it (it relays to the authority node):
+    # `add-node` names every member's in a token. Empty = not in the entry.
+    join_onion: _OptOnion = ""
 
 
 class Revocation(_Strict, frozen=True):
@@ -176,7 +179,7 @@ _encoder = msgspec.msgpack.Encoder()
 # MemberEntry fields added after the roster shipped: left out of the encoding while
 # empty (array_like decoders fill trailing defaults), so an entry without them has the
 # bytes an older node expects (its decoder refuses unknown trailing fields).
-_ENTRY_OPTIONAL_TAIL = 2
+_ENTRY_OPTIONAL_TAIL = 3
 
 
 def encode_entry(entry: MemberEntry) -> bytes:

@@ -55,8 +55,10 @@ from onionmesh.mesh.roster import (
 from onionmesh.node.coordination_keys import (
     coordination_key_files,
     ensure_join_onion_key,
+    join_onion_key_path,
     new_coordination_keys,
     save_coordination_keys,
+    save_join_onion_key,
 )
 from onionmesh.node.coordination_peers import entry_addresses
 from onionmesh.node.errors import KeyCheckError, SetupError, TokenError
@@ -311,6 +313,9 @@ def parse_bootstrap(items: Sequence[str]) -> list[tuple[str, str]]:
     return peers
 
 
+MAX_BOOTSTRAP_PEERS = 16  # what a token holds (join_tokens.JoinTokenBody.bootstrap)
+
+
 def issue_token(config: Config, *, node_id: str | None = None, may_publish: bool = True,
                 lifetime: float | None = None, now: float | None = None,
                 bootstrap: Sequence[tuple[str, str]] = ()) -> str:
@@ -344,10 +349,16 @@ def issue_token(config: Config, *, node_id: str | None = None, may_publish: bool
     )
     timing = {s: {k: getattr(getattr(config, s), k) for k in keys}
               for s, keys in SHARED_TIMING.items()}
-    # This node's join onion first (its daemon answers there), then the alternatives.
+    # This node's join onion first (its daemon answers there), then the alternatives: those
+    # named with --bootstrap, then every other member whose roster entry names its join
+    # onion (each relays the request to this node over the mesh), up to what a token holds.
     join_onion = ensure_join_onion_key(config).onion_address
-    peers = [(config.node_id, join_onion),
-             *((i, o) for i, o in bootstrap if o != join_onion)]
+    members = [(m.node_id, m.join_onion) for m in roster.members()
+               if m.join_onion and m.node_id != config.node_id]
+    peers: list[tuple[str, str]] = []
+    for peer in [(config.node_id, join_onion), *bootstrap, *members]:
+        if peer[1] not in {o for _, o in peers} and len(peers) < MAX_BOOTSTRAP_PEERS:
+            peers.append(peer)
     return encode_token(JoinTokenBody(
         join_seed, authority.public_key, config.master.address, config.node_id,
         advertise_address(config), issued + lifetime, timing, peers,
@@ -446,15 +457,18 @@ def join_cluster(token_text: str, root: Path, *, node_id: str, listen: str,
     }
     text = render_config(sections, comments)
     config = _validated(text, files.config)
-    _refuse_existing(coordination_key_files(config))
+    _refuse_existing([*coordination_key_files(config), join_onion_key_path(config)])
     node = Ed25519Identity.generate()
     assert node.seed is not None
     coordination = new_coordination_keys()
+    # Its join onion (where it relays joins once a member) goes into its roster entry, so
+    # the authority's `add-node` names it in later tokens.
+    join_onion = Ed25519Identity.generate()
     wg_endpoint, mesh_address = entry_addresses(config)
     joiner = Joiner(token.join_seed, token.authority_key, node_id, node.seed, time.time(),
                     entropy=os.urandom(64), wg_key=coordination.wg_public_raw,
                     coord_onion=coordination.onion_address, wg_endpoint=wg_endpoint,
-                    mesh_address=mesh_address)
+                    mesh_address=mesh_address, join_onion=join_onion.onion_address)
     result = exchange(joiner, token)
     if result.cluster_secret is None:
         raise SetupError("the sponsor sent no cluster secret")
@@ -465,6 +479,7 @@ def join_cluster(token_text: str, root: Path, *, node_id: str, listen: str,
         save_pem(node, files.node_key)
         save_roster(files.roster, result.roster)
         save_coordination_keys(config, coordination)
+        save_join_onion_key(config, join_onion)
     except (KeyFileError, RosterError, KeyCheckError) as exc:
         raise SetupError(str(exc)) from None
     write_cluster_secret(cluster_secret_path(config), result.cluster_secret)

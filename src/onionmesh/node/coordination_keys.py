@@ -133,6 +133,20 @@ def join_onion_key_path(config: Config) -> Path:
     return Path(state_dir(config)) / JOIN_ONION_KEY_FILE
 
 
+def save_join_onion_key(config: Config, identity: Ed25519Identity) -> None:
+    """A joiner's join onion key, made before its join (its request names the address, so
+    its roster entry does), written once it is admitted; never replaces a key."""
+    path = join_onion_key_path(config)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        save_pem(identity, path, overwrite=False)
+    except KeyFileError as exc:
+        raise KeyCheckError("join-onion-key-file", f"{path}: {exc}") from None
+    except OSError as exc:
+        raise KeyCheckError("join-onion-key-file",
+                            f"cannot create {path.parent}: {exc.strerror}") from None
+
+
 def ensure_join_onion_key(config: Config) -> Ed25519Identity:
     """The node's join onion key (0600; made on first use by ``add-node`` or the daemon,
     never replaced: tokens name its address). Its own key, so the join onion cannot be

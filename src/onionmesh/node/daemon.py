@@ -28,7 +28,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,8 @@ from onionmesh.mesh.events import (
     SteppedDown,
 )
 from onionmesh.mesh.identity import NodeIdentity
+from onionmesh.mesh.join_relay import JoinRelay, RelayIntake, relay_id_from
+from onionmesh.mesh.roster import Roster
 from onionmesh.metrics import NodeMetrics
 from onionmesh.node.advertise_filter import AdvertiseFilter
 from onionmesh.node.advertise_gate import GateEvent, GateEventKind
@@ -78,6 +80,7 @@ from onionmesh.node.errors import (
     TransportFailed,
 )
 from onionmesh.node.intro_feed import IntroFeed
+from onionmesh.node.join_relay_service import JoinRelayService, RelayAnswerer
 from onionmesh.node.keyfiles import (
     ensure_private_dir,
     load_cluster_secrets,
@@ -112,7 +115,7 @@ from onionmesh.status_socket import StatusServer, StatusUnavailable, query_statu
 from onionmesh.tor.control import TorController
 from onionmesh.tor.control_protocol import ControlError, HsDescEvent
 from onionmesh.tor.intro_points import enable_events
-from onionmesh.transport.join_onion import JoinOnion, JoinOnionError
+from onionmesh.transport.join_onion import JoinAnswer, JoinOnion, JoinOnionError
 from onionmesh.transport.paths import FellBackToTor, PathEvent, WireGuardDown, WireGuardRestored
 from onionmesh.transport.tor_channel import TorChannelError, coordination_key
 from onionmesh.transport.udp import TransportError
@@ -141,7 +144,7 @@ class NodeDaemon:
         self.roster_keeper: RosterKeeper | None = None
         self.coordination_keys: CoordinationKeys | None = None
         self.link: CoordinationLink | None = None  # [wireguard] enabled: WireGuard + tor
-        self.join_onion: JoinOnion | None = None  # on the node holding the authority key
+        self.join_onion: JoinOnion | None = None  # on every member (relays, or answers)
         self.feed: IntroFeed | None = None
         self.advertising: AdvertiseFilter | None = None
         self.publisher_control: PublisherControl | None = None
@@ -299,13 +302,15 @@ class NodeDaemon:
         if keys.roster is not None:
             self.roster_keeper = RosterKeeper(config, core, self.clock, self.driver.flush)
             self.driver.join_handler = self.roster_keeper.join_handler()
-            if self.driver.join_handler is not None:
-                await self._start_join_onion(controller, self.driver.join_handler)
         opener = await self._start_link(controller, core) if config.wireguard.enabled else None
         try:
             await self.driver.start(str(config.coordination.listen), opener)
         except TransportError as exc:
             raise TransportFailed(str(exc)) from None
+        if keys.roster is not None:
+            # Every member serves a join onion: the authority node answers there, the
+            # others relay to it over the mesh (mesh/join_relay.py).
+            await self._start_join_onion(controller, keys.node.seed or b"")
         log.info("mesh: node %s at %s (priority %d, %s), %d configured peers",
                  config.node_id, self.advertise, identity.priority,
                  "may publish" if identity.eligible else "never publishes", len(seeds))
@@ -354,17 +359,44 @@ class NodeDaemon:
         self.state = NodeState.RUNNING
         log.info("node %s running (master %s)", config.node_id, config.master.address)
 
-    async def _start_join_onion(self, controller: TorController,
-                                handler: Callable[[bytes, str], Sequence[bytes]]) -> None:
-        """Where `onionmesh join` reaches this node through tor (tokens name it)."""
+    async def _start_join_onion(self, controller: TorController, node_seed: bytes) -> None:
+        """Where `onionmesh join` reaches this node through tor (tokens name it): the
+        authority node answers joins there, every other member relays them to it."""
         driver = self.driver
         assert driver is not None
+        now = self.clock.now
+        max_age = self.config.coordination.datagram_max_age
+        handler = driver.join_handler
+        answer: JoinAnswer
+        if handler is not None:
+            def roster() -> Roster | None:
+                return driver.core.roster
 
-        async def answer(data: bytes) -> Sequence[bytes]:
-            replies = handler(data, "join onion")
-            driver.flush()  # an admitted node's entry is gossiped at once
-            return replies
+            answerer = RelayAnswerer(RelayIntake(self.config.node_id, node_seed,
+                                                 max_age=max_age), handler, roster, now)
+            driver.relay_handler = answerer.receive
 
+            async def answer_here(data: bytes) -> Sequence[bytes]:
+                replies = handler(data, "join onion")
+                driver.flush()  # an admitted node's entry is gossiped at once
+                return replies
+
+            answer = answer_here
+            role = "answers joins"
+        else:
+            def peers() -> dict[str, str]:
+                return {nid: view.address for nid, view in driver.core.peers().items()}
+
+            def send(data: bytes, address: str) -> bool:
+                return driver.transport is not None and driver.transport.send(data, address)
+
+            relay = JoinRelayService(
+                JoinRelay(self.config.node_id, node_seed,
+                          first_id=relay_id_from(os.urandom(16)), max_age=max_age),
+                peers=peers, roster=lambda: driver.core.roster, send=send, now=now)
+            driver.relay_handler = relay.receive
+            answer = relay.answer
+            role = "relays joins to the authority node"
         # Without it the node serves on; joins still work directly (`join --via direct`).
         try:
             key, service_id = coordination_key(ensure_join_onion_key(self.config))
@@ -380,6 +412,8 @@ class NodeDaemon:
             log.error("join onion: %s; `onionmesh join` cannot reach this node through tor",
                       exc)
             self.join_onion = None
+            return
+        log.info("join onion %s.onion: this node %s", service_id, role)
 
     async def _start_link(self, controller: TorController, core: MeshCore) -> TransportOpener:
         """WireGuard up with a peer per roster member, the coordination onion on our tor;

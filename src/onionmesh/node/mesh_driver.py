@@ -21,6 +21,7 @@ from onionmesh.mesh.core import MeshCore
 from onionmesh.mesh.events import Event
 from onionmesh.mesh.identity import PeerSeed
 from onionmesh.mesh.join import is_join_datagram
+from onionmesh.mesh.join_relay import is_relay_datagram
 from onionmesh.transport.udp import UdpTransport
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ class MeshDriver:
         # Join datagrams (mesh.join.MAGIC) go here, not to the core; the answers go back
         # to the sender. None: this node answers no joins (no authority key).
         self.join_handler: Callable[[bytes, str], Sequence[bytes]] | None = None
+        # Join relaying between members (mesh.join_relay.RELAY_MAGIC): on the authority
+        # node it answers relayed requests, on the others it takes the answers. What it
+        # returns goes back to the sender. None: relay datagrams are dropped.
+        self.relay_handler: Callable[[bytes, str], Sequence[bytes]] | None = None
 
     async def start(self, listen: str, open_transport: TransportOpener | None = None) -> None:
         """Open the transport (UDP, or e.g. WireGuard+tor via ``open_transport``) and go."""
@@ -72,6 +77,12 @@ class MeshDriver:
                 for reply in self.join_handler(data, addr):
                     self.transport.send(reply, addr)
                 self.flush()  # an admitted node's entry is gossiped at once
+            return
+        if is_relay_datagram(data):
+            if self.relay_handler is not None and self.transport is not None:
+                for reply in self.relay_handler(data, addr):
+                    self.transport.send(reply, addr)
+                self.flush()
             return
         self.core.receive_datagram(data, addr, self.clock.now())
         self.flush()
