@@ -148,3 +148,52 @@ def test_roster_init_moves_a_node_made_before_rosters(tmp_path: Path):
         assert (root / name).stat().st_mode & 0o777 == 0o600
     bad = onionmesh("roster", "init", "-c", str(first.files.config), "--member", "n2=zz")
     assert bad.returncode != 0 and "64 hex characters" in bad.stderr
+
+
+async def test_a_member_relays_a_join_to_the_authority_over_the_real_mesh(tmp_path: Path):
+    """n2 (no authority key) answers a join with the join onion answer the daemon wires;
+    its request crosses the real UDP mesh drivers to n1, which admits (token marked used)
+    and answers; n2 passes the signed answer back and the joiner verifies it."""
+    import os
+
+    from onionmesh.mesh.join import Joiner
+    from onionmesh.node.join_relay_service import join_onion_answer
+    from onionmesh.node.join_tokens import TokenStore, decode_token
+    from onionmesh.node.membership import tokens_path
+
+    first = make_cluster(tmp_path / "n1")
+    sponsor = load_config(first.files.config)
+    join_cluster(issue_token(sponsor), tmp_path / "n2", node_id="n2",
+                 listen=f"127.0.0.1:{free_port(socket.SOCK_DGRAM)}",
+                 exchange=local_exchange(sponsor))
+    config, core, driver, server, _ = await _sponsor(first.files.config, tmp_path / "s.sock")
+    n2_config = load_config(tmp_path / "n2" / "onionmesh.toml")
+    keys = check_keys(n2_config, managed_tor=False)
+    clock = Clock()
+    core2 = MeshCore(mesh_config(n2_config), NodeIdentity(
+        "n2", keys.node.seed or b"", 100, eligible=False, address=n2_config.coordination.listen),
+        keys.cluster_secret, peer_seeds(n2_config), clock.now(), roster=keys.roster)
+    driver2 = MeshDriver(core2, clock, lambda event: None)
+    await driver2.start(n2_config.coordination.listen)
+    try:
+        _, role = join_onion_answer(driver, "n1", load_node_key(config).seed or b"",
+                                      now=clock.now, max_age=30.0)
+        assert role == "answers joins" and driver.relay_handler is not None
+        answer, role = join_onion_answer(driver2, "n2", keys.node.seed or b"",
+                                         now=clock.now, max_age=30.0)
+        assert role == "relays joins to the authority node"
+        token = decode_token(issue_token(config))
+        joiner = Joiner(token.join_seed, token.authority_key, "n9", os.urandom(32),
+                        clock.now(), entropy=os.urandom(64))
+        replies = await asyncio.wait_for(answer(joiner.request()), 20)
+        result = None
+        for reply in replies:
+            result = joiner.receive(reply, clock.now())
+        assert result is not None and "n9" in result.roster
+        assert core.roster is not None and "n9" in core.roster
+        assert [r.used_by is not None for r in TokenStore(tokens_path(config)).records()
+                ][-1]
+    finally:
+        await driver2.shutdown()
+        await server.close()
+        await driver.shutdown()

@@ -53,8 +53,6 @@ from onionmesh.mesh.events import (
     SteppedDown,
 )
 from onionmesh.mesh.identity import NodeIdentity
-from onionmesh.mesh.join_relay import JoinRelay, RelayIntake, relay_id_from
-from onionmesh.mesh.roster import Roster
 from onionmesh.metrics import NodeMetrics
 from onionmesh.node.advertise_filter import AdvertiseFilter
 from onionmesh.node.advertise_gate import GateEvent, GateEventKind
@@ -80,7 +78,7 @@ from onionmesh.node.errors import (
     TransportFailed,
 )
 from onionmesh.node.intro_feed import IntroFeed
-from onionmesh.node.join_relay_service import JoinRelayService, RelayAnswerer
+from onionmesh.node.join_relay_service import join_onion_answer
 from onionmesh.node.keyfiles import (
     ensure_private_dir,
     load_cluster_secrets,
@@ -115,7 +113,7 @@ from onionmesh.status_socket import StatusServer, StatusUnavailable, query_statu
 from onionmesh.tor.control import TorController
 from onionmesh.tor.control_protocol import ControlError, HsDescEvent
 from onionmesh.tor.intro_points import enable_events
-from onionmesh.transport.join_onion import JoinAnswer, JoinOnion, JoinOnionError
+from onionmesh.transport.join_onion import JoinOnion, JoinOnionError
 from onionmesh.transport.paths import FellBackToTor, PathEvent, WireGuardDown, WireGuardRestored
 from onionmesh.transport.tor_channel import TorChannelError, coordination_key
 from onionmesh.transport.udp import TransportError
@@ -364,39 +362,9 @@ class NodeDaemon:
         authority node answers joins there, every other member relays them to it."""
         driver = self.driver
         assert driver is not None
-        now = self.clock.now
-        max_age = self.config.coordination.datagram_max_age
-        handler = driver.join_handler
-        answer: JoinAnswer
-        if handler is not None:
-            def roster() -> Roster | None:
-                return driver.core.roster
-
-            answerer = RelayAnswerer(RelayIntake(self.config.node_id, node_seed,
-                                                 max_age=max_age), handler, roster, now)
-            driver.relay_handler = answerer.receive
-
-            async def answer_here(data: bytes) -> Sequence[bytes]:
-                replies = handler(data, "join onion")
-                driver.flush()  # an admitted node's entry is gossiped at once
-                return replies
-
-            answer = answer_here
-            role = "answers joins"
-        else:
-            def peers() -> dict[str, str]:
-                return {nid: view.address for nid, view in driver.core.peers().items()}
-
-            def send(data: bytes, address: str) -> bool:
-                return driver.transport is not None and driver.transport.send(data, address)
-
-            relay = JoinRelayService(
-                JoinRelay(self.config.node_id, node_seed,
-                          first_id=relay_id_from(os.urandom(16)), max_age=max_age),
-                peers=peers, roster=lambda: driver.core.roster, send=send, now=now)
-            driver.relay_handler = relay.receive
-            answer = relay.answer
-            role = "relays joins to the authority node"
+        answer, role = join_onion_answer(
+            driver, self.config.node_id, node_seed, now=self.clock.now,
+            max_age=self.config.coordination.datagram_max_age)
         # Without it the node serves on; joins still work directly (`join --via direct`).
         try:
             key, service_id = coordination_key(ensure_join_onion_key(self.config))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 
 from onionmesh.mesh.join_relay import (
@@ -28,8 +29,11 @@ from onionmesh.mesh.join_relay import (
     RelayedJoin,
     RelayExpired,
     RelayIntake,
+    relay_id_from,
 )
 from onionmesh.mesh.roster import Roster
+from onionmesh.node.mesh_driver import MeshDriver
+from onionmesh.transport.join_onion import JoinAnswer
 
 log = logging.getLogger("onionmesh.join")
 
@@ -138,3 +142,39 @@ class RelayAnswerer:
         replies = self._handle(got.request, f"{got.relay_node} (relay)")
         now = self._now()
         return [self.intake.seal_reply(got, reply, now) for reply in replies]
+
+
+def join_onion_answer(driver: MeshDriver, node_id: str, node_seed: bytes, *,
+                      now: Callable[[], float], max_age: float) -> tuple[JoinAnswer, str]:
+    """What this node's join onion answers with, wired to its mesh driver, and a word on
+    its role for the log. With a join handler (the authority key): the sponsor itself,
+    and relayed requests from the mesh go to it too; without: a relay to the node that
+    has it."""
+    handler = driver.join_handler
+
+    def roster() -> Roster | None:
+        return driver.core.roster
+
+    if handler is not None:
+        answerer = RelayAnswerer(RelayIntake(node_id, node_seed, max_age=max_age), handler,
+                                 roster, now)
+        driver.relay_handler = answerer.receive
+
+        async def answer_here(data: bytes) -> Sequence[bytes]:
+            replies = handler(data, "join onion")
+            driver.flush()  # an admitted node's entry is gossiped at once
+            return replies
+
+        return answer_here, "answers joins"
+
+    def peers() -> dict[str, str]:
+        return {nid: view.address for nid, view in driver.core.peers().items()}
+
+    def send(data: bytes, address: str) -> bool:
+        return driver.transport is not None and driver.transport.send(data, address)
+
+    relay = JoinRelayService(
+        JoinRelay(node_id, node_seed, first_id=relay_id_from(os.urandom(16)), max_age=max_age),
+        peers=peers, roster=roster, send=send, now=now)
+    driver.relay_handler = relay.receive
+    return relay.answer, "relays joins to the authority node"
