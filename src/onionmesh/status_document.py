@@ -214,6 +214,18 @@ class PeerPathStatus(_Section):
     tor_stream: TorStreamStatus | None = None
 
 
+class JoinOnionStatus(_Section):
+    """This node's join onion (node/join_relay_service.py): where `onionmesh join` reaches
+    it, and whether it answers joins (the authority node) or relays them."""
+
+    address: str
+    role: str  # answers | relays
+    streams_answered: int = 0  # join onion streams that got an answer
+    relayed: int = 0  # relays: answers passed back; the authority: relayed requests answered
+    relay_unanswered: int = 0  # relays: given up without an answer from the authority
+    relay_not_forwarded: int = 0  # relays: requests refused (bounds, not a join request)
+
+
 class CoordinationStatus(_Section):
     """The coordination link (``[wireguard]``): absent when the mesh runs over plain UDP."""
 
@@ -250,6 +262,7 @@ class StatusDocument(_Section):
     error: str | None = None  # the daemon could not build the rest (a bug; see its log)
     coordination: CoordinationStatus | None = None
     restricted_discovery: RestrictedDiscoveryStatus | None = None  # absent: no clients
+    join_onion: JoinOnionStatus | None = None  # absent: no roster, or no join onion
 
     @property
     def role(self) -> Role | None:

@@ -224,6 +224,13 @@ async def test_a_member_relays_the_join_while_the_authority_join_onion_is_down(
     # The relay said what it did, and the authority whose request it answered.
     assert "join request for n6 relayed to the authority n1: admitted" in n2.log_path.read_text()
     assert "join request for n6 relayed by n2" in n1.log_path.read_text()
+    # `onionmesh status` on each says so (the join onion section).
+    n2_doc, n1_doc = n2.status(), n1.status()
+    assert n2_doc is not None and n2_doc.join_onion is not None, n2_doc
+    assert (n2_doc.join_onion.address, n2_doc.join_onion.role) == (n2_onion, "relays")
+    assert n2_doc.join_onion.relayed >= 1, n2_doc.join_onion
+    assert n1_doc is not None and n1_doc.join_onion is not None, n1_doc
+    assert n1_doc.join_onion.role == "answers" and n1_doc.join_onion.relayed >= 1
     # The authority recorded the token as used on disk.
     used = [r for r in TokenStore(tokens_path(load_config(n1.config_path))).records()
             if r.used_by is not None]

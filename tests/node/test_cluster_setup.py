@@ -473,7 +473,7 @@ def test_tokens_name_every_members_join_onion_by_default(tmp_path: Path):
         onions[node_id] = ensure_join_onion_key(joined).onion_address  # the saved key
         assert (tmp_path / node_id / "state" / "join_onion.pem").stat().st_mode & 0o077 == 0
     roster = load_roster(first.files.roster)
-    assert {m.node_id: m.join_onion for m in roster.members()} == {"n1": "", **onions}
+    assert {m.node_id: m.join_onion for m in roster.members()} == {"n1": own, **onions}
     extra = Ed25519Identity.generate().onion_address
     token = decode_token(issue_token(config, bootstrap=[("x9", extra), ("n3", onions["n3"])]))
     assert token.bootstrap == [("n1", own), ("x9", extra), ("n3", onions["n3"]),

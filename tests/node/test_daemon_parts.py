@@ -205,8 +205,12 @@ def test_format_status_names_roles_peers_and_uploads():
         "plan": {"count": 3, "per_period": {"5": 3}, "left_out": {"6": ["n2"]}},
         "uploads": {"A" * 40: {"result": "failed", "reason": "UPLOAD_REJECTED", "age": 2.0}},
         "descriptor_age": None, "clock": {"verdict": "ok", "message": "clock OK"},
+        "join_onion": {"address": "j.onion", "role": "relays", "streams_answered": 3,
+                       "relayed": 2, "relay_unanswered": 1, "relay_not_forwarded": 0},
     }
     text = format_status(decode_status(doc))
+    assert "join onion j.onion: relays joins to the authority node (2 relayed, 1 without " \
+        "an answer, 0 not forwarded)" in text
     assert "role: publisher; publisher: n1 (term 3)" in text
     assert "n2" in text and "dead" in text
     assert "failed (UPLOAD_REJECTED)" in text

@@ -176,12 +176,13 @@ async def test_a_member_relays_a_join_to_the_authority_over_the_real_mesh(tmp_pa
     driver2 = MeshDriver(core2, clock, lambda event: None)
     await driver2.start(n2_config.coordination.listen)
     try:
-        _, role = join_onion_answer(driver, "n1", load_node_key(config).seed or b"",
-                                      now=clock.now, max_age=30.0)
-        assert role == "answers joins" and driver.relay_handler is not None
-        answer, role = join_onion_answer(driver2, "n2", keys.node.seed or b"",
-                                         now=clock.now, max_age=30.0)
-        assert role == "relays joins to the authority node"
+        here = join_onion_answer(driver, "n1", load_node_key(config).seed or b"",
+                                 now=clock.now, max_age=30.0)
+        assert here.role == "answers" and driver.relay_handler is not None
+        relaying = join_onion_answer(driver2, "n2", keys.node.seed or b"", now=clock.now,
+                                     max_age=30.0)
+        assert relaying.described == "relays joins to the authority node"
+        answer = relaying.answer
         token = decode_token(issue_token(config))
         joiner = Joiner(token.join_seed, token.authority_key, "n9", os.urandom(32),
                         clock.now(), entropy=os.urandom(64))
@@ -193,6 +194,11 @@ async def test_a_member_relays_a_join_to_the_authority_over_the_real_mesh(tmp_pa
         assert core.roster is not None and "n9" in core.roster
         assert [r.used_by is not None for r in TokenStore(tokens_path(config)).records()
                 ][-1]
+        # What `onionmesh status` shows on each (the join onion section).
+        assert relaying.status("x.onion", 1) == {
+            "address": "x.onion", "role": "relays", "streams_answered": 1, "relayed": 1,
+            "relay_unanswered": 0, "relay_not_forwarded": 0}
+        assert here.status("y.onion", 0)["relayed"] == 1
     finally:
         await driver2.shutdown()
         await server.close()

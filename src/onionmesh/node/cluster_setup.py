@@ -270,11 +270,15 @@ def init_cluster(root: Path, *, node_id: str = "n1", listen: str = "127.0.0.1:74
     # The WireGuard key and coordination onion are made now, whether or not [wireguard]
     # is enabled yet, so the signed roster entry names them from the start.
     coordination = new_coordination_keys()
+    # Its join onion in its entry too: should the authority key move to another node,
+    # that node's tokens name this one as a relay.
+    _refuse_existing([join_onion_key_path(config)])
+    join_onion = Ed25519Identity.generate()
     roster = Roster(authority.public_key)
     roster.merge_entry(authority.sign_entry(
         MemberEntry(node_id, node.public_key, True, int(time.time()),
                     coordination.wg_public_raw, coordination.onion_address,
-                    *entry_addresses(config))))
+                    *entry_addresses(config), join_onion.onion_address)))
     _prepare_dir(root)
     try:
         save_hidden_service_dir(master, files.master_dir)
@@ -282,6 +286,7 @@ def init_cluster(root: Path, *, node_id: str = "n1", listen: str = "127.0.0.1:74
         save_authority_key(files.authority_key, authority)
         save_roster(files.roster, roster)
         save_coordination_keys(config, coordination)
+        save_join_onion_key(config, join_onion)
     except (KeyFileError, RosterError, KeyCheckError) as exc:
         raise SetupError(str(exc)) from None
     write_cluster_secret(files.cluster_secret, new_cluster_secret())

@@ -78,7 +78,7 @@ from onionmesh.node.errors import (
     TransportFailed,
 )
 from onionmesh.node.intro_feed import IntroFeed
-from onionmesh.node.join_relay_service import join_onion_answer
+from onionmesh.node.join_relay_service import JoinOnionWiring, join_onion_answer
 from onionmesh.node.keyfiles import (
     ensure_private_dir,
     load_cluster_secrets,
@@ -143,6 +143,7 @@ class NodeDaemon:
         self.coordination_keys: CoordinationKeys | None = None
         self.link: CoordinationLink | None = None  # [wireguard] enabled: WireGuard + tor
         self.join_onion: JoinOnion | None = None  # on every member (relays, or answers)
+        self.join_wiring: JoinOnionWiring | None = None
         self.feed: IntroFeed | None = None
         self.advertising: AdvertiseFilter | None = None
         self.publisher_control: PublisherControl | None = None
@@ -362,9 +363,10 @@ class NodeDaemon:
         authority node answers joins there, every other member relays them to it."""
         driver = self.driver
         assert driver is not None
-        answer, role = join_onion_answer(
+        wiring = join_onion_answer(
             driver, self.config.node_id, node_seed, now=self.clock.now,
             max_age=self.config.coordination.datagram_max_age)
+        self.join_wiring = wiring
         # Without it the node serves on; joins still work directly (`join --via direct`).
         try:
             key, service_id = coordination_key(ensure_join_onion_key(self.config))
@@ -373,7 +375,7 @@ class NodeDaemon:
                       exc)
             return
         self.join_onion = JoinOnion(controller, key, unix_socket_path(self.config, "join"),
-                                    answer)
+                                    wiring.answer)
         try:
             await self.join_onion.start(service_id)
         except JoinOnionError as exc:
@@ -381,7 +383,7 @@ class NodeDaemon:
                       exc)
             self.join_onion = None
             return
-        log.info("join onion %s.onion: this node %s", service_id, role)
+        log.info("join onion %s.onion: this node %s", service_id, wiring.described)
 
     async def _start_link(self, controller: TorController, core: MeshCore) -> TransportOpener:
         """WireGuard up with a peer per roster member, the coordination onion on our tor;

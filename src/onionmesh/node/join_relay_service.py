@@ -16,9 +16,12 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from onionmesh.mesh.join_relay import (
     Forward,
@@ -126,6 +129,7 @@ class RelayAnswerer:
         self._handle = handle
         self._roster = roster
         self._now = now
+        self.answered = 0
 
     def receive(self, data: bytes, addr: str) -> list[bytes]:
         """A relayed join request: the sealed answer datagrams for the relay at ``addr``."""
@@ -140,16 +144,45 @@ class RelayAnswerer:
         assert isinstance(got, RelayedJoin)
         log.info("join request for %s relayed by %s", got.joiner or "?", got.relay_node)
         replies = self._handle(got.request, f"{got.relay_node} (relay)")
+        self.answered += 1
         now = self._now()
         return [self.intake.seal_reply(got, reply, now) for reply in replies]
 
 
+class JoinOnionRole(enum.StrEnum):
+    ANSWERS = "answers"  # holds the authority key: the sponsor itself
+    RELAYS = "relays"  # passes joins on to the node that holds it
+
+
+@dataclass(frozen=True)
+class JoinOnionWiring:
+    answer: JoinAnswer  # what the join onion answers a request with
+    role: JoinOnionRole
+    relay: JoinRelayService | None = None
+    answerer: RelayAnswerer | None = None
+
+    @property
+    def described(self) -> str:
+        return ("answers joins" if self.role is JoinOnionRole.ANSWERS
+                else "relays joins to the authority node")
+
+    def status(self, address: str, streams_answered: int) -> dict[str, Any]:
+        """The status document's ``join_onion`` section."""
+        doc: dict[str, Any] = {"address": address, "role": self.role,
+                               "streams_answered": streams_answered}
+        if self.relay is not None:
+            doc.update(relayed=self.relay.relayed, relay_unanswered=self.relay.expired,
+                       relay_not_forwarded=self.relay.relay.refused)
+        if self.answerer is not None:
+            doc["relayed"] = self.answerer.answered
+        return doc
+
+
 def join_onion_answer(driver: MeshDriver, node_id: str, node_seed: bytes, *,
-                      now: Callable[[], float], max_age: float) -> tuple[JoinAnswer, str]:
-    """What this node's join onion answers with, wired to its mesh driver, and a word on
-    its role for the log. With a join handler (the authority key): the sponsor itself,
-    and relayed requests from the mesh go to it too; without: a relay to the node that
-    has it."""
+                      now: Callable[[], float], max_age: float) -> JoinOnionWiring:
+    """What this node's join onion answers with, wired to its mesh driver. With a join
+    handler (the authority key): the sponsor itself, and relayed requests from the mesh
+    go to it too; without: a relay to the node that has it."""
     handler = driver.join_handler
 
     def roster() -> Roster | None:
@@ -165,7 +198,7 @@ def join_onion_answer(driver: MeshDriver, node_id: str, node_seed: bytes, *,
             driver.flush()  # an admitted node's entry is gossiped at once
             return replies
 
-        return answer_here, "answers joins"
+        return JoinOnionWiring(answer_here, JoinOnionRole.ANSWERS, answerer=answerer)
 
     def peers() -> dict[str, str]:
         return {nid: view.address for nid, view in driver.core.peers().items()}
@@ -177,4 +210,4 @@ def join_onion_answer(driver: MeshDriver, node_id: str, node_seed: bytes, *,
         JoinRelay(node_id, node_seed, first_id=relay_id_from(os.urandom(16)), max_age=max_age),
         peers=peers, roster=roster, send=send, now=now)
     driver.relay_handler = relay.receive
-    return relay.answer, "relays joins to the authority node"
+    return JoinOnionWiring(relay.answer, JoinOnionRole.RELAYS, relay=relay)

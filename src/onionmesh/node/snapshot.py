@@ -58,6 +58,9 @@ def build_snapshot(daemon: NodeDaemon) -> dict[str, Any]:
     if clients:
         doc["restricted_discovery"] = {"clients": len(clients),
                                        "fingerprint": client_set_fingerprint(clients)}
+    onion, wiring = daemon.join_onion, daemon.join_wiring
+    if onion is not None and onion.service_id is not None and wiring is not None:
+        doc["join_onion"] = wiring.status(onion.service_id + ".onion", onion.answered)
     if core is None:
         return doc
     leader = core.election.leader
@@ -181,6 +184,13 @@ def format_status(doc: StatusDocument) -> str:
     if restricted is not None:
         lines.append(f"restricted discovery: {restricted.clients} authorized client(s), key "
                      f"set {restricted.fingerprint} (the same on every node that may publish)")
+    join = doc.join_onion
+    if join is not None:
+        what = (f"relays joins to the authority node ({join.relayed} relayed, "
+                f"{join.relay_unanswered} without an answer, {join.relay_not_forwarded} "
+                "not forwarded)" if join.role == "relays" else
+                f"answers joins ({join.relayed} relayed by other members)")
+        lines.append(f"join onion {join.address}: {what}")
     lines.append(f"peers ({len(doc.peers)}):")
     for node_id, peer in doc.peers.items():
         lines.append(
