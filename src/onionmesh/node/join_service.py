@@ -1,7 +1,8 @@
 """The sponsor side of the join exchange: a running node that holds the authority key.
 
 ``JoinService.handle(data, addr)`` takes one join datagram, whatever carried it
-(UDP on the coordination port now, the tor channel later), and returns the
+(UDP on the coordination port, this node's join onion, or another member's join
+onion relaying it over the mesh: node/join_relay_service.py), and returns the
 datagrams to send back to the same place. The decisions are the pure
 ``mesh.join.JoinSponsor``'s; this shell only adds what needs I/O or a clock:
 

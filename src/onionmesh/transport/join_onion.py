@@ -11,7 +11,8 @@ frames its ``answer`` returns (accept + roster chunks, or a refusal) and
 closes. Nothing else is read: another frame kind, a second request, or nothing
 within ``REQUEST_TIMEOUT`` closes the stream; at most ``MAX_STREAMS`` streams are
 served at once. Whether to admit is not decided here (``JoinService`` on the
-node holding the authority key; ``JoinRelay`` on the other members).
+node holding the authority key; on the other members ``JoinRelayService`` passes
+the request to it over the mesh: node/join_relay_service.py).
 """
 
 from __future__ import annotations
