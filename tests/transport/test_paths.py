@@ -199,7 +199,8 @@ def test_timings_account_for_tor_round_trip() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["timer", "ack", "probe", "block", "hs"]),
+@given(st.lists(st.tuples(st.sampled_from(["timer", "ack", "probe", "block", "hs",
+                                                          "heard"]),
                           st.floats(0, 5), st.booleans()), max_size=80), st.booleans())
 def test_invariants_under_any_input_order(ops: list[tuple[str, float, bool]],
                                           enabled: bool) -> None:
@@ -219,6 +220,8 @@ def test_invariants_under_any_input_order(ops: list[tuple[str, float, bool]],
             sel.probe_received("b", bytes(8), Path.TOR if flag else Path.WIREGUARD)
         elif op == "hs":
             sel.handshake_seen("b", dt * 100, flag)
+        elif op == "heard":
+            sel.wireguard_heard("b" if flag else "zz", now)
         peer = sel.peers["b"]
         assert (peer.path is Path.TOR) == (peer.fallback_since is not None)
         assert enabled or peer.path is Path.WIREGUARD
@@ -286,3 +289,71 @@ def test_an_ack_later_than_the_probe_timeout_is_a_lost_probe() -> None:
     assert events[0][0] <= CFG.fallback_after + 0.1
     assert 40.0 < events[1][0] < 40.0 + CFG.backoff_cap * (1 + CFG.jitter) + 1
     assert slow_rtt > CFG.probe_timeout  # the status shows the latency
+
+
+def _on_tor_after_long_backoff(seed: int = 6) -> tuple[PathSelector, float, list[float]]:
+    """A selector whose peer b went silent at 0 and is on tor, backed off to the cap."""
+    sel = PathSelector(CFG, 0.0, random.Random(seed))
+    sel.set_peers(["b"], 0.0)
+    probes: list[float] = []
+    now = 0.0
+    while now < 120.0:
+        now = round(now + 0.05, 6)
+        timer = sel.get_timer()
+        if timer is not None and now >= timer:
+            sel.handle_timer(now)
+        probes += [now for a in sel.actions()
+                   if isinstance(a, SendProbe) and a.path is Path.WIREGUARD]
+    assert sel.path_for("b") is Path.TOR and sel.peers["b"].backoff == CFG.backoff_cap
+    sel.events()
+    return sel, now, probes
+
+
+def test_a_peer_delivering_over_wireguard_again_is_reprobed_at_once() -> None:
+    """Its daemon restarted (or its port unblocked): the first frame it sends over
+    WireGuard makes us probe at once rather than after up to ``backoff_cap``, and the
+    ACK brings it back to WireGuard; the backoff starts over if that probe is lost."""
+    sel, now, _ = _on_tor_after_long_backoff()
+    assert sel.get_timer() is not None and sel.peers["b"].next_wg_probe > now + 1
+    sel.wireguard_heard("b", now)
+    (probe,) = [a for a in sel.actions() if a.path is Path.WIREGUARD]
+    assert isinstance(probe, SendProbe)
+    assert sel.peers["b"].next_wg_probe <= now + CFG.probe_interval * (1 + CFG.jitter)
+    sel.ack_received("b", probe.nonce, Path.WIREGUARD, now + 0.01)
+    (restored,) = sel.events()
+    assert isinstance(restored, WireGuardRestored) and sel.path_for("b") is Path.WIREGUARD
+
+    sel, now, _ = _on_tor_after_long_backoff()
+    sel.wireguard_heard("b", now)  # this probe is lost: the next one a backoff step later
+    assert len(sel.actions()) == 1
+    assert sel.peers["b"].backoff == CFG.probe_interval
+
+
+def test_steady_wireguard_frames_prompt_no_probes_beyond_the_backoff() -> None:
+    """Our WireGuard to b is lost while b's to us delivers steadily: one prompted probe
+    at the first frame after the fallback, then only the backoff's."""
+    sel = PathSelector(CFG, 0.0, random.Random(8))
+    sel.set_peers(["b"], 0.0)
+    probes: list[float] = []
+    now = 0.0
+    while now < 200.0:
+        now = round(now + 0.05, 6)
+        if round(now * 20) % 10 == 0:  # a frame from b over WireGuard every 0.5 s
+            sel.wireguard_heard("b", now)
+        timer = sel.get_timer()
+        if timer is not None and now >= timer:
+            sel.handle_timer(now)
+        probes += [now for a in sel.actions()
+                   if isinstance(a, SendProbe) and a.path is Path.WIREGUARD]
+    fell = sel.peers["b"].fallback_since
+    assert sel.path_for("b") is Path.TOR and fell is not None
+    after = [t for t in probes if t >= fell]
+    # at the fallback, one prompted by b's next frame, then a doubling backoff to the cap
+    assert after[1] - after[0] <= 0.5 + 0.05, after
+    gaps = [b - a for a, b in itertools.pairwise(after[1:])]
+    assert len(gaps) >= 6
+    for i, gap in enumerate(gaps):
+        base = min(CFG.backoff_cap, CFG.probe_interval * 2 ** i)
+        assert base * (1 - CFG.jitter) - 0.1 <= gap <= base * (1 + CFG.jitter) + 0.1, (i, after)
+    sel.wireguard_heard("zz", now)  # not a peer: nothing
+    assert sel.actions() == []

@@ -13,7 +13,8 @@ in the core whichever way their datagrams travel. Decisions are the sans-IO
 
 Path changes are logged in the selector's words and handed to ``on_path_event`` (the
 daemon turns them into alerts). On a switch to tor the last mesh datagram sent to
-that peer is sent again over tor at once (see paths.py). With a ``WireGuardManager``
+that peer is sent again over tor at once, and on the return to WireGuard over WireGuard
+(see paths.py). With a ``WireGuardManager``
 the interface is repaired every ``repair_interval`` seconds and the peers' handshake
 ages feed the selector.
 """
@@ -36,6 +37,7 @@ from onionmesh.transport.paths import (
     PathSelector,
     SendAck,
     SendProbe,
+    WireGuardRestored,
 )
 from onionmesh.transport.tor_channel import TorChannel, TorPeer
 from onionmesh.transport.udp import UdpTransport, split_address
@@ -144,6 +146,11 @@ class MultipathTransport:
             self.dropped += 1
             return
         node_id = self._by_ip.get(host)
+        if node_id is not None:
+            # On tor, the peer's tunnel delivering again prompts a re-probe at once
+            # (paths.py); sent before the core answers this datagram.
+            self.selector.wireguard_heard(node_id, self._clock())
+            self._drain()
         if frame.kind is FrameKind.MESH:
             self.received[Path.WIREGUARD] += 1
             self._on_datagram(frame.payload, addr)
@@ -178,10 +185,15 @@ class MultipathTransport:
                 self._send_frame(action.node_id, Frame(kind, action.nonce), action.path)
         for event in self.selector.events():
             log.warning("%s", event.message)
-            if isinstance(event, FellBackToTor) and event.node_id in self._last_mesh \
+            last = self._last_mesh.get(event.node_id)
+            if isinstance(event, FellBackToTor) and last is not None \
                     and self.channel is not None:
-                self.channel.send(event.node_id,
-                                  Frame(FrameKind.MESH, self._last_mesh[event.node_id]))
+                self.channel.send(event.node_id, Frame(FrameKind.MESH, last))
+            elif isinstance(event, WireGuardRestored) and last is not None \
+                    and event.node_id in self._peers:
+                # What we last sent went over tor, which may not have delivered (a
+                # restarted peer's re-created onion): again over the tunnel that does.
+                self._send_wg(Frame(FrameKind.MESH, last), self._peers[event.node_id].address)
             if self._on_path_event is not None:
                 try:
                     self._on_path_event(event)

@@ -14,7 +14,15 @@ Per peer:
 * TOR: WireGuard is re-probed with exponential backoff (``probe_interval`` doubling up
   to ``backoff_cap``) and jitter (+-``jitter`` of each delay, so peers blocked together
   do not probe in lockstep). The first WireGuard ACK moves the peer back. Tor itself is
-  probed every ``probe_interval`` too, to measure its round trip.
+  probed every ``probe_interval`` too, to measure its round trip. When the peer's
+  WireGuard starts delivering to us again (the first frame over WireGuard after we fell
+  back, or after ``fallback_after`` of WireGuard silence: its daemon restarted, its
+  tunnel unblocked) we re-probe at once and restart the backoff instead of waiting
+  out a delay of up to ``backoff_cap``: a restarted peer reaches us over WireGuard at
+  once while our tor stream to its re-created coordination onion may take long to
+  connect, and it must hear the publisher before its start-up listen window ends. A
+  peer whose WireGuard delivers to us steadily while ours to it stays lost prompts
+  no probes beyond the backoff (the edge, not every frame, prompts one).
 With the fallback disabled the peer stays on WIREGUARD (then a blocked tunnel is a
 dead peer, as configured) and probes still measure the tunnel.
 
@@ -159,6 +167,7 @@ class PeerPath:
     next_wg_probe: float = 0.0
     next_tor_probe: float = 0.0
     backoff: float = 0.0
+    last_wg_heard: float | None = None  # the peer's last frame over WireGuard
     rtt: dict[Path, float] = field(default_factory=dict)  # smoothed, seconds
     outstanding: dict[bytes, tuple[Path, float]] = field(default_factory=dict)
     fallbacks: int = 0
@@ -227,17 +236,22 @@ class PathSelector:
                 if reason is not None:
                     self._on_wg_failing(peer, reason, now)
             if now >= peer.next_wg_probe:
-                self._probe(peer, Path.WIREGUARD, now)
-                if peer.path is Path.WIREGUARD:
-                    peer.next_wg_probe = now + cfg.probe_interval
-                else:
-                    peer.backoff = min(cfg.backoff_cap, max(cfg.probe_interval,
-                                                            peer.backoff * 2))
-                    spread = peer.backoff * cfg.jitter
-                    peer.next_wg_probe = now + peer.backoff + self._rng.uniform(-spread, spread)
+                self._probe_wg(peer, now)
             if peer.path is Path.TOR and now >= peer.next_tor_probe:
                 self._probe(peer, Path.TOR, now)
                 peer.next_tor_probe = now + cfg.probe_interval
+
+    def _probe_wg(self, peer: PeerPath, now: float) -> None:
+        """A WireGuard probe now; the next one after ``probe_interval`` (on WireGuard) or
+        after the next backoff delay with jitter (on tor)."""
+        cfg = self.config
+        self._probe(peer, Path.WIREGUARD, now)
+        if peer.path is Path.WIREGUARD:
+            peer.next_wg_probe = now + cfg.probe_interval
+            return
+        peer.backoff = min(cfg.backoff_cap, max(cfg.probe_interval, peer.backoff * 2))
+        spread = peer.backoff * cfg.jitter
+        peer.next_wg_probe = now + peer.backoff + self._rng.uniform(-spread, spread)
 
     def _wg_failing(self, peer: PeerPath, now: float) -> str | None:
         if now >= self._fallback_deadline(peer):
@@ -277,6 +291,25 @@ class PathSelector:
                 del peer.outstanding[nonce]
 
     # ---- inputs ----
+    def wireguard_heard(self, node_id: str, now: float) -> None:
+        """A frame (mesh datagram, probe or ACK) from ``node_id`` arrived over WireGuard.
+
+        On tor, the first such frame after the fallback or after ``fallback_after`` of
+        WireGuard silence means the peer's tunnel delivers to us again (a restarted
+        daemon, an unblocked port): re-probe at once with the backoff restarted."""
+        peer = self.peers.get(node_id)
+        if peer is None:
+            return
+        self._now = max(self._now, now)
+        last, peer.last_wg_heard = peer.last_wg_heard, now
+        if peer.path is not Path.TOR:
+            return
+        since = peer.fallback_since if peer.fallback_since is not None else now
+        if last is not None and last > since and now - last < self.config.fallback_after:
+            return  # it has been delivering all along: the backoff goes on
+        peer.backoff = 0.0
+        self._probe_wg(peer, now)
+
     def probe_received(self, node_id: str, nonce: bytes, path: Path) -> None:
         """Answer on the path it came in on (only for known peers)."""
         if node_id in self.peers and len(nonce) == NONCE_BYTES:
