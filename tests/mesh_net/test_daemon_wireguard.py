@@ -10,7 +10,10 @@ whole): 4, 200 ms and 1 s added latency with 10 % loss on host 3's tunnel (no fa
 death, the same publisher and term) and latency past the tolerance (on tor, as
 configured); 5, a node with an offset clock (the ``ONIONMESH_CLOCK_OFFSET`` test hook):
 within the tolerance a member like any other, past it held back by its peers' median
-(docs/scenarios.md §8). All at the shipped default timings (the clock test sets
+(docs/scenarios.md §8); 1, a node's daemon SIGKILLed: the others go on with one publisher
+and its intro points leave what the HSDirs serve within the configured removal bound
+(§1); 3, that daemon restarted from its state on disk knows the roster and every peer at
+once and is served again (§4). All at the shipped default timings (the clock test sets
 one node's clock tolerance). Faults land at a random moment (a random pause of up to one
 heartbeat before each)."""
 
@@ -34,7 +37,7 @@ from onionmesh.testnet.nodes import run_coroutine
 from onionmesh.tor.control import TorController
 from onionmesh.tor.intro_points import read_own_descriptor
 from onionmesh.transport.paths import PathConfig
-from tests.cluster.helpers import fetched_intro_keys
+from tests.cluster.helpers import fetched_intro_keys, removal_bound_of, uploads_after
 
 pytestmark = [pytest.mark.netns, pytest.mark.tor, pytest.mark.tornet, pytest.mark.slow]
 
@@ -331,6 +334,129 @@ def test_clock_offset_within_and_past_the_tolerance(daemonlab: DaemonLab) -> Non
         time.sleep(0.5)  # sampling period of the invariant check
     assert doc.clock.offset_hint is not None and abs(doc.clock.offset_hint - 5.0) < 2.0
     assert leaders(lab) == {leader}
+
+
+def test_killed_daemon_leaves_the_served_descriptor_and_restarts_knowing_every_peer(
+        daemonlab: DaemonLab, tornet: TorNetwork) -> None:
+    """Scenario 1: SIGKILL a standby's daemon (its tor runs on, so only the mesh can take
+    its intro points out): the others declare it dead, keep their one publisher and
+    term, and the publisher's upload drops its intro points from what a client fetches
+    from the HSDirs within the configured removal bound. Scenario 3: restarted, the
+    daemon reads its state from disk (signed roster, keys): its first status with a
+    mesh lists every member as a peer and as a WireGuard peer, before a heartbeat
+    round trip could have taught it; it rejoins and its intro points are served again."""
+    lab = daemonlab
+    lab.wait_until(lambda: all_alive(lab) and one_leader(lab), 180,
+                   "all alive, one publisher")
+    (leader,) = leaders(lab)
+    publisher = int(str(leader[0]).removeprefix("n"))
+    victim = min(i for i in NODES if i != publisher)
+    others = tuple(i for i in NODES if i != victim)
+    client = tornet.add_client(f"{lab.lab.prefix}k")
+    try:
+        victim_keys: set[bytes] = set()
+
+        def served_now() -> bool:
+            victim_keys.update(run_coroutine(_node_keys(lab, victim, client), timeout=90))
+            try:
+                return bool(victim_keys & served_keys(lab, client))
+            except OnionmeshError:
+                return False  # a fetch tor never launched (HSDirs rate-limited): again
+
+        lab.wait_until(served_now, 240, f"n{victim}'s intro points served", 3.0)
+
+        random_moment(f"SIGKILL n{victim}")
+        killed_at, killed = time.time(), time.monotonic()
+        lab.kill_node(victim)
+        bound = removal_bound_of(lab.hosts[publisher].config_path)
+
+        def dropped() -> bool:
+            doc = lab.status(publisher)
+            assert leaders(lab, others) == {leader}, leaders(lab, others)
+            return (doc is not None and f"n{victim}" not in doc.carried_nodes()
+                    and uploads_after(doc, killed_at)[0] > 0)
+
+        lab.wait_until(dropped, bound, f"n{victim} out of the plan, uploaded")
+        assert all(states(lab)[i][f"n{victim}"] is PeerState.DEAD for i in others)
+
+        def gone() -> bool:
+            assert leaders(lab, others) == {leader}, leaders(lab, others)
+            try:
+                return not victim_keys & served_keys(lab, client)
+            except OnionmeshError:
+                return False  # a fetch tor never launched (HSDirs rate-limited): again
+
+        lab.wait_until(gone, max(1.0, bound - (time.monotonic() - killed)),
+                       f"n{victim}'s intro points no longer served", 2.0)
+        removed = time.monotonic() - killed
+        assert lab.status(publisher) is not None  # the others went on
+
+        # Restart: what it knows before it hears anyone.
+        from onionmesh.config import load_config
+        from onionmesh.node.coordination_keys import load_coordination_keys
+
+        keys = {i: load_coordination_keys(load_config(lab.hosts[i].config_path))
+                .wireguard.public_key for i in others}
+        interface = str(load_config(lab.hosts[victim].config_path).wireguard.interface)
+        # Its peers fell back to tor when its tunnel went with it and re-probe WireGuard
+        # with backoff, by now up to backoff_cap (60 s, +-20 %) apart.
+        assert all(lab.path(i, victim) == "tor" for i in others), death_lines(lab)
+        claims_before = lab.log_text(victim).count("Became publisher")
+        lab.start_node(victim)
+        started = time.monotonic()
+        first: list = []
+
+        def mesh_up() -> bool:
+            # The mesh's transport is up (the path views exist once it is).
+            doc = lab.status(victim)
+            if doc is None or doc.cluster is None or doc.coordination is None \
+                    or not doc.coordination.peers:
+                return False
+            first.append((time.monotonic() - started, doc))
+            return True
+
+        lab.wait_until(mesh_up, 120, f"n{victim}'s first status with a mesh", 0.1)
+        at, doc = first[0]
+        names = {f"n{i}" for i in others}
+        print(f"restart: mesh status after {at:.1f} s, peers "
+              f"{ {n: p.state.value for n, p in doc.peers.items()} }")
+        assert set(doc.peers) == names, doc.peers
+        assert set(doc.coordination.peers) == names, doc.coordination.peers
+        assert doc.coordination.missing_peers == [], doc.coordination.missing_peers
+        wg_peers = lab.lab.run(victim, ["wg", "show", interface, "peers"])
+        assert all(keys[i] in wg_peers for i in others), wg_peers
+        # Its first frames over WireGuard make its peers re-probe at once (paths.py), not
+        # at their next backoff step: every path on WireGuard within one heartbeat of
+        # its mesh being up, plus 5 s for a loaded machine (the backoff alone: <= 72 s).
+        lab.wait_until(lambda: all_paths(lab, "wireguard"), DEFAULTS.heartbeat_interval + 5,
+                       "every path back on WireGuard", 0.2)
+        on_wg = time.monotonic() - started
+        # Its start-up listen window (lease + grace from its core's start, which is at
+        # most its mesh being up) and a heartbeat more: it hears the publisher over
+        # WireGuard and claims nothing; the others keep their publisher and term.
+        window_end = started + at + DEFAULTS.lease_duration + DEFAULTS.lease_grace \
+            + DEFAULTS.heartbeat_interval
+        while time.monotonic() < window_end:
+            assert leaders(lab, others) == {leader}, (leaders(lab), death_lines(lab))
+            mine = lab.status(victim)
+            assert mine is None or mine.cluster is None \
+                or mine.cluster.publisher != f"n{victim}", (leaders(lab), death_lines(lab))
+            time.sleep(0.5)  # sampling period of the invariant check
+        assert leaders(lab) == {leader}, (leaders(lab), death_lines(lab))
+        # Rejoins: alive everywhere, the same publisher and term, served again (the
+        # recovery republish: one heartbeat to be heard, min_publish_interval, uploads).
+        lab.wait_until(lambda: all_alive(lab), 60, f"n{victim} alive again")
+        assert leaders(lab) == {leader}
+        lab.wait_until(served_now, 120, f"n{victim}'s intro points served again", 3.0)
+        served = time.monotonic() - started
+        assert leaders(lab) == {leader}
+        assert lab.log_text(victim).count("Became publisher") == claims_before
+        assert all_paths(lab, "wireguard"), death_lines(lab)  # the next tests need it whole
+        print(f"kill -> intro points gone in {removed:.1f} s (bound {bound:.0f} s); "
+              f"restart -> every path on WireGuard in {on_wg:.1f} s, served again in "
+              f"{served:.1f} s")
+    finally:
+        client.stop()
 
 
 def test_a_removed_member_loses_its_wireguard_peer(daemonlab: DaemonLab) -> None:
