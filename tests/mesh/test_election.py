@@ -308,3 +308,25 @@ def test_woken_standby_moves_the_leaders_renewal_and_holds_off():
     assert e.leader is not None and e.leader.renewed_at == 70.0
     assert e.free_at() == 70.0 + LISTEN
 
+
+
+def test_the_start_up_listen_window_counts_from_the_transport_being_up():
+    """A start that spends a while before it can hear (WireGuard set-up, the coordination
+    onion) still listens a full lease + grace once datagrams can reach it."""
+    from onionmesh.mesh.core import MeshCore
+
+    from .netloop import SECRET
+
+    core = MeshCore(CFG, identity("b"), SECRET, [], 100.0)
+    assert core.election.free_at() == 100.0 + LISTEN
+    core.transport_up(104.0)
+    assert core.election.free_at() == 104.0 + LISTEN
+    claimed = None
+    while claimed is None:
+        now = core.get_timer()
+        assert now is not None and now < 200
+        core.handle_timer(now)
+        claimed = now if core.is_publisher else None
+    assert claimed == 104.0 + LISTEN  # nobody heard: alone, it claims, no earlier
+    core.transport_up(50.0)  # never moves the window back
+    assert core.election.started_at == 104.0

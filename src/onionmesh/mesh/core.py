@@ -353,6 +353,14 @@ class MeshCore:
 
     # ------------------------------------------------------------------ inputs
 
+    def transport_up(self, now: float) -> None:
+        """The shell's transport is open: peers' datagrams can reach us from ``now``.
+
+        The start-up listen window (lease + grace before any claim) counts from here,
+        so what a start spends before the node can hear (setting up WireGuard, the
+        coordination onion) does not shorten it."""
+        self.election.started_at = max(self.election.started_at, now)
+
     def receive_datagram(self, data: bytes, addr: str, now: float) -> None:
         """Authenticate and apply one datagram; never raises for bad input."""
         if self._shut_down:

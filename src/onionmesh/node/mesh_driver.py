@@ -63,6 +63,7 @@ class MeshDriver:
         """Open the transport (UDP, or e.g. WireGuard+tor via ``open_transport``) and go."""
         opener = open_transport or UdpTransport.open
         self.transport = await opener(listen, self._on_datagram)
+        self.core.transport_up(self.clock.now())  # the listen window starts now
         self.flush()  # the core's Join, queued at construction: peer discovery at once
         self._task = asyncio.create_task(self._timer_loop(), name="mesh-timers")
 
