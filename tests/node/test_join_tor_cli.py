@@ -15,6 +15,7 @@ import pytest
 
 from onionmesh.config import load_config
 from onionmesh.node.cluster_setup import issue_token, parse_bootstrap
+from onionmesh.node.commands import socks_target
 from onionmesh.node.coordination_keys import ensure_join_onion_key
 from onionmesh.node.errors import SetupError, TokenError
 from onionmesh.node.join_tokens import JoinTokenBody, decode_token, encode_token
@@ -108,3 +109,45 @@ def test_an_older_token_without_bootstrap_peers_still_decodes() -> None:
 def test_bad_bootstrap_peers_are_named(item: str, problem: str) -> None:
     with pytest.raises((SetupError, TokenError), match=problem):
         parse_bootstrap([item])
+
+
+@pytest.mark.parametrize("text, target", [
+    ("127.0.0.1:9050", ("127.0.0.1", 9050)), ("[::1]:9150", ("::1", 9150)),
+    ("unix:/run/tor/socks", "/run/tor/socks"), ("/run/tor/socks", "/run/tor/socks"),
+    ("./socks.sock", "./socks.sock"),
+])
+def test_tor_socks_values(text: str, target: object) -> None:
+    assert socks_target(text) == target
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("9050", "expected HOST:PORT, unix:/path"), ("localhost", "expected HOST:PORT"),
+    (":9050", "expected HOST:PORT"), ("127.0.0.1:0", "expected HOST:PORT"),
+    ("127.0.0.1:65536", "expected HOST:PORT"), ("run/tor/socks", "expected HOST:PORT"),
+    ("unix:", "no socket path"), ("unix:/" + "s" * 120, "at most 107 bytes"),
+])
+def test_bad_tor_socks_values_are_named(text: str, problem: str) -> None:
+    with pytest.raises(SetupError, match=problem):
+        socks_target(text)
+
+
+def test_a_bad_tor_socks_value_fails_cleanly_before_any_file(tmp_path: Path) -> None:
+    config = load_config(make_cluster(tmp_path / "n1").files.config)
+    done = onionmesh("join", "--dir", str(tmp_path / "n2"), "--node-id", "n2",
+                     "--listen", "127.0.0.1:7444", "--tor-socks", "unix:",
+                     stdin=issue_token(config))
+    assert done.returncode != 0
+    assert "--tor-socks 'unix:': no socket path" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "n2").exists()
+
+
+def test_a_unix_socket_with_no_tor_is_named(tmp_path: Path) -> None:
+    config = load_config(make_cluster(tmp_path / "n1").files.config)
+    path = tmp_path / "socks.sock"  # no tor made it
+    done = onionmesh("join", "--dir", str(tmp_path / "n2"), "--node-id", "n2",
+                     "--listen", "127.0.0.1:7444", "--tor-socks", f"unix:{path}",
+                     stdin=issue_token(config))
+    assert done.returncode != 0
+    assert f"no tor SOCKS port at {path}" in done.stderr, done.stderr
+    assert not (tmp_path / "n2").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -88,9 +89,11 @@ def add_node_parsers(subparsers: argparse._SubParsersAction) -> None:
                       help="reach the cluster through tor (the token's join onions; the default "
                            "when the token names any) or directly at the inviter's "
                            "coordination address (UDP; the default for older tokens)")
-    join.add_argument("--tor-socks", default="127.0.0.1:9050", metavar="HOST:PORT|PATH",
+    join.add_argument("--tor-socks", default="127.0.0.1:9050",
+                      metavar="HOST:PORT|unix:PATH|PATH",
                       help="the tor SOCKS port the join goes through (default 127.0.0.1:9050, "
-                           "the system tor; a unix socket path works too)")
+                           "the system tor); a unix socket as torrc writes it "
+                           "(SocksPort unix:/run/tor/socks) or as an absolute or ./ path")
     join.add_argument("--known-peer", action="append", default=[], metavar="ID@ONION",
                       help="another member's join onion to try after the token's (repeatable)")
     join.add_argument("--attempts", type=int, default=8,
@@ -336,7 +339,7 @@ def _join(args: argparse.Namespace) -> int:
         progress.setLevel(logging.INFO)
         progress.addHandler(logging.StreamHandler(sys.stderr))
         exchange = tor_exchange(
-            _socks_target(args.tor_socks), known_peers=parse_bootstrap(args.known_peer),
+            socks_target(args.tor_socks), known_peers=parse_bootstrap(args.known_peer),
             retry=_retry_config(args))
     result = join_cluster(
         token, args.dir, node_id=args.node_id, listen=args.listen, advertise=args.advertise,
@@ -352,15 +355,22 @@ def _join(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _socks_target(text: str) -> tuple[str, int] | str:
-    """``--tor-socks``: HOST:PORT, or a unix socket path (starts with / or .)."""
-    from onionmesh.node.errors import SetupError
-
-    if text.startswith(("/", ".")):
-        return text
+def socks_target(text: str) -> tuple[str, int] | str:
+    """``--tor-socks``: HOST:PORT, or a unix socket: ``unix:PATH`` (torrc's own spelling)
+    or a path starting with / or ."""
+    expected = "expected HOST:PORT, unix:/path/to/socket or a socket path"
+    path = text.removeprefix("unix:")
+    if path != text or text.startswith(("/", ".")):
+        if not path:
+            raise SetupError(f"--tor-socks {text[:80]!r}: no socket path ({expected})")
+        # sun_path holds 107 bytes and a terminating NUL.
+        if len(os.fsencode(path)) > 107:
+            raise SetupError(f"--tor-socks {text[:80]!r}: a unix socket path is at most "
+                             "107 bytes")
+        return path
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise SetupError(f"--tor-socks {text[:80]!r}: expected HOST:PORT or a socket path")
+    if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SetupError(f"--tor-socks {text[:80]!r}: {expected}")
     return host.strip("[]"), int(port)
 
 
