@@ -11,6 +11,12 @@ also holds the node's own onion service (its HiddenServiceDir set over the contr
 port); the service's backend runs in the root namespace, so the node's own service
 check is off (``[health] check = "none"``). Status comes from each node's status
 socket, as ``onionmesh status`` reads it.
+
+``DaemonLab(tornet, 4, nodes=3)`` makes a fourth host with no node: a new machine.
+``add_host(4)`` gives it its tor; the test makes its node as an operator does
+(``onionmesh add-node`` on n1, ``onionmesh join`` in host 4's namespace, see ``cli``),
+then ``adopt_node(4)`` points the joined config at the lab's tor and serves the node's
+own service, and ``start_node(4)`` runs it.
 """
 
 from __future__ import annotations
@@ -86,10 +92,14 @@ async def _serve_node_service(tor: TorClient, hs_dir: Path, backend_port: int) -
 
 
 class DaemonLab:
-    def __init__(self, tornet: TorNetwork, n_hosts: int = 3, *,
+    def __init__(self, tornet: TorNetwork, n_hosts: int = 3, *, nodes: int | None = None,
                  settings: dict[str, dict[str, Any]] | None = None, tag: str = "dl") -> None:
+        """``nodes``: how many of the hosts get a node at ``start`` (hosts 1..nodes;
+        default all); the others are empty machines for ``add_host``."""
         self.tornet = tornet
-        self.n = n_hosts
+        self.n = n_hosts if nodes is None else nodes
+        if not 1 <= self.n <= n_hosts:
+            raise ValueError(f"nodes must be 1-{n_hosts}, not {nodes}")
         self.settings = settings or {}
         self.lab = HostLab(n_hosts, tag)
         self.root = Path(tempfile.mkdtemp(prefix=f"om{tag}"))
@@ -112,47 +122,49 @@ class DaemonLab:
 
     def _settings(self, i: int, sockets: Path) -> dict[str, dict[str, Any]]:
         others = [j for j in range(1, self.n + 1) if j != i]
-        settings: dict[str, dict[str, Any]] = {
+        settings = self._host_settings(i, sockets)
+        settings["coordination"] = {"peers": [f"n{j}@{TUNNEL.format(j)}:{MESH_PORT}"
+                                              for j in others]}
+        settings["wireguard"].update({
+            "enabled": True, "address": f"{TUNNEL.format(i)}/24", "listen_port": WG_PORT,
+            # Signed into the node's roster entry by init/join: the WireGuard peers
+            # come from the roster, no [wireguard] peers lines.
+            "endpoint": f"{self.lab.ip(i)}:{WG_PORT}",
+        })
+        for section, keys in self.settings.items():
+            settings.setdefault(section, {}).update(keys)
+        return settings
+
+    def _host_settings(self, i: int, sockets: Path) -> dict[str, dict[str, Any]]:
+        """What the lab's host ``i`` needs in any node's config there: its tor (unix
+        sockets), its service key directory, a machine-wide unique WireGuard interface
+        name, no own service check, the alert file, no NTP daemon."""
+        return {
             "tor": {"managed": False, "control_socket": str(sockets / "control.sock"),
                     "socks_socket": str(sockets / "socks.sock")},
             "service": {"key_dir": str(sockets / "hs")},
-            "coordination": {"peers": [f"n{j}@{TUNNEL.format(j)}:{MESH_PORT}"
-                                       for j in others]},
-            "wireguard": {
-                "enabled": True, "address": f"{TUNNEL.format(i)}/24",
-                "interface": self.lab.iface(i), "listen_port": WG_PORT,
-                # Signed into the node's roster entry by init/join: the WireGuard peers
-                # come from the roster, no [wireguard] peers lines.
-                "endpoint": f"{self.lab.ip(i)}:{WG_PORT}",
-            },
+            "wireguard": {"interface": self.lab.iface(i)},
             "health": {"check": "none"},
             # Every alert appended to <node dir>/alerts.jsonl (the alert hook's JSON).
             "alerts": {"command": [sys.executable, "-c", _ALERT_SCRIPT,
                                    str(self.root / f"n{i}" / "alerts.jsonl")]},
             "resilience": {"require_ntp_sync": False},
         }
-        for section, keys in self.settings.items():
-            settings.setdefault(section, {}).update(keys)
-        return settings
 
     def _make_hosts(self) -> None:
-        from onionmesh.crypto.keys import save_hidden_service_dir
         from onionmesh.node.cluster_setup import (
             init_cluster,
             issue_token,
             join_cluster,
             local_exchange,
         )
-        from onionmesh.node.keyfiles import load_node_key, status_socket_path
 
         first_key: Path | None = None
         for i in range(1, self.n + 1):
             node_id = f"n{i}"
-            sockets = self.root / f"h{i}"
-            sockets.mkdir(mode=0o700)
-            tor = self.tornet.add_client(f"{self.lab.prefix}h{i}")  # unique per lab
-            run_coroutine(unix_ports(tor, sockets), timeout=60)
-            host = DaemonHost(i, node_id, tor, sockets, self.root / node_id, _free_tcp_port())
+            host = self._new_host(i)
+            self.hosts[i] = host  # from now on ``stop`` stops its tor
+            sockets = host.sockets
             listen = f"{TUNNEL.format(i)}:{MESH_PORT}"
             ports = [f"80 127.0.0.1:{host.backend_port}"]
             settings = self._settings(i, sockets)
@@ -166,16 +178,60 @@ class DaemonLab:
                 join_cluster(issue_token(sponsor), host.root, node_id=node_id, listen=listen,
                              master_key=first_key, service_ports=ports, settings=settings,
                              exchange=local_exchange(sponsor))
-            config = load_config(host.config_path)
-            host.status_socket = status_socket_path(config)
-            # The node's own service lives in this host's tor, under the node key.
-            save_hidden_service_dir(load_node_key(config), sockets / "hs")
-            write_ob_config(sockets / "hs", self.master_address)  # OnionbalanceInstance
-            run_coroutine(_serve_node_service(tor, sockets / "hs", host.backend_port),
-                          timeout=60)
-            host.backend = start_backend_process(node_id, host.backend_port,
-                                                 host.root / "backend.log")
-            self.hosts[i] = host
+            self._serve_node(host)
+
+    def _new_host(self, i: int) -> DaemonHost:
+        sockets = self.root / f"h{i}"
+        sockets.mkdir(mode=0o700)
+        tor = self.tornet.add_client(f"{self.lab.prefix}h{i}")  # unique per lab
+        try:
+            run_coroutine(unix_ports(tor, sockets), timeout=60)
+        except BaseException:
+            tor.stop()
+            raise
+        return DaemonHost(i, f"n{i}", tor, sockets, self.root / f"n{i}", _free_tcp_port())
+
+    def _serve_node(self, host: DaemonHost) -> None:
+        from onionmesh.crypto.keys import save_hidden_service_dir
+        from onionmesh.node.keyfiles import load_node_key, status_socket_path
+
+        config = load_config(host.config_path)
+        host.status_socket = status_socket_path(config)
+        # The node's own service lives in this host's tor, under the node key.
+        save_hidden_service_dir(load_node_key(config), host.sockets / "hs")
+        write_ob_config(host.sockets / "hs", self.master_address)  # OnionbalanceInstance
+        run_coroutine(_serve_node_service(host.tor, host.sockets / "hs", host.backend_port),
+                      timeout=60)
+        host.backend = start_backend_process(host.node_id, host.backend_port,
+                                             host.root / "backend.log")
+
+    def add_host(self, index: int) -> DaemonHost:
+        """Host ``index`` (beyond ``nodes``), a machine with no node yet: its tor, up and
+        reachable from its namespace at ``<sockets>/socks.sock`` (and control.sock); its
+        node directory ``root`` is for ``onionmesh join --dir``."""
+        if not self.n < index <= self.lab.n_hosts or index in self.hosts:
+            raise ValueError(f"host {index} is not an empty host of this lab")
+        host = self._new_host(index)
+        self.hosts[index] = host
+        return host
+
+    def adopt_node(self, index: int) -> None:
+        """Host ``index``'s node, made by ``onionmesh join --dir <its root>``: put the
+        lab's host settings into its config (its tor over unix sockets, the interface
+        name, the alert file) and serve its own onion service; then ``start_node``."""
+        host = self.hosts[index]
+        for section, keys in self._host_settings(index, host.sockets).items():
+            self.update_config(index, section, **keys)
+        for section, keys in self.settings.items():
+            self.update_config(index, section, **keys)
+        self._serve_node(host)
+
+    def cli(self, index: int, *args: str, stdin: str = "",
+            timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """``onionmesh ARGS`` run in host ``index``'s namespace, as its operator would."""
+        return subprocess.run(
+            [*self.lab.prefix_for(index), sys.executable, "-m", "onionmesh.cli", *args],
+            input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
 
     def start_node(self, index: int, *, env: dict[str, str] | None = None) -> None:
         """Start node ``index``'s daemon; ``env`` adds variables (the test clock hook)."""
