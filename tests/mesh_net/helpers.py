@@ -44,12 +44,17 @@ async def node_intro_keys(lab: DaemonLab, index: int, client: TorClient) -> set[
     return keys
 
 
+def served_keys(lab: DaemonLab, client: TorClient) -> set[bytes]:
+    """The intro keys of the master descriptor ``client`` fetches from the HSDirs now."""
+    return run_coroutine(fetched_intro_keys(client, lab.master_address), timeout=60)
+
+
 def node_served(lab: DaemonLab, index: int, client: TorClient) -> bool:
     """Some of node ``index``'s intro points are in the master descriptor ``client``
     fetches from the HSDirs now (HSFETCH: a real fetch, not the client's cache)."""
     keys = run_coroutine(node_intro_keys(lab, index, client), timeout=90)
     try:
-        served = run_coroutine(fetched_intro_keys(client, lab.master_address), timeout=60)
+        served = served_keys(lab, client)
     except OnionmeshError:  # a fetch tor did not launch (HSDirs "recently asked"): again
         return False
     return bool(keys & served)

@@ -19,7 +19,6 @@ heartbeat before each)."""
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from collections.abc import Iterator
@@ -34,10 +33,10 @@ from onionmesh.testnet.meshlab import WG_PORT
 from onionmesh.testnet.netns import require_lab_tools
 from onionmesh.testnet.network import TorNetwork
 from onionmesh.testnet.nodes import run_coroutine
-from onionmesh.tor.control import TorController
-from onionmesh.tor.intro_points import read_own_descriptor
 from onionmesh.transport.paths import PathConfig
-from tests.cluster.helpers import fetched_intro_keys, removal_bound_of, uploads_after
+from tests.cluster.helpers import removal_bound_of, uploads_after
+
+from .helpers import node_intro_keys, served_keys
 
 pytestmark = [pytest.mark.netns, pytest.mark.tor, pytest.mark.tornet, pytest.mark.slow]
 
@@ -110,41 +109,6 @@ def all_paths(lab: DaemonLab, path: str) -> bool:
     return all(lab.path(i, j) == path for i in NODES for j in NODES if i != j)
 
 
-async def _node_keys(lab: DaemonLab, index: int, client) -> set[bytes]:
-    """The node's intro keys in both its descriptors: its tor's current one and the one a
-    client fetches now (around a period start the master carries either)."""
-    keys = await _own_intro_keys(lab, index)
-    doc = lab.status(index)
-    if doc is not None and doc.node.onion_address:
-        with contextlib.suppress(OnionmeshError):
-            keys |= await fetched_intro_keys(client, doc.node.onion_address)
-    return keys
-
-
-async def _own_intro_keys(lab: DaemonLab, index: int) -> set[bytes]:
-    from onionmesh.descriptor.parse import parse_descriptor
-    from onionmesh.hsdir.timeperiod import period_length_minutes
-    from onionmesh.publish.publisher import fetch_consensus
-
-    doc = lab.status(index)
-    assert doc is not None and doc.node.onion_address
-    address = doc.node.onion_address
-    controller = await TorController.connect(port=lab.hosts[index].tor.control_port)
-    try:
-        length = period_length_minutes(await fetch_consensus(controller))
-        text = await read_own_descriptor(controller, address)
-    finally:
-        await controller.close()
-    if not text:
-        return set()
-    return {ip.auth_key for ip in parse_descriptor(text, address, period_length=length)
-            .intro_points}
-
-
-def served_keys(lab: DaemonLab, client) -> set[bytes]:
-    return run_coroutine(fetched_intro_keys(client, lab.master_address), timeout=60)
-
-
 def test_daemons_fall_back_to_tor_on_a_blocked_tunnel_and_return(
         daemonlab: DaemonLab, tornet: TorNetwork) -> None:
     lab = daemonlab
@@ -165,7 +129,7 @@ def test_daemons_fall_back_to_tor_on_a_blocked_tunnel_and_return(
     # Host 3's intro points are in the master descriptor the HSDirs serve.
     client = tornet.add_client(f"{lab.lab.prefix}c")
     try:
-        lab.wait_until(lambda: run_coroutine(_node_keys(lab, 3, client), timeout=90)
+        lab.wait_until(lambda: run_coroutine(node_intro_keys(lab, 3, client), timeout=90)
                        & served_keys(lab, client), 240, "n3's intro points served", 3.0)
 
         lab.lab.block_udp_port(3, WG_PORT)
@@ -195,7 +159,7 @@ def test_daemons_fall_back_to_tor_on_a_blocked_tunnel_and_return(
                                 if a["kind"] == "tor_fallback"} == {"n1", "n2"}, 10,
                        "tor_fallback alerts on host 3")
         # Its intro points are still in what the HSDirs serve.
-        lab.wait_until(lambda: run_coroutine(_node_keys(lab, 3, client), timeout=90)
+        lab.wait_until(lambda: run_coroutine(node_intro_keys(lab, 3, client), timeout=90)
                        & served_keys(lab, client), 60, "n3's intro points still served", 3.0)
 
         lab.lab.unblock_udp_port(3, WG_PORT)
@@ -357,7 +321,7 @@ def test_killed_daemon_leaves_the_served_descriptor_and_restarts_knowing_every_p
         victim_keys: set[bytes] = set()
 
         def served_now() -> bool:
-            victim_keys.update(run_coroutine(_node_keys(lab, victim, client), timeout=90))
+            victim_keys.update(run_coroutine(node_intro_keys(lab, victim, client), timeout=90))
             try:
                 return bool(victim_keys & served_keys(lab, client))
             except OnionmeshError:
