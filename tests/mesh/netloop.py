@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from onionmesh.mesh.config import MeshConfig
 from onionmesh.mesh.core import MeshCore
@@ -55,6 +55,8 @@ class Net:
         self._queue: list[tuple[float, int, str, bytes, str]] = []
         self._seq = itertools.count()
         self.sent: list[tuple[float, str, str, bytes]] = []  # (time, src, dst, data)
+        # Loss: called per datagram as (src, dst); True drops it.
+        self.lose: Callable[[str, str], bool] | None = None
 
     # -- topology -----------------------------------------------------------
 
@@ -123,6 +125,8 @@ class Net:
             dst = self._addr_owner(addr)
             self.sent.append((self.now, node_id, dst, data))
             if (node_id, dst) in self.blocked:
+                continue
+            if self.lose is not None and self.lose(node_id, dst):
                 continue
             heapq.heappush(
                 self._queue, (self.now + self.delay, next(self._seq), dst, data, f"{node_id}:7000")

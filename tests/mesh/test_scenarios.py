@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import random
 
 from onionmesh.mesh.config import MeshConfig
-from onionmesh.mesh.events import PeerDamped, PublishRequested
+from onionmesh.mesh.events import PeerDamped, PeerDead, PublishRequested
 
 from .netloop import Net, identity
 
@@ -40,6 +41,22 @@ def test_duplicated_delivery_changes_nothing_but_the_replay_counter():
     assert (
         dup.cores["a"].publish_plan().intro_points == plain.cores["a"].publish_plan().intro_points
     )
+
+
+def test_independent_loss_is_no_death():
+    """10 % of all datagrams lost, independently, for two hours (the slow-network
+    scenario's loss): nobody is declared dead and the publisher never changes. With one
+    datagram per heartbeat, three losses in a row (1e-3) killed a peer 8 to 10 times in
+    such a run; each heartbeat goes out twice, so it takes six (1e-6)."""
+    net = _cluster("abc", Net(CFG))
+    net.run_until(40)
+    assert net.publishers() == ["a"]
+    rng = random.Random(20261207)  # seeded: the same losses every run
+    net.lose = lambda src, dst: rng.random() < 0.1
+    net.run_until(40 + 7200)
+    assert not any(net.of(n, PeerDead) for n in "abc")
+    assert net.publishers() == ["a"]
+    assert {c.term for c in net.cores.values()} == {net.cores["a"].term}
 
 
 def test_asymmetric_partition_then_heal_leaves_one_publisher():

@@ -242,6 +242,8 @@ class MeshCore:
             elif (rec := self.membership.peers.get(seed.node_id)) is not None:
                 rec.address = rec.address or seed.address  # a seed outside the roster: ignored
         self._next_heartbeat = now + config.heartbeat_interval
+        # The second heartbeat of the round (see handle_timer); None once sent.
+        self._heartbeat_copy_at: float | None = None
         # Announce ourselves at once: the first message of a boot asks for full state.
         self._broadcast(self._heartbeat_body(Join), now, include_dead=True)
 
@@ -333,6 +335,8 @@ class MeshCore:
         if self._shut_down:
             return None
         times = [self._next_heartbeat]
+        if self._heartbeat_copy_at is not None:
+            times.append(self._heartbeat_copy_at)
         t = self.membership.next_deadline()
         if t is not None:
             times.append(t)
@@ -421,8 +425,16 @@ class MeshCore:
                 self._claim(now)
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + self.config.heartbeat_interval
+            self._heartbeat_copy_at = now + self.config.heartbeat_interval / 2
             self.election.renew_own(now)
             self._broadcast(self._heartbeat_body(Heartbeat), now, include_dead=True)
+        elif self._heartbeat_copy_at is not None and now >= self._heartbeat_copy_at:
+            # Every heartbeat goes out twice, the second half an interval later as a
+            # datagram of its own (fresh seq): one lost datagram is then never a missed
+            # heartbeat, and a false death needs 2 x dead_threshold losses in a row
+            # (1e-6 at 10 % independent loss, not 1e-3). Dead peers get only the first.
+            self._heartbeat_copy_at = None
+            self._broadcast(self._heartbeat_body(Heartbeat), now)
         self._after_input(now)
 
     def set_local_intro_points(self, sets: Mapping[int, Sequence[bytes]], now: float) -> None:

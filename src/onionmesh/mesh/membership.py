@@ -12,7 +12,9 @@ the plan, so a bouncing node cannot trigger a republish storm.
 All times are the local node's clock (``now`` as given to the core): a peer's
 own timestamps are never used for liveness, so skewed clocks do not matter.
 A heartbeat counts as missed ``heartbeat_slack`` of an interval after it was
-due; DEAD comes at ``dead_threshold + slack`` intervals of silence.
+due; DEAD comes at ``dead_threshold + slack`` intervals of silence. (Peers send
+each heartbeat twice, half an interval apart, so a missed heartbeat means two
+datagrams lost: see ``MeshCore.handle_timer``.)
 """
 
 from __future__ import annotations
