@@ -289,6 +289,10 @@ class TorChannel:
                 self._deliver(peer, decoder.feed(data))
         except (FrameError, TimeoutError, OSError) as exc:
             log.info("tor stream from %s closed: %s", peer or "?", exc)
+        except asyncio.CancelledError:
+            # Only close() cancels us. Ending normally: Python 3.11's stream server
+            # logs a cancelled handler task as an ERROR "Exception in callback".
+            pass
         finally:
             writer.close()
             if task is not None:
