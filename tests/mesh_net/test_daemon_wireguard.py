@@ -13,8 +13,10 @@ within the tolerance a member like any other, past it held back by its peers' me
 (docs/scenarios.md §8); 1, a node's daemon SIGKILLed: the others go on with one publisher
 and its intro points leave what the HSDirs serve within the configured removal bound
 (§1); 3, that daemon restarted from its state on disk knows the roster and every peer at
-once and is served again (§4). All at the shipped default timings (the clock test sets
-one node's clock tolerance). Faults land at a random moment (a random pause of up to one
+once and is served again (§4); a member removed (its WireGuard peer goes); a member
+relaying a join to the authority node over WireGuard and over the tor fallback. All at
+the shipped default timings (the clock test sets one node's clock tolerance). Faults
+land at a random moment (a random pause of up to one
 heartbeat before each)."""
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import pytest
 
 from onionmesh.errors import OnionmeshError
 from onionmesh.mesh.config import MeshConfig
+from onionmesh.mesh.join import JoinResult
+from onionmesh.mesh.join_relay import RelayLimits
 from onionmesh.mesh.vocabulary import PeerState
 from onionmesh.testnet.daemonlab import DaemonLab
 from onionmesh.testnet.meshlab import WG_PORT
@@ -425,8 +429,8 @@ def test_killed_daemon_leaves_the_served_descriptor_and_restarts_knowing_every_p
 
 def test_a_removed_member_loses_its_wireguard_peer(daemonlab: DaemonLab) -> None:
     """The WireGuard peers follow the roster: `onionmesh remove-node n3` on n1 reaches n2
-    by gossip, and both drop n3's WireGuard peer and tor stream. (Last in this module: it
-    changes the shared cluster.)"""
+    by gossip, and both drop n3's WireGuard peer and tor stream. (It changes the shared
+    cluster: only the join relay test comes after it.)"""
     import subprocess
     import sys
 
@@ -453,3 +457,101 @@ def test_a_removed_member_loses_its_wireguard_peer(daemonlab: DaemonLab) -> None
             3 * DEFAULTS.heartbeat_interval + 15, f"n{index} dropped n3's WireGuard peer")
     assert "WireGuard peers now" in lab.log_text(2)
     assert lab.path(1, 2) == lab.path(2, 1) == "wireguard"
+
+
+def _join_through_relay(lab: DaemonLab, node_id: str) -> tuple[JoinResult, list[str]]:
+    """A token from `onionmesh add-node` on n1; its request handed to n2's join onion at its
+    unix socket (the onion's tor leg is tests/cluster/test_join_tornet.py's); n2 relays it
+    over the mesh channel to n1 and passes n1's answer back."""
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    from onionmesh.config import load_config
+    from onionmesh.mesh.join import Joiner
+    from onionmesh.node.coordination_keys import ensure_join_onion_key
+    from onionmesh.node.join_tokens import decode_token
+    from onionmesh.node.keyfiles import unix_socket_path
+    from onionmesh.transport.frames import Frame, FrameKind, StreamDecoder, stream_encode
+
+    issued = subprocess.run([sys.executable, "-m", "onionmesh.cli", "add-node", "-c",
+                             str(lab.hosts[1].config_path)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert issued.returncode == 0, issued.stderr
+    token = decode_token(issued.stdout.strip())
+    configs = {i: load_config(lab.hosts[i].config_path) for i in (1, 2)}
+    # The token names n1's join onion, then n2's from its signed roster entry (n3 is
+    # removed by now).
+    assert token.bootstrap == [(f"n{i}", ensure_join_onion_key(configs[i]).onion_address)
+                               for i in (1, 2)], token.bootstrap
+    joiner = Joiner(token.join_seed, token.authority_key, node_id, os.urandom(32),
+                    time.time(), entropy=os.urandom(64))
+    socket_path = unix_socket_path(configs[2], "join") / "join.sock"
+    frames: list[str] = []
+
+    async def exchange() -> JoinResult:
+        reader, writer = await asyncio.open_unix_connection(str(socket_path))
+        try:
+            writer.write(stream_encode(Frame(FrameKind.JOIN, joiner.request())))
+            await writer.drain()
+            decoder = StreamDecoder()
+            while True:
+                data = await reader.read(65536)
+                assert data, f"n2 closed the join stream without an answer ({frames})"
+                for frame in decoder.feed(data):
+                    frames.append(frame.kind.name)
+                    result = joiner.receive(frame.payload, time.time())
+                    if result is not None:
+                        return result
+        finally:
+            writer.close()
+
+    # Bound: the relay gives up after RelayLimits().answer_timeout (30 s) and closes the
+    # stream; 15 s more for the stream itself.
+    return asyncio.run(asyncio.wait_for(exchange(), RelayLimits().answer_timeout + 15)), frames
+
+
+def test_a_member_relays_a_join_over_wireguard_and_over_the_tor_fallback(
+        daemonlab: DaemonLab) -> None:
+    """n2 has no authority key; a join request reaching its join onion goes to n1 over the
+    mesh channel: over WireGuard, then with n2's WireGuard port blocked over the tor
+    fallback. n1 admits (token marked used), n2 passes the signed answer back. (Last: it
+    adds members that never run.)"""
+    from onionmesh.mesh.roster import load_roster
+
+    lab = daemonlab
+    lab.wait_until(lambda: lab.path(1, 2) == lab.path(2, 1) == "wireguard", 120,
+                   "n1 and n2 on WireGuard")
+    result, frames = _join_through_relay(lab, "n7")
+    assert "n7" in result.roster and result.cluster_secret, frames
+    assert "join request for n7 relayed to the authority n1: admitted" in lab.log_text(2)
+    assert "join request for n7 relayed by n2" in lab.log_text(1)
+
+    def tor_streams_open() -> bool:
+        docs = {i: lab.status(i) for i in (1, 2)}
+        return all(doc is not None and doc.coordination is not None
+                   and (peer := doc.coordination.peers.get(f"n{3 - i}")) is not None
+                   and peer.tor_stream is not None and peer.tor_stream.connected
+                   for i, doc in docs.items())
+
+    # The fallback carries traffic once each side's stream to the other's coordination
+    # onion is open (descriptor fetch, introduction, rendezvous: the first test's bound).
+    lab.wait_until(tor_streams_open, 240, "tor streams between n1 and n2 open")
+    lab.lab.block_udp_port(2, WG_PORT)
+    try:
+        bound = PATHS.fallback_after + 2 * PATHS.probe_interval + 2.0
+        lab.wait_until(lambda: lab.path(1, 2) == lab.path(2, 1) == "tor", bound,
+                       "n1 and n2 on tor")
+        result, frames = _join_through_relay(lab, "n8")
+        assert "n8" in result.roster and result.cluster_secret, frames
+        assert "join request for n8 relayed to the authority n1: admitted" in lab.log_text(2)
+        # Still on tor both ways: the relay datagrams and the answers went over tor.
+        assert lab.path(1, 2) == lab.path(2, 1) == "tor"
+        doc = lab.status(2)
+        assert doc is not None and doc.join_onion is not None
+        assert doc.join_onion.role == "relays" and doc.join_onion.relayed >= 2, doc.join_onion
+    finally:
+        lab.lab.unblock_udp_port(2, WG_PORT)
+    roster = load_roster(lab.hosts[1].root / "roster")
+    assert {"n7", "n8"} <= {m.node_id for m in roster.members()}
