@@ -97,9 +97,19 @@ def dead_alerts(lab: DaemonLab) -> list[str]:
 
 
 def death_lines(lab: DaemonLab) -> str:
-    return "\n".join(f"n{i}: {line}" for i in NODES for line in lab.log_text(i).splitlines()
-                     if "declared DEAD" in line or "missed" in line or "over tor" in line
-                     or "back on WireGuard" in line)
+    """Liveness log lines, and per node what its mesh refused and what each path
+    carried: a lost datagram and a refused one look alike in the log."""
+    lines = [f"n{i}: {line}" for i in NODES for line in lab.log_text(i).splitlines()
+             if "declared DEAD" in line or "missed" in line or "over tor" in line
+             or "back on WireGuard" in line]
+    for i in NODES:
+        doc = lab.status(i)
+        if doc is not None:
+            coord = doc.coordination
+            lines.append(f"n{i}: rejected {doc.rejected_messages}, received "
+                         f"{coord.received if coord else None}, sent "
+                         f"{coord.sent if coord else None}")
+    return "\n".join(lines)
 
 
 def random_moment(what: str) -> None:
