@@ -174,13 +174,11 @@ async def gets_until(client: TorClient, master: str, done: asyncio.Event, log: G
         await asyncio.sleep(max(0.0, began + every - time.monotonic()))  # GET pacing
 
 
-async def own_intro_keys(cluster: NodeCluster, node_id: str, address: str) -> set[bytes]:
-    """The intro keys of the descriptor the node's own tor holds now (its current one)."""
+async def descriptor_intro_keys(controller: TorController, address: str) -> set[bytes]:
+    """The intro keys of the descriptor of ``address`` that this tor serves now (its
+    own service's current one); closes ``controller``."""
     from onionmesh.tor.intro_points import read_own_descriptor
 
-    sock = cluster.nodes[node_id].torrc_value("ControlSocket")
-    assert sock, f"{node_id}'s torrc names no ControlSocket"
-    controller = await TorController.connect(socket_path=sock)
     try:
         length = period_length_minutes(await fetch_consensus(controller))
         text = await read_own_descriptor(controller, address)
@@ -190,6 +188,13 @@ async def own_intro_keys(cluster: NodeCluster, node_id: str, address: str) -> se
         return set()
     desc = parse_descriptor(text, address, period_length=length)
     return {ip.auth_key for ip in desc.intro_points}
+
+
+async def own_intro_keys(cluster: NodeCluster, node_id: str, address: str) -> set[bytes]:
+    """The intro keys of the descriptor the node's own tor holds now (its current one)."""
+    sock = cluster.nodes[node_id].torrc_value("ControlSocket")
+    assert sock, f"{node_id}'s torrc names no ControlSocket"
+    return await descriptor_intro_keys(await TorController.connect(socket_path=sock), address)
 
 
 async def wait_node_served(cluster: NodeCluster, client: TorClient, node_id: str,

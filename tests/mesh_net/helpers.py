@@ -4,33 +4,20 @@ from __future__ import annotations
 
 import contextlib
 
-from onionmesh.descriptor.parse import parse_descriptor
 from onionmesh.errors import OnionmeshError
-from onionmesh.hsdir.timeperiod import period_length_minutes
-from onionmesh.publish.publisher import fetch_consensus
 from onionmesh.testnet import TorClient
 from onionmesh.testnet.daemonlab import DaemonLab
 from onionmesh.testnet.nodes import run_coroutine
 from onionmesh.tor.control import TorController
-from onionmesh.tor.intro_points import read_own_descriptor
-from tests.cluster.helpers import fetched_intro_keys
+from tests.cluster.helpers import descriptor_intro_keys, fetched_intro_keys
 
 
 async def own_intro_keys(lab: DaemonLab, index: int) -> set[bytes]:
     """The intro keys of the descriptor host ``index``'s tor holds now for its node."""
     doc = lab.status(index)
     assert doc is not None and doc.node.onion_address, f"n{index} reports no onion address"
-    address = doc.node.onion_address
     controller = await TorController.connect(port=lab.hosts[index].tor.control_port)
-    try:
-        length = period_length_minutes(await fetch_consensus(controller))
-        text = await read_own_descriptor(controller, address)
-    finally:
-        await controller.close()
-    if not text:
-        return set()
-    return {ip.auth_key for ip in parse_descriptor(text, address, period_length=length)
-            .intro_points}
+    return await descriptor_intro_keys(controller, doc.node.onion_address)
 
 
 async def node_intro_keys(lab: DaemonLab, index: int, client: TorClient) -> set[bytes]:
