@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from onionmesh.errors import OnionmeshError
 from onionmesh.tor.control import TorController
 from onionmesh.tor.control_protocol import ControlError
 from onionmesh.transport.frames import Frame, FrameError, FrameKind, StreamDecoder, stream_encode
+from onionmesh.transport.onion_socket import serve_private_socket, withdraw_onion
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,7 @@ class JoinOnion:
     async def start(self, service_id: str) -> str:
         """Serve; ``service_id`` (56 base32) is the key's address, removed first in case a
         crashed run left it in a tor that kept running."""
-        directory = self._socket_path.parent
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(directory, 0o700)
-        with contextlib.suppress(FileNotFoundError):
-            self._socket_path.unlink()
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self._socket_path))
+        self._server = await serve_private_socket(self._socket_path, self._serve)
         with contextlib.suppress(ControlError, OnionmeshError):
             await self._controller.del_onion(service_id)
         try:
@@ -80,15 +75,8 @@ class JoinOnion:
 
     async def close(self) -> None:
         await cancel_and_wait(*self._streams)
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        if self.service_id is not None:
-            with contextlib.suppress(ControlError, OnionmeshError):
-                await self._controller.del_onion(self.service_id)
-            self.service_id = None
-        with contextlib.suppress(FileNotFoundError):
-            self._socket_path.unlink()
+        await withdraw_onion(self._controller, self._server, self.service_id, self._socket_path)
+        self._server, self.service_id = None, None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -110,6 +98,8 @@ class JoinOnion:
             self.answered += 1
         except (OSError, TimeoutError, FrameError) as exc:
             log.info("join stream closed: %s", exc or type(exc).__name__)
+        except asyncio.CancelledError:
+            pass  # only close() cancels us; ending normally keeps 3.11's server quiet
         finally:
             writer.close()
             self._streams.discard(task)

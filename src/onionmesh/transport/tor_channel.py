@@ -25,7 +25,6 @@ import base64
 import contextlib
 import itertools
 import logging
-import os
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from onionmesh.errors import OnionmeshError
 from onionmesh.tor.control import TorController
 from onionmesh.tor.control_protocol import ControlError
 from onionmesh.transport.frames import Frame, FrameError, FrameKind, StreamDecoder, stream_encode
+from onionmesh.transport.onion_socket import serve_private_socket, withdraw_onion
 from onionmesh.transport.socks import SocksFailure, socks_open
 from onionmesh.wireguard.keys import decode_key, public_key_of
 
@@ -118,12 +118,7 @@ class TorChannel:
 
     # ---- lifecycle ----
     async def start(self, peers: Mapping[str, TorPeer]) -> str:
-        directory = self._socket_path.parent
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(directory, 0o700)
-        with contextlib.suppress(FileNotFoundError):
-            self._socket_path.unlink()
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self._socket_path))
+        self._server = await serve_private_socket(self._socket_path, self._serve)
         self._peers = dict(peers)
         await self._publish()
         await self._authorize_clients()
@@ -191,15 +186,8 @@ class TorChannel:
     async def close(self) -> None:
         await cancel_and_wait(*(out.task for out in self._out.values()), *self._inbound)
         self._out.clear()
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        if self.service_id is not None:
-            with contextlib.suppress(ControlError, OnionmeshError):
-                await self._controller.del_onion(self.service_id)
-            self.service_id = None
-        with contextlib.suppress(FileNotFoundError):
-            self._socket_path.unlink()
+        await withdraw_onion(self._controller, self._server, self.service_id, self._socket_path)
+        self._server, self.service_id = None, None
 
     # ---- outbound ----
     def _outbound(self, peer: TorPeer) -> _Outbound:
