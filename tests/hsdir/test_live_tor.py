@@ -60,11 +60,23 @@ def _b64decode_loose(value: str) -> bytes:
     return base64.b64decode(value + "=" * (-len(value) % 4))
 
 
+async def _client_snapshot(controller: TorController) -> Consensus:
+    """The consensus the publishing tor itself holds: it may lag the authorities'
+    by a voting interval, and across an SRV or period boundary that changes the
+    blinded keys tor uses."""
+    key = "dir/status-vote/current/consensus-microdesc"
+    info = await controller.get_info(key, "md/all")
+    return attach_ed25519_ids(
+        parse_consensus(info[key]), parse_microdescriptors(info["md/all"])
+    )
+
+
 async def _publish_and_record(client, identity: Ed25519Identity, per_descriptor: int):
     controller = await TorController.connect(port=client.control_port)
     try:
         events = controller.subscribe("HS_DESC")
         await controller.set_events("HS_DESC")
+        snapshots = [await _client_snapshot(controller)]
         started = time.time()
         key = "ED25519-V3:" + base64.b64encode(identity.expanded).decode()
         result = await controller.add_onion(key, ["80,127.0.0.1:9"])
@@ -92,10 +104,11 @@ async def _publish_and_record(client, identity: Ed25519Identity, per_descriptor:
             elif event.action == "UPLOADED":
                 confirmed += 1
         finished = time.time()
+        snapshots.append(await _client_snapshot(controller))
         reply = await controller.get_info(f"hs/service/desc/id/{address}")
         descriptor = reply[f"hs/service/desc/id/{address}"]
         await controller.del_onion(address)
-        return uploads, descriptor, started, finished
+        return uploads, descriptor, started, finished, snapshots
     finally:
         await controller.close()
 
@@ -134,11 +147,13 @@ def test_real_tor_uploads_where_we_compute_with_our_revision_counter(tornet):
     n_hsdirs = len(eligible_hsdirs(before.relays))
     assert n_hsdirs == tornet.n_authorities  # every authority is an HSDir with an ed25519 id
     per_descriptor = min(8, n_hsdirs)
-    uploads, descriptor, started, finished = asyncio.run(
+    uploads, descriptor, started, finished, client_snapshots = asyncio.run(
         _publish_and_record(client, identity, per_descriptor)
     )
     after = _snapshot(tornet)
-    candidates = _periods_for(identity, [before, after], finished)
+    # tor publishes with its own consensus, which may be a voting interval
+    # older than the authorities' (the test may start on an SRV boundary)
+    candidates = _periods_for(identity, [before, after, *client_snapshots], finished)
 
     # --- 1. the ring: tor's first burst of uploads per blinded key
     by_key: dict[bytes, list[Upload]] = {}
