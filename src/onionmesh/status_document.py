@@ -101,6 +101,9 @@ class AdvertisingStatus(_Section):
     intro_circuits_established: int = 0
     intro_points_from_tor: int = 0
     intro_points_advertised: int = 0
+    # per time period of the node's descriptors: a midpoint drops the older period's
+    # set, so the total alone halves there without anything being lost
+    intro_points_by_period: dict[int, int] = msgspec.field(default_factory=dict)
 
 
 class LeaseStatus(_Section):

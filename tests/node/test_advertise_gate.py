@@ -159,6 +159,9 @@ def test_closed_intro_circuit_withdraws_that_intro_point_at_once_until_reestabli
     closed = parse_circuit_line(circ("c2", "CLOSED", 2, extra=" REASON=FINISHED"))
     g.intro_circuit(closed, 1.0)
     assert g.advertised() == {1: (ip_on(1, "a"),), 2: (ip_on(3, "c"),)}
+    status = g.status(1.5)
+    assert status["intro_points_advertised"] == 2 and status["intro_points_from_tor"] == 3
+    assert status["intro_points_by_period"] == {1: 1, 2: 1}
     [ev] = drain(g)
     assert ev.kind is GateEventKind.INTRO_POINT_WITHDRAWN and "FINISHED" in ev.message
     # tor retries the same intro point on a new circuit: it comes back once established

@@ -157,6 +157,9 @@ class AdvertiseGate:
             "intro_circuits_established": len(set(self._circuits.values())),
             "intro_points_from_tor": sum(len(v) for v in self._feed.values()),
             "intro_points_advertised": sum(len(v) for v in advertised.values()),
+            "intro_points_by_period": {
+                period: len(points) for period, points in sorted(advertised.items())
+            },
         }
 
     # ------------------------------------------------------------------ internals
