@@ -101,9 +101,10 @@ class AdvertisingStatus(_Section):
     intro_circuits_established: int = 0
     intro_points_from_tor: int = 0
     intro_points_advertised: int = 0
-    # per time period of the node's descriptors: a midpoint drops the older period's
-    # set, so the total alone halves there without anything being lost
-    intro_points_by_period: dict[int, int] = msgspec.field(default_factory=dict)
+    # per time period of the node's descriptors (the period number as a string: a JSON
+    # key): a midpoint drops the older period's set, so the total alone halves there
+    # without anything being lost
+    intro_points_by_period: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class LeaseStatus(_Section):

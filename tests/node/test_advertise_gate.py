@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 
+import msgspec
 import pytest
 
 from onionmesh.config import HealthCheck
@@ -12,6 +14,7 @@ from onionmesh.node.advertise_filter import AdvertiseFilter
 from onionmesh.node.advertise_gate import AdvertiseGate, GateEventKind
 from onionmesh.node.service_health import CheckPolicy, Health, ServiceHealth
 from onionmesh.node.service_probe import Target, check_service, service_targets
+from onionmesh.status_document import AdvertisingStatus
 from onionmesh.tor.control_protocol import ControlError, ControlEvent
 from onionmesh.tor.intro_circuits import (
     CircuitChange,
@@ -161,7 +164,10 @@ def test_closed_intro_circuit_withdraws_that_intro_point_at_once_until_reestabli
     assert g.advertised() == {1: (ip_on(1, "a"),), 2: (ip_on(3, "c"),)}
     status = g.status(1.5)
     assert status["intro_points_advertised"] == 2 and status["intro_points_from_tor"] == 3
-    assert status["intro_points_by_period"] == {1: 1, 2: 1}
+    assert status["intro_points_by_period"] == {"1": 1, "2": 1}
+    # as a reader of the status socket gets it
+    section = msgspec.convert(json.loads(json.dumps(status)), AdvertisingStatus)
+    assert section.intro_points_by_period == {"1": 1, "2": 1}
     [ev] = drain(g)
     assert ev.kind is GateEventKind.INTRO_POINT_WITHDRAWN and "FINISHED" in ev.message
     # tor retries the same intro point on a new circuit: it comes back once established

@@ -158,7 +158,7 @@ class AdvertiseGate:
             "intro_points_from_tor": sum(len(v) for v in self._feed.values()),
             "intro_points_advertised": sum(len(v) for v in advertised.values()),
             "intro_points_by_period": {
-                period: len(points) for period, points in sorted(advertised.items())
+                str(period): len(points) for period, points in sorted(advertised.items())
             },
         }
 
