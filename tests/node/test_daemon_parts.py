@@ -207,8 +207,11 @@ def test_format_status_names_roles_peers_and_uploads():
         "descriptor_age": None, "clock": {"verdict": "ok", "message": "clock OK"},
         "join_onion": {"address": "j.onion", "role": "relays", "streams_answered": 3,
                        "relayed": 2, "relay_unanswered": 1, "relay_not_forwarded": 0},
+        "advertising": {"advertising": True, "intro_points_advertised": 5,
+                        "intro_points_by_period": {"5": 3, "6": 2}},
     }
     text = format_status(decode_status(doc))
+    assert "advertising intro points (period 5: 3, period 6: 2)" in text
     assert "join onion j.onion: relays joins to the authority node (2 relayed, 1 without " \
         "an answer, 0 not forwarded)" in text
     assert "role: publisher; publisher: n1 (term 3)" in text

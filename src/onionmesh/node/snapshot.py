@@ -199,8 +199,11 @@ def format_status(doc: StatusDocument) -> str:
         )
     advertising = doc.advertising
     if advertising is not None:
+        per_period = ", ".join(f"period {period}: {count}" for period, count
+                               in advertising.intro_points_by_period.items())
         lines.append(
-            "advertising intro points" if advertising.advertising else
+            f"advertising intro points ({per_period or 'none yet'})"
+            if advertising.advertising else
             f"NOT advertising intro points (standby): {advertising.withdrawn_because}"
         )
     lines.append("intro points per node: "
