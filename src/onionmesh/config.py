@@ -422,6 +422,9 @@ class HealthSection(_Section):
     timeout: _seconds(0.1, 600) = 3.0
     failures: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2  # in a row, before withdrawing
     successes: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2  # in a row, before returning
+    # after a result that disagrees with the state, the next check comes this soon
+    # (at most `interval`): a dead backend is confirmed in seconds
+    recheck_interval: _seconds(0.1, 3600) = 1.0
     http_path: HttpPath = "/"
     http_status: Annotated[int, msgspec.Meta(ge=100, le=599)] = 200
 

@@ -95,6 +95,25 @@ def test_health_needs_failures_in_a_row_to_fail_and_successes_in_a_row_to_return
     assert h.record(True, "ok", 8).new is Health.HEALTHY
 
 
+def test_a_change_is_confirmed_after_the_recheck_delay_not_a_whole_interval():
+    h = ServiceHealth(CheckPolicy(interval=5.0, recheck=1.0, failures=3, successes=2))
+    h.record(True, "ok", 0)
+    assert h.next_check_delay() == 5.0  # healthy and passing: the normal pace
+    h.record(False, "refused", 5)
+    assert h.next_check_delay() == 1.0  # a failure while healthy is confirmed quickly
+    h.record(False, "refused", 6)
+    assert h.next_check_delay() == 1.0
+    assert h.record(False, "refused", 7).new is Health.FAILING
+    assert h.next_check_delay() == 5.0  # failing and failing: the normal pace
+    h.record(True, "ok", 12)
+    assert h.next_check_delay() == 1.0  # a pass while failing too
+    assert h.record(True, "ok", 13).new is Health.HEALTHY
+    assert h.next_check_delay() == 5.0
+    h.record(False, "refused", 18)
+    h.record(True, "ok", 19)  # a lone failure: the streak restarts, the pace returns
+    assert h.next_check_delay() == 5.0
+
+
 def test_unknown_service_that_never_answers_becomes_failing():
     h = ServiceHealth(POLICY)
     assert h.record(False, "x", 0) is None
@@ -103,8 +122,10 @@ def test_unknown_service_that_never_answers_becomes_failing():
 
 def test_no_check_is_healthy_from_the_start_and_bounds_are_derived():
     assert ServiceHealth(CheckPolicy(kind=HealthCheck.NONE)).state is Health.HEALTHY
-    p = CheckPolicy(interval=5.0, timeout=3.0, failures=2, successes=3)
-    assert p.withdraw_bound() == 13.0 and p.return_bound() == 18.0
+    p = CheckPolicy(interval=5.0, timeout=3.0, failures=2, successes=3)  # recheck 1 s
+    assert p.withdraw_bound() == 12.0 and p.return_bound() == 16.0
+    # the recheck never waits longer than the interval
+    assert CheckPolicy(interval=0.5, timeout=0.2).recheck_delay == 0.5
     with pytest.raises(ValueError):
         ServiceHealth(CheckPolicy(failures=0))
 

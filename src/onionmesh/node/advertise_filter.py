@@ -103,7 +103,8 @@ class AdvertiseFilter:
             self.gate.check_result(ok, detail, self.clock())
             self._flush()
             await self._apply_suspension()
-            await asyncio.sleep(self.policy.interval)  # the check's period
+            # the check's period, shorter while a failure or a return is confirmed
+            await asyncio.sleep(self.gate.health.next_check_delay())
 
     async def _apply_suspension(self) -> None:
         """Keep the onion service out of tor exactly while the service check fails."""

@@ -10,6 +10,11 @@ node nor does one lucky probe bring a flapping one back.
 Before the first result the state is ``UNKNOWN`` and the node does not
 advertise; the first passing check makes it ``HEALTHY`` at once (starting is
 not a return from failure).
+
+A result that disagrees with the state (a failure while healthy, a pass while
+failing) is confirmed by re-checking after ``recheck`` seconds rather than a
+whole ``interval`` (``next_check_delay``): every second a node keeps
+advertising a dead backend, clients that land on it fail.
 """
 
 from __future__ import annotations
@@ -37,14 +42,25 @@ class CheckPolicy:
     successes: int = 2  # passed checks in a row before it advertises again
     http_path: str = "/"
     http_status: int = 200
+    recheck: float = 1.0  # seconds to the next check while a change is confirmed
+
+    @property
+    def recheck_delay(self) -> float:
+        return min(self.recheck, self.interval)
+
+    def _bound(self, in_a_row: int) -> float:
+        # The change comes just after a check: the next one follows within `interval`
+        # and may take `timeout`; each confirming check follows after `recheck_delay`.
+        return self.interval + self.timeout + (in_a_row - 1) * (
+            self.recheck_delay + self.timeout)
 
     def withdraw_bound(self) -> float:
         """Worst case from the service failing to the node deciding to withdraw."""
-        return self.failures * self.interval + self.timeout
+        return self._bound(self.failures)
 
     def return_bound(self) -> float:
         """Worst case from the service answering again to the node advertising again."""
-        return self.successes * self.interval + self.timeout
+        return self._bound(self.successes)
 
 
 @dataclass(frozen=True)
@@ -69,6 +85,13 @@ class ServiceHealth:
         self.last_detail = "not checked yet" if self.state is Health.UNKNOWN else "no check"
         self.last_at: float | None = None
         self.changed_at: float | None = None
+
+    def next_check_delay(self) -> float:
+        """Seconds from the end of one check to the start of the next: ``recheck`` while
+        the last results disagree with the state (a change being confirmed), else
+        ``interval``."""
+        confirming = self.streak > 0 if self.state is Health.FAILING else self.streak < 0
+        return self.policy.recheck_delay if confirming else self.policy.interval
 
     def record(self, ok: bool, detail: str, now: float) -> HealthChange | None:
         if ok:

@@ -88,7 +88,7 @@ def health_policy(config: Config) -> CheckPolicy:
     h = config.health
     return CheckPolicy(kind=h.check, interval=h.interval, timeout=h.timeout,
                        failures=h.failures, successes=h.successes, http_path=h.http_path,
-                       http_status=h.http_status)
+                       http_status=h.http_status, recheck=h.recheck_interval)
 
 
 def advertise_address(config: Config) -> str:
