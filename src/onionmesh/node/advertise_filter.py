@@ -4,7 +4,8 @@ The intro feed (``onionmesh.node.intro_feed``) hands its sets to
 ``feed_sets``; this passes on to the mesh (``on_sets``) only what the gate
 lets through, at once whenever that changes. Three loops feed the gate:
 
-* the service check, every ``[health] interval`` (``service_probe``);
+* the service check, every ``[health] interval``, or ``recheck_interval`` while a
+  change is being confirmed (``service_probe``, paced by ``ServiceHealth``);
 * tor liveness: the control connection's state (and its reconnect count),
   polled every ``LIVENESS_POLL`` s; on every (re)connect the intro circuits
   tor has are read from ``GETINFO circuit-status`` (subscribed to CIRC first,
