@@ -35,6 +35,7 @@ from onionmesh.hsdir.consensus import (
 from onionmesh.hsdir.hashring import eligible_hsdirs, hsdir_index, responsible_hsdirs
 from onionmesh.hsdir.revision import ope_encrypt, revision_counter_from_secret, revision_plaintext
 from onionmesh.hsdir.timeperiod import DescriptorPeriod, descriptor_periods
+from onionmesh.publish.publisher import fetch_consensus
 from onionmesh.tor.control import TorController
 from onionmesh.tor.control_protocol import parse_hs_desc_event
 
@@ -60,23 +61,13 @@ def _b64decode_loose(value: str) -> bytes:
     return base64.b64decode(value + "=" * (-len(value) % 4))
 
 
-async def _client_snapshot(controller: TorController) -> Consensus:
-    """The consensus the publishing tor itself holds: it may lag the authorities'
-    by a voting interval, and across an SRV or period boundary that changes the
-    blinded keys tor uses."""
-    key = "dir/status-vote/current/consensus-microdesc"
-    info = await controller.get_info(key, "md/all")
-    return attach_ed25519_ids(
-        parse_consensus(info[key]), parse_microdescriptors(info["md/all"])
-    )
-
-
 async def _publish_and_record(client, identity: Ed25519Identity, per_descriptor: int):
     controller = await TorController.connect(port=client.control_port)
     try:
         events = controller.subscribe("HS_DESC")
         await controller.set_events("HS_DESC")
-        snapshots = [await _client_snapshot(controller)]
+        # the consensus the publishing tor itself holds (it may lag the authorities')
+        snapshots = [await fetch_consensus(controller)]
         started = time.time()
         key = "ED25519-V3:" + base64.b64encode(identity.expanded).decode()
         result = await controller.add_onion(key, ["80,127.0.0.1:9"])
@@ -104,7 +95,7 @@ async def _publish_and_record(client, identity: Ed25519Identity, per_descriptor:
             elif event.action == "UPLOADED":
                 confirmed += 1
         finished = time.time()
-        snapshots.append(await _client_snapshot(controller))
+        snapshots.append(await fetch_consensus(controller))
         reply = await controller.get_info(f"hs/service/desc/id/{address}")
         descriptor = reply[f"hs/service/desc/id/{address}"]
         await controller.del_onion(address)
